@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# sclp quick start: installs everything (Debian packages, a Python venv with the
+# project) and then runs one job:
+#   ./quickstart.sh demo   - the VM-to-VM demo (two namespaced "VMs" over VXLAN-over-SCLP)
+#   ./quickstart.sh test   - lint, type check and the whole test suite
+# Needs root (it installs Debian packages and builds network namespaces).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+job=${1:-}
+case "$job" in
+  demo|test) ;;
+  *) echo "usage: $0 demo|test" >&2; exit 2 ;;
+esac
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: run as root (sudo $0 $job): it installs Debian packages and creates network namespaces" >&2
+  exit 1
+fi
+
+DEB_PACKAGES=(python3 python3-venv python3-pip iproute2 iperf3 tshark ethtool nftables procps)
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.sclp-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "==> installing sclp and its Python dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+
+case "$job" in
+  demo)
+    sclp --help && exec sclp selfcheck
+    ;;
+  test)
+    echo "==> ruff"; ruff check src tests benchmarks; ruff format --check src tests benchmarks
+    echo "==> mypy"; mypy
+    echo "==> pytest"; exec pytest -q
+    ;;
+esac

@@ -1,0 +1,3 @@
+from sclp.cli import main
+
+raise SystemExit(main())
