@@ -1,0 +1,1 @@
+"""Layer 5: the endpoint (NVE) that wires codecs, engines, switching and I/O together."""

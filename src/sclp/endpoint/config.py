@@ -1,0 +1,358 @@
+"""The endpoint's TOML configuration: loading, defaults and validation.
+
+This file format is the user contract (see docs/config.md).  Every problem is
+reported as one :class:`ConfigError` line that names the key, the line in the file
+where it can be found, and what to write instead; nothing here raises anything
+else for bad input.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROTOCOLS = ("vxlan", "geneve", "nvgre", "stt", "vxlan-sclp", "geneve-sclp")
+SCLP_PROTOCOLS = ("vxlan-sclp", "geneve-sclp")
+CARRIERS = ("ip", "udp")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Fault injection on outgoing underlay packets (off unless a rate is set)."""
+
+    drop: float = 0.0
+    reorder: float = 0.0
+    reorder_depth: int = 3
+    duplicate: float = 0.0
+    corrupt: float = 0.0
+    seed: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.drop, self.reorder, self.duplicate, self.corrupt))
+
+
+@dataclass(frozen=True, slots=True)
+class Underlay:
+    local: str
+    mtu: int | None = None
+    sclp_carrier: str = "ip"
+    sclp_udp_port: int = 7234
+    namespace: str | None = None
+    faults: Faults = field(default_factory=Faults)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    reasm_timeout: float = 1.0
+    reasm_max_bytes: int = 32 * 1024 * 1024
+    reasm_max_entries: int = 1024
+    fdb_aging: float = 300.0
+    fdb_max_entries: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class StaticEntry:
+    mac: bytes
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    vni: int
+    protocol: str
+    tap: str
+    peers: tuple[str, ...]
+    namespace: str | None = None
+    address: str | None = None
+    mtu: int | None = None
+    static: tuple[StaticEntry, ...] = ()
+
+    @property
+    def is_sclp(self) -> bool:
+        return self.protocol in SCLP_PROTOCOLS
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    name: str
+    underlay: Underlay
+    networks: tuple[Network, ...]
+    limits: Limits = field(default_factory=Limits)
+    control_dir: str = "/run/sclp"
+
+    @property
+    def control_socket(self) -> str:
+        return f"{self.control_dir}/{self.name}.sock"
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that point at the key's line."""
+
+    def __init__(
+        self, table: dict[str, Any], where: str, lines: list[str], header: str = ""
+    ) -> None:
+        self.table = table
+        self.where = where
+        self.lines = lines
+        self.header = header  # e.g. "[underlay]" or "[[network]]#2": where to look for keys
+        self.used: set[str] = set()
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        line = _line_of(self.lines, key, self.header)
+        at = f" (line {line})" if line else ""
+        return ConfigError(f"{self.where}{key}{at}: {message}")
+
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = ..., hint: str = ""
+    ) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is ...:
+                raise ConfigError(f"{self.where}{key}: missing; {hint or 'add it'}")
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(key, f"expected {_kinds(kinds)}, got a boolean")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            raise self.fail(key, f"expected {_kinds(kinds)}, got {type(value).__name__}")
+        return value
+
+    def check_unknown(self) -> None:
+        for key in self.table:
+            if key not in self.used:
+                raise self.fail(key, "unknown key (check the spelling; see docs/config.md)")
+
+
+def _kinds(kinds: tuple[type, ...]) -> str:
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+        bool: "true/false",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _line_of(lines: list[str], key: str, header: str = "") -> int | None:
+    """The line where ``key = ...`` is written inside the table ``header``
+    (``""`` for the top level, ``"[underlay]"``, or ``"[[network]]#N"`` for the
+    N-th network); ``None`` if it is not written there (a default or inline table)."""
+    name, _, nth = header.partition("#")
+    wanted = int(nth or 0)
+    current, seen = "", -1
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for number, text in enumerate(lines, 1):
+        stripped = text.strip()
+        if stripped.startswith("["):
+            current = stripped.split("#")[0].strip().replace(" ", "")
+            if current == name:
+                seen += 1
+            continue
+        if current == name and (not nth or seen == wanted) and pattern.match(text):
+            return number
+    return None
+
+
+def _ip(reader: _Reader, key: str, value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise reader.fail(key, f"{value!r} is not an IPv4/IPv6 address") from None
+
+
+def _mtu(reader: _Reader, key: str, value: int | None, low: int, high: int) -> int | None:
+    if value is not None and not low <= value <= high:
+        raise reader.fail(key, f"{value} is out of range; use {low}..{high}")
+    return value
+
+
+def _rate(reader: _Reader, key: str) -> float:
+    value: float = reader.get(key, float, 0.0)
+    if not 0.0 <= value <= 1.0:
+        raise reader.fail(key, f"{value} is not a fraction; use 0.0..1.0 (0.01 = 1%)")
+    return value
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate a configuration; raise :class:`ConfigError` on any problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    lines = text.splitlines()
+    top = _Reader(data, "", lines)
+    name = top.get("name", str, hint='add name = "host1" (names the control socket)')
+    if not _NAME_RE.match(name):
+        raise top.fail("name", f"{name!r} must be 1-32 letters, digits, '.', '_' or '-'")
+    control_dir = top.get("control_dir", str, "/run/sclp")
+
+    u = _Reader(
+        top.get("underlay", dict, hint='add an [underlay] table with local = "..."'),
+        "underlay.",
+        lines,
+        "[underlay]",
+    )
+    local = _ip(u, "local", u.get("local", str, hint='add local = "10.0.0.1"'))
+    carrier = u.get("sclp_carrier", str, "ip")
+    if carrier not in CARRIERS:
+        raise u.fail("sclp_carrier", f'{carrier!r} is not a carrier; use "ip" or "udp"')
+    port = u.get("sclp_udp_port", int, 7234)
+    if not 1 <= port <= 65535:
+        raise u.fail("sclp_udp_port", f"{port} is not a UDP port; use 1..65535")
+    underlay_mtu = _mtu(u, "mtu", u.get("mtu", int, None), 576, 65535)
+    f = _Reader(u.get("faults", dict, {}), "underlay.faults.", lines, "[underlay.faults]")
+    faults = Faults(
+        drop=_rate(f, "drop"),
+        reorder=_rate(f, "reorder"),
+        reorder_depth=f.get("reorder_depth", int, 3),
+        duplicate=_rate(f, "duplicate"),
+        corrupt=_rate(f, "corrupt"),
+        seed=f.get("seed", int, 1),
+    )
+    f.check_unknown()
+    underlay = Underlay(
+        local=local,
+        mtu=underlay_mtu,
+        sclp_carrier=carrier,
+        sclp_udp_port=port,
+        namespace=u.get("namespace", str, None),
+        faults=faults,
+    )
+    u.check_unknown()
+
+    lim = _Reader(top.get("limits", dict, {}), "limits.", lines, "[limits]")
+    limits = Limits(
+        reasm_timeout=lim.get("reasm_timeout", float, 1.0),
+        reasm_max_bytes=lim.get("reasm_max_bytes", int, 32 * 1024 * 1024),
+        reasm_max_entries=lim.get("reasm_max_entries", int, 1024),
+        fdb_aging=lim.get("fdb_aging", float, 300.0),
+        fdb_max_entries=lim.get("fdb_max_entries", int, 4096),
+    )
+    for key in (
+        "reasm_timeout",
+        "reasm_max_bytes",
+        "reasm_max_entries",
+        "fdb_aging",
+        "fdb_max_entries",
+    ):
+        if getattr(limits, key) <= 0:
+            raise lim.fail(key, "must be positive")
+    lim.check_unknown()
+
+    raw_networks = top.get("network", list, hint="add at least one [[network]] table")
+    if not raw_networks:
+        raise ConfigError("network: empty; add at least one [[network]] table")
+    networks = []
+    for index, raw in enumerate(raw_networks):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"network[{index}]: expected a [[network]] table")
+        networks.append(_network(_Reader(raw, f"network[{index}].", lines, f"[[network]]#{index}")))
+    top.check_unknown()
+    _check_unique(networks)
+    return Config(
+        name=name,
+        underlay=underlay,
+        networks=tuple(networks),
+        limits=limits,
+        control_dir=control_dir,
+    )
+
+
+def _network(n: _Reader) -> Network:
+    vni = n.get("vni", int, hint="add vni = 42 (1..16777215)")
+    if not 0 < vni < 1 << 24:
+        raise n.fail("vni", f"{vni} does not fit in 24 bits; use 1..16777215")
+    protocol = n.get("protocol", str, "vxlan-sclp")
+    if protocol not in PROTOCOLS:
+        raise n.fail(
+            "protocol", f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}"
+        )
+    tap = n.get("tap", str, hint='add tap = "tap42"')
+    if not _IFNAME_RE.match(tap):
+        raise n.fail(
+            "tap", f"{tap!r} is not a valid interface name (1-15 characters, no spaces or '/')"
+        )
+    peers_raw = n.get("peers", list, [])
+    peers = tuple(_ip(n, "peers", p) if isinstance(p, str) else _bad_peer(n, p) for p in peers_raw)
+    address = n.get("address", str, None)
+    if address is not None:
+        try:
+            ipaddress.ip_interface(address)
+        except ValueError:
+            raise n.fail(
+                "address", f"{address!r} is not an address with prefix, e.g. 192.168.42.1/24"
+            ) from None
+        if "/" not in address:
+            raise n.fail("address", f"{address!r} needs a prefix length, e.g. {address}/24")
+    mtu = _mtu(n, "mtu", n.get("mtu", int, None), 576, 65535)
+    static = []
+    for entry in n.get("static", list, []):
+        if not isinstance(entry, dict) or set(entry) != {"mac", "peer"}:
+            raise n.fail(
+                "static", 'entries look like {mac = "02:00:00:00:00:01", peer = "10.0.0.2"}'
+            )
+        static.append(StaticEntry(mac=_mac(n, entry["mac"]), peer=_ip(n, "static", entry["peer"])))
+    network = Network(
+        vni=vni,
+        protocol=protocol,
+        tap=tap,
+        peers=peers,
+        namespace=n.get("namespace", str, None),
+        address=address,
+        mtu=mtu,
+        static=tuple(static),
+    )
+    n.check_unknown()
+    return network
+
+
+def _bad_peer(n: _Reader, value: object) -> str:
+    raise n.fail("peers", f'{value!r} is not an address string; write peers = ["10.0.0.2"]')
+
+
+def _mac(n: _Reader, value: object) -> bytes:
+    text = value if isinstance(value, str) else ""
+    if not re.fullmatch(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}", text):
+        raise n.fail("static", f"{value!r} is not a MAC address like 02:00:00:00:00:01")
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def _check_unique(networks: list[Network]) -> None:
+    seen_vni: set[int] = set()
+    seen_tap: set[str] = set()
+    for index, net in enumerate(networks):
+        if net.vni in seen_vni:
+            raise ConfigError(
+                f"network[{index}].vni: {net.vni} appears twice; each [[network]] needs its own VNI"
+            )
+        if net.tap in seen_tap:
+            raise ConfigError(
+                f"network[{index}].tap: {net.tap!r} appears twice; give each network its own TAP"
+            )
+        seen_vni.add(net.vni)
+        seen_tap.add(net.tap)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate ``path``; :class:`ConfigError` names what is wrong."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return parse_config(text, str(path))

@@ -1,0 +1,117 @@
+import pytest
+
+from sclp.endpoint.config import ConfigError, load_config, parse_config
+
+GOOD = """\
+name = "host1"
+[underlay]
+local = "10.0.0.1"
+mtu = 1500
+sclp_carrier = "udp"
+sclp_udp_port = 7300
+[[network]]
+vni = 42
+protocol = "vxlan-sclp"
+tap = "tap42"
+namespace = "vm1"
+address = "192.168.42.1/24"
+mtu = 1500
+peers = ["10.0.0.2"]
+static = [{mac = "02:00:00:00:00:07", peer = "10.0.0.3"}]
+[[network]]
+vni = 43
+protocol = "vxlan"
+tap = "tap43"
+peers = ["10.0.0.2", "fd00::2"]
+"""
+
+
+def test_good_config_parses_with_defaults() -> None:
+    cfg = parse_config(GOOD)
+    assert cfg.name == "host1"
+    assert cfg.control_socket == "/run/sclp/host1.sock"
+    assert cfg.underlay.local == "10.0.0.1"
+    assert cfg.underlay.sclp_carrier == "udp"
+    assert cfg.underlay.sclp_udp_port == 7300
+    assert not cfg.underlay.faults.enabled
+    a, b = cfg.networks
+    assert (a.vni, a.protocol, a.tap, a.namespace, a.mtu) == (
+        42,
+        "vxlan-sclp",
+        "tap42",
+        "vm1",
+        1500,
+    )
+    assert a.is_sclp and not b.is_sclp
+    assert a.static[0].mac == bytes.fromhex("020000000007")
+    assert b.peers == ("10.0.0.2", "fd00::2")
+    assert b.mtu is None and b.address is None
+    assert cfg.limits.reasm_timeout == 1.0
+    assert cfg.limits.fdb_aging == 300.0
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            'protocol = "vxlan-sclp"',
+            'protocol = "vxlan-sctp"',
+            "network[0].protocol (line 9): unknown protocol",
+        ),
+        (
+            'local = "10.0.0.1"',
+            'local = "10.0.0.300"',
+            "underlay.local (line 3): '10.0.0.300' is not",
+        ),
+        ("vni = 43", "vni = 42", "network[1].vni: 42 appears twice"),
+        ('tap = "tap43"', 'tap = "tap42"', "network[1].tap: 'tap42' appears twice"),
+        ("vni = 43", "vni = 16777216", "network[1].vni (line 17): 16777216 does not fit"),
+        ('sclp_carrier = "udp"', 'sclp_carrier = "tcp"', "underlay.sclp_carrier (line 5)"),
+        ("sclp_udp_port = 7300", "sclp_udp_port = 70000", "underlay.sclp_udp_port (line 6)"),
+        ("mtu = 1500\nsclp", "mtu = 100\nsclp", "underlay.mtu (line 4): 100 is out of range"),
+        ('address = "192.168.42.1/24"', 'address = "192.168.42.1"', "needs a prefix length"),
+        ('tap = "tap43"', 'tap = "a/very/long/tap/name"', "network[1].tap (line 19)"),
+        ('name = "host1"', 'name = "host 1"', "name (line 1): 'host 1' must be"),
+        ('name = "host1"', "name = 7", "name (line 1): expected a string, got int"),
+        ('peers = ["10.0.0.2"]', "peers = [1]", "network[0].peers (line 14)"),
+        (
+            "mtu = 1500\npeers",
+            "mtu = 1500\nlocal = 1\npeers",
+            "network[0].local (line 14): unknown key",
+        ),
+        ("[underlay]", '[underlay]\ncolour = "red"', "underlay.colour (line 3): unknown key"),
+    ],
+)
+def test_errors_name_the_key_and_line(old: str, new: str, expected: str) -> None:
+    assert old in GOOD
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD.replace(old, new, 1))
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_sections() -> None:
+    with pytest.raises(ConfigError, match=r"^underlay: missing"):
+        parse_config('name = "a"\n')
+    with pytest.raises(ConfigError, match=r"^network: missing"):
+        parse_config('name = "a"\n[underlay]\nlocal = "10.0.0.1"\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_config("name = ")
+
+
+def test_faults_validation() -> None:
+    text = GOOD.replace("[[network]]", "[underlay.faults]\ndrop = 0.01\nseed = 7\n[[network]]", 1)
+    cfg = parse_config(text)
+    assert cfg.underlay.faults.enabled and cfg.underlay.faults.drop == 0.01
+    with pytest.raises(
+        ConfigError, match=r"underlay.faults.drop \(line 8\): 2.0 is not a fraction"
+    ):
+        parse_config(text.replace("drop = 0.01", "drop = 2"))
+
+
+def test_load_config_reports_unreadable_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.toml")
+    path = tmp_path / "ok.toml"
+    path.write_text(GOOD)
+    assert load_config(path).name == "host1"
