@@ -1,0 +1,447 @@
+"""STT segmentation and reassembly (draft-davie-stt-08 §3–4).
+
+Why: STT sends one large *STT frame* (the 18-byte STT frame header followed by the
+inner Ethernet frame, at most 65,535 bytes) as several MTU-sized segments behind a
+TCP-looking header, so that NICs segment it (TSO) and coalesce it (LRO).  Without a
+NIC doing that for us, this module is the software TSO and the receiver's reassembly.
+
+Transmit (what the reference implementation asks TSO to produce, and what TSO then
+puts on the wire): every segment carries a 20-byte TCP header without options —
+source port = flow entropy, destination port 7471, sequence number = STT frame length
+in the upper 16 bits and the offset of this segment's data in the frame in the lower
+16 (§3.2), acknowledgment number = the packet identifier shared by all segments of
+one frame (§3.3; a per-sender counter from a random start, so frames in flight never
+collide), flags ACK on every segment and PSH on the last, window 65535, urgent pointer
+0 — and a TCP checksum over the outer IP pseudo-header.  Every segment except the last
+carries exactly ``mss`` data bytes.  The segments are written into one contiguous
+buffer at a fixed stride (20 + mss) with NumPy (data rows, header template, per-row
+offsets and checksums), and exposed as ``memoryview``s for batch I/O.
+
+Receive: the frame length and the segment's offset come from the sequence number, so
+every segment is placed in the frame buffer as it arrives, in any order.  Key =
+(outer source, outer destination, source port, destination port, packet ID).  Exact
+duplicates are ignored; overlapping bytes that disagree, a segment running past the
+frame length, or segments disagreeing on the frame length discard the whole frame (in
+the spirit of RFC 5722, like the SCLP reassembler, sclp-spec §4).  Incomplete frames
+time out; memory is bounded by byte and entry caps with oldest-first eviction; every
+loss is counted by :class:`~sclp.wire.errors.DropReason`.  Time is passed in (``now``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+
+from sclp.wire import ipv4, ipv6
+from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
+from sclp.wire.errors import DropReason
+from sclp.wire.ipproto import IPPROTO_TCP
+from sclp.wire.stt import STT_FRAME_MAX_LEN, STT_HLEN, STT_PORT
+from sclp.wire.tcp import TCP_HLEN, TcpFlags
+
+__all__ = [
+    "STT_SEGMENT_FLAGS",
+    "STT_WINDOW",
+    "SttReassembler",
+    "SttSegmentBatch",
+    "SttSegmenter",
+    "pseudo_sum_for",
+]
+
+STT_WINDOW: Final = 0xFFFF  # window of every STT segment (the reference uses the maximum)
+STT_SEGMENT_FLAGS: Final = TcpFlags.ACK  # every segment; the last adds PSH
+_LAST_SEGMENT_FLAGS: Final = TcpFlags.ACK | TcpFlags.PSH
+_DOFF_BYTE: Final = (TCP_HLEN // 4) << 4  # data offset 5, no options
+
+# sport, dport, seq, ack, data offset byte, flags, window, checksum, urgent pointer
+_TCP = struct.Struct("!HHIIBBHHH")
+_SEQ_LO: Final = 6  # offset of the sequence number's low 16 bits (the frame offset)
+_CSUM: Final = 16  # offset of the TCP checksum
+
+_ONES: Final = b"\x01" * STT_FRAME_MAX_LEN  # coverage-map filler
+
+
+def pseudo_sum_for(src: bytes, dst: bytes, l4_length: int) -> int:
+    """The TCP pseudo-header sum for outer addresses ``src``/``dst`` (4 bytes: IPv4,
+    16 bytes: IPv6) and a TCP segment of ``l4_length`` bytes.  Raises ValueError for
+    addresses of any other size or of different families."""
+    if len(src) == 4 and len(dst) == 4:
+        return ipv4.pseudo_header_sum(src, dst, IPPROTO_TCP, l4_length)
+    if len(src) == 16 and len(dst) == 16:
+        return ipv6.pseudo_header_sum(src, dst, IPPROTO_TCP, l4_length)
+    raise ValueError(f"addresses must both be 4 or 16 bytes, got {len(src)} and {len(dst)}")
+
+
+def _fold(value: int) -> int:
+    value = (value & 0xFFFF) + (value >> 16)
+    return (value & 0xFFFF) + (value >> 16)
+
+
+@dataclass(frozen=True, slots=True)
+class SttSegmentBatch:
+    """The segments of one STT frame, ready for batch I/O.
+
+    ``buffer`` holds them back to back: segment *i* starts at ``i * stride`` (TCP
+    header, then data); all but the last are ``stride`` bytes long, and the buffer ends
+    with the last one.  ``segments`` are views into ``buffer`` (TCP header + data each;
+    the caller prepends the outer IP header or sends them on a raw socket).  ``ident``
+    is the packet ID written into the acknowledgment number.  The batch owns its buffer.
+    """
+
+    buffer: bytearray
+    stride: int
+    ident: int
+    segments: list[memoryview]
+
+    @property
+    def count(self) -> int:
+        return len(self.segments)
+
+    @property
+    def mss(self) -> int:
+        """Data bytes per segment (all but the last)."""
+        return self.stride - TCP_HLEN
+
+
+class SttSegmenter:
+    """Cuts STT frames into pseudo-TCP segments; owns the sender's packet-ID counter.
+
+    ``ident_start`` is the first packet ID (default: 32 random bits).  One segmenter
+    serves every peer of a sender: the ID only has to be unique among the frames in
+    flight to one receiver, which a counter guarantees.
+    """
+
+    def __init__(self, ident_start: int | None = None) -> None:
+        if ident_start is None:
+            ident_start = secrets.randbits(32)
+        if not 0 <= ident_start <= 0xFFFFFFFF:
+            raise ValueError(f"packet id must fit in 32 bits: {ident_start}")
+        self._next_ident = ident_start
+
+    def next_ident(self) -> int:
+        """Take the next packet ID (wraps at 2**32)."""
+        ident = self._next_ident
+        self._next_ident = (ident + 1) & 0xFFFFFFFF
+        return ident
+
+    def segment_frame(
+        self,
+        stt_frame: Buffer,
+        sport: int,
+        mss: int,
+        src: bytes,
+        dst: bytes,
+        *,
+        dport: int = STT_PORT,
+        ident: int | None = None,
+    ) -> SttSegmentBatch:
+        """Segment ``stt_frame`` (STT frame header + inner Ethernet frame) into
+        segments of at most ``mss`` data bytes each, checksummed for the outer
+        addresses ``src`` → ``dst`` (4 or 16 bytes each).
+
+        ``mss`` is the TCP payload per segment: path MTU − outer IP header − 20.
+        ``ident`` overrides the packet ID (default: the next from the counter, e.g. to
+        send one frame to several peers under one ID it may be passed explicitly).
+        ``stt_frame`` is copied, not kept.  Raises ValueError for a frame shorter than
+        the STT header or longer than 65,535 bytes (the sequence number's 16-bit
+        length), ``mss`` < 1, ports out of range or bad addresses.
+        """
+        total = len(stt_frame)
+        if total > STT_FRAME_MAX_LEN:
+            raise ValueError(f"stt frame of {total} bytes exceeds {STT_FRAME_MAX_LEN}")
+        if total < STT_HLEN:
+            raise ValueError(f"stt frame of {total} bytes is shorter than its header")
+        if mss <= 0:
+            raise ValueError(f"mss must be positive: {mss}")
+        if not 0 <= sport <= 0xFFFF or not 0 <= dport <= 0xFFFF:
+            raise ValueError(f"ports out of range: {sport}, {dport}")
+        if ident is None:
+            ident = self.next_ident()
+        elif not 0 <= ident <= 0xFFFFFFFF:
+            raise ValueError(f"packet id must fit in 32 bits: {ident}")
+        count = -(-total // mss)
+        full = count - 1
+        last_len = total - full * mss
+        stride = TCP_HLEN + mss
+
+        template = bytearray(TCP_HLEN)
+        _TCP.pack_into(
+            template, 0, sport, dport, total << 16, ident, _DOFF_BYTE, 0, STT_WINDOW, 0, 0
+        )
+        # Sum of everything that does not change from segment to segment.
+        pseudo_zero_len = pseudo_sum_for(src, dst, 0)
+        const = pseudo_zero_len + ones_sum(template) + TCP_HLEN
+        row_sums = rows_ones_sums(stt_frame, mss, count, last_len)
+
+        buffer = bytearray(full * stride + TCP_HLEN + last_len)
+        if full:
+            rows = np.frombuffer(buffer, np.uint8, full * stride).reshape(full, stride)
+            rows[:, TCP_HLEN:] = np.frombuffer(stt_frame, np.uint8, full * mss).reshape(full, mss)
+            rows[:, :TCP_HLEN] = np.frombuffer(template, np.uint8)
+            rows[:, 13] = int(STT_SEGMENT_FLAGS)
+            offsets = np.arange(0, full * mss, mss, dtype=np.uint64)
+            sums = row_sums[:full].astype(np.uint64) + offsets + (const + mss + STT_SEGMENT_FLAGS)
+            sums = (sums & 0xFFFF) + (sums >> 16)
+            sums = (sums & 0xFFFF) + (sums >> 16)
+            csums = ~sums & 0xFFFF
+            rows[:, _SEQ_LO] = offsets >> 8
+            rows[:, _SEQ_LO + 1] = offsets & 0xFF
+            rows[:, _CSUM] = csums >> 8
+            rows[:, _CSUM + 1] = csums & 0xFF
+        last_off = full * mss
+        base = full * stride
+        buffer[base + TCP_HLEN :] = memoryview(stt_frame)[last_off:]
+        flags = int(_LAST_SEGMENT_FLAGS)
+        csum = ~_fold(const + last_len + last_off + flags + int(row_sums[full])) & 0xFFFF
+        _TCP.pack_into(
+            buffer,
+            base,
+            sport,
+            dport,
+            (total << 16) | last_off,
+            ident,
+            _DOFF_BYTE,
+            flags,
+            STT_WINDOW,
+            csum,
+            0,
+        )
+        view = memoryview(buffer)
+        segments = [view[i * stride : (i + 1) * stride] for i in range(full)]
+        segments.append(view[base:])
+        return SttSegmentBatch(buffer=buffer, stride=stride, ident=ident, segments=segments)
+
+
+@dataclass(slots=True)
+class _Entry:
+    total: int
+    deadline: float
+    buf: bytearray
+    covered: bytearray  # one byte per frame byte: 1 once received
+    received: int = 0
+
+
+_Key = tuple[bytes, bytes, int, int, int]
+
+
+@dataclass(slots=True)
+class SttReassemblyStats:
+    """Counters of an :class:`SttReassembler` (drops by reason, plus the good news)."""
+
+    drops: dict[DropReason, int] = field(default_factory=dict)
+    completed: int = 0  # frames handed out
+    duplicates: int = 0  # segments whose bytes were all present already (not drops)
+
+    def count(self, reason: DropReason) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+
+class SttReassembler:
+    """Reassembles STT frames from pseudo-TCP segments (any order, duplicates fine).
+
+    ``timeout`` (seconds) bounds how long an incomplete frame is kept after its first
+    segment; ``max_bytes`` bounds the memory held by incomplete frames (each counts
+    twice its frame length: the frame buffer and its coverage map) and
+    ``max_entries`` their number.  When a new frame does not fit, the oldest incomplete
+    frames are evicted (counted as EVICTED).  Only destination port ``port`` is STT.
+
+    The keys of the last ``max_entries`` frames completed within ``timeout`` are
+    remembered, so that a late duplicate of an already delivered frame's segment is
+    ignored (counted in ``stats.duplicates``) instead of delivering the frame twice or
+    opening an entry that can only time out.
+    """
+
+    def __init__(
+        self,
+        timeout: float = 1.0,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_entries: int = 1024,
+        port: int = STT_PORT,
+    ) -> None:
+        if timeout <= 0 or max_bytes <= 0 or max_entries <= 0:
+            raise ValueError("timeout and caps must be positive")
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.port = port
+        self.stats = SttReassemblyStats()
+        self._entries: dict[_Key, _Entry] = {}  # insertion order = age order
+        self._completed: dict[_Key, float] = {}  # key -> forget-after time, in age order
+        self._bytes = 0
+
+    @property
+    def pending(self) -> int:
+        """Incomplete frames held."""
+        return len(self._entries)
+
+    @property
+    def bytes_held(self) -> int:
+        """Bytes accounted against ``max_bytes``."""
+        return self._bytes
+
+    def next_deadline(self) -> float | None:
+        """When the oldest incomplete frame times out (``None`` if none is held)."""
+        for entry in self._entries.values():
+            return entry.deadline
+        return None
+
+    def expire(self, now: float) -> int:
+        """Discard incomplete frames whose deadline has passed (counted as TIMEOUT);
+        returns how many."""
+        done = self._completed
+        while done and next(iter(done.values())) <= now:
+            del done[next(iter(done))]
+        expired = 0
+        while self._entries:
+            key, entry = next(iter(self._entries.items()))
+            if entry.deadline > now:
+                break
+            self._discard(key, DropReason.TIMEOUT)
+            expired += 1
+        return expired
+
+    def add_segment(
+        self,
+        src: bytes,
+        dst: bytes,
+        tcp_segment: Buffer,
+        now: float,
+        verify_checksum: bool = True,
+        pseudo_sum: int | None = None,
+    ) -> bytes | None:
+        """Take one pseudo-TCP segment (TCP header + data) received from outer
+        ``src`` → ``dst`` (packed addresses); return the STT frame (STT header + inner
+        frame) when this segment completes it, else ``None``.
+
+        With ``verify_checksum`` the TCP checksum is checked against ``pseudo_sum``
+        (the pseudo-header sum for this segment's length; computed from ``src``/``dst``
+        when ``None``).  Never raises on bad input: a bad segment is counted in
+        ``stats.drops`` and ``None`` is returned.  ``tcp_segment`` is copied, not kept.
+        """
+        if self._entries or self._completed:
+            self.expire(now)
+        view = memoryview(tcp_segment)
+        n = len(view)
+        if n < TCP_HLEN:
+            self.stats.count(DropReason.TOO_SHORT)
+            return None
+        sport, dport, seq, ident, doff_byte = _TCP.unpack_from(view, 0)[:5]
+        if dport != self.port:
+            self.stats.count(DropReason.UNKNOWN_PORT)
+            return None
+        hlen = (doff_byte >> 4) * 4
+        if hlen < TCP_HLEN:
+            self.stats.count(DropReason.MALFORMED)
+            return None
+        if hlen > n:
+            self.stats.count(DropReason.TOO_SHORT)
+            return None
+        if verify_checksum:
+            if pseudo_sum is None:
+                try:
+                    pseudo_sum = pseudo_sum_for(src, dst, n)
+                except ValueError:
+                    self.stats.count(DropReason.MALFORMED)
+                    return None
+            if ones_sum(view, pseudo_sum) != 0xFFFF:
+                self.stats.count(DropReason.BAD_CHECKSUM)
+                return None
+        total = seq >> 16
+        offset = seq & 0xFFFF
+        data = view[hlen:]
+        dlen = n - hlen
+        if dlen == 0 or total < STT_HLEN:
+            # no data, or a frame too short to hold its own STT header
+            self.stats.count(DropReason.MALFORMED)
+            return None
+        key = (src, dst, sport, dport, ident)
+        if key in self._completed:
+            self.stats.duplicates += 1
+            return None
+        entry = self._entries.get(key)
+        end = offset + dlen
+        if end > total:
+            if entry is not None:
+                self._discard(key, DropReason.PAST_END)
+            else:
+                self.stats.count(DropReason.PAST_END)
+            return None
+        if entry is None:
+            if dlen == total:  # the whole frame in one segment (or GRO/LRO-merged)
+                self._remember(key, now)
+                return bytes(data)
+            entry = self._new_entry(key, total, now)
+            if entry is None:
+                return None
+        elif entry.total != total:
+            self._discard(key, DropReason.INCONSISTENT_TOTAL)
+            return None
+
+        covered = entry.covered.count(1, offset, end)
+        if covered == 0:
+            entry.buf[offset:end] = data
+            entry.covered[offset:end] = _ONES[:dlen]
+            entry.received += dlen
+        elif not self._agrees(entry, offset, data, covered == dlen):
+            self._discard(key, DropReason.OVERLAP)
+            return None
+        elif covered == dlen:
+            self.stats.duplicates += 1
+            return None
+        else:  # partly new, and the old bytes agree
+            entry.buf[offset:end] = data
+            entry.covered[offset:end] = _ONES[:dlen]
+            entry.received += dlen - covered
+        if entry.received < total:
+            return None
+        del self._entries[key]
+        self._bytes -= 2 * total
+        self._remember(key, now)
+        return bytes(entry.buf)
+
+    def _remember(self, key: _Key, now: float) -> None:
+        """Count a completed frame and remember its key for late duplicates."""
+        self.stats.completed += 1
+        done = self._completed
+        done[key] = now + self.timeout
+        if len(done) > self.max_entries:
+            del done[next(iter(done))]
+
+    @staticmethod
+    def _agrees(entry: _Entry, offset: int, data: memoryview, all_covered: bool) -> bool:
+        """Do the bytes of ``data`` already present in ``entry`` equal the new ones?"""
+        end = offset + len(data)
+        if all_covered:
+            return memoryview(entry.buf)[offset:end] == data
+        mask = np.frombuffer(entry.covered, np.uint8)[offset:end].astype(bool)
+        old = np.frombuffer(entry.buf, np.uint8)[offset:end]
+        new = np.frombuffer(data, np.uint8)
+        return bool(np.array_equal(old[mask], new[mask]))
+
+    def _new_entry(self, key: _Key, total: int, now: float) -> _Entry | None:
+        need = 2 * total
+        if need > self.max_bytes:
+            self.stats.count(DropReason.OVERSIZE)
+            return None
+        while self._entries and (
+            len(self._entries) >= self.max_entries or self._bytes + need > self.max_bytes
+        ):
+            self._discard(next(iter(self._entries)), DropReason.EVICTED)
+        entry = _Entry(
+            total=total,
+            deadline=now + self.timeout,
+            buf=bytearray(total),
+            covered=bytearray(total),
+        )
+        self._entries[key] = entry
+        self._bytes += need
+        return entry
+
+    def _discard(self, key: _Key, reason: DropReason) -> None:
+        entry = self._entries.pop(key)
+        self._bytes -= 2 * entry.total
+        self.stats.count(reason)
