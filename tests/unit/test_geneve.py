@@ -4,7 +4,6 @@ from hypothesis import strategies as st
 
 from sclp.wire.errors import DropReason, MalformedPacket
 from sclp.wire.geneve import (
-    ETH_P_TEB,
     GENEVE_BASE_LEN,
     GENEVE_OPTIONS_MAX_LEN,
     GENEVE_PORT,
@@ -49,7 +48,7 @@ def test_constants() -> None:
     assert GENEVE_PORT == 6081
     assert GENEVE_BASE_LEN == 8
     assert GENEVE_OPTIONS_MAX_LEN == 252
-    assert ETH_P_TEB == 0x6558
+    assert GeneveHeader(vni=1).protocol_type == 0x6558  # an Ethernet payload by default
 
 
 def test_no_options_vector() -> None:

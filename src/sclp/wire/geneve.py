@@ -29,9 +29,9 @@ from typing import Final
 
 from sclp.wire.checksum import Buffer
 from sclp.wire.errors import DropReason, MalformedPacket
+from sclp.wire.ethernet import ETHERTYPE_TEB
 
 __all__ = [
-    "ETH_P_TEB",
     "GENEVE_BASE_LEN",
     "GENEVE_OPTIONS_MAX_LEN",
     "GENEVE_OPTION_DATA_MAX_LEN",
@@ -56,7 +56,6 @@ GENEVE_VERSION: Final = 0
 GENEVE_OPTIONS_MAX_LEN: Final = 252  # Opt Len is 6 bits of 4-byte words
 GENEVE_OPTION_HLEN: Final = 4
 GENEVE_OPTION_DATA_MAX_LEN: Final = 124  # option Length is 5 bits of 4-byte words
-ETH_P_TEB: Final = 0x6558  # Transparent Ethernet Bridging: the payload is an L2 frame
 
 _VNI_MAX: Final = 0xFFFFFF
 _CRITICAL_TYPE_BIT: Final = 0x80
@@ -106,7 +105,7 @@ class GeneveHeader:
     encode it is also set whenever an option is critical (RFC 8926 §3.4 requires it)."""
 
     vni: int
-    protocol_type: int = ETH_P_TEB
+    protocol_type: int = ETHERTYPE_TEB
     options: tuple[GeneveOption, ...] = ()
     oam: bool = False
     critical: bool = False

@@ -25,10 +25,10 @@ from typing import Final
 
 from sclp.wire.checksum import Buffer
 from sclp.wire.errors import DropReason, MalformedPacket
+from sclp.wire.ethernet import ETHERTYPE_TEB
 from sclp.wire.ipproto import IPPROTO_GRE
 
 __all__ = [
-    "ETH_P_TEB",
     "IPPROTO_GRE",
     "NVGRE_LEN",
     "VSID_MAX",
@@ -41,7 +41,6 @@ __all__ = [
 
 NVGRE_LEN: Final = 8
 VSID_MAX: Final = 0xFFFFFF
-ETH_P_TEB: Final = 0x6558  # Transparent Ethernet Bridging
 
 _HDR = struct.Struct("!HHI")  # flags|version, protocol type, VSID(24)|FlowID(8)
 
@@ -92,7 +91,7 @@ def decode(view: Buffer) -> NvgreHeader:
         raise MalformedPacket(
             DropReason.BAD_TUNNEL_HEADER, f"nvgre: gre version {word0 & _VERSION_MASK}"
         )
-    if protocol_type != ETH_P_TEB:
+    if protocol_type != ETHERTYPE_TEB:
         raise MalformedPacket(
             DropReason.BAD_TUNNEL_HEADER, f"nvgre: protocol type {protocol_type:#06x}"
         )
@@ -106,7 +105,7 @@ def encode_into(buf: bytearray | memoryview, offset: int, hdr: NvgreHeader) -> i
         raise ValueError(f"nvgre vsid/flow id out of range: {hdr.vsid}/{hdr.flow_id}")
     if offset < 0 or len(buf) - offset < NVGRE_LEN:
         raise ValueError("buffer too small for nvgre header")
-    _HDR.pack_into(buf, offset, _NVGRE_WORD0, ETH_P_TEB, (hdr.vsid << 8) | hdr.flow_id)
+    _HDR.pack_into(buf, offset, _NVGRE_WORD0, ETHERTYPE_TEB, (hdr.vsid << 8) | hdr.flow_id)
     return NVGRE_LEN
 
 

@@ -59,28 +59,24 @@ class VxlanHeader:
     flags: int = VxlanFlags.I.value
 
 
-def decode(view: Buffer) -> VxlanHeader:
-    """Decode the VXLAN header at the start of ``view`` (the inner frame follows it).
+def vni_of(view: Buffer) -> int:
+    """The VNI of the VXLAN header at the start of ``view``, without building a header
+    object (the hot path).
 
     Raises :class:`MalformedPacket` with TOO_SHORT (fewer than 8 bytes) or
     BAD_TUNNEL_HEADER (I flag clear).  Reserved bits are ignored.
     """
     if len(view) < VXLAN_LEN:
         raise MalformedPacket(DropReason.TOO_SHORT, f"vxlan header needs 8 bytes, got {len(view)}")
-    flags, word = _HDR.unpack_from(view, 0)
-    if not flags & VxlanFlags.I:
-        raise MalformedPacket(DropReason.BAD_TUNNEL_HEADER, f"vxlan I flag clear: {flags:#04x}")
-    return VxlanHeader(vni=word >> 8, flags=flags)
-
-
-def vni_of(view: Buffer) -> int:
-    """The VNI of the VXLAN header at the start of ``view``: the hot-path shortcut for
-    :func:`decode` (same checks, same exceptions, no object built)."""
-    if len(view) < VXLAN_LEN:
-        raise MalformedPacket(DropReason.TOO_SHORT, f"vxlan header needs 8 bytes, got {len(view)}")
     if not view[0] & VxlanFlags.I:
         raise MalformedPacket(DropReason.BAD_TUNNEL_HEADER, f"vxlan I flag clear: {view[0]:#04x}")
     return (view[4] << 16) | (view[5] << 8) | view[6]
+
+
+def decode(view: Buffer) -> VxlanHeader:
+    """Decode the VXLAN header at the start of ``view`` (the inner frame follows it).
+    Same checks and exceptions as :func:`vni_of`."""
+    return VxlanHeader(vni=vni_of(view), flags=view[0])
 
 
 def encode_into(buf: bytearray | memoryview, offset: int, hdr: VxlanHeader) -> int:
