@@ -1,0 +1,464 @@
+"""SCLP receive side: put segments back together into payloads (sclp-spec §4).
+
+Strategy.  Every segment is placed by *tail offset*: a segment with ``len`` payload
+bytes and Remaining ``rem`` covers ``[rem, rem + len)`` counted back from the end of the
+payload, whether or not the total length is known yet (only the first segment tells
+it: ``total = len + rem``).  So segments that arrive before the first need no side
+list: an entry whose total is unknown gets a buffer of the largest size a payload may
+have and fills it from the end; when the first segment arrives the payload is the
+buffer's last ``total`` bytes.  An entry that starts with the first segment (the usual
+case) gets a buffer of exactly ``total``.  Received byte ranges are a sorted interval
+list in tail coordinates; in-order arrival only ever extends its lowest interval, and
+the bytes of an overlap are compared only when the list says there is one.
+
+Fast paths: an unsegmented payload (F=1, Remaining=0) and a kernel GRO buffer that holds
+a whole payload in order never create a table entry; a GRO buffer's checksums are
+verified in one NumPy pass and its consecutive segments of one payload are placed as a
+run with one interval update.
+
+Memory (the original had no cap, sclp-spec §4): ``bytes_held`` counts every payload
+buffer the table holds, and buffers are allocated only when an entry is created, so
+the cap is enforced at that moment by evicting the oldest entries (insertion order of
+an ``OrderedDict``).  Nothing a sender does can make the table hold more than
+``max_bytes``.  A payload that could not fit under the cap is refused (OVERSIZE).
+
+Keys that were completed or discarded are remembered for ``timeout`` (at most
+``max_entries`` of them, no payload bytes) so that their late or duplicated segments
+are ignored instead of opening an entry that could only time out.  An unsegmented
+payload has no state at all: a network duplicate of it is delivered again, like any
+datagram.
+
+Every discard is counted in :attr:`Reassembler.drops` by :class:`DropReason`; nothing
+here raises on bad input.  Time is passed in as ``now`` (seconds); nothing reads a
+clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import struct
+from bisect import bisect_left, bisect_right
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
+from sclp.wire.errors import DropReason
+from sclp.wire.sclp import SCLP_HLEN, SCLP_MAX_PAYLOAD, Carrier
+
+__all__ = ["Completed", "Reassembler"]
+
+_HDR = struct.Struct("!HHIHH")
+_unpack_hdr = _HDR.unpack_from
+_Key = tuple[Hashable, Hashable, int, int, int]
+
+
+@dataclass(slots=True)
+class Completed:
+    """A reassembled payload (tunnel header + inner frame) and the SCLP ports.
+
+    Ownership: ``payload`` may be a view into the buffer passed to ``add_segment`` /
+    ``add_coalesced`` (an unsegmented payload is not copied); it is valid until the
+    caller reuses that buffer.  Copy it (``bytes(payload)``) to keep it longer.
+    """
+
+    sport: int
+    dport: int
+    payload: Buffer
+
+
+class _Entry:
+    """One incomplete payload.  The segment covering tail range ``[lo, hi)`` lives at
+    ``buf[size - hi : size - lo]``; ``los``/``his`` are the received tail ranges,
+    sorted, disjoint and never adjacent; ``total`` is -1 until the first segment."""
+
+    __slots__ = ("buf", "deadline", "dport", "his", "los", "received", "size", "sport", "total")
+
+    def __init__(self, sport: int, dport: int, size: int, total: int, deadline: float) -> None:
+        self.sport = sport
+        self.dport = dport
+        self.buf = bytearray(size)
+        self.size = size
+        self.total = total
+        self.deadline = deadline
+        self.los: list[int] = []
+        self.his: list[int] = []
+        self.received = 0
+
+
+class Reassembler:
+    """Reassembly table for SCLP segments received from any number of senders.
+
+    ``carrier`` decides whether a zero checksum ("not computed") is accepted (UDP
+    carrier only, sclp-spec §5).  ``timeout`` bounds how long an incomplete payload is
+    kept, measured from its first segment.  ``max_bytes`` caps the payload buffers held
+    and ``max_entries`` the number of incomplete payloads; over either cap the oldest
+    incomplete payloads are evicted.
+    """
+
+    def __init__(
+        self,
+        carrier: Carrier = Carrier.IP,
+        timeout: float = 1.0,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_entries: int = 1024,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"reassembly timeout must be positive, got {timeout}")
+        if max_bytes < 1 or max_entries < 1:
+            raise ValueError("reassembly caps must be positive")
+        self._accept_zero_csum = carrier is Carrier.UDP
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+        # A payload whose total is unknown may be as large as the protocol allows, but
+        # never larger than the cap.
+        self._pending_size = min(SCLP_MAX_PAYLOAD, max_bytes)
+        self._table: collections.OrderedDict[_Key, _Entry] = collections.OrderedDict()
+        self._finished: collections.OrderedDict[_Key, float] = collections.OrderedDict()
+        self._next_deadline = math.inf
+        self._bytes_held = 0
+        self._completed = 0
+        self._duplicates = 0
+        self.drops: collections.Counter[DropReason] = collections.Counter()
+
+    # -- counters ---------------------------------------------------------------------
+
+    @property
+    def bytes_held(self) -> int:
+        """Bytes of payload buffers held by incomplete entries (<= ``max_bytes``)."""
+        return self._bytes_held
+
+    @property
+    def entries(self) -> int:
+        """Number of incomplete payloads in the table."""
+        return len(self._table)
+
+    @property
+    def completed(self) -> int:
+        """Payloads delivered so far."""
+        return self._completed
+
+    @property
+    def duplicates(self) -> int:
+        """Segments ignored as exact duplicates or as late segments of a payload already
+        delivered or discarded (not an error, not a drop)."""
+        return self._duplicates
+
+    # -- input ------------------------------------------------------------------------
+
+    def add_segment(
+        self, src: Hashable, dst: Hashable, segment: Buffer, now: float
+    ) -> Completed | None:
+        """Take one segment (SCLP header + its payload) received from outer address
+        ``src`` to ``dst``; return the payload if this segment completed it.
+
+        The segment's bytes are copied if they must be kept; the caller may reuse
+        ``segment``'s buffer once it is done with the returned payload."""
+        if now >= self._next_deadline:
+            self.expire(now)
+        n = len(segment)
+        if n < SCLP_HLEN:
+            self.drops[DropReason.TOO_SHORT] += 1
+            return None
+        sport, dport, word, rem, csum = _unpack_hdr(segment, 0)
+        if csum == 0:
+            if not self._accept_zero_csum:
+                self.drops[DropReason.BAD_CHECKSUM] += 1
+                return None
+        elif ones_sum(segment) != 0xFFFF:
+            self.drops[DropReason.BAD_CHECKSUM] += 1
+            return None
+        first = word & 1
+        hi = rem + n - SCLP_HLEN
+        reason = self._segment_problem(first, n - SCLP_HLEN, hi)
+        if reason is not None:
+            self.drops[reason] += 1
+            return None
+        key = (src, dst, sport, dport, word >> 1)
+        return self._add_run(key, first, rem, hi, [memoryview(segment)[SCLP_HLEN:]], now)
+
+    def add_coalesced(
+        self, src: Hashable, dst: Hashable, buf: Buffer, seg_size: int, now: float
+    ) -> list[Completed]:
+        """Take several consecutive segments delivered as one buffer (kernel UDP GRO):
+        every ``seg_size`` bytes (header included) a segment starts; the last may be
+        shorter.  Returns the payloads completed, in order.
+
+        The buffer is walked in place with memoryview offsets; checksums are verified
+        in one pass; consecutive segments of one payload (the same key, each one ending
+        where the previous one starts) are placed as one run.  A GRO buffer may hold
+        the tail of one payload, whole payloads and the head of another: all fine.
+        Raises ValueError only for ``seg_size`` < 1 (a caller bug)."""
+        if seg_size < 1:
+            raise ValueError(f"coalesced segment size must be positive, got {seg_size}")
+        if now >= self._next_deadline:
+            self.expire(now)
+        mv = memoryview(buf)
+        n = len(mv)
+        if n <= seg_size:
+            if n == 0:
+                return []
+            done = self.add_segment(src, dst, mv, now)
+            return [] if done is None else [done]
+        drops = self.drops
+        accept_zero = self._accept_zero_csum
+        count = -(-n // seg_size)
+        last_off = (count - 1) * seg_size
+        full_plen = seg_size - SCLP_HLEN
+        sums: list[int] | None = None
+        out: list[Completed] = []
+        # The run being collected: payloads of consecutive segments of one payload, each
+        # ending (in tail coordinates) where the previous one starts.
+        run: list[memoryview] = []
+        run_key: _Key = (src, dst, -1, -1, -1)
+        run_first = run_hi = 0
+        run_lo = run_word = run_sport = run_dport = -1
+        for i, off in enumerate(range(0, n, seg_size)):
+            plen = full_plen if off < last_off else n - off - SCLP_HLEN
+            if plen < 0:
+                drops[DropReason.TOO_SHORT] += 1
+                continue
+            sport, dport, word, rem, csum = _unpack_hdr(mv, off)
+            if csum:
+                if sums is None:
+                    sums = rows_ones_sums(mv, seg_size, count, n - last_off).tolist()
+                if sums[i] != 0xFFFF:
+                    drops[DropReason.BAD_CHECKSUM] += 1
+                    continue
+            elif not accept_zero:
+                drops[DropReason.BAD_CHECKSUM] += 1
+                continue
+            hi = rem + plen
+            # The checks of _segment_problem, inlined.
+            if word & 1:
+                if hi > SCLP_MAX_PAYLOAD:
+                    drops[DropReason.OVERSIZE] += 1
+                    continue
+            else:
+                if plen == 0:
+                    drops[DropReason.MALFORMED] += 1
+                    continue
+                if hi >= SCLP_MAX_PAYLOAD:
+                    drops[DropReason.OVERSIZE] += 1
+                    continue
+                if (
+                    hi == run_lo
+                    and word | 1 == run_word
+                    and sport == run_sport
+                    and (dport == run_dport)
+                ):
+                    run.append(mv[off + SCLP_HLEN : off + seg_size])
+                    run_lo = rem
+                    continue
+            if run:
+                done = self._add_run(run_key, run_first, run_lo, run_hi, run, now)
+                if done is not None:
+                    out.append(done)
+            run = [mv[off + SCLP_HLEN : off + seg_size]]
+            run_key = (src, dst, sport, dport, word >> 1)
+            run_first = word & 1
+            run_lo = rem
+            run_hi = hi
+            run_word = word | 1
+            run_sport = sport
+            run_dport = dport
+        if run:
+            done = self._add_run(run_key, run_first, run_lo, run_hi, run, now)
+            if done is not None:
+                out.append(done)
+        return out
+
+    def expire(self, now: float) -> int:
+        """Discard the incomplete payloads whose timeout has passed (counted as
+        TIMEOUT) and forget old finished keys.  Returns the number discarded.  Also
+        run lazily by ``add_*``; call it from a timer to free memory when idle."""
+        table = self._table
+        expired = 0
+        while table:
+            key, entry = next(iter(table.items()))
+            if entry.deadline > now:
+                break
+            self._discard(key, entry, DropReason.TIMEOUT, now)
+            expired += 1
+        finished = self._finished
+        while finished and next(iter(finished.values())) <= now:
+            finished.popitem(last=False)
+        deadline = math.inf
+        if table:
+            deadline = next(iter(table.values())).deadline
+        if finished:
+            deadline = min(deadline, next(iter(finished.values())))
+        self._next_deadline = deadline
+        return expired
+
+    # -- internals --------------------------------------------------------------------
+
+    @staticmethod
+    def _segment_problem(first: int, plen: int, hi: int) -> DropReason | None:
+        """Checks that need only the segment itself: a first segment's total, and a
+        later segment's end (its offset must be >= 1 in a payload <= 65535 bytes), must
+        fit; a later segment must carry bytes."""
+        if first:
+            return DropReason.OVERSIZE if hi > SCLP_MAX_PAYLOAD else None
+        if plen == 0:
+            return DropReason.MALFORMED
+        return DropReason.OVERSIZE if hi >= SCLP_MAX_PAYLOAD else None
+
+    def _add_run(
+        self, key: _Key, first: int, lo: int, hi: int, pieces: list[memoryview], now: float
+    ) -> Completed | None:
+        """Place ``pieces``: consecutive segment payloads of one key covering the tail
+        range ``[lo, hi)``, in payload order; only the first piece may be a first
+        segment (``first``).  ``key`` is (src, dst, sport, dport, ident)."""
+        sport = key[2]
+        dport = key[3]
+        entry = self._table.get(key)
+        if entry is None:
+            if key in self._finished:
+                self._duplicates += len(pieces)
+                return None
+            if first and lo == 0:  # the whole payload, in order: no table entry
+                self._completed += 1
+                if len(pieces) == 1:
+                    return Completed(sport, dport, pieces[0])
+                self._remember(key, now)
+                return Completed(sport, dport, b"".join(pieces))
+            # A later segment's payload is at least one byte longer than its tail end.
+            size = hi if first else self._pending_size
+            if hi > self._max_bytes or (not first and hi >= size):
+                self.drops[DropReason.OVERSIZE] += 1  # the payload cannot fit under the cap
+                return None
+            entry = self._new_entry(key, sport, dport, size, hi if first else -1, now)
+        elif first:
+            if entry.total < 0:
+                reason = self._learn_total(entry, hi)
+                if reason is not None:
+                    self._discard(key, entry, reason, now)
+                    return None
+            elif hi != entry.total:
+                self._discard(key, entry, DropReason.INCONSISTENT_TOTAL, now)
+                return None
+        elif entry.total >= 0:
+            if hi > entry.total:
+                self._discard(key, entry, DropReason.PAST_END, now)
+                return None
+            if hi == entry.total:  # a later segment at offset 0, where the first belongs
+                self._discard(key, entry, DropReason.INCONSISTENT_TOTAL, now)
+                return None
+        elif hi >= entry.size:
+            self._discard(key, entry, DropReason.OVERSIZE, now)
+            return None
+
+        los = entry.los
+        buf = entry.buf
+        size = entry.size
+        if not los or hi <= los[0]:
+            # In-order arrival: the run ends exactly where the lowest range starts (or
+            # lies wholly below it).  Nothing to compare, copy straight in.
+            pos = size - hi
+            for piece in pieces:
+                end = pos + len(piece)
+                buf[pos:end] = piece
+                pos = end
+            if los and hi == los[0]:
+                los[0] = lo
+            else:
+                los.insert(0, lo)
+                entry.his.insert(0, hi)
+            entry.received += hi - lo
+        else:
+            top = hi
+            for piece in pieces:
+                bottom = top - len(piece)
+                reason = self._place(entry, bottom, top, piece)
+                if reason is not None:
+                    self._discard(key, entry, reason, now)
+                    return None
+                top = bottom
+        if entry.received == entry.total:
+            del self._table[key]
+            self._bytes_held -= size
+            self._remember(key, now)
+            self._completed += 1
+            if size == entry.total:
+                return Completed(sport, dport, buf)
+            return Completed(sport, dport, memoryview(buf)[size - entry.total :])
+        return None
+
+    def _place(self, entry: _Entry, lo: int, hi: int, data: memoryview) -> DropReason | None:
+        """Place one segment payload covering tail range ``[lo, hi)`` anywhere: compare
+        the bytes it shares with ranges already received (identical: fine, a duplicate;
+        different: OVERLAP), then copy it and merge the ranges."""
+        los, his = entry.los, entry.his
+        i = bisect_left(his, lo)  # first range ending at or after lo
+        j = bisect_right(los, hi)  # first range starting after hi
+        size = entry.size
+        buf = entry.buf
+        shared = 0
+        for k in range(i, j):
+            a = max(lo, los[k])
+            b = min(hi, his[k])
+            if a < b:
+                if buf[size - b : size - a] != data[hi - b : hi - a]:
+                    return DropReason.OVERLAP
+                shared += b - a
+        if shared == hi - lo:
+            self._duplicates += 1
+            return None
+        buf[size - hi : size - lo] = data
+        if i < j:
+            new_lo = min(lo, los[i])
+            new_hi = max(hi, his[j - 1])
+            los[i:j] = [new_lo]
+            his[i:j] = [new_hi]
+        else:
+            los.insert(i, lo)
+            his.insert(i, hi)
+        entry.received += hi - lo - shared
+        return None
+
+    def _learn_total(self, entry: _Entry, total: int) -> DropReason | None:
+        """The first segment of an entry that so far had only later ones: check the
+        ranges already received against the now known total."""
+        if total > entry.size:
+            return DropReason.OVERSIZE  # larger than the cap allowed for this entry
+        if entry.his:
+            top = entry.his[-1]
+            if top > total:
+                return DropReason.PAST_END
+            if top == total:  # a later segment claimed offset 0
+                return DropReason.INCONSISTENT_TOTAL
+        entry.total = total
+        return None
+
+    def _new_entry(
+        self, key: _Key, sport: int, dport: int, size: int, total: int, now: float
+    ) -> _Entry:
+        table = self._table
+        while table and (
+            len(table) >= self._max_entries or self._bytes_held + size > self._max_bytes
+        ):
+            old_key, old = next(iter(table.items()))
+            self._discard(old_key, old, DropReason.EVICTED, now)
+        entry = _Entry(sport, dport, size, total, now + self._timeout)
+        table[key] = entry
+        self._bytes_held += size
+        if entry.deadline < self._next_deadline:
+            self._next_deadline = entry.deadline
+        return entry
+
+    def _discard(self, key: _Key, entry: _Entry, reason: DropReason, now: float) -> None:
+        del self._table[key]
+        self._bytes_held -= entry.size
+        self.drops[reason] += 1
+        self._remember(key, now)
+
+    def _remember(self, key: _Key, now: float) -> None:
+        """Note a finished key so that its stragglers are ignored for ``timeout``."""
+        finished = self._finished
+        finished[key] = now + self._timeout
+        if len(finished) > self._max_entries:
+            finished.popitem(last=False)
+        if now + self._timeout < self._next_deadline:
+            self._next_deadline = now + self._timeout
