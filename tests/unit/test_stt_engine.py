@@ -54,7 +54,7 @@ def check_batch(batch: SttSegmentBatch, frame: bytes, mss: int, src: bytes, dst:
         == (batch.count - 1) * batch.stride + 20 + len(frame) - (batch.count - 1) * mss
     )
     data = b""
-    for i, seg in enumerate(batch.segments):
+    for i, seg in enumerate(batch.segments()):
         seg_b = bytes(seg)
         last = i == batch.count - 1
         # views sit at the fixed stride in the one buffer
@@ -92,7 +92,7 @@ def test_largest_frame_and_tiny_frames() -> None:
     assert one.count == 1
     check_batch(one, stt_frame(STT_HLEN), 1460, SRC4, DST4)
     exact = segment(stt_frame(2920), 1460)
-    assert [len(s) for s in exact.segments] == [1480, 1480]
+    assert [len(s) for s in exact.segments()] == [1480, 1480]
 
 
 def test_refusals() -> None:
@@ -119,9 +119,9 @@ def test_packet_id_counter() -> None:
     assert ids == [0xFFFFFFFE, 0xFFFFFFFF, 0]
     explicit = seg.segment_frame(stt_frame(3000), 1, 1460, SRC4, DST4, ident=99)
     assert explicit.ident == 99
-    assert struct.unpack_from("!I", explicit.segments[1], 8)[0] == 99
-    assert seg.next_ident() == 1  # an explicit ID does not consume the counter
-    starts = {SttSegmenter().next_ident() for _ in range(8)}
+    assert struct.unpack_from("!I", explicit.segments()[1], 8)[0] == 99
+    assert seg.next_ident == 1  # an explicit ID does not consume the counter
+    starts = {SttSegmenter().next_ident for _ in range(8)}
     assert len(starts) > 1 and all(0 <= s <= 0xFFFFFFFF for s in starts)
 
 
@@ -136,7 +136,7 @@ def test_scapy_agrees() -> None:
     frame = stt_frame(20000, 3)
     for src, dst in ((SRC4, DST4), (SRC6, DST6)):
         batch = segment(frame, 1448, src, dst)
-        for seg in batch.segments:
+        for seg in batch.segments():
             if len(src) == 4:
                 ip = inet.IP(src=".".join(map(str, src)), dst=".".join(map(str, dst)))
             else:
@@ -170,7 +170,7 @@ def feed(
 @pytest.mark.parametrize("order", ["in_order", "reversed", "shuffled", "duplicated"])
 def test_reassembly_orders(order: str) -> None:
     frame = stt_frame(64018, 1)
-    segs = [bytes(s) for s in segment(frame).segments]
+    segs = [bytes(s) for s in segment(frame).segments()]
     if order == "reversed":
         segs.reverse()
     elif order == "shuffled":
@@ -179,10 +179,10 @@ def test_reassembly_orders(order: str) -> None:
         segs = [s for s in segs for _ in range(2)]
     r = SttReassembler()
     assert feed(r, segs) == [frame]
-    assert r.stats.completed == 1
-    assert r.stats.drops == {}
-    assert r.pending == 0 and r.bytes_held == 0
-    assert r.stats.duplicates == (len(segs) // 2 if order == "duplicated" else 0)
+    assert r.completed == 1
+    assert r.drops == {}
+    assert r.entries == 0 and r.bytes_held == 0
+    assert r.duplicates == (len(segs) // 2 if order == "duplicated" else 0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -196,66 +196,81 @@ def test_reassembly_any_permutation_with_duplicates(
 ) -> None:
     frame = stt_frame(size, size)
     for src, dst in ((SRC4, DST4), (SRC6, DST6)):
-        segs = [bytes(s) for s in segment(frame, mss, src, dst).segments]
+        segs = [bytes(s) for s in segment(frame, mss, src, dst).segments()]
         order = data.draw(st.permutations(segs))
         dups = data.draw(st.lists(st.sampled_from(segs), max_size=5))
         # duplicates anywhere before the last original segment is delivered
         stream = list(order[:-1]) + dups + [order[-1]]
         r = SttReassembler()
-        assert feed(r, stream, src=src, dst=dst) == [frame]
-        assert r.stats.drops == {}
+        # a one-segment frame is stateless: each copy is delivered, like a datagram
+        expected = [frame] * (1 + len(dups) if len(segs) == 1 else 1)
+        assert feed(r, stream, src=src, dst=dst) == expected
+        assert r.drops == {}
+        assert r.entries == 0
 
 
 def test_single_segment_frame_needs_no_entry() -> None:
     frame = stt_frame(1000)
     r = SttReassembler()
-    assert feed(r, [bytes(s) for s in segment(frame).segments]) == [frame]
-    assert r.pending == 0
+    assert feed(r, [bytes(s) for s in segment(frame).segments()]) == [frame]
+    assert r.entries == 0
 
 
 def test_late_duplicates_are_not_delivered_twice() -> None:
-    small = [bytes(s) for s in segment(stt_frame(1000), ident=1).segments]
-    big = [bytes(s) for s in segment(stt_frame(5000), ident=2).segments]
+    small = [bytes(s) for s in segment(stt_frame(1000), ident=1).segments()]
+    big = [bytes(s) for s in segment(stt_frame(5000), ident=2).segments()]
     r = SttReassembler(timeout=1.0)
     assert feed(r, small + big, now=0.0) == [stt_frame(1000), stt_frame(5000)]
-    assert feed(r, small + big[:1], now=0.5) == []
-    assert r.stats.duplicates == 2 and r.pending == 0 and r.stats.drops == {}
-    # the memory of completed frames lasts one timeout, then a repeat is a new frame
-    assert feed(r, small, now=1.5) == [stt_frame(1000)]
+    assert r.next_deadline() == 1.0  # the remembered key of the big frame
+    # a one-segment frame leaves no state: its duplicate is delivered like a datagram
+    assert feed(r, small, now=0.5) == [stt_frame(1000)]
+    assert feed(r, big[:2], now=0.5) == []
+    assert r.duplicates == 2 and r.entries == 0 and r.drops == {}
+    # the memory of finished frames lasts one timeout, then a repeat is a new frame
+    assert feed(r, big, now=1.5) == [stt_frame(5000)]
     # and holds at most max_entries keys
     capped = SttReassembler(max_entries=2)
-    frames = [[bytes(s) for s in segment(stt_frame(100), ident=i).segments] for i in range(3)]
+    frames = [[bytes(s) for s in segment(stt_frame(3000), ident=i).segments()] for i in range(3)]
     for segs in frames:
         feed(capped, segs)
-    assert feed(capped, frames[0]) == [stt_frame(100)]  # forgotten: oldest of three
+    assert feed(capped, frames[0]) == [stt_frame(3000)]  # forgotten: oldest of three
     assert feed(capped, frames[2]) == []
+
+
+def test_stragglers_of_a_discarded_frame_are_ignored() -> None:
+    r = SttReassembler()
+    assert _add(r, _tcp((100 << 16) | 0, b"a" * 40)) is None
+    assert _add(r, _tcp((100 << 16) | 90, b"b" * 20)) is None  # past the end: discarded
+    assert _add(r, _tcp((100 << 16) | 40, b"c" * 40)) is None  # straggler
+    assert r.entries == 0 and r.duplicates == 1
+    assert r.drops == {DropReason.PAST_END: 1}
 
 
 def test_interleaved_frames_and_keys() -> None:
     seg = SttSegmenter(100)
     a, b = stt_frame(10000, 1), stt_frame(9000, 2)
-    sa = [bytes(s) for s in seg.segment_frame(a, 1, 1460, SRC4, DST4).segments]
-    sb = [bytes(s) for s in seg.segment_frame(b, 1, 1460, SRC4, DST4).segments]
+    sa = [bytes(s) for s in seg.segment_frame(a, 1, 1460, SRC4, DST4).segments()]
+    sb = [bytes(s) for s in seg.segment_frame(b, 1, 1460, SRC4, DST4).segments()]
     r = SttReassembler()
     mixed = [s for pair in zip(sa, sb, strict=False) for s in pair] + sa[len(sb) :]
     assert sorted(feed(r, mixed)) == sorted([a, b])
     # the same packet ID from another source is another frame
     other = SttReassembler()
     src2 = bytes([192, 0, 2, 3])
-    sa2 = [bytes(s) for s in SttSegmenter(100).segment_frame(a, 1, 1460, src2, DST4).segments]
+    sa2 = [bytes(s) for s in SttSegmenter(100).segment_frame(a, 1, 1460, src2, DST4).segments()]
     for s1, s2 in zip(sa[:-1], sa2[:-1], strict=True):
         assert other.add_segment(SRC4, DST4, s1, 0.0) is None
         assert other.add_segment(src2, DST4, s2, 0.0) is None
-    assert other.pending == 2
+    assert other.entries == 2
 
 
 def test_bad_checksum_and_verify_flag() -> None:
     frame = stt_frame(5000, 2)
-    segs = [bytearray(s) for s in segment(frame).segments]
+    segs = [bytearray(s) for s in segment(frame).segments()]
     segs[1][100] ^= 0x40
     r = SttReassembler()
     assert feed(r, [bytes(s) for s in segs]) == []
-    assert r.stats.drops == {DropReason.BAD_CHECKSUM: 1}
+    assert r.drops == {DropReason.BAD_CHECKSUM: 1}
     # without verification the corrupted byte goes through
     r2 = SttReassembler()
     out = [r2.add_segment(SRC4, DST4, bytes(s), 0.0, verify_checksum=False) for s in segs]
@@ -264,7 +279,7 @@ def test_bad_checksum_and_verify_flag() -> None:
 
 def test_explicit_pseudo_sum() -> None:
     frame = stt_frame(3000, 2)
-    segs = [bytes(s) for s in segment(frame).segments]
+    segs = [bytes(s) for s in segment(frame).segments()]
     r = SttReassembler()
     results = [
         r.add_segment(SRC4, DST4, s, 0.0, True, pseudo_sum_for(SRC4, DST4, len(s))) for s in segs
@@ -272,11 +287,11 @@ def test_explicit_pseudo_sum() -> None:
     assert results[-1] == frame
     wrong = SttReassembler()
     assert wrong.add_segment(SRC4, DST4, segs[0], 0.0, True, 0x1234) is None
-    assert wrong.stats.drops == {DropReason.BAD_CHECKSUM: 1}
+    assert wrong.drops == {DropReason.BAD_CHECKSUM: 1}
     # addresses that cannot make a pseudo-header
     odd = SttReassembler()
     assert odd.add_segment(b"x", b"y", segs[0], 0.0) is None
-    assert odd.stats.drops == {DropReason.MALFORMED: 1}
+    assert odd.drops == {DropReason.MALFORMED: 1}
 
 
 def _tcp(seq: int, data: bytes, ident: int = 5, dport: int = STT_PORT, doff: int = 5) -> bytes:
@@ -295,30 +310,30 @@ def test_malformed_segments_are_counted() -> None:
     assert _add(r, _tcp(100 << 16, b"x" * 20, doff=15)) is None  # header past the end
     assert _add(r, _tcp(100 << 16, b"")) is None  # no data
     assert _add(r, _tcp(10 << 16, b"x" * 10)) is None  # frame shorter than an STT header
-    assert r.stats.drops == {
+    assert r.drops == {
         DropReason.TOO_SHORT: 2,
         DropReason.UNKNOWN_PORT: 1,
         DropReason.MALFORMED: 3,
     }
-    assert r.pending == 0
+    assert r.entries == 0
 
 
 def test_past_end_discards_the_frame() -> None:
     r = SttReassembler()
     assert _add(r, _tcp((100 << 16) | 0, b"a" * 40)) is None
-    assert r.pending == 1
+    assert r.entries == 1
     assert _add(r, _tcp((100 << 16) | 90, b"b" * 20)) is None
-    assert r.pending == 0 and r.bytes_held == 0
-    assert _add(r, _tcp((100 << 16) | 90, b"b" * 20)) is None  # no entry: just dropped
-    assert r.stats.drops == {DropReason.PAST_END: 2}
+    assert r.entries == 0 and r.bytes_held == 0
+    assert _add(r, _tcp((100 << 16) | 90, b"b" * 20, ident=9)) is None  # no entry
+    assert r.drops == {DropReason.PAST_END: 2}
 
 
 def test_inconsistent_total_discards_the_frame() -> None:
     r = SttReassembler()
     assert _add(r, _tcp((100 << 16) | 0, b"a" * 40)) is None
     assert _add(r, _tcp((120 << 16) | 40, b"b" * 40)) is None
-    assert r.pending == 0
-    assert r.stats.drops == {DropReason.INCONSISTENT_TOTAL: 1}
+    assert r.entries == 0
+    assert r.drops == {DropReason.INCONSISTENT_TOTAL: 1}
 
 
 def test_overlap_conflict_and_agreeing_overlap() -> None:
@@ -328,17 +343,17 @@ def test_overlap_conflict_and_agreeing_overlap() -> None:
     bad = bytearray(frame[40:80])
     bad[5] ^= 1  # byte 45: already received, now different
     assert _add(r, _tcp((100 << 16) | 40, bytes(bad))) is None
-    assert r.stats.drops == {DropReason.OVERLAP: 1} and r.pending == 0
+    assert r.drops == {DropReason.OVERLAP: 1} and r.entries == 0
     # fully covered but different: also a conflict
-    assert _add(r, _tcp((100 << 16) | 0, frame[:60])) is None
-    assert _add(r, _tcp((100 << 16) | 10, b"z" * 20)) is None
-    assert r.stats.drops == {DropReason.OVERLAP: 2}
+    assert _add(r, _tcp((100 << 16) | 0, frame[:60], ident=6)) is None
+    assert _add(r, _tcp((100 << 16) | 10, b"z" * 20, ident=6)) is None
+    assert r.drops == {DropReason.OVERLAP: 2}
     # overlapping pieces that agree (a resegmented retransmission) are merged
     ok = SttReassembler()
     assert _add(ok, _tcp((100 << 16) | 0, frame[:60])) is None
     assert _add(ok, _tcp((100 << 16) | 70, frame[70:])) is None
     assert _add(ok, _tcp((100 << 16) | 50, frame[50:75])) == frame
-    assert ok.stats.drops == {} and ok.bytes_held == 0
+    assert ok.drops == {} and ok.bytes_held == 0
 
 
 def test_timeout_and_next_deadline() -> None:
@@ -353,15 +368,15 @@ def test_timeout_and_next_deadline() -> None:
     # a late segment of the expired frame starts a new entry; the other one times out
     # when the next segment arrives, never later than that
     assert _add(r, _tcp((100 << 16) | 40, b"b" * 60), now=12.0) is None
-    assert r.stats.drops == {DropReason.TIMEOUT: 2}
-    assert r.pending == 1
+    assert r.drops == {DropReason.TIMEOUT: 2}
+    assert r.entries == 1
 
 
 def test_entry_cap_evicts_oldest() -> None:
     r = SttReassembler(max_entries=2)
     for ident in (1, 2, 3):
         assert _add(r, _tcp((100 << 16) | 0, b"a" * 50, ident=ident)) is None
-    assert r.pending == 2 and r.stats.drops == {DropReason.EVICTED: 1}
+    assert r.entries == 2 and r.drops == {DropReason.EVICTED: 1}
     # frame 1 was the oldest: completing it now starts over; frame 2 completes fine
     assert _add(r, _tcp((100 << 16) | 50, b"b" * 50, ident=2)) == b"a" * 50 + b"b" * 50
 
@@ -372,11 +387,11 @@ def test_byte_cap_evicts_and_oversize() -> None:
     assert _add(r, _tcp((500 << 16) | 0, b"a" * 10, ident=2)) is None
     assert r.bytes_held == 3000
     assert _add(r, _tcp((600 << 16) | 0, b"a" * 10, ident=3)) is None
-    assert r.stats.drops == {DropReason.EVICTED: 1}
-    assert r.bytes_held == 2 * 500 + 2 * 600 <= r.max_bytes
+    assert r.drops == {DropReason.EVICTED: 1}
+    assert r.bytes_held == 2 * 500 + 2 * 600 <= 3000
     tiny = SttReassembler(max_bytes=1000)
     assert _add(tiny, _tcp((600 << 16) | 0, b"a" * 10)) is None
-    assert tiny.stats.drops == {DropReason.OVERSIZE: 1} and tiny.pending == 0
+    assert tiny.drops == {DropReason.OVERSIZE: 1} and tiny.entries == 0
 
 
 @settings(max_examples=200, deadline=None)
@@ -386,7 +401,7 @@ def test_fuzz_never_raises_and_respects_caps(segments: list[bytes]) -> None:
     for i, raw in enumerate(segments):
         seg = struct.pack("!HH", 1, STT_PORT) + raw
         r.add_segment(SRC4, DST4, seg, float(i), verify_checksum=i % 2 == 0)
-        assert r.bytes_held <= 4096 and r.pending <= 3
+        assert r.bytes_held <= 4096 and r.entries <= 3
 
 
 def test_constructor_validation() -> None:

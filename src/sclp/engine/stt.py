@@ -20,18 +20,21 @@ offsets and checksums), and exposed as ``memoryview``s for batch I/O.
 Receive: the frame length and the segment's offset come from the sequence number, so
 every segment is placed in the frame buffer as it arrives, in any order.  Key =
 (outer source, outer destination, source port, destination port, packet ID).  Exact
-duplicates are ignored; overlapping bytes that disagree, a segment running past the
-frame length, or segments disagreeing on the frame length discard the whole frame (in
-the spirit of RFC 5722, like the SCLP reassembler, sclp-spec §4).  Incomplete frames
+duplicates, and late segments of a frame already delivered or discarded, are ignored;
+overlapping bytes that disagree, a segment running past the frame length, or segments
+disagreeing on the frame length discard the whole frame (in the spirit of RFC 5722,
+like the SCLP reassembler, sclp-spec §4).  Incomplete frames
 time out; memory is bounded by byte and entry caps with oldest-first eviction; every
 loss is counted by :class:`~sclp.wire.errors.DropReason`.  Time is passed in (``now``).
 """
 
 from __future__ import annotations
 
+import collections
+import math
 import secrets
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -60,6 +63,7 @@ _DOFF_BYTE: Final = (TCP_HLEN // 4) << 4  # data offset 5, no options
 # sport, dport, seq, ack, data offset byte, flags, window, checksum, urgent pointer
 _TCP = struct.Struct("!HHIIBBHHH")
 _SEQ_LO: Final = 6  # offset of the sequence number's low 16 bits (the frame offset)
+_FLAGS: Final = 13  # offset of the flags byte
 _CSUM: Final = 16  # offset of the TCP checksum
 
 _ONES: Final = b"\x01" * STT_FRAME_MAX_LEN  # coverage-map filler
@@ -81,30 +85,38 @@ def _fold(value: int) -> int:
     return (value & 0xFFFF) + (value >> 16)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class SttSegmentBatch:
-    """The segments of one STT frame, ready for batch I/O.
+    """The segments of one STT frame, back to back in one buffer (the same shape as
+    :class:`sclp.engine.segmenter.SegmentBatch`).
 
-    ``buffer`` holds them back to back: segment *i* starts at ``i * stride`` (TCP
-    header, then data); all but the last are ``stride`` bytes long, and the buffer ends
-    with the last one.  ``segments`` are views into ``buffer`` (TCP header + data each;
-    the caller prepends the outer IP header or sends them on a raw socket).  ``ident``
-    is the packet ID written into the acknowledgment number.  The batch owns its buffer.
+    Segment ``i`` (TCP header + its data) is ``buffer[i*stride : i*stride + 20 +
+    len_i]`` where ``len_i`` is ``stride - 20`` for every segment but the last.
+    ``total`` is the STT frame length, ``ident`` the packet ID in the acknowledgment
+    number.  ``len(batch)`` is the segment count.  The batch owns ``buffer``; the views
+    from :meth:`segments` are valid as long as it is not modified.  The caller adds the
+    outer IP header (or sends the views on a raw socket).
     """
 
     buffer: bytearray
     stride: int
+    count: int
     ident: int
-    segments: list[memoryview]
+    total: int
+
+    def __len__(self) -> int:
+        return self.count
 
     @property
-    def count(self) -> int:
-        return len(self.segments)
-
-    @property
-    def mss(self) -> int:
+    def seg_size(self) -> int:
         """Data bytes per segment (all but the last)."""
         return self.stride - TCP_HLEN
+
+    def segments(self) -> list[memoryview]:
+        """One zero-copy view per segment (TCP header + its data)."""
+        mv = memoryview(self.buffer)
+        stride = self.stride
+        return [mv[i : i + stride] for i in range(0, len(self.buffer), stride)]
 
 
 class SttSegmenter:
@@ -122,11 +134,10 @@ class SttSegmenter:
             raise ValueError(f"packet id must fit in 32 bits: {ident_start}")
         self._next_ident = ident_start
 
+    @property
     def next_ident(self) -> int:
-        """Take the next packet ID (wraps at 2**32)."""
-        ident = self._next_ident
-        self._next_ident = (ident + 1) & 0xFFFFFFFF
-        return ident
+        """The packet ID the next frame will get."""
+        return self._next_ident
 
     def segment_frame(
         self,
@@ -144,8 +155,8 @@ class SttSegmenter:
         addresses ``src`` → ``dst`` (4 or 16 bytes each).
 
         ``mss`` is the TCP payload per segment: path MTU − outer IP header − 20.
-        ``ident`` overrides the packet ID (default: the next from the counter, e.g. to
-        send one frame to several peers under one ID it may be passed explicitly).
+        ``ident`` overrides the packet ID (default: the next from the counter, which an
+        explicit ``ident`` does not advance).
         ``stt_frame`` is copied, not kept.  Raises ValueError for a frame shorter than
         the STT header or longer than 65,535 bytes (the sequence number's 16-bit
         length), ``mss`` < 1, ports out of range or bad addresses.
@@ -160,7 +171,8 @@ class SttSegmenter:
         if not 0 <= sport <= 0xFFFF or not 0 <= dport <= 0xFFFF:
             raise ValueError(f"ports out of range: {sport}, {dport}")
         if ident is None:
-            ident = self.next_ident()
+            ident = self._next_ident
+            self._next_ident = (ident + 1) & 0xFFFFFFFF
         elif not 0 <= ident <= 0xFFFFFFFF:
             raise ValueError(f"packet id must fit in 32 bits: {ident}")
         count = -(-total // mss)
@@ -182,9 +194,11 @@ class SttSegmenter:
             rows = np.frombuffer(buffer, np.uint8, full * stride).reshape(full, stride)
             rows[:, TCP_HLEN:] = np.frombuffer(stt_frame, np.uint8, full * mss).reshape(full, mss)
             rows[:, :TCP_HLEN] = np.frombuffer(template, np.uint8)
-            rows[:, 13] = int(STT_SEGMENT_FLAGS)
+            rows[:, _FLAGS] = int(STT_SEGMENT_FLAGS)
             offsets = np.arange(0, full * mss, mss, dtype=np.uint64)
-            sums = row_sums[:full].astype(np.uint64) + offsets + (const + mss + STT_SEGMENT_FLAGS)
+            sums = (
+                row_sums[:full].astype(np.uint64) + offsets + (const + mss + int(STT_SEGMENT_FLAGS))
+            )
             sums = (sums & 0xFFFF) + (sums >> 16)
             sums = (sums & 0xFFFF) + (sums >> 16)
             csums = ~sums & 0xFFFF
@@ -210,10 +224,7 @@ class SttSegmenter:
             csum,
             0,
         )
-        view = memoryview(buffer)
-        segments = [view[i * stride : (i + 1) * stride] for i in range(full)]
-        segments.append(view[base:])
-        return SttSegmentBatch(buffer=buffer, stride=stride, ident=ident, segments=segments)
+        return SttSegmentBatch(buffer=buffer, stride=stride, count=count, ident=ident, total=total)
 
 
 @dataclass(slots=True)
@@ -228,31 +239,22 @@ class _Entry:
 _Key = tuple[bytes, bytes, int, int, int]
 
 
-@dataclass(slots=True)
-class SttReassemblyStats:
-    """Counters of an :class:`SttReassembler` (drops by reason, plus the good news)."""
-
-    drops: dict[DropReason, int] = field(default_factory=dict)
-    completed: int = 0  # frames handed out
-    duplicates: int = 0  # segments whose bytes were all present already (not drops)
-
-    def count(self, reason: DropReason) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
-
-
 class SttReassembler:
     """Reassembles STT frames from pseudo-TCP segments (any order, duplicates fine).
 
+    The counters and caps follow :class:`sclp.engine.reassembler.Reassembler`:
     ``timeout`` (seconds) bounds how long an incomplete frame is kept after its first
-    segment; ``max_bytes`` bounds the memory held by incomplete frames (each counts
-    twice its frame length: the frame buffer and its coverage map) and
-    ``max_entries`` their number.  When a new frame does not fit, the oldest incomplete
-    frames are evicted (counted as EVICTED).  Only destination port ``port`` is STT.
+    segment; ``max_bytes`` caps the memory held by incomplete frames (each counts twice
+    its frame length: the frame buffer and its coverage map) and ``max_entries`` their
+    number.  When a new frame does not fit, the oldest incomplete frames are evicted
+    (EVICTED); a frame that cannot fit even in an empty table is refused (OVERSIZE).
+    Only destination port ``port`` is STT (others: UNKNOWN_PORT).
 
-    The keys of the last ``max_entries`` frames completed within ``timeout`` are
-    remembered, so that a late duplicate of an already delivered frame's segment is
-    ignored (counted in ``stats.duplicates``) instead of delivering the frame twice or
-    opening an entry that can only time out.
+    Keys of frames completed or discarded are remembered for ``timeout`` (at most
+    ``max_entries`` of them, no bytes), so that their late or duplicated segments are
+    ignored (counted in :attr:`duplicates`) instead of opening an entry that could only
+    time out.  A frame that fits in one segment leaves no state: a network duplicate of
+    it is delivered again, like any datagram.
     """
 
     def __init__(
@@ -262,47 +264,51 @@ class SttReassembler:
         max_entries: int = 1024,
         port: int = STT_PORT,
     ) -> None:
-        if timeout <= 0 or max_bytes <= 0 or max_entries <= 0:
-            raise ValueError("timeout and caps must be positive")
-        self.timeout = timeout
-        self.max_bytes = max_bytes
-        self.max_entries = max_entries
-        self.port = port
-        self.stats = SttReassemblyStats()
-        self._entries: dict[_Key, _Entry] = {}  # insertion order = age order
-        self._completed: dict[_Key, float] = {}  # key -> forget-after time, in age order
-        self._bytes = 0
+        if not timeout > 0:
+            raise ValueError(f"reassembly timeout must be positive, got {timeout}")
+        if max_bytes < 1 or max_entries < 1:
+            raise ValueError("reassembly caps must be positive")
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+        self._port = port
+        self._table: dict[_Key, _Entry] = {}  # insertion order = age order
+        self._finished: dict[_Key, float] = {}  # key -> forget-after time, in age order
+        self._next_deadline = math.inf
+        self._bytes_held = 0
+        self._completed = 0
+        self._duplicates = 0
+        self.drops: collections.Counter[DropReason] = collections.Counter()
 
-    @property
-    def pending(self) -> int:
-        """Incomplete frames held."""
-        return len(self._entries)
+    # -- counters ---------------------------------------------------------------------
 
     @property
     def bytes_held(self) -> int:
-        """Bytes accounted against ``max_bytes``."""
-        return self._bytes
+        """Bytes accounted against ``max_bytes`` (<= ``max_bytes``)."""
+        return self._bytes_held
+
+    @property
+    def entries(self) -> int:
+        """Number of incomplete frames in the table."""
+        return len(self._table)
+
+    @property
+    def completed(self) -> int:
+        """Frames delivered so far."""
+        return self._completed
+
+    @property
+    def duplicates(self) -> int:
+        """Segments ignored as exact duplicates or as late segments of a frame already
+        delivered or discarded (not an error, not a drop)."""
+        return self._duplicates
 
     def next_deadline(self) -> float | None:
-        """When the oldest incomplete frame times out (``None`` if none is held)."""
-        for entry in self._entries.values():
-            return entry.deadline
-        return None
+        """When :meth:`expire` next has work (a frame times out or a remembered key is
+        forgotten); ``None`` when nothing is held.  For the caller's timer."""
+        return None if self._next_deadline == math.inf else self._next_deadline
 
-    def expire(self, now: float) -> int:
-        """Discard incomplete frames whose deadline has passed (counted as TIMEOUT);
-        returns how many."""
-        done = self._completed
-        while done and next(iter(done.values())) <= now:
-            del done[next(iter(done))]
-        expired = 0
-        while self._entries:
-            key, entry = next(iter(self._entries.items()))
-            if entry.deadline > now:
-                break
-            self._discard(key, DropReason.TIMEOUT)
-            expired += 1
-        return expired
+    # -- input ------------------------------------------------------------------------
 
     def add_segment(
         self,
@@ -320,128 +326,154 @@ class SttReassembler:
         With ``verify_checksum`` the TCP checksum is checked against ``pseudo_sum``
         (the pseudo-header sum for this segment's length; computed from ``src``/``dst``
         when ``None``).  Never raises on bad input: a bad segment is counted in
-        ``stats.drops`` and ``None`` is returned.  ``tcp_segment`` is copied, not kept.
+        :attr:`drops` and ``None`` is returned.  ``tcp_segment`` is copied, not kept.
         """
-        if self._entries or self._completed:
+        if now >= self._next_deadline:
             self.expire(now)
         view = memoryview(tcp_segment)
         n = len(view)
         if n < TCP_HLEN:
-            self.stats.count(DropReason.TOO_SHORT)
+            self.drops[DropReason.TOO_SHORT] += 1
             return None
         sport, dport, seq, ident, doff_byte = _TCP.unpack_from(view, 0)[:5]
-        if dport != self.port:
-            self.stats.count(DropReason.UNKNOWN_PORT)
+        if dport != self._port:
+            self.drops[DropReason.UNKNOWN_PORT] += 1
             return None
         hlen = (doff_byte >> 4) * 4
         if hlen < TCP_HLEN:
-            self.stats.count(DropReason.MALFORMED)
+            self.drops[DropReason.MALFORMED] += 1
             return None
         if hlen > n:
-            self.stats.count(DropReason.TOO_SHORT)
+            self.drops[DropReason.TOO_SHORT] += 1
             return None
         if verify_checksum:
             if pseudo_sum is None:
                 try:
                     pseudo_sum = pseudo_sum_for(src, dst, n)
                 except ValueError:
-                    self.stats.count(DropReason.MALFORMED)
+                    self.drops[DropReason.MALFORMED] += 1
                     return None
             if ones_sum(view, pseudo_sum) != 0xFFFF:
-                self.stats.count(DropReason.BAD_CHECKSUM)
+                self.drops[DropReason.BAD_CHECKSUM] += 1
                 return None
         total = seq >> 16
         offset = seq & 0xFFFF
-        data = view[hlen:]
         dlen = n - hlen
         if dlen == 0 or total < STT_HLEN:
             # no data, or a frame too short to hold its own STT header
-            self.stats.count(DropReason.MALFORMED)
+            self.drops[DropReason.MALFORMED] += 1
             return None
-        key = (src, dst, sport, dport, ident)
-        if key in self._completed:
-            self.stats.duplicates += 1
-            return None
-        entry = self._entries.get(key)
         end = offset + dlen
-        if end > total:
-            if entry is not None:
-                self._discard(key, DropReason.PAST_END)
-            else:
-                self.stats.count(DropReason.PAST_END)
-            return None
+        key = (src, dst, sport, dport, ident)
+        entry = self._table.get(key)
         if entry is None:
-            if dlen == total:  # the whole frame in one segment (or GRO/LRO-merged)
-                self._remember(key, now)
-                return bytes(data)
-            entry = self._new_entry(key, total, now)
-            if entry is None:
+            if key in self._finished:
+                self._duplicates += 1
                 return None
+            if end > total:
+                self.drops[DropReason.PAST_END] += 1
+                return None
+            if dlen == total:  # the whole frame in one segment (or LRO-merged)
+                self._completed += 1
+                return bytes(view[hlen:])
+            new = self._new_entry(key, total, now)
+            if new is None:
+                return None
+            entry = new
         elif entry.total != total:
-            self._discard(key, DropReason.INCONSISTENT_TOTAL)
+            self._discard(key, entry, DropReason.INCONSISTENT_TOTAL, now)
+            return None
+        elif end > total:
+            self._discard(key, entry, DropReason.PAST_END, now)
             return None
 
+        data = view[hlen:]
         covered = entry.covered.count(1, offset, end)
-        if covered == 0:
-            entry.buf[offset:end] = data
-            entry.covered[offset:end] = _ONES[:dlen]
-            entry.received += dlen
-        elif not self._agrees(entry, offset, data, covered == dlen):
-            self._discard(key, DropReason.OVERLAP)
-            return None
-        elif covered == dlen:
-            self.stats.duplicates += 1
-            return None
-        else:  # partly new, and the old bytes agree
-            entry.buf[offset:end] = data
-            entry.covered[offset:end] = _ONES[:dlen]
-            entry.received += dlen - covered
+        if covered:
+            if not _agrees(entry, offset, data, covered == dlen):
+                self._discard(key, entry, DropReason.OVERLAP, now)
+                return None
+            if covered == dlen:
+                self._duplicates += 1
+                return None
+        entry.buf[offset:end] = data
+        entry.covered[offset:end] = _ONES[:dlen]
+        entry.received += dlen - covered
         if entry.received < total:
             return None
-        del self._entries[key]
-        self._bytes -= 2 * total
+        del self._table[key]
+        self._bytes_held -= 2 * total
+        self._completed += 1
         self._remember(key, now)
         return bytes(entry.buf)
 
-    def _remember(self, key: _Key, now: float) -> None:
-        """Count a completed frame and remember its key for late duplicates."""
-        self.stats.completed += 1
-        done = self._completed
-        done[key] = now + self.timeout
-        if len(done) > self.max_entries:
-            del done[next(iter(done))]
+    def expire(self, now: float) -> int:
+        """Discard the incomplete frames whose timeout has passed (counted as TIMEOUT)
+        and forget old finished keys.  Returns the number discarded.  Also run lazily by
+        :meth:`add_segment`; call it from a timer to free memory when idle."""
+        table = self._table
+        expired = 0
+        while table:
+            key, entry = next(iter(table.items()))
+            if entry.deadline > now:
+                break
+            self._discard(key, entry, DropReason.TIMEOUT, now)
+            expired += 1
+        finished = self._finished
+        while finished:
+            key, forget_at = next(iter(finished.items()))
+            if forget_at > now:
+                break
+            del finished[key]
+        deadline = math.inf
+        if table:
+            deadline = next(iter(table.values())).deadline
+        if finished:
+            deadline = min(deadline, next(iter(finished.values())))
+        self._next_deadline = deadline
+        return expired
 
-    @staticmethod
-    def _agrees(entry: _Entry, offset: int, data: memoryview, all_covered: bool) -> bool:
-        """Do the bytes of ``data`` already present in ``entry`` equal the new ones?"""
-        end = offset + len(data)
-        if all_covered:
-            return memoryview(entry.buf)[offset:end] == data
-        mask = np.frombuffer(entry.covered, np.uint8)[offset:end].astype(bool)
-        old = np.frombuffer(entry.buf, np.uint8)[offset:end]
-        new = np.frombuffer(data, np.uint8)
-        return bool(np.array_equal(old[mask], new[mask]))
+    # -- internals --------------------------------------------------------------------
 
     def _new_entry(self, key: _Key, total: int, now: float) -> _Entry | None:
-        need = 2 * total
-        if need > self.max_bytes:
-            self.stats.count(DropReason.OVERSIZE)
+        size = 2 * total
+        if size > self._max_bytes:
+            self.drops[DropReason.OVERSIZE] += 1
             return None
-        while self._entries and (
-            len(self._entries) >= self.max_entries or self._bytes + need > self.max_bytes
+        table = self._table
+        while table and (
+            len(table) >= self._max_entries or self._bytes_held + size > self._max_bytes
         ):
-            self._discard(next(iter(self._entries)), DropReason.EVICTED)
-        entry = _Entry(
-            total=total,
-            deadline=now + self.timeout,
-            buf=bytearray(total),
-            covered=bytearray(total),
-        )
-        self._entries[key] = entry
-        self._bytes += need
+            old_key, old = next(iter(table.items()))
+            self._discard(old_key, old, DropReason.EVICTED, now)
+        entry = _Entry(total, now + self._timeout, bytearray(total), bytearray(total))
+        table[key] = entry
+        self._bytes_held += size
+        self._next_deadline = min(self._next_deadline, entry.deadline)
         return entry
 
-    def _discard(self, key: _Key, reason: DropReason) -> None:
-        entry = self._entries.pop(key)
-        self._bytes -= 2 * entry.total
-        self.stats.count(reason)
+    def _discard(self, key: _Key, entry: _Entry, reason: DropReason, now: float) -> None:
+        del self._table[key]
+        self._bytes_held -= 2 * entry.total
+        self.drops[reason] += 1
+        self._remember(key, now)
+
+    def _remember(self, key: _Key, now: float) -> None:
+        """Note a finished key so that its stragglers are ignored for ``timeout``."""
+        finished = self._finished
+        finished.pop(key, None)  # re-insert at the young end
+        finished[key] = now + self._timeout
+        if len(finished) > self._max_entries:
+            del finished[next(iter(finished))]
+        self._next_deadline = min(self._next_deadline, now + self._timeout)
+
+
+def _agrees(entry: _Entry, offset: int, data: memoryview, all_covered: bool) -> bool:
+    """Do the bytes of ``data`` already present in ``entry`` equal the new ones?"""
+    end = offset + len(data)
+    if all_covered:
+        return memoryview(entry.buf)[offset:end] == data
+    mask = np.frombuffer(entry.covered, np.uint8)[offset:end].astype(bool)
+    old = np.frombuffer(entry.buf, np.uint8)[offset:end]
+    new = np.frombuffer(data, np.uint8)
+    return bool(np.array_equal(old[mask], new[mask]))
