@@ -328,6 +328,7 @@ class Reassembler:
             size = hi if first else self._pending_size
             if hi > self._max_bytes or (not first and hi >= size):
                 self.drops[DropReason.OVERSIZE] += 1  # the payload cannot fit under the cap
+                self._remember(key, now)
                 return None
             entry = self._new_entry(key, sport, dport, size, hi if first else -1, now)
         elif first:
