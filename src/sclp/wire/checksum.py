@@ -48,10 +48,7 @@ def ones_sum(data: Buffer, initial: int = 0) -> int:
     ``initial`` (another folded sum).  Returns a value in 0..0xFFFF."""
     n = len(data)
     if n < _NUMPY_THRESHOLD:
-        if n % 2:
-            value = int.from_bytes(data, "big") << 8
-        else:
-            value = int.from_bytes(data, "big")
+        value = int.from_bytes(data, "big") << (8 * (n % 2))  # pad an odd tail byte
         # 2**16 ≡ 1 (mod 0xFFFF): the value mod 0xFFFF is the word sum mod 0xFFFF.
         s = value % 0xFFFF
         if s == 0 and value:
