@@ -241,20 +241,20 @@ def test_first_segments_disagreeing_on_total() -> None:
     assert_empty(r)
 
 
-def test_later_segment_at_offset_zero_is_inconsistent() -> None:
+def test_later_segment_overlapping_the_first() -> None:
+    data = payload_of(1100)
+    first = raw_segment(5, True, 1000, data[:100])
+    same = raw_segment(5, False, 1000, data[:100])  # F clear but the first's bytes: harmless
+    other = raw_segment(5, False, 1000, bytes(100))
     r = Reassembler()
-    # First: total 1100.  Later segment claims [0, 100): offset 0 belongs to the first.
-    assert (
-        feed(r, [raw_segment(5, True, 1000, bytes(100)), raw_segment(5, False, 1000, bytes(100))])
-        == []
-    )
-    assert r.drops == {DropReason.INCONSISTENT_TOTAL: 1}
-    r = Reassembler()  # the same, the later segment first
-    assert (
-        feed(r, [raw_segment(5, False, 1000, bytes(100)), raw_segment(5, True, 1000, bytes(100))])
-        == []
-    )
-    assert r.drops == {DropReason.INCONSISTENT_TOTAL: 1}
+    assert feed(r, [same, first, raw_segment(5, False, 0, data[100:])]) == [data]
+    assert r.duplicates == 1 and not r.drops
+    r = Reassembler()
+    assert feed(r, [first, other]) == []
+    assert r.drops == {DropReason.OVERLAP: 1}
+    r = Reassembler()
+    assert feed(r, [other, first]) == []
+    assert r.drops == {DropReason.OVERLAP: 1}
     assert_empty(r)
 
 
@@ -281,12 +281,22 @@ def test_segment_past_end_before_first() -> None:
 def test_total_over_65535_is_oversize() -> None:
     r = Reassembler()
     assert r.add_segment(A, B, raw_segment(5, True, 65535, bytes(1)), 0.0) is None
-    assert r.add_segment(A, B, raw_segment(6, False, 65000, bytes(535)), 0.0) is None
+    assert r.add_segment(A, B, raw_segment(6, False, 65001, bytes(535)), 0.0) is None
     assert r.drops == {DropReason.OVERSIZE: 2}
     assert_empty(r)
     # The largest legal payload is fine, even reassembled out of order.
     payload = payload_of(SCLP_MAX_PAYLOAD)
     assert feed(r, segments_of(payload)[::-1]) == [payload]
+
+
+def test_empty_first_segment_of_longer_payload() -> None:
+    r = Reassembler()
+    data = payload_of(300)
+    segs = [raw_segment(4, True, 300, b""), raw_segment(4, False, 100, data[:200])]
+    assert feed(r, [*segs, raw_segment(4, False, 0, data[200:])]) == [data]
+    assert feed(r, [raw_segment(5, False, 0, data[200:]), raw_segment(5, True, 300, b"")]) == []
+    assert feed(r, [raw_segment(5, False, 100, data[:200])]) == [data]
+    assert not r.drops
 
 
 def test_empty_later_segment_is_malformed_and_harmless() -> None:
@@ -303,9 +313,13 @@ def test_payload_larger_than_byte_cap_is_refused() -> None:
     assert feed(r, segments_of(payload)) == []
     assert r.drops == {DropReason.OVERSIZE: 1} and r.duplicates == 3  # stragglers ignored
     assert_empty(r)
-    # Reordered: the tail fits in the cap-sized buffer, the segment ending at 4000
-    # from the end cannot (the payload has at least one more byte before it).
+    # Reordered: the last 4000 bytes fit in a cap-sized buffer; the first segment shows
+    # the payload does not.
     r = Reassembler(max_bytes=4000)
+    assert feed(r, segments_of(payload, m=1000)[::-1]) == []
+    assert r.drops == {DropReason.OVERSIZE: 1}
+    assert_empty(r)
+    r = Reassembler(max_bytes=3999)  # here the segment ending 4000 bytes from the end
     assert feed(r, segments_of(payload, m=1000)[::-1]) == []
     assert r.drops == {DropReason.OVERSIZE: 1} and r.duplicates == 1
     assert_empty(r)

@@ -231,22 +231,18 @@ class Reassembler:
                 continue
             hi = rem + plen
             # The checks of _segment_problem, inlined.
-            if word & 1:
-                if hi > SCLP_MAX_PAYLOAD:
-                    drops[DropReason.OVERSIZE] += 1
-                    continue
-            else:
+            if hi > SCLP_MAX_PAYLOAD:
+                drops[DropReason.OVERSIZE] += 1
+                continue
+            if not word & 1:
                 if plen == 0:
                     drops[DropReason.MALFORMED] += 1
-                    continue
-                if hi >= SCLP_MAX_PAYLOAD:
-                    drops[DropReason.OVERSIZE] += 1
                     continue
                 if (
                     hi == run_lo
                     and word | 1 == run_word
                     and sport == run_sport
-                    and (dport == run_dport)
+                    and dport == run_dport
                 ):
                     run.append(mv[off + SCLP_HLEN : off + seg_size])
                     run_lo = rem
@@ -296,14 +292,14 @@ class Reassembler:
 
     @staticmethod
     def _segment_problem(first: int, plen: int, hi: int) -> DropReason | None:
-        """Checks that need only the segment itself: a first segment's total, and a
-        later segment's end (its offset must be >= 1 in a payload <= 65535 bytes), must
-        fit; a later segment must carry bytes."""
-        if first:
-            return DropReason.OVERSIZE if hi > SCLP_MAX_PAYLOAD else None
-        if plen == 0:
+        """Checks that need only the segment itself: it must end inside a payload of at
+        most 65,535 bytes (``hi`` = its payload length + Remaining: a first segment's
+        total, a lower bound of it for the others); a later segment must carry bytes."""
+        if hi > SCLP_MAX_PAYLOAD:
+            return DropReason.OVERSIZE
+        if plen == 0 and not first:
             return DropReason.MALFORMED
-        return DropReason.OVERSIZE if hi >= SCLP_MAX_PAYLOAD else None
+        return None
 
     def _add_run(
         self, key: _Key, first: int, lo: int, hi: int, pieces: list[memoryview], now: float
@@ -324,9 +320,8 @@ class Reassembler:
                     return Completed(sport, dport, pieces[0])
                 self._remember(key, now)
                 return Completed(sport, dport, b"".join(pieces))
-            # A later segment's payload is at least one byte longer than its tail end.
             size = hi if first else self._pending_size
-            if hi > self._max_bytes or (not first and hi >= size):
+            if hi > size or hi > self._max_bytes:
                 self.drops[DropReason.OVERSIZE] += 1  # the payload cannot fit under the cap
                 self._remember(key, now)
                 return None
@@ -344,17 +339,16 @@ class Reassembler:
             if hi > entry.total:
                 self._discard(key, entry, DropReason.PAST_END, now)
                 return None
-            if hi == entry.total:  # a later segment at offset 0, where the first belongs
-                self._discard(key, entry, DropReason.INCONSISTENT_TOTAL, now)
-                return None
-        elif hi >= entry.size:
+        elif hi > entry.size:
             self._discard(key, entry, DropReason.OVERSIZE, now)
             return None
 
         los = entry.los
         buf = entry.buf
         size = entry.size
-        if not los or hi <= los[0]:
+        if hi == lo:
+            pass  # an empty first segment of a longer payload: only its total counts
+        elif not los or hi <= los[0]:
             # In-order arrival: the run ends exactly where the lowest range starts (or
             # lies wholly below it).  Nothing to compare, copy straight in.
             pos = size - hi
@@ -424,12 +418,8 @@ class Reassembler:
         ranges already received against the now known total."""
         if total > entry.size:
             return DropReason.OVERSIZE  # larger than the cap allowed for this entry
-        if entry.his:
-            top = entry.his[-1]
-            if top > total:
-                return DropReason.PAST_END
-            if top == total:  # a later segment claimed offset 0
-                return DropReason.INCONSISTENT_TOTAL
+        if entry.his and entry.his[-1] > total:
+            return DropReason.PAST_END
         entry.total = total
         return None
 
