@@ -1,0 +1,300 @@
+"""The VM-to-VM testbed of the paper's evaluation, in network namespaces.
+
+Four namespaces: two "hosts" joined by a veth pair (the underlay) and two "VMs",
+each reached from its host through a TAP owned by an ``sclp run`` endpoint (or, for
+the reference, a kernel VXLAN device, or a bare veth between the VMs).  Every name
+carries a random tag so concurrent runs never collide; :meth:`Testbed.close` (also
+called on any failure while building) stops the endpoints and deletes the
+namespaces, which removes every interface in them.
+
+Addresses live only inside these namespaces: 10.77.0.0/24 underlay, 192.168.77.0/24
+overlay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sclp.endpoint.control import ControlError, query, socket_path
+from sclp.io import netns as nsio
+
+UNDERLAY = ("10.77.0.1", "10.77.0.2")
+OVERLAY = ("192.168.77.1", "192.168.77.2")
+VNI = 42
+
+
+class TestbedError(Exception):
+    """Building or driving the testbed failed; the message says where."""
+
+
+@dataclass
+class Testbed:
+    """``protocol``: an sclp protocol, ``"kernel-vxlan"`` or ``"veth"``."""
+
+    protocol: str = "vxlan-sclp"
+    carrier: str = "ip"
+    vm_mtu: int | None = None
+    underlay_mtu: int = 1500
+    extra_config: str = ""
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    endpoints: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    workdir: Path | None = None
+
+    @property
+    def hosts(self) -> tuple[str, str]:
+        return (f"sclp-{self.tag}-h1", f"sclp-{self.tag}-h2")
+
+    @property
+    def vms(self) -> tuple[str, str]:
+        return (f"sclp-{self.tag}-vm1", f"sclp-{self.tag}-vm2")
+
+    def endpoint_name(self, i: int) -> str:
+        return f"tb{self.tag}h{i + 1}"
+
+    def __enter__(self) -> Testbed:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- building ----------------------------------------------------------------
+
+    def build(self) -> None:
+        if os.geteuid() != 0:
+            raise TestbedError("the testbed needs root to create network namespaces; use sudo")
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"sclp-{self.tag}-"))
+        for name in (*self.hosts, *self.vms):
+            nsio.create_netns(name).close()
+            self.namespaces.append(name)
+            with nsio.NetNS(name) as ns:
+                ns.set_link("lo", up=True)
+        if self.protocol == "veth":
+            nsio.create_veth("eth0", self.vms[0], "eth0", self.vms[1], mtu=self.vm_mtu or 1500)
+            for vm, addr in zip(self.vms, OVERLAY, strict=True):
+                with nsio.NetNS(vm) as ns:
+                    ns.add_address("eth0", f"{addr}/24")
+            return
+        nsio.create_veth("ul0", self.hosts[0], "ul0", self.hosts[1], mtu=self.underlay_mtu)
+        for host, addr in zip(self.hosts, UNDERLAY, strict=True):
+            with nsio.NetNS(host) as ns:
+                ns.add_address("ul0", f"{addr}/24")
+        if self.protocol == "kernel-vxlan":
+            self._build_kernel_vxlan()
+            return
+        for i in range(2):
+            self._start_endpoint(i)
+        for i in range(2):
+            self._wait_endpoint(i)
+
+    def _build_kernel_vxlan(self) -> None:
+        """The reference: Linux's own VXLAN device in each host, bridged to a veth
+        leading into the VM namespace (the same shape as a TAP-attached VM)."""
+        mtu = self.vm_mtu or self.underlay_mtu - 50
+        for i, (host, vm) in enumerate(zip(self.hosts, self.vms, strict=True)):
+            self._ip(
+                host,
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                str(VNI),
+                "local",
+                UNDERLAY[i],
+                "remote",
+                UNDERLAY[1 - i],
+                "dstport",
+                "4789",
+                "nolearning",
+            )
+            self._ip(host, "link", "add", "br0", "type", "bridge")
+            nsio.create_veth("vm0", host, "eth0", vm, mtu=mtu)
+            for dev in ("vx0", "vm0"):
+                self._ip(host, "link", "set", dev, "master", "br0", "mtu", str(mtu), "up")
+            self._ip(host, "link", "set", "br0", "up")
+            with nsio.NetNS(vm) as ns:
+                ns.add_address("eth0", f"{OVERLAY[i]}/24")
+
+    @staticmethod
+    def _ip(netns: str, *args: str) -> None:
+        # iproute2 for the kernel VXLAN and bridge (pyroute2 also could; this is the
+        # command an operator would type, which makes the reference easy to audit).
+        result = subprocess.run(
+            ["ip", "-n", netns, *args], capture_output=True, text=True, timeout=10, check=False
+        )
+        if result.returncode:
+            raise TestbedError(f"ip -n {netns} {' '.join(args)}: {result.stderr.strip()}")
+
+    def config_text(self, i: int) -> str:
+        mtu = f"mtu = {self.vm_mtu}\n" if self.vm_mtu else ""
+        return (
+            f'name = "{self.endpoint_name(i)}"\n'
+            f"{self.extra_config}"
+            "[underlay]\n"
+            f'local = "{UNDERLAY[i]}"\n'
+            f'namespace = "{self.hosts[i]}"\n'
+            f'sclp_carrier = "{self.carrier}"\n'
+            "[[network]]\n"
+            f"vni = {VNI}\n"
+            f'protocol = "{self.protocol}"\n'
+            'tap = "tap0"\n'
+            f'namespace = "{self.vms[i]}"\n'
+            f'address = "{OVERLAY[i]}/24"\n'
+            f"{mtu}"
+            f'peers = ["{UNDERLAY[1 - i]}"]\n'
+        )
+
+    def _start_endpoint(self, i: int) -> None:
+        assert self.workdir is not None
+        path = self.workdir / f"h{i + 1}.toml"
+        path.write_text(self.config_text(i))
+        log = open(self.workdir / f"h{i + 1}.log", "wb")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sclp", "run", "--config", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        self.endpoints.append(proc)
+
+    def log_text(self, i: int) -> str:
+        assert self.workdir is not None
+        try:
+            return (self.workdir / f"h{i + 1}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _wait_endpoint(self, i: int, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        path = socket_path(self.endpoint_name(i))
+        while time.monotonic() < deadline:
+            if self.endpoints[i].poll() is not None:
+                tail = self.log_text(i).strip().splitlines()[-3:]
+                raise TestbedError(f"endpoint h{i + 1} exited: {' | '.join(tail)}")
+            with contextlib.suppress(ControlError, OSError, json.JSONDecodeError):
+                query(path, timeout=1.0)
+                return
+            time.sleep(0.05)
+        raise TestbedError(f"endpoint h{i + 1} did not come up within {timeout:.0f} s")
+
+    # -- driving -----------------------------------------------------------------
+
+    def stats(self, i: int) -> dict[str, Any]:
+        result: dict[str, Any] = query(socket_path(self.endpoint_name(i)))
+        return result
+
+    def run_in(
+        self, netns: str, args: list[str], timeout: float = 60.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            result = subprocess.run(
+                ["ip", "netns", "exec", netns, *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise TestbedError(
+                f"{' '.join(args)} in {netns} took longer than {timeout:.0f} s"
+            ) from None
+        if check and result.returncode:
+            raise TestbedError(
+                f"{' '.join(args)} in {netns} failed: {result.stderr.strip() or result.stdout.strip()}"
+            )
+        return result
+
+    def popen_in(self, netns: str, args: list[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", netns, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def ping(self, count: int = 3) -> subprocess.CompletedProcess[str]:
+        return self.run_in(
+            self.vms[0],
+            ["ping", "-c", str(count), "-i", "0.2", "-W", "2", OVERLAY[1]],
+            timeout=count + 10,
+            check=False,
+        )
+
+    def iperf3(
+        self,
+        seconds: float = 5,
+        udp: bool = False,
+        bitrate: str = "0",
+        extra: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Run iperf3 from VM1 to VM2; return its JSON report."""
+        if shutil.which("iperf3") is None:
+            raise TestbedError("iperf3 is not installed (apt-get install iperf3)")
+        server = self.popen_in(self.vms[1], ["iperf3", "-s", "-1", "-B", OVERLAY[1]])
+        try:
+            time.sleep(0.3)
+            args = ["iperf3", "-c", OVERLAY[1], "-t", str(seconds), "-J"]
+            if udp:
+                args += ["-u", "-b", bitrate]
+            args += extra or []
+            result = self.run_in(self.vms[0], args, timeout=seconds + 30, check=False)
+            try:
+                report: dict[str, Any] = json.loads(result.stdout)
+            except json.JSONDecodeError:
+                raise TestbedError(
+                    f"iperf3 failed: {result.stderr.strip() or result.stdout[-300:]}"
+                ) from None
+            if "error" in report:
+                raise TestbedError(f"iperf3: {report['error']}")
+            return report
+        finally:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=5)
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+
+    # -- teardown ----------------------------------------------------------------
+
+    def stop_endpoints(self, timeout: float = 5.0) -> list[int]:
+        codes = []
+        for proc in self.endpoints:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.endpoints:
+            try:
+                codes.append(proc.wait(timeout=timeout))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
+        self.endpoints.clear()
+        return codes
+
+    def close(self) -> None:
+        self.stop_endpoints()
+        for name in reversed(self.namespaces):
+            with contextlib.suppress(OSError):
+                nsio.delete_netns(name)
+        self.namespaces.clear()
+        if self.workdir is not None and not os.environ.get("SCLP_KEEP_LOGS"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
