@@ -44,11 +44,11 @@ import errno
 import os
 import socket
 import struct
+import sys
 from typing import Final
 
 MSG_DONTWAIT: Final = 0x40
 MSG_TRUNC: Final = 0x20
-MSG_CTRUNC: Final = 0x08
 SOCKADDR_SPACE: Final = 28  # sizeof(struct sockaddr_in6) >= sizeof(struct sockaddr_in)
 
 Address = tuple[str, int]
@@ -75,6 +75,7 @@ class Mmsghdr(ctypes.Structure):
 
 
 assert ctypes.sizeof(Iovec) == 16 and ctypes.sizeof(Mmsghdr) == 64, "LP64 Linux only"
+assert sys.byteorder == "little", "the word offsets below assume little-endian"
 
 # Offsets in 32-bit words inside one 64-byte mmsghdr (16 words).
 _MMSG_WORDS: Final = 16
@@ -88,23 +89,11 @@ _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
 _recvmmsg.restype = ctypes.c_int
 
-_SOCKADDR_IN = struct.Struct("=H2s4s8x")  # family native, port and address network order
-_SOCKADDR_IN6 = struct.Struct("=H2sI16sI")
 _PORT = struct.Struct("!H")
 
 
-def encode_sockaddr(addr: Address) -> bytes:
-    """``struct sockaddr_in``/``sockaddr_in6`` bytes for ``(ip, port)``."""
-    ip, port = addr[0], addr[1]
-    if ":" in ip:
-        return _SOCKADDR_IN6.pack(
-            socket.AF_INET6, _PORT.pack(port), 0, socket.inet_pton(socket.AF_INET6, ip), 0
-        )
-    return _SOCKADDR_IN.pack(socket.AF_INET, _PORT.pack(port), socket.inet_aton(ip))
-
-
 def decode_sockaddr(raw: bytes) -> Address:
-    family = int.from_bytes(raw[:2], "little")
+    family = int.from_bytes(raw[:2], sys.byteorder)  # sa_family is host order
     port = _PORT.unpack_from(raw, 2)[0]
     if family == socket.AF_INET6:
         return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
@@ -165,6 +154,8 @@ class MmsgReceiver:
         """One non-blocking ``recvmmsg``; returns how many slots were filled (0 when
         nothing is waiting).  Raises OSError for other errors."""
         n = min(max_msgs, self.count)
+        if n <= 0:
+            return 0
         ctypes.memmove(self._hdrs_addr, self._pristine, n * 64)
         got = int(_recvmmsg(fd, self._hdrs_addr, n, MSG_DONTWAIT, None))
         if got < 0:
