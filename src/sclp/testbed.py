@@ -220,7 +220,8 @@ class Testbed:
             ) from None
         if check and result.returncode:
             raise TestbedError(
-                f"{' '.join(args)} in {netns} failed: {result.stderr.strip() or result.stdout.strip()}"
+                f"{' '.join(args)} in {netns} failed: "
+                f"{result.stderr.strip() or result.stdout.strip()}"
             )
         return result
 
