@@ -93,6 +93,34 @@ def test_name_of_other_device_is_a_clear_error(netns: NetNS) -> None:
         _open_tap_in(netns, "sclpva")
 
 
+def test_multi_queue(netns: NetNS) -> None:
+    with (
+        _open_tap_in(netns, "sclptapq", multi_queue=True) as q0,
+        _open_tap_in(netns, "sclptapq", multi_queue=True) as q1,
+    ):
+        assert q0.multi_queue and q1.multi_queue
+        assert q0.fileno() != q1.fileno()
+        assert netns.link_exists("sclptapq")
+        with pytest.raises(TapError, match="different multi-queue"):
+            _open_tap_in(netns, "sclptapq")  # a single-queue open of a multi-queue TAP
+
+
+def test_short_buffer_truncates_silently(netns_factory: NsFactory) -> None:
+    """The documented reason for READ_BUFFER_LEN: the kernel cuts a frame to fit."""
+    host, vm = netns_factory(), _quiet(netns_factory())
+    with _open_tap_in(host, "sclptapa") as tap:
+        move_link("sclptapa", host, vm, address="10.90.0.1/24", mtu=9000)
+        vm.add_neighbor("sclptapa", "10.90.0.2", MAC_B)
+        sender = vm.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sender:
+            sender.sendto(bytes(5000), ("10.90.0.2", 9))
+            sender.sendto(bytes(100), ("10.90.0.2", 9))
+        select.select([tap], [], [], 5)
+        assert tap.read_into(bytearray(1000)) == 1000
+        big = bytearray(READ_BUFFER_LEN)
+        assert tap.read_into(big) == VNET_HDR_LEN + ETH_HDR + 20 + 8 + 100  # the next one
+
+
 def test_invalid_names() -> None:
     for bad in ("", "x" * 16, "a/b", " lead"):
         with pytest.raises(ValueError):

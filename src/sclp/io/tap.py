@@ -227,8 +227,9 @@ class TapDevice:
 
         Returns the number of bytes read, or **0 when no frame is waiting** (EAGAIN):
         a TAP frame is never empty, so 0 is unambiguous and keeps the return type a
-        plain ``int``.  Give at least :data:`READ_BUFFER_LEN` bytes after ``offset``;
-        a shorter buffer cannot hold a full GSO frame.  Other errors raise OSError.
+        plain ``int``.  Give at least :data:`READ_BUFFER_LEN` bytes after ``offset``:
+        the kernel silently truncates a frame that does not fit (the read returns
+        the buffer's length and the rest is lost).  Other errors raise OSError.
         """
         try:
             return os.readv(self._fd, (memoryview(buf)[offset:],))
