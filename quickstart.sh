@@ -46,7 +46,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 case "$job" in
   demo)
-    sclp --help && exec sclp selfcheck
+    sclp selfcheck && exec sclp demo
     ;;
   test)
     echo "==> ruff"; ruff check src tests benchmarks; ruff format --check src tests benchmarks
