@@ -307,6 +307,19 @@ def test_empty_later_segment_is_malformed_and_harmless() -> None:
     assert r.drops == {DropReason.MALFORMED: 1}
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_payload_cut_into_slivers_is_dropped(order: int) -> None:
+    # 1-byte segments with gaps between them: each one is a separate range to track.
+    tails = list(range(0, 2 * 129, 2))[::order]
+    slivers = [raw_segment(3, False, rem, b"x") for rem in tails]
+    r = Reassembler()
+    assert feed(r, slivers[:128]) == []
+    assert r.entries == 1 and not r.drops
+    assert feed(r, slivers[128:]) == []
+    assert r.drops == {DropReason.MALFORMED: 1}
+    assert_empty(r)
+
+
 def test_payload_larger_than_byte_cap_is_refused() -> None:
     payload = payload_of(5000)
     r = Reassembler(max_bytes=4000)

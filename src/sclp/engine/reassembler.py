@@ -21,6 +21,9 @@ buffer the table holds, and buffers are allocated only when an entry is created,
 the cap is enforced at that moment by evicting the oldest entries (insertion order of
 an ``OrderedDict``).  Nothing a sender does can make the table hold more than
 ``max_bytes``.  A payload that could not fit under the cap is refused (OVERSIZE).
+The bookkeeping beside the buffers is bounded too: at most ``max_entries`` entries of
+at most 128 disjoint ranges each (a payload cut into more slivers is dropped as
+MALFORMED), and at most ``max_entries`` remembered keys.
 
 Keys that were completed or discarded are remembered for ``timeout`` (at most
 ``max_entries`` of them, no payload bytes) so that their late or duplicated segments
@@ -51,6 +54,10 @@ __all__ = ["Completed", "Reassembler"]
 _HDR = struct.Struct("!HHIHH")
 _unpack_hdr = _HDR.unpack_from
 _Key = tuple[Hashable, Hashable, int, int, int]
+# Disjoint received ranges one payload may have.  A 65,535-byte payload at MTU 576 has
+# 121 segments, so at most 61 gaps; more is a sender cutting a payload into slivers to
+# make the bookkeeping (not counted in bytes_held) grow: the payload is dropped.
+_MAX_RANGES = 128
 
 
 @dataclass(slots=True)
@@ -351,16 +358,19 @@ class Reassembler:
         elif not los or hi <= los[0]:
             # In-order arrival: the run ends exactly where the lowest range starts (or
             # lies wholly below it).  Nothing to compare, copy straight in.
+            if los and hi == los[0]:
+                los[0] = lo
+            elif len(los) >= _MAX_RANGES:
+                self._discard(key, entry, DropReason.MALFORMED, now)
+                return None
+            else:
+                los.insert(0, lo)
+                entry.his.insert(0, hi)
             pos = size - hi
             for piece in pieces:
                 end = pos + len(piece)
                 buf[pos:end] = piece
                 pos = end
-            if los and hi == los[0]:
-                los[0] = lo
-            else:
-                los.insert(0, lo)
-                entry.his.insert(0, hi)
             entry.received += hi - lo
         else:
             top = hi
@@ -401,15 +411,17 @@ class Reassembler:
         if shared == hi - lo:
             self._duplicates += 1
             return None
-        buf[size - hi : size - lo] = data
         if i < j:
             new_lo = min(lo, los[i])
             new_hi = max(hi, his[j - 1])
             los[i:j] = [new_lo]
             his[i:j] = [new_hi]
+        elif len(los) >= _MAX_RANGES:
+            return DropReason.MALFORMED
         else:
             los.insert(i, lo)
             his.insert(i, hi)
+        buf[size - hi : size - lo] = data
         entry.received += hi - lo - shared
         return None
 
