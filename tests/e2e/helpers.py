@@ -109,7 +109,7 @@ def ping(netns: str, address: str, count: int = 3, wait: float = 2.0) -> bool:
 
 
 def tcp_transfer(
-    src_ns: str, dst_ns: str, dst_addr: str, path: Path, timeout: float = 60.0
+    src_ns: str, dst_ns: str, dst_addr: str, path: Path, timeout: float = 30.0
 ) -> tuple[int, str]:
     """Send ``path`` from ``src_ns`` to a hashing receiver at ``dst_addr`` in
     ``dst_ns``; return (bytes received, SHA-256 hex of what was received)."""
