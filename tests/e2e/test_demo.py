@@ -1,0 +1,78 @@
+"""``sclp demo`` runs to the end and leaves nothing behind, also when interrupted."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sclp.endpoint.control import socket_path
+from sclp.io import netns as nsio
+
+pytestmark = [pytest.mark.netns]
+
+_TAG = re.compile(r"sclp-([0-9a-f]{6})-vm1")
+
+
+def _leftovers(tag: str) -> list[str]:
+    namespaces = [n for n in nsio.list_netns() if n.startswith(f"sclp-{tag}-")]
+    sockets = [
+        p for p in (socket_path(f"tb{tag}h1"), socket_path(f"tb{tag}h2")) if os.path.exists(p)
+    ]
+    return namespaces + sockets
+
+
+@pytest.mark.timeout(90)
+def test_demo_runs_and_cleans_up() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sclp", "demo", "--seconds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = _TAG.search(result.stdout)
+    assert found, result.stdout
+    assert "0% packet loss" in result.stdout
+    assert "Gbit/s" in result.stdout
+    assert not _leftovers(found.group(1))
+
+
+@pytest.mark.timeout(90)
+def test_interrupted_demo_cleans_up() -> None:
+    before = set(nsio.list_netns())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sclp", "demo", "--seconds", "10"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        # Interrupt it once the testbed is up and traffic is flowing.
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("ping"):
+                break
+        new = {n for n in set(nsio.list_netns()) - before if _TAG.fullmatch(n)}
+        assert len(new) == 1, ("".join(lines), new)
+        tag = _TAG.fullmatch(new.pop()).group(1)  # type: ignore[union-attr]
+        time.sleep(1.0)  # iperf3 is running now
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "interrupted" in rest
+    assert not _leftovers(tag)
