@@ -1,0 +1,481 @@
+--[[
+Wireshark/tshark dissector for SCLP, the Segment-oriented Connection-less Protocol
+(the project's normative text: docs/sclp-spec.md).
+
+SCLP is the outer transport of VXLAN/Geneve tunnels: one payload (tunnel header + a
+large inner frame, at most 65,535 bytes) is cut into MTU-sized segments, each with this
+12-byte header (sclp-spec section 1, all fields big-endian):
+
+    0-1   source port            2-3   destination port
+    4-7   identification (upper 31 bits) | F (bit 0: first segment)
+    8-9   remaining (payload bytes of the original payload after this segment's)
+    10-11 checksum (RFC 1071 over header + segment payload, no pseudo-header)
+
+It rides directly in IP (protocol 234, IPv4 and IPv6) or, in the UDP carrier mode
+(sclp-spec section 5), in UDP to port 7234 (a preference).  Destination port 4789 is
+VXLAN over SCLP, 6081 Geneve over SCLP; the payload goes to Wireshark's own dissectors
+through the "sclp.port" dissector table.
+
+Reassembly.  Wireshark's Lua API has no fragment_add, so segments are put back together
+here, in Lua tables, on the first pass over the capture (pinfo.visited false), with the
+receiver's rules (sclp-spec section 4): key (outer source, outer destination, source
+port, destination port, ID); a segment is placed by its tail range [Remaining,
+Remaining + length), so segments arriving before the first one need no special case;
+total = first segment's length + its Remaining.  Exact duplicates are ignored;
+overlapping bytes that disagree, a segment running past the total and segments that
+disagree on the total discard the payload (expert info).  Segments with a bad checksum
+are left out, like a receiver drops them.  The frame that completes a payload carries
+the reassembled bytes as a new data source ("Reassembled SCLP") and dissects the tunnel
+header and inner frame from it; every segment points at that frame and back.  A
+payload not completed within the reassembly timeout is abandoned (its key may be
+reused).  In tshark's single pass, "reassembled in frame N" appears only on frames
+dissected after the completion; run tshark with -2 to see it on every segment.
+
+Install: install -D contrib/wireshark/sclp.lua ~/.local/lib/wireshark/plugins/sclp.lua
+or, without installing: tshark -X lua_script:contrib/wireshark/sclp.lua -r capture.pcap
+]]
+
+local SCLP_HLEN = 12
+local IPPROTO_SCLP = 234
+local SCLP_MAX_PAYLOAD = 65535
+local DEFAULT_UDP_PORT = 7234
+local PORT_VXLAN = 4789
+local PORT_GENEVE = 6081
+
+-- checksum status values, as Wireshark's own proto_checksum_enum_e
+local CSUM_BAD, CSUM_GOOD, CSUM_UNVERIFIED, CSUM_NOT_COMPUTED = 0, 1, 2, 3
+
+local sclp = Proto("sclp", "Segment-oriented Connection-less Protocol")
+
+local hf = {
+    srcport = ProtoField.uint16("sclp.srcport", "Source Port", base.DEC),
+    dstport = ProtoField.uint16("sclp.dstport", "Destination Port", base.DEC),
+    port = ProtoField.uint16("sclp.port", "Source or Destination Port", base.DEC),
+    id = ProtoField.uint32("sclp.id", "Identification", base.HEX, nil, 0xFFFFFFFE),
+    first = ProtoField.bool("sclp.first", "First segment", 32,
+        { "Set (starts the payload)", "Not set" }, 0x00000001),
+    remaining = ProtoField.uint16("sclp.remaining", "Remaining", base.DEC, nil, nil,
+        "Payload bytes after this segment's"),
+    checksum = ProtoField.uint16("sclp.checksum", "Checksum", base.HEX),
+    checksum_calculated = ProtoField.uint16("sclp.checksum.calculated",
+        "Calculated Checksum", base.HEX),
+    checksum_status = ProtoField.uint8("sclp.checksum.status", "Checksum Status", base.DEC,
+        { [CSUM_BAD] = "Bad", [CSUM_GOOD] = "Good", [CSUM_UNVERIFIED] = "Unverified",
+          [CSUM_NOT_COMPUTED] = "Not computed" }),
+    length = ProtoField.uint32("sclp.length", "Segment payload length", base.DEC),
+    total = ProtoField.uint32("sclp.total", "Payload length", base.DEC, nil, nil,
+        "Length of the whole payload (first segment's length + its Remaining)"),
+    offset = ProtoField.uint32("sclp.offset", "Segment offset", base.DEC, nil, nil,
+        "Where this segment's bytes start in the payload"),
+    carrier = ProtoField.string("sclp.carrier", "Carrier"),
+    data = ProtoField.bytes("sclp.data", "Segment data"),
+    segments = ProtoField.none("sclp.segments", "SCLP segments"),
+    segment = ProtoField.framenum("sclp.segment", "SCLP segment", base.NONE),
+    segment_count = ProtoField.uint32("sclp.segment.count", "Segment count", base.DEC),
+    reassembled_in = ProtoField.framenum("sclp.reassembled_in", "Reassembled in frame",
+        base.NONE),
+    reassembled_length = ProtoField.uint32("sclp.reassembled.length",
+        "Reassembled SCLP payload length", base.DEC),
+    duplicate_of = ProtoField.framenum("sclp.duplicate_of", "Duplicate of frame", base.NONE),
+    discarded_in = ProtoField.framenum("sclp.discarded_in", "Payload discarded in frame",
+        base.NONE),
+}
+local hf_list = {}
+for _, field in pairs(hf) do hf_list[#hf_list + 1] = field end
+sclp.fields = hf_list
+
+local ei = {
+    short = ProtoExpert.new("sclp.short", "Shorter than the 12-byte SCLP header",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    bad_checksum = ProtoExpert.new("sclp.checksum.bad", "Bad SCLP checksum",
+        expert.group.CHECKSUM, expert.severity.ERROR),
+    zero_checksum = ProtoExpert.new("sclp.checksum.zero",
+        "Checksum 0 (not computed) is legal only in the UDP carrier mode",
+        expert.group.CHECKSUM, expert.severity.ERROR),
+    oversize = ProtoExpert.new("sclp.oversize",
+        "Segment ends past 65,535 payload bytes (Remaining + length)",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    empty = ProtoExpert.new("sclp.empty", "Segment other than the first carries no bytes",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    overlap = ProtoExpert.new("sclp.overlap.conflict",
+        "Overlapping segments with conflicting bytes: payload discarded",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    total = ProtoExpert.new("sclp.total.inconsistent",
+        "Segments disagree on the payload's total length: payload discarded",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    duplicate = ProtoExpert.new("sclp.duplicate", "Duplicate segment (ignored)",
+        expert.group.SEQUENCE, expert.severity.NOTE),
+    discarded = ProtoExpert.new("sclp.discarded", "Segment of a discarded payload",
+        expert.group.SEQUENCE, expert.severity.WARN),
+}
+local ei_list = {}
+for _, e in pairs(ei) do ei_list[#ei_list + 1] = e end
+sclp.experts = ei_list
+
+sclp.prefs.udp_port = Pref.uint("UDP carrier port", DEFAULT_UDP_PORT,
+    "UDP destination port of SCLP's UDP carrier mode (sclp-spec section 5)")
+sclp.prefs.check_checksum = Pref.bool("Validate the SCLP checksum", true,
+    "Verify the checksum of every segment (segments failing it are not reassembled)")
+sclp.prefs.reassemble = Pref.bool("Reassemble segmented payloads", true,
+    "Put the segments of one payload back together before handing it to VXLAN/Geneve")
+sclp.prefs.timeout = Pref.uint("Reassembly timeout (ms)", 1000,
+    "A payload not completed within this time after its first segment is abandoned")
+
+local port_table = DissectorTable.new("sclp.port", "SCLP port", ftypes.UINT16, base.DEC, sclp)
+local data_dissector = Dissector.get("data")
+
+--------------------------------------------------------------------------------------
+-- Reassembly state, rebuilt on every (re)load of the capture.
+--   frames[n]  : what the first pass decided for the SCLP segment in frame n
+--   payloads[k]: the payload being reassembled under key k
+--------------------------------------------------------------------------------------
+local frames, payloads
+
+function sclp.init()
+    frames = {}
+    payloads = {}
+end
+
+-- RFC 1071: ones' complement sum of a byte string read as big-endian 16-bit words
+-- (an odd last byte is padded with zero), folded to 16 bits.
+local function ones_sum(s)
+    local sum = 0
+    local n = #s
+    local byte = string.byte
+    local i = 1
+    while i + 7 <= n do
+        local a, b, c, d, e, f, g, h = byte(s, i, i + 7)
+        sum = sum + (a + c + e + g) * 256 + b + d + f + h
+        i = i + 8
+    end
+    while i + 1 <= n do
+        local a, b = byte(s, i, i + 1)
+        sum = sum + a * 256 + b
+        i = i + 2
+    end
+    if i == n then sum = sum + byte(s, i) * 256 end
+    while sum > 0xFFFF do sum = (sum % 0x10000) + math.floor(sum / 0x10000) end
+    return sum
+end
+
+-- The tail range [lo, hi) of a piece as bytes of its string: index of tail position t
+-- (lo <= t < hi) counted from the start of the piece is hi - 1 - t.
+local function piece_bytes(piece, lo, hi)
+    return string.sub(piece.data, piece.hi - hi + 1, piece.hi - lo)
+end
+
+local function discard(p, reason, n)
+    p.state = "discarded"
+    p.reason = reason
+    p.closed_in = n
+    for _, piece in ipairs(p.pieces) do
+        frames[piece.frame].discarded_in = n
+    end
+end
+
+-- Do the pieces cover the tail range [lo, hi) completely?  Pieces may overlap (with
+-- identical bytes, checked when they were added) or touch.
+local function covers(pieces, lo, hi)
+    table.sort(pieces, function(x, y) return x.lo < y.lo end)
+    local pos = lo
+    for _, piece in ipairs(pieces) do
+        if piece.lo > pos then return false end
+        if piece.hi > pos then pos = piece.hi end
+        if pos >= hi then return true end
+    end
+    return pos >= hi
+end
+
+local function coverage_complete(p)
+    return p.total ~= nil and covers(p.pieces, 0, p.total)
+end
+
+local function assemble(p)
+    -- from the start of the payload (tail = total) down to its end (tail 0)
+    table.sort(p.pieces, function(x, y) return x.hi > y.hi end)
+    local out = {}
+    local pos = p.total
+    for _, piece in ipairs(p.pieces) do
+        if piece.lo < pos then
+            out[#out + 1] = piece_bytes(piece, piece.lo, pos)
+            pos = piece.lo
+        end
+    end
+    return table.concat(out)
+end
+
+-- First pass only: place one segment's bytes.  rec is the frame's record.
+local function add_piece(key, rec, n, first, rem, data, now)
+    local p = payloads[key]
+    local timeout = sclp.prefs.timeout / 1000
+    if p and (now - p.started > timeout) then
+        p = nil -- an old payload under the same key: forget it
+    end
+    if p == nil then
+        p = { pieces = {}, state = "open", started = now }
+        payloads[key] = p
+    end
+    rec.payload = p
+    if p.state ~= "open" then
+        -- a late copy of a segment of a payload already completed or discarded
+        rec.late = p.state
+        rec.closed_in = p.closed_in
+        return
+    end
+    local lo, hi = rem, rem + #data
+    local new_total = false
+    if first then
+        if p.total and p.total ~= hi then
+            rec.problem = "total"
+            discard(p, "total", n)
+            return
+        end
+        new_total = p.total == nil
+        p.total = hi
+    end
+    if p.total then
+        if hi > p.total then
+            rec.problem = "total"
+            discard(p, "total", n)
+            return
+        end
+        for _, piece in ipairs(p.pieces) do
+            if piece.hi > p.total then
+                rec.problem = "total"
+                discard(p, "total", n)
+                return
+            end
+        end
+    end
+    -- overlaps: the bytes must agree (RFC 5722 spirit: a conflict discards the payload)
+    for _, piece in ipairs(p.pieces) do
+        local a = math.max(lo, piece.lo)
+        local b = math.min(hi, piece.hi)
+        if a < b and string.sub(data, hi - b + 1, hi - a) ~= piece_bytes(piece, a, b) then
+            rec.problem = "overlap"
+            rec.overlap_with = piece.frame
+            discard(p, "overlap", n)
+            return
+        end
+    end
+    if hi > lo and covers(p.pieces, lo, hi) then
+        -- nothing new (an exact or contained duplicate); a first segment still told
+        -- the total, so completion is checked below all the same
+        rec.duplicate = true
+        for _, piece in ipairs(p.pieces) do
+            if piece.lo <= lo and hi <= piece.hi then rec.duplicate_of = piece.frame end
+        end
+        if not (first and new_total) then return end
+    else
+        p.pieces[#p.pieces + 1] = { lo = lo, hi = hi, data = data, frame = n }
+    end
+    if coverage_complete(p) then
+        p.state = "done"
+        p.closed_in = n
+        rec.reassembled = assemble(p)
+        local list = {}
+        for _, piece in ipairs(p.pieces) do
+            list[#list + 1] = piece.frame
+            frames[piece.frame].reassembled_in = n
+            frames[piece.frame].total = p.total
+        end
+        table.sort(list)
+        rec.segment_frames = list
+    end
+end
+
+-- The tunnel is named by the destination port (sclp-spec section 2); the source port
+-- is flow entropy, tried last in case someone registered a dissector on it.
+local function hand_off(tvb, pinfo, tree, sport, dport)
+    local handle = port_table:get_dissector(dport) or port_table:get_dissector(sport)
+    if handle then
+        handle:call(tvb, pinfo, tree)
+    else
+        data_dissector:call(tvb, pinfo, tree)
+    end
+end
+
+function sclp.dissector(tvb, pinfo, tree)
+    local len = tvb:len()
+    pinfo.cols.protocol:set("SCLP")
+    local subtree = tree:add(sclp, tvb(0, math.min(len, SCLP_HLEN)))
+    if len < SCLP_HLEN then
+        subtree:add_proto_expert_info(ei.short)
+        pinfo.cols.info:set("SCLP [too short]")
+        return len
+    end
+    -- IP calls us with the IP protocol number matched, UDP with the port.
+    local udp_carrier = pinfo.match_uint ~= IPPROTO_SCLP
+    local sport = tvb(0, 2):uint()
+    local dport = tvb(2, 2):uint()
+    local word = tvb(4, 4):uint()
+    local ident = math.floor(word / 2)
+    local first = word % 2 == 1
+    local rem = tvb(8, 2):uint()
+    local csum = tvb(10, 2):uint()
+    local plen = len - SCLP_HLEN
+    local n = pinfo.number
+
+    subtree:append_text(string.format(", Src Port: %d, Dst Port: %d, ID: 0x%x%s, Rem: %d",
+        sport, dport, ident, first and ", First" or "", rem))
+    subtree:add(hf.srcport, tvb(0, 2))
+    subtree:add(hf.dstport, tvb(2, 2))
+    subtree:add(hf.port, tvb(0, 2)):set_hidden()
+    subtree:add(hf.port, tvb(2, 2)):set_hidden()
+    subtree:add(hf.id, tvb(4, 4))
+    subtree:add(hf.first, tvb(4, 4))
+    subtree:add(hf.remaining, tvb(8, 2))
+
+    -- checksum (sclp-spec section 1; 0 = not computed, UDP carrier only, section 5)
+    local status
+    local calc = nil
+    local csum_item = subtree:add(hf.checksum, tvb(10, 2))
+    if csum == 0 then
+        if udp_carrier then
+            status = CSUM_NOT_COMPUTED
+            csum_item:append_text(" [not computed]")
+        else
+            status = CSUM_BAD
+            csum_item:add_proto_expert_info(ei.zero_checksum)
+        end
+    elseif sclp.prefs.check_checksum then
+        local whole = tvb:raw(0, len)
+        local sum = ones_sum(whole)
+        if sum == 0xFFFF then
+            status = CSUM_GOOD
+            csum_item:append_text(" [correct]")
+        else
+            status = CSUM_BAD
+            -- what the sender should have put: the sum with the field taken as 0
+            local without = ones_sum(string.sub(whole, 1, 10) .. "\0\0" .. string.sub(whole, 13))
+            calc = 0xFFFF - without
+            if calc == 0 then calc = 0xFFFF end
+            csum_item:append_text(string.format(" incorrect, should be 0x%04x", calc))
+            csum_item:add_proto_expert_info(ei.bad_checksum)
+        end
+    else
+        status = CSUM_UNVERIFIED
+        csum_item:append_text(" [unverified]")
+    end
+    if calc then subtree:add(hf.checksum_calculated, calc):set_generated() end
+    subtree:add(hf.checksum_status, status):set_generated()
+    subtree:add(hf.carrier, udp_carrier and "UDP" or "IP"):set_generated()
+    subtree:add(hf.length, plen):set_generated()
+
+    local hi = rem + plen
+    local malformed = nil
+    if hi > SCLP_MAX_PAYLOAD then
+        malformed = ei.oversize
+    elseif plen == 0 and not first then
+        malformed = ei.empty
+    end
+    if malformed then subtree:add_proto_expert_info(malformed) end
+
+    local info = string.format("SCLP %d → %d id=0x%x%s rem=%d", sport, dport, ident,
+        first and " first" or "", rem)
+    pinfo.cols.info:set(info)
+
+    local whole_payload = first and rem == 0
+    local usable = status ~= CSUM_BAD and malformed == nil
+    local reassemble = sclp.prefs.reassemble and not whole_payload and usable
+
+    -- first pass: decide, and remember the decision for later passes
+    local rec = frames[n]
+    if not pinfo.visited and rec == nil then
+        rec = {}
+        frames[n] = rec
+        if reassemble then
+            local key = table.concat({ tostring(pinfo.src), tostring(pinfo.dst),
+                sport, dport, ident }, "|")
+            add_piece(key, rec, n, first, rem, tvb:raw(SCLP_HLEN, plen),
+                pinfo.abs_ts)
+        end
+    end
+    rec = rec or {}
+
+    if first then
+        subtree:add(hf.total, hi):set_generated()
+    end
+    local total = (first and hi) or rec.total or (rec.payload and rec.payload.total)
+    if total and total >= hi then
+        subtree:add(hf.offset, total - hi):set_generated()
+    end
+    if status == CSUM_BAD then
+        pinfo.cols.info:append(" [bad checksum]")
+    end
+
+    if rec.problem == "overlap" then
+        subtree:add_proto_expert_info(ei.overlap)
+        pinfo.cols.info:append(" [overlap, payload discarded]")
+    elseif rec.problem == "total" then
+        subtree:add_proto_expert_info(ei.total)
+        pinfo.cols.info:append(" [inconsistent total, payload discarded]")
+    elseif rec.duplicate then
+        subtree:add_proto_expert_info(ei.duplicate)
+        if rec.duplicate_of then
+            subtree:add(hf.duplicate_of, rec.duplicate_of):set_generated()
+        end
+        pinfo.cols.info:append(" [duplicate]")
+    elseif rec.late then
+        subtree:add_proto_expert_info(rec.late == "discarded" and ei.discarded or ei.duplicate)
+        pinfo.cols.info:append(" [late segment]")
+    end
+    if rec.discarded_in and rec.discarded_in ~= n then
+        subtree:add(hf.discarded_in, rec.discarded_in):set_generated()
+        subtree:add_proto_expert_info(ei.discarded)
+    end
+
+    local payload_tvb = tvb(SCLP_HLEN):tvb()
+    if rec.reassembled then
+        -- this frame completed a payload: dissect the tunnel header + inner frame whole
+        subtree:add(hf.data, tvb(SCLP_HLEN))
+        local segs = subtree:add(hf.segments, tvb(SCLP_HLEN))
+        segs:append_text(string.format(" (%d bytes): ", #rec.reassembled))
+        local nums = {}
+        for _, f in ipairs(rec.segment_frames) do
+            segs:add(hf.segment, f):set_generated()
+            nums[#nums + 1] = "#" .. f
+        end
+        segs:append_text(table.concat(nums, ", "))
+        subtree:add(hf.segment_count, #rec.segment_frames):set_generated()
+        subtree:add(hf.reassembled_length, #rec.reassembled):set_generated()
+        local whole = ByteArray.new(rec.reassembled, true):tvb("Reassembled SCLP")
+        hand_off(whole, pinfo, tree, sport, dport)
+    elseif whole_payload or (not sclp.prefs.reassemble and first) then
+        -- an unsegmented payload, or reassembly off: the first segment's bytes
+        hand_off(payload_tvb, pinfo, tree, sport, dport)
+    else
+        subtree:add(hf.data, tvb(SCLP_HLEN))
+        if rec.reassembled_in then
+            subtree:add(hf.reassembled_in, rec.reassembled_in):set_generated()
+            pinfo.cols.info:append(string.format(" [reassembled in #%d]", rec.reassembled_in))
+        end
+    end
+    return len
+end
+
+-- Registration: IP protocol 234 (the ip.proto table serves IPv4 and IPv6), the UDP
+-- carrier port, and the tunnels by destination port.
+local registered_udp_port = nil
+
+local function register_udp_port()
+    local udp = DissectorTable.get("udp.port")
+    if registered_udp_port and registered_udp_port ~= 0 then udp:remove(registered_udp_port, sclp) end
+    registered_udp_port = sclp.prefs.udp_port
+    if registered_udp_port ~= 0 then udp:add(registered_udp_port, sclp) end
+end
+
+function sclp.prefs_changed()
+    if registered_udp_port ~= sclp.prefs.udp_port then register_udp_port() end
+end
+
+DissectorTable.get("ip.proto"):add(IPPROTO_SCLP, sclp)
+register_udp_port()
+-- Wireshark 4.0 registers VXLAN and Geneve only in the udp.port table, not by name
+-- (Dissector.get("vxlan") is nil there; later versions have both): take either.
+local udp_port_table = DissectorTable.get("udp.port")
+for port, name in pairs({ [PORT_VXLAN] = "vxlan", [PORT_GENEVE] = "geneve" }) do
+    local ok, handle = pcall(Dissector.get, name)
+    if not (ok and handle) then handle = udp_port_table:get_dissector(port) end
+    if handle then port_table:add(port, handle) end
+end
