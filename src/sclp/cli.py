@@ -109,6 +109,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return int(run_demo(protocol=args.protocol, carrier=args.carrier, seconds=args.seconds))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sclp.bench import BenchOptions, bench, select_configs
+
+    protocols = None
+    if args.protocols is not None:
+        protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
+        try:
+            select_configs(protocols)
+        except ValueError as exc:
+            return _fail(f"--protocols: {exc}", EXIT_USAGE)
+    transports = tuple(t.strip() for t in args.transports.split(",") if t.strip())
+    if not transports or set(transports) - {"tcp", "udp"}:
+        return _fail("--transports: give tcp, udp or tcp,udp", EXIT_USAGE)
+    for flag, value, low in (("--duration", args.duration, 1), ("--repeat", args.repeat, 1)):
+        if value is not None and value < low:
+            return _fail(f"{flag}: must be at least {low}", EXIT_USAGE)
+    if not 16 <= args.udp_length <= 1472:
+        return _fail("--udp-length: 16..1472 bytes (one frame at VM MTU 1500)", EXIT_USAGE)
+    if os.geteuid() != 0:
+        return _fail("sclp bench builds network namespaces: run it as root (sudo)")
+    options = BenchOptions(
+        protocols=protocols,
+        duration=args.duration,
+        repeat=args.repeat,
+        transports=transports,
+        udp_length=args.udp_length,
+        quick=args.quick,
+        json_path=Path(args.json) if args.json else None,
+        plot_path=Path(args.plot) if args.plot else None,
+        markdown_path=Path(args.markdown) if args.markdown else None,
+    )
+    return bench(options)
+
+
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     from sclp.selfcheck import run_selfcheck
 
@@ -149,6 +185,52 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--carrier", default="ip", choices=("ip", "udp"), help="SCLP carrier")
     demo.add_argument("--seconds", type=int, default=5, help="iperf3 duration (default 5)")
     demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure every protocol and the kernel references VM to VM (issue 4's evaluation)",
+        description="Build the two-VM testbed once per configuration and measure iperf3 "
+        "TCP and UDP throughput, retransmits, UDP loss, endpoint CPU per GB, peak RSS and "
+        "the frames the receiving VM handles, for every tunnel, the Linux kernel's VXLAN "
+        "(offloads on and off), a bare veth, and the SCLP pre-reassembly ablation.",
+    )
+    bench.add_argument(
+        "--protocols",
+        metavar="LIST",
+        help="comma list of configurations (a name also selects its variants): veth, "
+        "kernel-vxlan, kernel-vxlan/no-offloads, vxlan, vxlan/mtu1500, geneve, nvgre, stt, "
+        "vxlan-sclp/ip, vxlan-sclp/udp, geneve-sclp/udp, vxlan-sclp/udp/no-level1, ... "
+        "(default: all)",
+    )
+    bench.add_argument(
+        "--duration", type=int, metavar="S", help="seconds per iperf3 run (default 10)"
+    )
+    bench.add_argument("--repeat", type=int, metavar="N", help="runs per transport (default 3)")
+    bench.add_argument(
+        "--transports", default="tcp,udp", metavar="LIST", help="tcp, udp or tcp,udp (default)"
+    )
+    bench.add_argument(
+        "--udp-length",
+        type=int,
+        default=1400,
+        metavar="BYTES",
+        help="UDP datagram payload (default 1400: one frame at every VM MTU measured)",
+    )
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 s x 1 of veth, kernel-vxlan, vxlan, vxlan-sclp/udp and one "
+        "ablation (under two minutes)",
+    )
+    bench.add_argument("--json", metavar="FILE", help="write every raw figure as JSON")
+    bench.add_argument("--plot", metavar="FILE.png", help="write the bar chart")
+    bench.add_argument(
+        "--markdown",
+        metavar="FILE.md",
+        help="write a results page (command, machine, tables, chart link); the chart goes "
+        "to --plot or FILE.png",
+    )
+    bench.set_defaults(func=cmd_bench)
 
     check = sub.add_parser(
         "selfcheck", help="segment and reassemble payloads in memory (no root needed)"

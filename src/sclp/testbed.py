@@ -41,7 +41,11 @@ class TestbedError(Exception):
 
 @dataclass
 class Testbed:
-    """``protocol``: an sclp protocol, ``"kernel-vxlan"`` or ``"veth"``."""
+    """``protocol``: an sclp protocol, ``"kernel-vxlan"`` or ``"veth"``.
+
+    ``kernel_offloads=False`` (kernel VXLAN only) turns TSO and GSO off on the
+    sender's ``vx0`` (``ethtool -K vx0 tso off gso off`` in host 1): the kernel's
+    per-packet path, the fair reference for our classic tunnels."""
 
     protocol: str = "vxlan-sclp"
     carrier: str = "ip"
@@ -52,6 +56,7 @@ class Testbed:
     endpoints: list[subprocess.Popen[bytes]] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     workdir: Path | None = None
+    kernel_offloads: bool = True
 
     @property
     def hosts(self) -> tuple[str, str]:
@@ -60,6 +65,11 @@ class Testbed:
     @property
     def vms(self) -> tuple[str, str]:
         return (f"sclp-{self.tag}-vm1", f"sclp-{self.tag}-vm2")
+
+    @property
+    def vm_interface(self) -> str:
+        """The VM's interface: the endpoint's TAP, or the veth end for the references."""
+        return "eth0" if self.protocol in ("veth", "kernel-vxlan") else "tap0"
 
     def endpoint_name(self, i: int) -> str:
         return f"tb{self.tag}h{i + 1}"
@@ -133,6 +143,17 @@ class Testbed:
             self._ip(host, "link", "set", "br0", "up")
             with nsio.NetNS(vm) as ns:
                 ns.add_address("eth0", f"{OVERLAY[i]}/24")
+        if not self.kernel_offloads:
+            self._kernel_offloads_off(self.hosts[0])
+
+    def _kernel_offloads_off(self, host: str) -> None:
+        if shutil.which("ethtool") is None:
+            raise TestbedError("ethtool is not installed (apt-get install ethtool)")
+        self.run_in(host, ["ethtool", "-K", "vx0", "tso", "off", "gso", "off"], timeout=10)
+        shown = self.run_in(host, ["ethtool", "-k", "vx0"], timeout=10).stdout
+        for feature in ("tcp-segmentation-offload", "generic-segmentation-offload"):
+            if f"{feature}: off" not in shown:
+                raise TestbedError(f"ethtool could not turn {feature} off on vx0 in {host}")
 
     @staticmethod
     def _ip(netns: str, *args: str) -> None:
@@ -202,6 +223,26 @@ class Testbed:
     def stats(self, i: int) -> dict[str, Any]:
         result: dict[str, Any] = query(socket_path(self.endpoint_name(i)))
         return result
+
+    def vm_link_counters(self, i: int) -> dict[str, int]:
+        """VM ``i``'s interface counters (``rx_packets``, ``rx_bytes``, ``rx_dropped``,
+        ``tx_packets``, ``tx_bytes``, ``tx_dropped``; netlink IFLA_STATS64, the same
+        figures as ``/sys/class/net/IF/statistics``) and its ``mtu``.  A frame the
+        endpoint writes to the TAP is one ``rx_packets`` in the VM, GSO or not."""
+        try:
+            with nsio.NetNS(self.vms[i]) as ns:
+                info = ns.link_info(self.vm_interface)
+        except OSError as exc:
+            raise TestbedError(f"reading {self.vm_interface} in {self.vms[i]}: {exc}") from None
+        return {
+            "rx_packets": info.rx_packets,
+            "rx_bytes": info.rx_bytes,
+            "rx_dropped": info.rx_dropped,
+            "tx_packets": info.tx_packets,
+            "tx_bytes": info.tx_bytes,
+            "tx_dropped": info.tx_dropped,
+            "mtu": info.mtu,
+        }
 
     def run_in(
         self, netns: str, args: list[str], timeout: float = 60.0, check: bool = True
