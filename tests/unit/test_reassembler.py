@@ -637,3 +637,16 @@ def test_random_coalesced_bytes_never_raise(data: bytes, seg_size: int, carrier:
     r = Reassembler(carrier, max_bytes=100000, max_entries=4)
     r.add_coalesced(A, B, data, seg_size, 0.0)
     assert r.bytes_held <= 100000
+
+
+def test_checksum_verdict_from_the_caller_is_used() -> None:
+    seg = bytearray(Segmenter(ident_start=9).segment_payload(b"x" * 100, 50000, 4789, 1468).buffer)
+    r = Reassembler(Carrier.IP)
+    assert r.add_segment("a", "b", seg, 0.0, checksum_ok=False) is None
+    assert r.drops[DropReason.BAD_CHECKSUM] == 1
+    seg[20] ^= 1  # the caller's verdict wins over the bytes (it summed them itself)
+    done = r.add_segment("a", "b", seg, 0.0, checksum_ok=True)
+    assert done is not None and len(bytes(done.payload)) == 100
+    seg[10:12] = b"\0\0"  # a zero checksum stays illegal in native mode
+    assert r.add_segment("a", "b", seg, 0.0, checksum_ok=True) is None
+    assert r.drops[DropReason.BAD_CHECKSUM] == 2

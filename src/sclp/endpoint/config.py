@@ -62,6 +62,19 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Tuning:
+    """Data-path switches, for the two-level pre-reassembly ablation of the benchmark.
+
+    ``rx_batch``: level 1 (coalescing): kernel UDP GRO in carrier mode, ``recvmmsg``
+    batches in native mode.  ``deliver_gso``: level 2's payoff: a reassembled frame
+    larger than the VM's MTU goes to the TAP as one GSO frame; off, it is cut into
+    MSS-sized frames in software first."""
+
+    rx_batch: bool = True
+    deliver_gso: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class StaticEntry:
     mac: bytes
     peer: str
@@ -90,6 +103,7 @@ class Config:
     networks: tuple[Network, ...]
     limits: Limits = field(default_factory=Limits)
     control_dir: str = "/run/sclp"
+    tuning: Tuning = field(default_factory=Tuning)
 
     @property
     def control_socket(self) -> str:
@@ -255,6 +269,12 @@ def parse_config(text: str, source: str = "<config>") -> Config:
             raise lim.fail(key, "must be positive")
     lim.check_unknown()
 
+    t = _Reader(top.get("tuning", dict, {}), "tuning.", lines, "[tuning]")
+    tuning = Tuning(
+        rx_batch=t.get("rx_batch", bool, True), deliver_gso=t.get("deliver_gso", bool, True)
+    )
+    t.check_unknown()
+
     raw_networks = top.get("network", list, hint="add at least one [[network]] table")
     if not raw_networks:
         raise ConfigError("network: empty; add at least one [[network]] table")
@@ -271,6 +291,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         networks=tuple(networks),
         limits=limits,
         control_dir=control_dir,
+        tuning=tuning,
     )
 
 

@@ -155,13 +155,21 @@ class Reassembler:
     # -- input ------------------------------------------------------------------------
 
     def add_segment(
-        self, src: Hashable, dst: Hashable, segment: Buffer, now: float
+        self,
+        src: Hashable,
+        dst: Hashable,
+        segment: Buffer,
+        now: float,
+        checksum_ok: bool | None = None,
     ) -> Completed | None:
         """Take one segment (SCLP header + its payload) received from outer address
         ``src`` to ``dst``; return the payload if this segment completed it.
 
-        The segment's bytes are copied if they must be kept; the caller may reuse
-        ``segment``'s buffer once it is done with the returned payload."""
+        ``checksum_ok`` is the verdict of a caller that already summed the segment
+        (e.g. a whole receive batch in one NumPy pass); ``None`` means "verify here".
+        A zero checksum field is judged here either way (legal only in the UDP
+        carrier).  The segment's bytes are copied if they must be kept; the caller may
+        reuse ``segment``'s buffer once it is done with the returned payload."""
         if now >= self._next_deadline:
             self.expire(now)
         n = len(segment)
@@ -173,7 +181,7 @@ class Reassembler:
             if not self._accept_zero_csum:
                 self.drops[DropReason.BAD_CHECKSUM] += 1
                 return None
-        elif ones_sum(segment) != 0xFFFF:
+        elif not (ones_sum(segment) == 0xFFFF if checksum_ok is None else checksum_ok):
             self.drops[DropReason.BAD_CHECKSUM] += 1
             return None
         first = word & 1
