@@ -115,3 +115,13 @@ def test_load_config_reports_unreadable_file(tmp_path) -> None:  # type: ignore[
     path = tmp_path / "ok.toml"
     path.write_text(GOOD)
     assert load_config(path).name == "host1"
+
+
+def test_tuning_switches() -> None:
+    assert parse_config(GOOD).tuning.rx_batch is True
+    cfg = parse_config(
+        GOOD.replace("[underlay]", "[tuning]\nrx_batch = false\ndeliver_gso = false\n[underlay]", 1)
+    )
+    assert (cfg.tuning.rx_batch, cfg.tuning.deliver_gso) == (False, False)
+    with pytest.raises(ConfigError, match=r"tuning.rx_batch \(line 3\): expected true/false"):
+        parse_config(GOOD.replace("[underlay]", "[tuning]\nrx_batch = 1\n[underlay]", 1))
