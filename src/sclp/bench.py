@@ -307,10 +307,12 @@ def machine_description() -> dict[str, Any]:
 
 
 def _endpoint_pids(tb: Testbed) -> list[int]:
-    dead = [i + 1 for i, p in enumerate(tb.endpoints) if p.poll() is not None]
-    if dead:
-        logs = " | ".join(tb.log_text(i - 1).strip()[-200:] for i in dead)
-        raise TestbedError(f"endpoint h{dead[0]} exited during the run: {logs}")
+    """The endpoints' process ids; TestbedError naming the first one that exited."""
+    for i, proc in enumerate(tb.endpoints):
+        code = proc.poll()
+        if code is not None:
+            tail = " | ".join(tb.log_text(i).strip().splitlines()[-2:])
+            raise TestbedError(f"endpoint h{i + 1} exited (status {code}) during the run: {tail}")
     return [p.pid for p in tb.endpoints]
 
 
@@ -326,8 +328,8 @@ def _endpoint_cpu(tb: Testbed) -> float:
 def measure_run(tb: Testbed, transport: str, seconds: int, udp_length: int) -> dict[str, Any]:
     """One iperf3 run VM1 → VM2 and the figures around it (one ``runs`` entry)."""
     udp = transport == "udp"
-    vm_before = tb.vm_link_counters(1)
     cpu_before = _endpoint_cpu(tb) if tb.endpoints else None
+    vm_before = tb.vm_link_counters(1)
     report = tb.iperf3(seconds, udp=udp, extra=["-l", str(udp_length)] if udp else None)
     cpu_after = _endpoint_cpu(tb) if tb.endpoints else None
     vm_after = tb.vm_link_counters(1)
@@ -762,7 +764,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
                 ax.text(pos, 0, "failed", rotation=90, ha="center", va="bottom", fontsize=7)
                 continue
             runs = r["gbps_runs"]
-            ax.bar(
+            bars = ax.bar(
                 pos,
                 r["gbps_median"],
                 width,
@@ -774,9 +776,11 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
                 capsize=2,
                 label=f"{transport.upper()}{' (reference)' if ref else ''}",
             )
+            ax.bar_label(bars, fmt="%.2g", padding=2, fontsize=7)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the legend above the bars
+    ax.legend(unique.values(), unique.keys(), fontsize=8, ncols=4, loc="upper left")
     ax.set_xticks(range(len(main)), [label for label, _ in main], rotation=45, ha="right")
     ax.set_ylabel("Gbit/s (median, bars: min–max)")
     ax.set_title("VM-to-VM throughput, iperf3")
@@ -795,7 +799,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
                     note = "not run" if r is None else "failed"
                     ax2.text(pos, 0, note, rotation=90, ha="center", va="bottom", fontsize=7)
                     continue
-                ax2.bar(
+                bars = ax2.bar(
                     pos,
                     r["gbps_median"],
                     w,
@@ -804,9 +808,19 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
                     linewidth=0.5,
                     label=variant,
                 )
+                ax2.bar_label(bars, fmt="%.2g", padding=2, fontsize=7)
         handles, labels = ax2.get_legend_handles_labels()
         unique = dict(zip(labels, handles, strict=True))
-        ax2.legend(unique.values(), unique.keys(), fontsize=8)
+        ax2.set_ylim(top=ax2.get_ylim()[1] * 1.2)
+        ax2.legend(
+            unique.values(),
+            unique.keys(),
+            fontsize=7,
+            ncols=3,
+            loc="upper left",
+            columnspacing=0.8,
+            handlelength=1.0,
+        )
         ax2.set_xticks(range(len(sclp_bases)), sclp_bases, rotation=45, ha="right")
         ax2.set_ylabel("TCP Gbit/s (median)")
         ax2.set_title("pre-reassembly ablation")
