@@ -407,6 +407,16 @@ class _Measurement:
     errors: dict[str, str] = field(default_factory=dict)
     vm_mtu: int | None = None
     rss_mb_peak: float | None = None
+    interrupted: bool = False
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during :func:`measure_config`; ``results`` holds the
+    transports it had measured at least once (a partial one carries ``error``)."""
+
+    def __init__(self, results: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.results = results
 
 
 def measure_config(
@@ -419,9 +429,9 @@ def measure_config(
 ) -> list[dict[str, Any]]:
     """Build ``cfg``'s testbed, measure every transport ``repeat`` times, tear it
     down; one ``results`` entry per transport.  Never raises for a failing
-    configuration (the entries carry ``error``); KeyboardInterrupt propagates after
-    the testbed is removed.  ``advance(what)`` is called once per iperf3 run, done or
-    skipped."""
+    configuration (the entries carry ``error``); Ctrl-C becomes
+    :class:`BenchInterrupted` with what was measured, after the testbed is removed.
+    ``advance(what)`` is called once per iperf3 run, done or skipped."""
     m = _Measurement(runs={t: [] for t in transports}, vm_mtu=cfg.vm_mtu)
     pending = {t: repeat for t in transports}
 
@@ -453,14 +463,24 @@ def measure_config(
         text = str(exc) if isinstance(exc, TestbedError) else f"{type(exc).__name__}: {exc}"
         for transport in transports:
             m.errors.setdefault(transport, text)
+    except KeyboardInterrupt:
+        m.interrupted = True
+        for transport in transports:
+            done = len(m.runs[transport])
+            if 0 < done < repeat:
+                m.errors.setdefault(transport, f"interrupted after {done} of {repeat} runs")
     finally:
         for transport in transports:
             for _ in range(pending[transport]):
                 advance(f"{cfg.label} {transport} (skipped)")
-    return [
+    results = [
         summarise(cfg, t, m.runs[t], m.vm_mtu, m.rss_mb_peak, m.errors.get(t), udp_length)
         for t in transports
+        if m.runs[t] or not m.interrupted
     ]
+    if m.interrupted:
+        raise BenchInterrupted(results)
+    return results
 
 
 # -- goal ratios (issue 4) -----------------------------------------------------------
@@ -627,8 +647,10 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
                         progress.console.print(
                             f"[yellow]{cfg.label} {r['transport']} failed:[/] {r['error']}"
                         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         report["interrupted"] = True
+        if isinstance(exc, BenchInterrupted):
+            report["results"] += exc.results
     finally:
         signal.signal(signal.SIGTERM, previous)
     report["machine"]["loadavg_end"] = list(os.getloadavg())

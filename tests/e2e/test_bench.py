@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +126,37 @@ def test_quick_bench_writes_complete_json_chart_and_page(tmp_path: Path) -> None
     text = page.read_text()
     assert report["command"] in text and "![sclp bench chart](b.png)" in text
     assert "[b.json](b.json)" in text
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_sigterm_ends_the_run_with_partial_results(tmp_path: Path) -> None:
+    report_path = tmp_path / "b.json"
+    args = ["--protocols", "veth", "--transports", "tcp", "--duration", "2", "--repeat", "5"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sclp", "bench", *args, "--json", str(report_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        time.sleep(4)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in out
+    report = json.loads(report_path.read_text())
+    assert report["interrupted"] is True
+    # Whatever was measured before the signal is kept, marked as partial.
+    for r in report["results"]:
+        assert r["label"] == "veth" and 1 <= len(r["gbps_runs"]) < 5
+        assert r["error"].startswith("interrupted after")
+    assert set(report["ratios"]) == RATIO_KEYS
 
 
 # -- without namespaces ------------------------------------------------------------
