@@ -425,13 +425,14 @@ def measure_config(
     seconds: int,
     repeat: int,
     udp_length: int,
-    advance: Callable[[str], None],
+    progress: Callable[[str, int], None],
 ) -> list[dict[str, Any]]:
     """Build ``cfg``'s testbed, measure every transport ``repeat`` times, tear it
     down; one ``results`` entry per transport.  Never raises for a failing
     configuration (the entries carry ``error``); Ctrl-C becomes
     :class:`BenchInterrupted` with what was measured, after the testbed is removed.
-    ``advance(what)`` is called once per iperf3 run, done or skipped."""
+    ``progress(what, 0)`` announces each iperf3 run, ``progress(what, 1)`` counts one
+    done or skipped."""
     m = _Measurement(runs={t: [] for t in transports}, vm_mtu=cfg.vm_mtu)
     pending = {t: repeat for t in transports}
 
@@ -451,9 +452,14 @@ def measure_config(
             for transport in transports:
                 try:
                     while pending[transport]:
-                        advance(f"{cfg.label} {transport}")
+                        what = f"{cfg.label} {transport} {repeat - pending[transport] + 1}/{repeat}"
+                        progress(what, 0)
                         pending[transport] -= 1
-                        m.runs[transport].append(measure_run(tb, transport, seconds, udp_length))
+                        try:
+                            run = measure_run(tb, transport, seconds, udp_length)
+                        finally:
+                            progress(what, 1)
+                        m.runs[transport].append(run)
                         note_rss(tb)
                 except TestbedError as exc:
                     m.errors[transport] = str(exc)
@@ -472,7 +478,7 @@ def measure_config(
     finally:
         for transport in transports:
             for _ in range(pending[transport]):
-                advance(f"{cfg.label} {transport} (skipped)")
+                progress(f"{cfg.label} {transport} (skipped)", 1)
     results = [
         summarise(cfg, t, m.runs[t], m.vm_mtu, m.rss_mb_peak, m.errors.get(t), udp_length)
         for t in transports
@@ -627,9 +633,8 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
         with progress:
             task = progress.add_task("starting", total=steps)
 
-            def advance(what: str) -> None:
-                progress.update(task, description=what)
-                progress.advance(task)
+            def advance(what: str, steps: int) -> None:
+                progress.update(task, description=what, advance=steps)
 
             for cfg in configs:
                 progress.update(task, description=f"{cfg.label}: building")
