@@ -103,6 +103,11 @@ local ei = {
     total = ProtoExpert.new("sclp.total.inconsistent",
         "Segments disagree on the payload's total length: payload discarded",
         expert.group.MALFORMED, expert.severity.ERROR),
+    tunnel = ProtoExpert.new("sclp.tunnel.malformed", "Tunnel payload malformed",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    truncated = ProtoExpert.new("sclp.truncated",
+        "Segment truncated by the capture: checksum not verified, not reassembled",
+        expert.group.UNDECODED, expert.severity.WARN),
     duplicate = ProtoExpert.new("sclp.duplicate", "Duplicate segment (ignored)",
         expert.group.SEQUENCE, expert.severity.NOTE),
     discarded = ProtoExpert.new("sclp.discarded", "Segment of a discarded payload",
@@ -118,6 +123,9 @@ sclp.prefs.check_checksum = Pref.bool("Validate the SCLP checksum", true,
     "Verify the checksum of every segment (segments failing it are not reassembled)")
 sclp.prefs.reassemble = Pref.bool("Reassemble segmented payloads", true,
     "Put the segments of one payload back together before handing it to VXLAN/Geneve")
+sclp.prefs.split_coalesced = Pref.bool("Split coalesced UDP packets", true,
+    "A UDP carrier packet captured before GSO segmentation or after GRO holds several "
+        .. "segments back to back: find and dissect each of them")
 sclp.prefs.timeout = Pref.uint("Reassembly timeout (ms)", 1000,
     "A payload not completed within this time after its first segment is abandoned")
 
@@ -126,8 +134,9 @@ local data_dissector = Dissector.get("data")
 
 --------------------------------------------------------------------------------------
 -- Reassembly state, rebuilt on every (re)load of the capture.
---   frames[n]  : what the first pass decided for the SCLP segment in frame n
---   payloads[k]: the payload being reassembled under key k
+--   frames[n][i]: what the first pass decided for the i-th SCLP segment of frame n
+--                 (a frame holds several when the capture saw a GSO/GRO packet)
+--   payloads[k] : the payload being reassembled under key k
 --------------------------------------------------------------------------------------
 local frames, payloads
 
@@ -164,12 +173,12 @@ local function piece_bytes(piece, lo, hi)
     return string.sub(piece.data, piece.hi - hi + 1, piece.hi - lo)
 end
 
-local function discard(p, reason, n)
+local function discard(p, rec, reason, n)
+    rec.problem = reason
     p.state = "discarded"
-    p.reason = reason
     p.closed_in = n
     for _, piece in ipairs(p.pieces) do
-        frames[piece.frame].discarded_in = n
+        piece.rec.discarded_in = n
     end
 end
 
@@ -204,11 +213,12 @@ local function assemble(p)
     return table.concat(out)
 end
 
--- First pass only: place one segment's bytes.  rec is the frame's record.
+-- First pass only: place one segment's bytes (``data``, a Lua string) in its payload.
+-- ``rec`` is the segment's record; pieces keep a reference to it so that completion
+-- and discards can be written back to every segment's record.
 local function add_piece(key, rec, n, first, rem, data, now)
     local p = payloads[key]
-    local timeout = sclp.prefs.timeout / 1000
-    if p and (now - p.started > timeout) then
+    if p and (now - p.started > sclp.prefs.timeout / 1000) then
         p = nil -- an old payload under the same key: forget it
     end
     if p == nil then
@@ -219,32 +229,19 @@ local function add_piece(key, rec, n, first, rem, data, now)
     if p.state ~= "open" then
         -- a late copy of a segment of a payload already completed or discarded
         rec.late = p.state
-        rec.closed_in = p.closed_in
         return
     end
     local lo, hi = rem, rem + #data
     local new_total = false
     if first then
-        if p.total and p.total ~= hi then
-            rec.problem = "total"
-            discard(p, "total", n)
-            return
-        end
+        if p.total and p.total ~= hi then return discard(p, rec, "total", n) end
         new_total = p.total == nil
         p.total = hi
     end
     if p.total then
-        if hi > p.total then
-            rec.problem = "total"
-            discard(p, "total", n)
-            return
-        end
+        if hi > p.total then return discard(p, rec, "total", n) end
         for _, piece in ipairs(p.pieces) do
-            if piece.hi > p.total then
-                rec.problem = "total"
-                discard(p, "total", n)
-                return
-            end
+            if piece.hi > p.total then return discard(p, rec, "total", n) end
         end
     end
     -- overlaps: the bytes must agree (RFC 5722 spirit: a conflict discards the payload)
@@ -252,10 +249,7 @@ local function add_piece(key, rec, n, first, rem, data, now)
         local a = math.max(lo, piece.lo)
         local b = math.min(hi, piece.hi)
         if a < b and string.sub(data, hi - b + 1, hi - a) ~= piece_bytes(piece, a, b) then
-            rec.problem = "overlap"
-            rec.overlap_with = piece.frame
-            discard(p, "overlap", n)
-            return
+            return discard(p, rec, "overlap", n)
         end
     end
     if hi > lo and covers(p.pieces, lo, hi) then
@@ -267,17 +261,19 @@ local function add_piece(key, rec, n, first, rem, data, now)
         end
         if not (first and new_total) then return end
     else
-        p.pieces[#p.pieces + 1] = { lo = lo, hi = hi, data = data, frame = n }
+        p.pieces[#p.pieces + 1] = { lo = lo, hi = hi, data = data, frame = n, rec = rec }
     end
     if coverage_complete(p) then
         p.state = "done"
         p.closed_in = n
         rec.reassembled = assemble(p)
-        local list = {}
+        local list, seen = {}, {}
         for _, piece in ipairs(p.pieces) do
-            list[#list + 1] = piece.frame
-            frames[piece.frame].reassembled_in = n
-            frames[piece.frame].total = p.total
+            if not seen[piece.frame] then
+                list[#list + 1] = piece.frame
+                seen[piece.frame] = true
+            end
+            piece.rec.reassembled_in = n
         end
         table.sort(list)
         rec.segment_frames = list
@@ -285,27 +281,105 @@ local function add_piece(key, rec, n, first, rem, data, now)
 end
 
 -- The tunnel is named by the destination port (sclp-spec section 2); the source port
--- is flow entropy, tried last in case someone registered a dissector on it.
-local function hand_off(tvb, pinfo, tree, sport, dport)
+-- is flow entropy, tried last in case someone registered a dissector on it.  A payload
+-- the tunnel dissector cannot parse (Wireshark throws for it) is reported here instead
+-- of turning into a Lua error.
+local function hand_off(tvb, pinfo, tree, subtree, sport, dport)
     local handle = port_table:get_dissector(dport) or port_table:get_dissector(sport)
-    if handle then
-        handle:call(tvb, pinfo, tree)
-    else
-        data_dissector:call(tvb, pinfo, tree)
+    handle = handle or data_dissector
+    local ok, err = pcall(handle.call, handle, tvb, pinfo, tree)
+    if not ok then
+        subtree:add_proto_expert_info(ei.tunnel, "Tunnel payload malformed: " .. tostring(err))
     end
 end
 
-function sclp.dissector(tvb, pinfo, tree)
+local function u16(s, i) return string.byte(s, i) * 256 + string.byte(s, i + 1) end
+
+-- The identification word starting at byte i of s with F cleared, as 4 raw bytes.
+local function id_bytes(s, i)
+    local last = string.byte(s, i + 3)
+    return string.sub(s, i, i + 2) .. string.char(last - last % 2)
+end
+
+-- Would cutting ``s`` every ``stride`` bytes give plausible segments?  Each piece has a
+-- whole header with the same ports as the first, and a piece with the same ID as the
+-- one before it continues it: F clear, and the previous Remaining is this piece's
+-- Remaining plus its payload length (sclp-spec section 1).
+local function layout_ok(s, stride)
+    local n = #s
+    local ports = string.sub(s, 1, 4)
+    local prev_id, prev_rem = id_bytes(s, 5), u16(s, 9)
+    local off = stride
+    while off < n do
+        if n - off < SCLP_HLEN or string.sub(s, off + 1, off + 4) ~= ports then return false end
+        local id = id_bytes(s, off + 5)
+        local rem = u16(s, off + 9)
+        local first = string.byte(s, off + 8) % 2 == 1
+        local plen = math.min(stride, n - off) - SCLP_HLEN
+        if id == prev_id and (first or prev_rem ~= rem + plen) then
+            return false
+        end
+        prev_id, prev_rem = id, rem
+        off = off + stride
+    end
+    return true
+end
+
+-- With only the ports to go by, computed checksums must confirm the cut: every piece
+-- whose checksum field is not 0 verifies on its own.
+local function checksums_ok(s, stride)
+    for off = 0, #s - 1, stride do
+        local piece = string.sub(s, off + 1, off + stride)
+        if u16(piece, 11) ~= 0 and ones_sum(piece) ~= 0xFFFF then return false end
+    end
+    return true
+end
+
+-- A packet captured before GSO segmentation or after GRO (UDP carrier: the kernel's
+-- UDP_SEGMENT sends and UDP_GRO receives, sclp-spec section 4 level 1) holds several
+-- segments back to back, every one but the last ``stride`` bytes long.  The stride is
+-- found from the second header: the same ports and ID with F clear, and the first
+-- segment's Remaining equal to its Remaining plus its length (or, when the first
+-- segment ends its payload, just the same ports).  Returns nil for a single segment.
+local function find_stride(s)
+    local n = #s
+    if n < 2 * SCLP_HLEN + 1 then return nil end
+    local next_hdr = string.sub(s, 1, 4) .. id_bytes(s, 5)
+    local rem0 = u16(s, 9)
+    local at = string.find(s, next_hdr, SCLP_HLEN + 2, true)
+    while at do
+        local stride = at - 1
+        local plen1 = math.min(stride, n - stride) - SCLP_HLEN
+        if plen1 >= 0 and u16(s, at + 8) + plen1 == rem0 and layout_ok(s, stride) then
+            return stride
+        end
+        at = string.find(s, next_hdr, at + 1, true)
+    end
+    if rem0 ~= 0 then return nil end
+    local ports = string.sub(s, 1, 4)
+    at = string.find(s, ports, SCLP_HLEN + 2, true)
+    while at do
+        local stride = at - 1
+        if n - stride >= SCLP_HLEN and layout_ok(s, stride) and checksums_ok(s, stride) then
+            return stride
+        end
+        at = string.find(s, ports, at + 1, true)
+    end
+    return nil
+end
+
+-- Dissect one segment (header + its payload in ``tvb``).  ``index``/``count``: its
+-- place among the segments of a coalesced packet (1/1 for an ordinary one).
+-- ``outer`` is "source|destination" of the outer IP header, read before any segment
+-- was handed on (the inner frame's dissectors overwrite pinfo.src and pinfo.dst).
+local function dissect_segment(tvb, pinfo, tree, udp_carrier, outer, index, count)
     local len = tvb:len()
-    pinfo.cols.protocol:set("SCLP")
     local subtree = tree:add(sclp, tvb(0, math.min(len, SCLP_HLEN)))
     if len < SCLP_HLEN then
         subtree:add_proto_expert_info(ei.short)
-        pinfo.cols.info:set("SCLP [too short]")
-        return len
+        if index == 1 then pinfo.cols.info:set("SCLP [too short]") end
+        return
     end
-    -- IP calls us with the IP protocol number matched, UDP with the port.
-    local udp_carrier = pinfo.match_uint ~= IPPROTO_SCLP
     local sport = tvb(0, 2):uint()
     local dport = tvb(2, 2):uint()
     local word = tvb(4, 4):uint()
@@ -313,11 +387,16 @@ function sclp.dissector(tvb, pinfo, tree)
     local first = word % 2 == 1
     local rem = tvb(8, 2):uint()
     local csum = tvb(10, 2):uint()
-    local plen = len - SCLP_HLEN
+    -- a capture cut short (snaplen) has fewer bytes than the packet had
+    local truncated = tvb:reported_len() > len
+    local plen = tvb:reported_len() - SCLP_HLEN
     local n = pinfo.number
 
     subtree:append_text(string.format(", Src Port: %d, Dst Port: %d, ID: 0x%x%s, Rem: %d",
         sport, dport, ident, first and ", First" or "", rem))
+    if count > 1 then
+        subtree:append_text(string.format(" (segment %d of %d in this packet)", index, count))
+    end
     subtree:add(hf.srcport, tvb(0, 2))
     subtree:add(hf.dstport, tvb(2, 2))
     subtree:add(hf.port, tvb(0, 2)):set_hidden()
@@ -338,10 +417,13 @@ function sclp.dissector(tvb, pinfo, tree)
             status = CSUM_BAD
             csum_item:add_proto_expert_info(ei.zero_checksum)
         end
+    elseif truncated then
+        status = CSUM_UNVERIFIED
+        csum_item:append_text(" [unverified: truncated]")
+        csum_item:add_proto_expert_info(ei.truncated)
     elseif sclp.prefs.check_checksum then
         local whole = tvb:raw(0, len)
-        local sum = ones_sum(whole)
-        if sum == 0xFFFF then
+        if ones_sum(whole) == 0xFFFF then
             status = CSUM_GOOD
             csum_item:append_text(" [correct]")
         else
@@ -371,38 +453,37 @@ function sclp.dissector(tvb, pinfo, tree)
     end
     if malformed then subtree:add_proto_expert_info(malformed) end
 
-    local info = string.format("SCLP %d → %d id=0x%x%s rem=%d", sport, dport, ident,
-        first and " first" or "", rem)
-    pinfo.cols.info:set(info)
+    if index == 1 then
+        pinfo.cols.info:set(string.format("SCLP %d → %d id=0x%x%s rem=%d", sport, dport,
+            ident, first and " first" or "", rem))
+        if count > 1 then
+            pinfo.cols.info:append(string.format(" [%d segments coalesced]", count))
+        end
+    end
 
     local whole_payload = first and rem == 0
-    local usable = status ~= CSUM_BAD and malformed == nil
+    local usable = status ~= CSUM_BAD and malformed == nil and not truncated
     local reassemble = sclp.prefs.reassemble and not whole_payload and usable
 
     -- first pass: decide, and remember the decision for later passes
-    local rec = frames[n]
+    frames[n] = frames[n] or {}
+    local rec = frames[n][index]
     if not pinfo.visited and rec == nil then
         rec = {}
-        frames[n] = rec
+        frames[n][index] = rec
         if reassemble then
-            local key = table.concat({ tostring(pinfo.src), tostring(pinfo.dst),
-                sport, dport, ident }, "|")
-            add_piece(key, rec, n, first, rem, tvb:raw(SCLP_HLEN, plen),
-                pinfo.abs_ts)
+            local key = table.concat({ outer, sport, dport, ident }, "|")
+            add_piece(key, rec, n, first, rem, tvb:raw(SCLP_HLEN, plen), pinfo.abs_ts)
         end
     end
     rec = rec or {}
 
-    if first then
-        subtree:add(hf.total, hi):set_generated()
-    end
-    local total = (first and hi) or rec.total or (rec.payload and rec.payload.total)
+    if first then subtree:add(hf.total, hi):set_generated() end
+    local total = (first and hi) or (rec.payload and rec.payload.total)
     if total and total >= hi then
         subtree:add(hf.offset, total - hi):set_generated()
     end
-    if status == CSUM_BAD then
-        pinfo.cols.info:append(" [bad checksum]")
-    end
+    if status == CSUM_BAD then pinfo.cols.info:append(" [bad checksum]") end
 
     if rec.problem == "overlap" then
         subtree:add_proto_expert_info(ei.overlap)
@@ -425,11 +506,11 @@ function sclp.dissector(tvb, pinfo, tree)
         subtree:add_proto_expert_info(ei.discarded)
     end
 
-    local payload_tvb = tvb(SCLP_HLEN):tvb()
+    local payload_range = len > SCLP_HLEN and tvb(SCLP_HLEN) or nil
     if rec.reassembled then
-        -- this frame completed a payload: dissect the tunnel header + inner frame whole
-        subtree:add(hf.data, tvb(SCLP_HLEN))
-        local segs = subtree:add(hf.segments, tvb(SCLP_HLEN))
+        -- this segment completed a payload: dissect tunnel header + inner frame whole
+        if payload_range then subtree:add(hf.data, payload_range) end
+        local segs = subtree:add(hf.segments, payload_range or tvb())
         segs:append_text(string.format(" (%d bytes): ", #rec.reassembled))
         local nums = {}
         for _, f in ipairs(rec.segment_frames) do
@@ -440,16 +521,43 @@ function sclp.dissector(tvb, pinfo, tree)
         subtree:add(hf.segment_count, #rec.segment_frames):set_generated()
         subtree:add(hf.reassembled_length, #rec.reassembled):set_generated()
         local whole = ByteArray.new(rec.reassembled, true):tvb("Reassembled SCLP")
-        hand_off(whole, pinfo, tree, sport, dport)
+        hand_off(whole, pinfo, tree, subtree, sport, dport)
     elseif whole_payload or (not sclp.prefs.reassemble and first) then
         -- an unsegmented payload, or reassembly off: the first segment's bytes
-        hand_off(payload_tvb, pinfo, tree, sport, dport)
+        if payload_range then
+            hand_off(payload_range:tvb(), pinfo, tree, subtree, sport, dport)
+        end
     else
-        subtree:add(hf.data, tvb(SCLP_HLEN))
+        if payload_range then subtree:add(hf.data, payload_range) end
         if rec.reassembled_in then
             subtree:add(hf.reassembled_in, rec.reassembled_in):set_generated()
-            pinfo.cols.info:append(string.format(" [reassembled in #%d]", rec.reassembled_in))
+            if index == 1 and rec.reassembled_in ~= n then
+                pinfo.cols.info:append(string.format(" [reassembled in #%d]",
+                    rec.reassembled_in))
+            end
         end
+    end
+end
+
+function sclp.dissector(tvb, pinfo, tree)
+    local len = tvb:len()
+    pinfo.cols.protocol:set("SCLP")
+    -- IP calls us with the IP protocol number matched, UDP with the port.
+    local udp_carrier = pinfo.match_uint ~= IPPROTO_SCLP
+    local outer = tostring(pinfo.src) .. "|" .. tostring(pinfo.dst)
+    local stride = nil
+    if udp_carrier and sclp.prefs.split_coalesced and len == tvb:reported_len() then
+        stride = find_stride(tvb:raw(0, len))
+    end
+    if stride == nil then
+        dissect_segment(tvb, pinfo, tree, udp_carrier, outer, 1, 1)
+        return len
+    end
+    local count = math.ceil(len / stride)
+    for i = 1, count do
+        local off = (i - 1) * stride
+        dissect_segment(tvb(off, math.min(stride, len - off)):tvb(), pinfo, tree, udp_carrier,
+            outer, i, count)
     end
     return len
 end

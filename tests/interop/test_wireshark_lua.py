@@ -17,6 +17,7 @@ the completing frame also say where they were reassembled.  Each run gets a priv
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import struct
 import subprocess
@@ -226,10 +227,11 @@ FIELDS = [
 ]
 
 
-def run_tshark(pcap: Path, config_dir: Path, *extra: str) -> dict[int, Row]:
+def run_tshark(pcap: Path, config_dir: Path, *extra: str, two_pass: bool = True) -> dict[int, Row]:
     """Dissect ``pcap`` with the SCLP dissector; one row of FIELDS per frame."""
     assert TSHARK is not None
-    cmd = [TSHARK, "-n", "-2", "-X", f"lua_script:{DISSECTOR}", "-r", str(pcap)]
+    cmd = [TSHARK, "-n", *(["-2"] if two_pass else []), "-X", f"lua_script:{DISSECTOR}"]
+    cmd += ["-r", str(pcap)]
     cmd += ["-T", "fields", "-E", "separator=\t", "-E", "occurrence=a", "-E", "aggregator=;"]
     cmd += ["-o", "tcp.check_checksum:TRUE", *extra]
     for f in FIELDS:
@@ -239,7 +241,8 @@ def run_tshark(pcap: Path, config_dir: Path, *extra: str) -> dict[int, Row]:
     env.pop("WIRESHARK_PLUGIN_DIR", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "Lua: Error" not in proc.stderr, proc.stderr
+    assert "Lua" not in proc.stderr, proc.stderr
+    assert "Lua Error" not in proc.stdout, proc.stdout
     rows: dict[int, Row] = {}
     for line in proc.stdout.splitlines():
         values = line.split("\t")
@@ -249,9 +252,9 @@ def run_tshark(pcap: Path, config_dir: Path, *extra: str) -> dict[int, Row]:
     return rows
 
 
-def write_pcap(path: Path, packets: list[bytes]) -> None:
+def write_pcap(path: Path, packets: list[bytes], snaplen: int = 262144) -> None:
     with path.open("wb") as f:
-        writer = PcapWriter(f)
+        writer = PcapWriter(f, snaplen=snaplen)
         for i, packet in enumerate(packets):
             writer.write(packet, ts=1_700_000_000.0 + i * 0.001)
 
@@ -461,3 +464,128 @@ def test_reassembly_off_hands_the_first_segment_to_vxlan(tmp_path: Path) -> None
     assert result[1]["ip.src"][-1] == "10.0.2.1"  # the inner headers are in segment 0
     assert all(r["sclp.reassembled_in"] == [] for r in result.values())
     assert result[3]["vxlan.vni"] == []
+
+
+def test_single_pass_still_decodes_the_completing_frame(tmp_path: Path) -> None:
+    """Without -2, segments before the completing frame cannot know where they end up
+    (as for Wireshark's own reassembly); the completing frame decodes the whole."""
+    pcap = tmp_path / "one.pcap"
+    write_pcap(pcap, [_native(s) for s in _segments(INORDER, ID_INORDER)])
+    result = run_tshark(pcap, tmp_path, two_pass=False)
+    assert [r["sclp.reassembled_in"] for r in result.values()] == [[], [], []]
+    assert result[3]["sclp.segment"] == ["1", "2", "3"]
+    assert _ints(result[3]["vxlan.vni"]) == [VNI_INORDER]
+    _assert_inner(result[3], 2)
+
+
+def test_edge_cases(tmp_path: Path) -> None:
+    def seg(ident: int, first: bool, rem: int, payload: bytes, dport: int = 4789) -> bytes:
+        return _native(_with_header(SclpHeader(SPORT, dport, ident, first, rem), payload))
+
+    packets = [
+        seg(1, True, 0, b""),  # an empty payload: nothing to hand to VXLAN
+        seg(2, True, 100, b""),  # an empty first segment ...
+        seg(2, False, 0, bytes(range(100))),  # ... and the 100 bytes after it
+        _native(b"\x01\x02\x03\x04\x05"),  # shorter than a header
+        seg(3, False, 50, b""),  # an empty non-first segment
+        seg(4, True, 65535, b"0123456789"),  # total past 65,535
+        seg(5, True, 0, b"0123456789", dport=1234),  # no tunnel on this port: data
+        seg(6, True, 0, b"\x08\x00"),  # 2 bytes cannot be a VXLAN header
+    ]
+    pcap = tmp_path / "edge.pcap"
+    write_pcap(pcap, packets)
+    r = run_tshark(pcap, tmp_path)
+    assert r[1]["sclp.total"] == ["0"] and r[1]["_ws.expert.message"] == []
+    assert r[2]["sclp.reassembled_in"] == ["3"]
+    assert r[3]["sclp.segment"] == ["2", "3"] and r[3]["sclp.reassembled.length"] == ["100"]
+    assert r[4]["_ws.expert.message"] == ["Shorter than the 12-byte SCLP header"]
+    assert r[4]["sclp.id"] == []
+    assert r[5]["_ws.expert.message"] == ["Segment other than the first carries no bytes"]
+    assert r[6]["_ws.expert.message"] == [
+        "Segment ends past 65,535 payload bytes (Remaining + length)"
+    ]
+    assert r[7]["_ws.expert.message"] == [] and r[7]["vxlan.vni"] == []
+    assert r[8]["_ws.expert.message"][0].startswith("Tunnel payload malformed")
+
+
+def test_truncated_capture(tmp_path: Path) -> None:
+    """A capture cut at 200 bytes: the checksum cannot be checked and nothing is
+    reassembled, but the header still decodes and the length is the real one."""
+    pcap = tmp_path / "snap.pcap"
+    write_pcap(pcap, [_native(s) for s in _segments(INORDER, ID_INORDER)], snaplen=200)
+    r = run_tshark(pcap, tmp_path)
+    assert [row["sclp.checksum.status"] for row in r.values()] == [["2"]] * 3  # unverified
+    assert r[1]["sclp.length"] == [str(SEG)]
+    assert all(row["sclp.segment"] == [] for row in r.values())
+    assert "Segment truncated by the capture" in r[1]["_ws.expert.message"][0]
+
+
+def test_random_segments_never_break_the_dissector(tmp_path: Path) -> None:
+    """Segments with random fields, lengths and order (a few IDs shared so that
+    reassembly, overlaps and conflicts happen): every frame dissects without a Lua error."""
+    rng = random.Random(1234)
+    packets = []
+    for _ in range(300):
+        ident = rng.randrange(8)
+        payload = rng.randbytes(rng.choice([0, 1, 7, 8, 50, 700, 1468]))
+        hdr = SclpHeader(
+            rng.choice([SPORT, 1]),
+            rng.choice([4789, 6081, 9]),
+            ident,
+            rng.random() < 0.3,
+            rng.choice([0, 50, 700, 1468, 3000, rng.randrange(65536)]),
+        )
+        segment = _with_header(hdr, payload, checksum=rng.random() < 0.8)
+        if rng.random() < 0.05:
+            segment = segment[: rng.randrange(len(segment))]
+        packets.append(_udp(segment) if rng.random() < 0.3 else _native(segment))
+    pcap = tmp_path / "fuzz.pcap"
+    write_pcap(pcap, packets)
+    r = run_tshark(pcap, tmp_path)
+    assert sorted(r) == list(range(1, 301))
+    assert all(row["_ws.col.Protocol"] for row in r.values())
+
+
+def test_coalesced_udp_packets_are_split(tmp_path: Path) -> None:
+    """A UDP carrier packet as captured before GSO segmentation or after GRO: several
+    segments back to back in one datagram (the segmenter's buffer is exactly one
+    UDP_SEGMENT send).  The dissector finds the segments and reassembles them."""
+    one = Segmenter(0x10).segment_payload(INORDER, SPORT, 4789, SEG_UDP, checksum=False)
+    # GRO-like, checksums computed: equal-size segments of two payloads (A is an exact
+    # multiple of M, so its last segment is full) cut across packets: A0 A1 | A2 B0 B1 | B2
+    a = _segments(_vxlan(0x0B0B0B, 11, 3 * SEG_UDP - vxlan.VXLAN_LEN), 0x20, seg_size=SEG_UDP)
+    b = _segments(_vxlan(0x0C0C0C, 12, 3000), 0x21, seg_size=SEG_UDP)
+    assert len(a) == len(b) == 3 and len(a[2]) == len(a[0])
+    pcap = tmp_path / "gso.pcap"
+    packets = [one.buffer, a[0] + a[1], a[2] + b[0] + b[1], b[2]]
+    write_pcap(pcap, [_udp(bytes(p)) for p in packets])
+    r = run_tshark(pcap, tmp_path)
+    assert _ints(r[1]["sclp.id"]) == [0x10] * 3
+    assert r[1]["sclp.first"] == ["1", "0", "0"]
+    assert r[1]["sclp.checksum.status"] == ["3"] * 3
+    assert r[1]["sclp.segment"] == ["1"]
+    assert r[1]["sclp.reassembled.length"] == [str(len(INORDER))]
+    assert _ints(r[1]["vxlan.vni"]) == [VNI_INORDER]
+    _assert_inner(r[1], 2)
+    assert _ints(r[2]["sclp.id"]) == [0x20, 0x20]
+    # a packet starting with the last segment of A: the stride comes from the ports alone
+    assert _ints(r[3]["sclp.id"]) == [0x20, 0x21, 0x21]
+    assert r[3]["sclp.checksum.status"] == ["1"] * 3
+    assert r[3]["sclp.segment"] == ["2", "3"]
+    assert _ints(r[3]["vxlan.vni"]) == [0x0B0B0B]
+    _assert_inner(r[3], 11)
+    assert r[2]["sclp.reassembled_in"] == ["3", "3"]
+    assert r[3]["sclp.reassembled_in"] == ["4", "4"]  # B0 and B1
+    assert r[4]["sclp.segment"] == ["3", "4"]
+    assert _ints(r[4]["vxlan.vni"]) == [0x0C0C0C]
+    _assert_inner(r[4], 12)
+    assert all(row["_ws.expert.message"] == [] for row in r.values())
+
+
+def test_coalesced_splitting_can_be_turned_off(tmp_path: Path) -> None:
+    one = Segmenter(0x10).segment_payload(INORDER, SPORT, 4789, SEG_UDP, checksum=False)
+    pcap = tmp_path / "gso_off.pcap"
+    write_pcap(pcap, [_udp(bytes(one.buffer))])
+    r = run_tshark(pcap, tmp_path, "-o", "sclp.split_coalesced:FALSE")
+    assert _ints(r[1]["sclp.id"]) == [0x10]  # one (too long) segment
+    assert r[1]["sclp.length"] == [str(len(one.buffer) - sclp.SCLP_HLEN)]
