@@ -401,6 +401,10 @@ def summarise(
     return result
 
 
+def _error_text(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, TestbedError) else f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
 class _Measurement:
     runs: dict[str, list[dict[str, Any]]]
@@ -461,14 +465,14 @@ def measure_config(
                             progress(what, 1)
                         m.runs[transport].append(run)
                         note_rss(tb)
-                except TestbedError as exc:
-                    m.errors[transport] = str(exc)
+                except Exception as exc:  # this transport failed; try the next one
+                    m.errors[transport] = _error_text(exc)
                     _endpoint_pids(tb)  # an endpoint that died fails the rest too
             note_rss(tb)
     except Exception as exc:  # one configuration's failure is a result, not a crash
-        text = str(exc) if isinstance(exc, TestbedError) else f"{type(exc).__name__}: {exc}"
         for transport in transports:
-            m.errors.setdefault(transport, text)
+            if len(m.runs[transport]) < repeat:
+                m.errors.setdefault(transport, _error_text(exc))
     except KeyboardInterrupt:
         m.interrupted = True
         for transport in transports:
