@@ -31,6 +31,15 @@ payload not completed within the reassembly timeout is abandoned (its key may be
 reused).  In tshark's single pass, "reassembled in frame N" appears only on frames
 dissected after the completion; run tshark with -2 to see it on every segment.
 
+Coalesced packets.  In the UDP carrier mode the endpoint sends with UDP_SEGMENT and
+receives with UDP_GRO, so a capture on a host often holds one large UDP datagram with
+several segments back to back (each but the last the same size).  Such a packet is
+recognised by its second header (same ports and ID, Remaining consistent) and each
+segment is dissected on its own (preference "Split coalesced UDP packets").
+
+Preferences (Edit > Preferences > Protocols > SCLP, or tshark -o sclp.NAME:VALUE):
+udp_port (7234), check_checksum, reassemble, split_coalesced (all TRUE), timeout (ms).
+
 Install: install -D contrib/wireshark/sclp.lua ~/.local/lib/wireshark/plugins/sclp.lua
 or, without installing: tshark -X lua_script:contrib/wireshark/sclp.lua -r capture.pcap
 ]]
@@ -568,7 +577,9 @@ local registered_udp_port = nil
 
 local function register_udp_port()
     local udp = DissectorTable.get("udp.port")
-    if registered_udp_port and registered_udp_port ~= 0 then udp:remove(registered_udp_port, sclp) end
+    if registered_udp_port and registered_udp_port ~= 0 then
+        udp:remove(registered_udp_port, sclp)
+    end
     registered_udp_port = sclp.prefs.udp_port
     if registered_udp_port ~= 0 then udp:add(registered_udp_port, sclp) end
 end
