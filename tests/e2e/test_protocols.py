@@ -88,14 +88,17 @@ def test_tcp_transfer_is_intact(testbed: sclp_testbed.Testbed, payload: tuple[Pa
 def test_udp_flow_crosses(testbed: sclp_testbed.Testbed) -> None:
     before = counters(testbed.stats(1))
 
-    report = testbed.iperf3(seconds=1, udp=True, bitrate="200M")
+    report = testbed.iperf3(seconds=1, udp=True, bitrate="100M")
 
     got = report["end"]["sum_received"]
     arrived = got["packets"] - got["lost_packets"]
     assert arrived > 0
-    # A user-space endpoint on a shared 2-core machine may drop part of an unpaced
-    # 200 Mbit/s burst when the scheduler runs something else (UDP has no back-off);
-    # what must hold is that datagrams cross, so half of them arriving is enough.
+    # UDP has no back-off: when the single-threaded user-space endpoint is not
+    # scheduled for a moment (a loaded 2-core CI runner), the sending VM's TAP queue
+    # overflows and datagrams are lost before the tunnel.  100 Mbit/s (~8,600
+    # datagrams/s) crosses loss-free here even with both cores busy, 200 Mbit/s lost
+    # up to 60% then; what this test asserts is that a UDP flow crosses, so half
+    # of it arriving is enough.
     assert got["lost_percent"] < 50, got
     receiver = delta(before, counters(testbed.stats(1)))
     assert receiver["rx_frames"] >= arrived
