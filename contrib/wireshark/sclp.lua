@@ -189,6 +189,7 @@ local function discard(p, rec, reason, n)
     for _, piece in ipairs(p.pieces) do
         piece.rec.discarded_in = n
     end
+    p.pieces = {} -- a closed payload keeps no bytes
 end
 
 -- Do the pieces cover the tail range [lo, hi) completely?  Pieces may overlap (with
@@ -286,6 +287,7 @@ local function add_piece(key, rec, n, first, rem, data, now)
         end
         table.sort(list)
         rec.segment_frames = list
+        p.pieces = {} -- the completing frame's record holds the bytes now
     end
 end
 
