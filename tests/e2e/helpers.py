@@ -121,8 +121,8 @@ def tcp_transfer(
         assert server.stdout is not None
         ready = server.stdout.readline().strip()
         if ready != "ready":
-            stop(server)
-            raise AssertionError(f"hash server did not start: {server.stderr.read()}")
+            _, err = server.communicate(timeout=5)
+            raise AssertionError(f"hash server did not start: {err.strip()}")
         client_args = [_FILE_CLIENT, dst_addr, str(TRANSFER_PORT), str(path), str(timeout)]
         run_in(
             src_ns,

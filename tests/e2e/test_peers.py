@@ -90,8 +90,8 @@ def tunnel_packets(
     if protocol == "stt":
         stt_frame = stt.encode(stt.SttHeader(context_id=VNI)) + frame
         src_b, dst_b = (ipaddress.IPv4Address(a).packed for a in (src, dst))
-        batch = SttSegmenter().segment_frame(stt_frame, sport, 1460, src_b, dst_b)
-        return socket.SOCK_RAW, socket.IPPROTO_TCP, [bytes(s) for s in batch.segments()]
+        stt_batch = SttSegmenter().segment_frame(stt_frame, sport, 1460, src_b, dst_b)
+        return socket.SOCK_RAW, socket.IPPROTO_TCP, [bytes(s) for s in stt_batch.segments()]
     mode = Carrier.UDP if carrier == "udp" else Carrier.IP
     header = tunnels.vxlan_header(VNI) if protocol == "vxlan-sclp" else tunnels.geneve_header(VNI)
     batch = Segmenter().segment_payload(
