@@ -11,7 +11,8 @@ past the tunnel header, the inner IPv4 addresses: that proves the whole chain.
 tshark notes (4.0): Lua runs as root too (tshark only warns); the script is loaded with
 ``-X lua_script:``.  ``-2`` (two passes) is used so that the segments dissected before
 the completing frame also say where they were reassembled.  Each run gets a private
-``WIRESHARK_CONFIG_DIR`` so no user preference or installed plugin interferes.
+``WIRESHARK_CONFIG_DIR`` and ``HOME`` so no user preference or installed plugin
+interferes.
 """
 
 from __future__ import annotations
@@ -237,9 +238,9 @@ def run_tshark(pcap: Path, config_dir: Path, *extra: str, two_pass: bool = True)
     cmd += ["-o", "tcp.check_checksum:TRUE", *extra]
     for f in FIELDS:
         cmd += ["-e", f]
-    # a private config dir: no user preferences or personal plugins change the dissection
-    env = {**os.environ, "WIRESHARK_CONFIG_DIR": str(config_dir)}
-    env.pop("WIRESHARK_PLUGIN_DIR", None)
+    # a private config dir and home: no user preferences, and no personal plugin (an
+    # installed copy of this very dissector would clash with the one loaded here)
+    env = {**os.environ, "WIRESHARK_CONFIG_DIR": str(config_dir), "HOME": str(config_dir)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "Lua" not in proc.stderr, proc.stderr
@@ -376,14 +377,11 @@ def test_bad_checksum_segment_is_reported_and_left_out(rows: dict[int, Row]) -> 
     assert "Duplicate segment (ignored)" in dup["_ws.expert.message"]
     # the good retransmission completes the payload
     assert fixed["sclp.checksum.status"] == ["1"]
-    assert fixed["sclp.segment"] == [str(CAPTURE.frames["badcsum"][0]), str(fixed_n(fixed))]
-    assert first["sclp.reassembled_in"] == [str(fixed_n(fixed))]
+    [fixed_n] = CAPTURE.frames["badcsum_fixed"]
+    assert fixed["sclp.segment"] == [str(CAPTURE.frames["badcsum"][0]), str(fixed_n)]
+    assert first["sclp.reassembled_in"] == [str(fixed_n)]
     assert _ints(fixed["vxlan.vni"]) == [VNI_BADCSUM]
     _assert_inner(fixed, 4)
-
-
-def fixed_n(row: Row) -> int:
-    return int(row["frame.number"][0])
 
 
 def test_udp_carrier_checksum_not_computed(rows: dict[int, Row]) -> None:
