@@ -50,6 +50,10 @@ local SCLP_MAX_PAYLOAD = 65535
 local DEFAULT_UDP_PORT = 7234
 local PORT_VXLAN = 4789
 local PORT_GENEVE = 6081
+-- Segments one payload may have here.  65,535 bytes at IPv4's smallest MTU (68) are
+-- 1,821 segments; a payload cut finer is garbage, and every added segment costs a walk
+-- over the others, so it is dropped rather than let a crafted capture stall Wireshark.
+local MAX_PIECES = 2048
 
 -- checksum status values, as Wireshark's own proto_checksum_enum_e
 local CSUM_BAD, CSUM_GOOD, CSUM_UNVERIFIED, CSUM_NOT_COMPUTED = 0, 1, 2, 3
@@ -111,6 +115,9 @@ local ei = {
         expert.group.MALFORMED, expert.severity.ERROR),
     total = ProtoExpert.new("sclp.total.inconsistent",
         "Segments disagree on the payload's total length: payload discarded",
+        expert.group.MALFORMED, expert.severity.ERROR),
+    too_many = ProtoExpert.new("sclp.segments.too_many",
+        "More segments than a 65,535-byte payload can have: payload discarded",
         expert.group.MALFORMED, expert.severity.ERROR),
     tunnel = ProtoExpert.new("sclp.tunnel.malformed", "Tunnel payload malformed",
         expert.group.MALFORMED, expert.severity.ERROR),
@@ -270,6 +277,8 @@ local function add_piece(key, rec, n, first, rem, data, now)
             if piece.lo <= lo and hi <= piece.hi then rec.duplicate_of = piece.frame end
         end
         if not (first and new_total) then return end
+    elseif #p.pieces >= MAX_PIECES then
+        return discard(p, rec, "too_many", n)
     else
         p.pieces[#p.pieces + 1] = { lo = lo, hi = hi, data = data, frame = n, rec = rec }
     end
@@ -502,6 +511,9 @@ local function dissect_segment(tvb, pinfo, tree, udp_carrier, outer, index, coun
     elseif rec.problem == "total" then
         subtree:add_proto_expert_info(ei.total)
         pinfo.cols.info:append(" [inconsistent total, payload discarded]")
+    elseif rec.problem == "too_many" then
+        subtree:add_proto_expert_info(ei.too_many)
+        pinfo.cols.info:append(" [too many segments, payload discarded]")
     elseif rec.duplicate then
         subtree:add_proto_expert_info(ei.duplicate)
         if rec.duplicate_of then

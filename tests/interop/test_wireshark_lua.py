@@ -215,6 +215,7 @@ FIELDS = [
     "sclp.segment",
     "sclp.reassembled.length",
     "sclp.duplicate_of",
+    "sclp.discarded_in",
     "vxlan.vni",
     "geneve.vni",
     "ip.src",
@@ -620,3 +621,18 @@ def test_demo_captures(tmp_path: Path, name: str, status: str) -> None:
             assert _ints(r["vxlan.vni"]) == [42] * len(r["vxlan.vni"])
     inner = {a for r in sclp_rows for a in r["ip.src"] if a.startswith("192.168.77.")}
     assert inner == {"192.168.77.1", "192.168.77.2"}
+
+
+def test_payload_cut_into_too_many_segments_is_dropped(tmp_path: Path) -> None:
+    """More than 2,048 segments for one payload (1-byte segments here): the dissector
+    stops collecting instead of letting a crafted capture make every segment slower."""
+    batch = Segmenter(5).segment_payload(bytes(2100), SPORT, 4789, 1)
+    pcap = tmp_path / "slivers.pcap"
+    write_pcap(pcap, [_native(bytes(s)) for s in batch.segments()])
+    r = run_tshark(pcap, tmp_path, "-o", "sclp.timeout:100000")  # 1 ms apart: 2.1 s
+    assert r[2049]["_ws.expert.message"] == [
+        "More segments than a 65,535-byte payload can have: payload discarded"
+    ]
+    assert r[2048]["sclp.discarded_in"] == ["2049"]
+    assert r[2100]["_ws.expert.message"] == ["Segment of a discarded payload"]
+    assert all(row["sclp.segment"] == [] for row in r.values())
