@@ -873,6 +873,9 @@ class Endpoint:
                 l4 = info.l4_offset
                 if not mss:
                     mss = port.vm_mtu - (l4 - info.l3_offset) - info.tcp_header_len
+                if mss <= 0:  # headers longer than the VM's MTU (e.g. IPv6 extensions)
+                    counters[DropReason.MALFORMED.counter] += 1
+                    return
                 if not self._tuning.deliver_gso:
                     self._deliver_segmented(port, frame, mss)
                     return

@@ -1,0 +1,94 @@
+"""Regression: an inner frame whose headers are longer than the VM's MTU must be
+dropped, not crash the endpoint.
+
+Found by the robustness work: a frame larger than the VM MTU is handed to the TAP as
+a GSO frame whose MSS, when the tunnel carries none, is the VM MTU minus the IP and
+TCP headers.  An IPv6 frame with a 2 KB Hop-by-Hop header made that negative and
+``struct.pack`` raised out of the event loop: one packet from a (spoofable) peer
+address stopped the endpoint.  Here the endpoint's delivery step runs without root:
+the TAP is one end of a socket pair.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from sclp.endpoint.config import parse_config
+from sclp.endpoint.nve import VNET_LEN, Endpoint, Port
+from sclp.switch.fdb import Fdb
+
+PEER = "10.77.0.2"
+VM_MTU = 1450
+
+
+class PairTap:
+    """A TAP stand-in: what the endpoint writes arrives on ``peer``."""
+
+    name = "tap0"
+
+    def __init__(self) -> None:
+        self.mine, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def fileno(self) -> int:
+        return self.mine.fileno()
+
+    def close(self) -> None:
+        self.mine.close()
+        self.peer.close()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[tuple[Endpoint, PairTap]]:
+    cfg = parse_config(
+        'name = "deliver"\n[underlay]\nlocal = "10.77.0.1"\n'
+        f'[[network]]\nvni = 42\nprotocol = "vxlan"\ntap = "tap0"\npeers = ["{PEER}"]\n'
+    )
+    ep = Endpoint(cfg)
+    tap = PairTap()
+    net = cfg.networks[0]
+    ep.ports[42] = Port(net, tap, VM_MTU, Fdb(net.peers, 300.0, 4096))  # type: ignore[arg-type]
+    yield ep, tap
+    tap.close()
+
+
+def ipv6_tcp_frame(ext_len: int, payload: int) -> bytes:
+    """Ethernet + IPv6 + one Hop-by-Hop header of ``ext_len`` bytes + TCP + data."""
+    eth = bytes.fromhex("020000000001020000000002") + b"\x86\xdd"
+    ext = bytes([6, ext_len // 8 - 1]) + bytes(ext_len - 2)
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1, 0, 5 << 4, 0x10, 1000, 0, 0)
+    body = ext + tcp + bytes(payload)
+    ip6 = struct.pack("!IHBB16s16s", 0x60000000, len(body), 0, 64, bytes(16), bytes(16))
+    return eth + ip6 + body
+
+
+def test_headers_longer_than_the_vm_mtu_are_dropped_not_fatal(
+    endpoint: tuple[Endpoint, PairTap],
+) -> None:
+    ep, _ = endpoint
+    frame = ipv6_tcp_frame(ext_len=2048, payload=100)
+    assert len(frame) > VM_MTU + 18  # takes the GSO path
+    ep._deliver("vxlan", PEER, 42, memoryview(frame), 0, 0.0)
+    assert ep.ports[42].counters["drop_malformed"] == 1
+    assert ep.ports[42].counters["rx_frames"] == 0
+
+
+def test_a_large_frame_with_room_for_data_still_goes_out_as_gso(
+    endpoint: tuple[Endpoint, PairTap],
+) -> None:
+    ep, tap = endpoint
+    frame = ipv6_tcp_frame(ext_len=64, payload=4000)
+    ep._deliver("vxlan", PEER, 42, memoryview(frame), 0, 0.0)
+    assert ep.ports[42].counters["rx_frames"] == 1
+    written = tap.peer.recv(70000)
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_off = struct.unpack_from(
+        "<BBHHHH", written
+    )
+    assert flags == 1 and csum_off == 16  # NEEDS_CSUM at the TCP checksum field
+    l4 = 14 + 40 + 64
+    assert (gso_type, hdr_len, csum_start) == (4, l4 + 20, l4)  # GSO_TCPV6
+    assert gso_size == VM_MTU - 40 - 64 - 20
+    assert written[VNET_LEN:] == frame
