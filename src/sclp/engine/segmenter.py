@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sclp.wire.checksum import Buffer, rows_ones_sums
+from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
 from sclp.wire.sclp import SCLP_HLEN, SCLP_IDENT_MAX, SCLP_MAX_PAYLOAD, header_sum
 
 __all__ = ["UDP_GSO_MAX_BYTES", "UDP_GSO_MAX_SEGMENTS", "SegmentBatch", "Segmenter"]
@@ -163,7 +163,12 @@ class Segmenter:
             remaining[:full] = total - seg_size * np.arange(1, count, dtype=np.uint32)
             b8[_REMAINING_OFF:last_off:stride] = remaining[:full] >> 8
             b8[_REMAINING_OFF + 1 : last_off : stride] = remaining[:full] & 0xFF
-        if checksum:
+        if checksum and count == 1:
+            # One segment (ACKs, ARP, small frames): NumPy's call overhead would cost
+            # more than the sum itself.
+            csum = ~ones_sum(buf) & 0xFFFF
+            buf[_CSUM_OFF : _CSUM_OFF + 2] = (csum or 0xFFFF).to_bytes(2, "big")
+        elif checksum:
             sums = rows_ones_sums(payload, seg_size, count, last_len)
             sums += remaining
             sums += header_sum(sport, dport, word, 0)
