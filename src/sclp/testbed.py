@@ -47,6 +47,8 @@ class Testbed:
     sender's ``vx0`` (``ethtool -K vx0 tso off gso off`` in host 1): the kernel's
     per-packet path, the fair reference for our classic tunnels."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     protocol: str = "vxlan-sclp"
     carrier: str = "ip"
     vm_mtu: int | None = None

@@ -177,7 +177,8 @@ def test_tap_name_taken_in_vm_namespace(running: sclp_testbed.Testbed, tmp_path:
     # tap0 already lives in vm1 (the running endpoint's TAP): moving a second one fails.
     config = _config(running, f"e2e{secrets.token_hex(3)}", "tap0", running.vms[0])
     line = _run_refused(running, tmp_path, config)
-    assert "tap0" in line and running.vms[0] in line, line
+    assert "'tap0' already exists" in line and running.vms[0] in line, line
+    assert "choose another tap name" in line, line
 
 
 @pytest.mark.netns

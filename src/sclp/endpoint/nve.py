@@ -247,6 +247,13 @@ class Endpoint:
                         f"network namespace {net.namespace!r} (vni {net.vni}) does not exist; "
                         f"create it with: ip netns add {net.namespace}"
                     )
+                with nsio.NetNS(net.namespace) as vm:
+                    if vm.link_exists(net.tap):
+                        raise EndpointError(
+                            f"an interface named {net.tap!r} already exists in namespace "
+                            f"{net.namespace!r} (vni {net.vni}); choose another tap name "
+                            "or remove that interface"
+                        )
                 nsio.move_link(net.tap, None, net.namespace, address=net.address, mtu=vm_mtu)
             else:
                 with nsio.NetNS(None) as here:
