@@ -45,7 +45,11 @@ class Testbed:
 
     ``kernel_offloads=False`` (kernel VXLAN only) turns TSO and GSO off on the
     sender's ``vx0`` (``ethtool -K vx0 tso off gso off`` in host 1): the kernel's
-    per-packet path, the fair reference for our classic tunnels."""
+    per-packet path, the fair reference for our classic tunnels.
+
+    ``faults``: keys of an ``[underlay.faults]`` table (e.g. ``"drop = 0.01"``) for
+    both endpoints; ``extra_config`` is inserted before ``[underlay]``, where a
+    sub-table of it cannot go."""
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -59,6 +63,7 @@ class Testbed:
     namespaces: list[str] = field(default_factory=list)
     workdir: Path | None = None
     kernel_offloads: bool = True
+    faults: str = ""
 
     @property
     def hosts(self) -> tuple[str, str]:
@@ -169,6 +174,7 @@ class Testbed:
 
     def config_text(self, i: int) -> str:
         mtu = f"mtu = {self.vm_mtu}\n" if self.vm_mtu else ""
+        faults = f"[underlay.faults]\n{self.faults.rstrip()}\n" if self.faults else ""
         return (
             f'name = "{self.endpoint_name(i)}"\n'
             f"{self.extra_config}"
@@ -176,6 +182,7 @@ class Testbed:
             f'local = "{UNDERLAY[i]}"\n'
             f'namespace = "{self.hosts[i]}"\n'
             f'sclp_carrier = "{self.carrier}"\n'
+            f"{faults}"
             "[[network]]\n"
             f"vni = {VNI}\n"
             f'protocol = "{self.protocol}"\n'
