@@ -1,0 +1,280 @@
+"""Attacks on the reassembly table from a hostile host, with the endpoint's memory
+and a legitimate flow watched at the same time.
+
+For the three transports that reassemble (SCLP native, SCLP in UDP, STT), with
+``[limits] reasm_max_bytes`` set to 4 MiB:
+
+- a flood of first segments, each of a new packet ID announcing a ~64 KB payload,
+  sent with the peer's own source address (on a shared L2 underlay that is all an
+  attacker needs; see hostile.py), while iperf3 runs between the VMs: the bytes held
+  never exceed the cap, the endpoint's RSS grows by a bounded amount, the iperf3 flow
+  keeps moving in every interval, and the table drains when the flood stops;
+- the same flood from an address that is not a peer: dropped before the table;
+- overlapping segments with conflicting bytes: the payload is discarded, never
+  spliced (nothing reaches the VM, ``drop_overlap`` counts it), while a consistent
+  payload sent right after is delivered.
+
+Every test ends with the endpoint alive (process running, control socket answering).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sclp import testbed as sclp_testbed
+from sclp.endpoint import tunnels
+from sclp.io import netns as nsio
+from sclp.testbed import OVERLAY, UNDERLAY
+
+from ..e2e.helpers import counters, delta, link_mac, popen_in, shut_down, stop
+from .hostile import (
+    HOSTILE,
+    RAW_SCLP,
+    RAW_TCP,
+    UDP_SCLP,
+    Listener,
+    assert_alive,
+    drained,
+    inner_udp_frame,
+    iperf3_popen,
+    iperf3_result,
+    raw_sclp,
+    record,
+    rss_kib,
+    sclp_segments,
+    send_from,
+    stt_segment,
+    stt_segments,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.netns]
+
+CAP = 4 * 1024 * 1024
+FLOOD = Path(__file__).with_name("flood.py")
+CASES = [("vxlan-sclp", "ip"), ("vxlan-sclp", "udp"), ("stt", "ip")]
+FLOOD_MODE = {"ip": "sclp-ip", "udp": "sclp-udp"}
+IPERF_SECONDS = 8
+FLOOD_START = 2.0  # seconds into the iperf3 run
+FLOOD_SECONDS = 4.0
+# RSS may grow by the cap (payload buffers; STT counts its coverage map too) plus the
+# allocator's slack and the bookkeeping beside the buffers.
+RSS_SLACK_KIB = 24 * 1024
+
+
+def _case_id(case: tuple[str, str]) -> str:
+    protocol, carrier = case
+    return f"{protocol}-{carrier}" if protocol.endswith("sclp") else protocol
+
+
+@pytest.fixture(scope="module", params=CASES, ids=_case_id)
+def testbed(request: pytest.FixtureRequest) -> Iterator[sclp_testbed.Testbed]:
+    protocol, carrier = request.param
+    limits = f"[limits]\nreasm_max_bytes = {CAP}\n"
+    with sclp_testbed.Testbed(protocol, carrier=carrier, extra_config=limits) as tb:
+        with nsio.NetNS(tb.hosts[1]) as ns:
+            ns.add_address("ul0", f"{HOSTILE}/24")
+        yield tb
+        shut_down(tb)
+
+
+def _flood_mode(tb: sclp_testbed.Testbed) -> str:
+    return "stt" if tb.protocol == "stt" else FLOOD_MODE[tb.carrier]
+
+
+def _start_flood(tb: sclp_testbed.Testbed, src: str, seconds: float) -> Any:
+    return popen_in(
+        tb.hosts[1],
+        [sys.executable, str(FLOOD), _flood_mode(tb), src, UNDERLAY[0], str(seconds)],
+    )
+
+
+def _flood_report(proc: Any) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+class Watcher(threading.Thread):
+    """Samples endpoint 0's RSS and reassembly counters every 0.1 s."""
+
+    def __init__(self, tb: sclp_testbed.Testbed) -> None:
+        super().__init__(daemon=True)
+        self.tb = tb
+        self.pid = tb.endpoints[0].pid
+        self.samples: list[tuple[float, int, int, int]] = []  # t, rss KiB, held, entries
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                c = self.tb.stats(0)["counters"]
+                rss = rss_kib(self.pid)
+            except Exception as exc:  # reported by the test, not lost in the thread
+                self.errors.append(repr(exc))
+            else:
+                held, entries = c["reasm_bytes_held"], c["reasm_entries"]
+                self.samples.append((time.monotonic(), rss, held, entries))
+            self._stop.wait(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=5)
+
+
+def _throughput(report: dict[str, Any], start: float, end: float) -> float:
+    """Mean bits/s of the iperf3 intervals lying inside [start, end] (seconds)."""
+    chosen = [
+        i["sum"]
+        for i in report["intervals"]
+        if i["sum"]["start"] >= start - 0.01 and i["sum"]["end"] <= end + 0.01
+    ]
+    assert chosen, (start, end)
+    return sum(i["bytes"] for i in chosen) * 8 / sum(i["seconds"] for i in chosen)
+
+
+@pytest.mark.timeout(90)
+def test_first_segment_flood_keeps_memory_under_the_cap(testbed: sclp_testbed.Testbed) -> None:
+    tb = testbed
+    before = counters(tb.stats(0))
+    rss_start = rss_kib(tb.endpoints[0].pid)
+    watcher = Watcher(tb)
+    watcher.start()
+    server, client = iperf3_popen(tb.vms[0], tb.vms[1], OVERLAY[1], IPERF_SECONDS)
+    t0 = time.monotonic()
+    time.sleep(FLOOD_START)
+    rss_before_flood = rss_kib(tb.endpoints[0].pid)
+    flood = _start_flood(tb, UNDERLAY[1], FLOOD_SECONDS)
+    try:
+        sent = _flood_report(flood)
+    finally:
+        stop(flood)
+    flood_end = time.monotonic() - t0
+    report = iperf3_result(client, server, timeout=IPERF_SECONDS + 20)
+    after_flood = wait_for(lambda: tb.stats(0), drained, timeout=4.0)
+    watcher.stop()
+
+    assert not watcher.errors, watcher.errors[:3]
+    stats = assert_alive(tb.endpoints[0], lambda: tb.stats(0))
+    change = delta(before, counters(stats))
+    peak_rss = max(s[1] for s in watcher.samples)
+    peak_held = max(s[2] for s in watcher.samples)
+    peak_entries = max(s[3] for s in watcher.samples)
+    during = _throughput(report, FLOOD_START + 0.5, flood_end)
+    before_bps = _throughput(report, 0.5, FLOOD_START)
+    flood_intervals = [
+        i["sum"]["bits_per_second"]
+        for i in report["intervals"]
+        if i["sum"]["start"] >= FLOOD_START + 0.5 and i["sum"]["end"] <= flood_end
+    ]
+    record(
+        f"flood[{_case_id((tb.protocol, tb.carrier))}]",
+        {
+            "flood_sent": sent["sent"],
+            "flood_pps": round(sent["sent"] / sent["seconds"]),
+            "cap_bytes": CAP,
+            "peak_reasm_bytes_held": peak_held,
+            "peak_reasm_entries": peak_entries,
+            "rss_start_kib": rss_start,
+            "rss_before_flood_kib": rss_before_flood,
+            "rss_peak_kib": peak_rss,
+            "iperf_before_mbps": round(before_bps / 1e6, 1),
+            "iperf_during_mbps": round(during / 1e6, 1),
+            "iperf_min_interval_mbps": round(min(flood_intervals) / 1e6, 1),
+            "drop_evicted": change["drop_evicted"],
+            "drop_timeout": change["drop_timeout"],
+        },
+    )
+    assert sent["sent"] > 10_000, sent  # the flood was a flood
+    assert peak_held <= CAP, peak_held
+    assert peak_entries <= 1024, peak_entries
+    assert peak_rss - rss_before_flood <= CAP // 1024 + RSS_SLACK_KIB, (peak_rss, rss_before_flood)
+    # The attacker's payloads filled the table and were evicted (the rest timed out).
+    assert change["drop_evicted"] > 1000, change
+    # The legitimate flow kept moving through the whole flood.
+    assert flood_intervals and min(flood_intervals) > 0, flood_intervals
+    assert report["end"]["sum_received"]["bytes"] > 0
+    c = after_flood["counters"]
+    assert (c["reasm_bytes_held"], c["reasm_entries"]) == (0, 0), c
+
+
+@pytest.mark.timeout(60)
+def test_flood_from_a_non_peer_never_reaches_the_table(testbed: sclp_testbed.Testbed) -> None:
+    tb = testbed
+    before = counters(tb.stats(0))
+    watcher = Watcher(tb)
+    watcher.start()
+    flood = _start_flood(tb, HOSTILE, 2.0)
+    try:
+        sent = _flood_report(flood)
+    finally:
+        stop(flood)
+        watcher.stop()
+    stats = assert_alive(tb.endpoints[0], lambda: tb.stats(0))
+    change = delta(before, counters(stats))
+    # Each one counted (a few may be lost earlier, in a full kernel socket buffer).
+    assert 0.5 * sent["sent"] <= change["drop_not_peer"] <= sent["sent"], (change, sent)
+    assert max(s[2] for s in watcher.samples) == 0  # nothing ever held
+    record(f"nonpeer-flood[{_case_id((tb.protocol, tb.carrier))}]", {"sent": sent["sent"]})
+
+
+def _overlap_packets(
+    tb: sclp_testbed.Testbed, frame: bytes, ident: int
+) -> tuple[tuple[str, int], list[bytes]]:
+    """Segments of ``frame``, the last one first, then a forged segment overlapping
+    it with different bytes, then the rest: a splicing reassembler would deliver a
+    frame with the forged bytes in it."""
+    src, dst = UNDERLAY[1], UNDERLAY[0]
+    if tb.protocol == "stt":
+        good = stt_segments(frame, src, dst, mss=400, ident=ident)
+        total = len(frame) + 18
+        last_off = (len(good) - 1) * 400
+        forged_data = b"X" * 200
+        forged = stt_segment(total, last_off - 100, ident, forged_data, src, dst)
+        return RAW_TCP, [good[-1], forged, *good[:-1]]
+    payload = tunnels.vxlan_header(42) + frame
+    good = sclp_segments(payload, tb.carrier, seg_size=400, ident=ident)
+    last_rem = 0
+    last_len = len(good[-1]) - 12
+    # Covers the 100 bytes before the last segment and its first 100 bytes.
+    forged = raw_sclp(ident, False, last_rem + last_len - 100, b"X" * 200, checksum=True)
+    if tb.carrier == "udp":
+        forged = forged[:10] + b"\0\0" + forged[12:]
+    where = UDP_SCLP if tb.carrier == "udp" else RAW_SCLP
+    return where, [good[-1], forged, *good[:-1]]
+
+
+@pytest.mark.timeout(60)
+def test_overlapping_conflicting_segments_are_discarded_not_spliced(
+    testbed: sclp_testbed.Testbed,
+) -> None:
+    tb = testbed
+    mac = link_mac(tb.vms[0], "tap0")
+    attack_frame = inner_udp_frame(mac, b"attack-" + bytes(1200))
+    control_frame = inner_udp_frame(mac, b"control-" + bytes(1200))
+    where, attack = _overlap_packets(tb, attack_frame, ident=0x1234)
+    _, control = _overlap_packets(tb, control_frame, ident=0x1235)
+    control = [control[0], *control[2:]]  # the same order without the forged segment
+    before = counters(tb.stats(0))
+    listener = Listener(tb.vms[0], OVERLAY[0])
+    try:
+        send_from(tb.hosts[1], UNDERLAY[1], UNDERLAY[0], where, attack, gap=0.01)
+        time.sleep(0.2)
+        send_from(tb.hosts[1], UNDERLAY[1], UNDERLAY[0], where, control, gap=0.01)
+        received = listener.received()
+    finally:
+        listener.close()
+    stats = assert_alive(tb.endpoints[0], lambda: tb.stats(0))
+    change = delta(before, counters(stats))
+    assert received == ["control-"], (received, change)
+    assert change["drop_overlap"] == 1, change
