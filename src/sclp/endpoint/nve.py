@@ -695,6 +695,10 @@ class Endpoint:
                 n, anc, _flags, addr = sock.recvmsg_into([view], 64)
             except BlockingIOError:
                 return
+            if not n:  # an empty datagram: nothing to split into segments
+                self.counters["rx_packets"] += 1
+                self.counters[DropReason.TOO_SHORT.counter] += 1
+                continue
             src = addr[0]
             seg = _gro_size(anc) or n
             for off in range(0, n, seg):
@@ -718,6 +722,10 @@ class Endpoint:
                 n, anc, _flags, addr = sock.recvmsg_into([view], 64)
             except BlockingIOError:
                 return
+            if not n:  # an empty datagram: nothing to split into segments
+                self.counters["rx_packets"] += 1
+                self.counters[DropReason.TOO_SHORT.counter] += 1
+                continue
             src = addr[0]
             seg = _gro_size(anc) or n
             self.counters["rx_packets"] += -(-n // seg)

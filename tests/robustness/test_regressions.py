@@ -1,12 +1,14 @@
-"""Regression: an inner frame whose headers are longer than the VM's MTU must be
-dropped, not crash the endpoint.
+"""Regressions: packets that stopped the endpoint, now dropped and counted.  They
+run without root: the endpoint's receive steps are called directly, a socket pair
+stands in for a TAP and a fake for a UDP socket.
 
-Found by the robustness work: a frame larger than the VM MTU is handed to the TAP as
-a GSO frame whose MSS, when the tunnel carries none, is the VM MTU minus the IP and
-TCP headers.  An IPv6 frame with a 2 KB Hop-by-Hop header made that negative and
-``struct.pack`` raised out of the event loop: one packet from a (spoofable) peer
-address stopped the endpoint.  Here the endpoint's delivery step runs without root:
-the TAP is one end of a socket pair.
+An inner frame whose headers are longer than the VM's MTU: a frame larger than the
+VM MTU goes to the TAP as a GSO frame whose MSS, when the tunnel carries none, is
+the VM MTU minus the IP and TCP headers.  An IPv6 frame with a 2 KB Hop-by-Hop
+header made that negative and ``struct.pack`` raised out of the event loop: one
+packet from a (spoofable) peer address stopped the endpoint.
+
+An empty UDP datagram to any of the endpoint's UDP ports (see its test).
 """
 
 from __future__ import annotations
@@ -92,3 +94,37 @@ def test_a_large_frame_with_room_for_data_still_goes_out_as_gso(
     assert (gso_type, hdr_len, csum_start) == (4, l4 + 20, l4)  # GSO_TCPV6
     assert gso_size == VM_MTU - 40 - 64 - 20
     assert written[VNET_LEN:] == frame
+
+
+class OneDatagramSocket:
+    """A UDP socket stand-in that returns one datagram, then would block."""
+
+    def __init__(self, data: bytes, src: str = PEER) -> None:
+        self.queue = [(data, src)]
+
+    def recvmsg_into(
+        self, buffers: list[memoryview], ancbufsize: int
+    ) -> tuple[int, list[tuple[int, int, bytes]], int, tuple[str, int]]:
+        if not self.queue:
+            raise BlockingIOError
+        data, src = self.queue.pop()
+        buffers[0][: len(data)] = data
+        return len(data), [], 0, (src, 40000)
+
+
+@pytest.mark.parametrize("handler", ["sclp-udp", "vxlan", "geneve"])
+@pytest.mark.parametrize("src", [PEER, "10.77.0.9"])
+def test_an_empty_udp_datagram_is_counted_not_fatal(handler: str, src: str) -> None:
+    """Regression: an empty datagram to port 7234, 4789 or 6081, from anyone, divided
+    by zero (``range(0, 0, 0)`` / ``-(-0 // 0)``) and stopped the endpoint."""
+    cfg = parse_config(
+        'name = "empty"\n[underlay]\nlocal = "10.77.0.1"\nsclp_carrier = "udp"\n'
+        f'[[network]]\nvni = 42\nprotocol = "vxlan"\ntap = "tap0"\npeers = ["{PEER}"]\n'
+    )
+    ep = Endpoint(cfg)
+    sock = OneDatagramSocket(b"", src)
+    if handler == "sclp-udp":
+        ep._on_sclp_udp(sock, 0.0)  # type: ignore[arg-type]
+    else:
+        ep._on_udp_classic(sock, handler, 0.0)  # type: ignore[arg-type]
+    assert (ep.counters["rx_packets"], ep.counters["drop_too_short"]) == (1, 1)
