@@ -16,11 +16,12 @@ lengths), interleaved, duplicated and partly lost, yield only payloads that one 
 them sent whole: bytes from two versions are never spliced together, and the byte
 and entry caps hold after every segment.
 
-The endpoint's own receive steps (after the socket read: SCLP segment, completed SCLP
-payload, GRE packet, STT segment, delivery to a TAP) are fuzzed too, with a socket
-pair standing in for each TAP; they must never raise.  This target reproduces the
-crash fixed with tests/robustness/test_deliver.py (an inner frame whose headers are
-longer than the VM's MTU) within its example budget.
+The endpoint's own receive steps (UDP socket reads with and without GRO, SCLP
+segment, completed SCLP payload, GRE packet, STT segment, delivery to a TAP) are
+fuzzed too, with fakes for the UDP socket and a socket pair for each TAP; they must
+never raise.  This target reproduces both crashes fixed with
+tests/robustness/test_regressions.py (an inner frame whose headers are longer than
+the VM's MTU; an empty UDP datagram) within its example budget.
 """
 
 from __future__ import annotations
@@ -359,6 +360,24 @@ def endpoint() -> Iterator[tuple[Endpoint, list[_PairTap]]]:
         tap.peer.close()
 
 
+class _OneDatagram:
+    """A UDP socket stand-in: one datagram (GRO segment size ``gro`` if not 0)."""
+
+    def __init__(self, data: bytes, gro: int) -> None:
+        self.data: bytes | None = data
+        self.gro = gro
+
+    def recvmsg_into(
+        self, buffers: list[memoryview], ancbufsize: int
+    ) -> tuple[int, list[tuple[int, int, bytes]], int, tuple[str, int]]:
+        if self.data is None:
+            raise BlockingIOError
+        data, self.data = self.data, None
+        buffers[0][: len(data)] = data
+        anc = [(17, 104, struct.pack("i", self.gro))] if self.gro else []  # SOL_UDP, UDP_GRO
+        return len(data), anc, 0, (PEER, 40000)
+
+
 def _with_tcp_checksum(segment: bytes) -> bytes:
     if len(segment) < 20:
         return segment
@@ -405,7 +424,10 @@ def inner_frames(draw: st.DrawFn) -> bytes:
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    step=st.sampled_from(["sclp_segment", "sclp_payload", "gre", "stt", "deliver"]),
+    step=st.sampled_from(
+        ["udp_sclp", "udp_vxlan", "udp_geneve", "sclp_segment", "sclp_payload", "gre", "stt"]
+        + ["deliver"] * 3
+    ),
     data=st.one_of(packets, inner_frames()),
     big=st.sampled_from([0, 0, 100, 3000]),
     vni=st.integers(0, 8),
@@ -422,7 +444,14 @@ def test_endpoint_receive_steps_never_raise(
     ep, taps = endpoint
     now = 0.0
     view = memoryview(data + bytes(big))  # large enough for the GSO delivery path too
-    if step == "sclp_segment":
+    if step.startswith("udp_"):
+        # The socket read itself, with or without a GRO segment size in the cmsg.
+        sock = _OneDatagram(bytes(view[: len(data)]), big % 1500)
+        if step == "udp_sclp":
+            ep._on_sclp_udp(sock, now)  # type: ignore[arg-type]
+        else:
+            ep._on_udp_classic(sock, step[4:], now)  # type: ignore[arg-type]
+    elif step == "sclp_segment":
         ep._sclp_segment(PEER, memoryview(_with_sclp_checksum(bytes(view))), now, None)
     elif step == "sclp_payload":
         ep._sclp_completed(PEER, (4789, 6081, 99)[vni % 3], view, now)
