@@ -128,3 +128,30 @@ def test_an_empty_udp_datagram_is_counted_not_fatal(handler: str, src: str) -> N
     else:
         ep._on_udp_classic(sock, handler, 0.0)  # type: ignore[arg-type]
     assert (ep.counters["rx_packets"], ep.counters["drop_too_short"]) == (1, 1)
+
+
+def test_stt_gso_frame_with_l4_beyond_255_bytes_is_dropped_not_fatal() -> None:
+    """Regression: a VM's TCP GSO frame whose TCP header starts past byte 255 (IPv6
+    with 202+ bytes of extension headers, e.g. sticky Hop-by-Hop options) made
+    ``stt.encode`` raise: STT's L4 Offset field has 8 bits.  Read from the TAP it
+    stopped the endpoint; now it is dropped as malformed."""
+    cfg = parse_config(
+        'name = "sttl4"\n[underlay]\nlocal = "10.77.0.1"\n'
+        f'[[network]]\nvni = 42\nprotocol = "stt"\ntap = "tap0"\npeers = ["{PEER}"]\n'
+    )
+    ep = Endpoint(cfg)
+    tap = PairTap()
+    net = cfg.networks[0]
+    port = Port(net, tap, VM_MTU, Fdb(net.peers, 300.0, 4096))  # type: ignore[arg-type]
+    frame = bytearray(ipv6_tcp_frame(ext_len=256, payload=3000))
+    frame[0:6] = b"\xff" * 6  # broadcast: flooded to the peer, no FDB entry needed
+    l4 = 14 + 40 + 256
+    vnet = struct.pack("<BBHHHH", 1, 4, l4 + 20, 1400, l4, 16)  # NEEDS_CSUM, GSO_TCPV6
+    tap.mine.setblocking(False)  # as the endpoint's TAP is
+    try:
+        tap.peer.send(vnet + bytes(frame))
+        ep._on_tap(port, 0.0)
+    finally:
+        tap.close()
+    assert port.counters["tx_frames"] == 1
+    assert port.counters["drop_malformed"] == 1

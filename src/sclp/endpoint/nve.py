@@ -669,6 +669,8 @@ class Endpoint:
                 sflags |= stt.SttFlags.IPV4
             l4_offset = csum_start
             mss = gso_size
+            if l4_offset > 0xFF:  # STT's L4 Offset is 8 bits (draft-davie-stt §3.1)
+                raise MalformedPacket(DropReason.MALFORMED, f"l4 offset {l4_offset} > 255")
         hdr = stt.encode(
             stt.SttHeader(context_id=port.vni, flags=sflags, l4_offset=l4_offset, mss=mss)
         )
