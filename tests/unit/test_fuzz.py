@@ -19,9 +19,10 @@ and entry caps hold after every segment.
 The endpoint's own receive steps (UDP socket reads with and without GRO, SCLP
 segment, completed SCLP payload, GRE packet, STT segment, delivery to a TAP) are
 fuzzed too, with fakes for the UDP socket and a socket pair for each TAP; they must
-never raise.  This target reproduces both crashes fixed with
-tests/robustness/test_regressions.py (an inner frame whose headers are longer than
-the VM's MTU; an empty UDP datagram) within its example budget.
+never raise.  So is the transmit step, for frames a VM hands to its TAP.  These
+targets reproduce the three crashes fixed with tests/robustness/test_regressions.py
+(an inner frame whose headers are longer than the VM's MTU; an empty UDP datagram;
+an STT GSO frame with its L4 header past byte 255) within their example budgets.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from hypothesis import strategies as st
 import sclp.wire as wire_package
 from sclp.endpoint import tunnels
 from sclp.endpoint.config import parse_config
-from sclp.endpoint.nve import Endpoint, Port
+from sclp.endpoint.nve import FRAME_BUF, HEADROOM, MAX_TAP_FRAME, Endpoint, Port
 from sclp.engine.reassembler import Reassembler
 from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttReassembler, SttSegmenter, pseudo_sum_for
@@ -469,3 +470,68 @@ def test_endpoint_receive_steps_never_raise(
         tap.drain()
     assert ep._reassembler.bytes_held <= 300000
     assert ep._stt_reassembler.bytes_held <= 300000
+
+
+# -- the endpoint's transmit step, with the virtio header a kernel would write -----------
+
+
+class _NoSocket:
+    type = socket.SOCK_RAW
+
+
+@pytest.fixture(scope="module")
+def tx_endpoint() -> tuple[Endpoint, dict[int, Port]]:
+    """An endpoint whose every send goes through a drop-everything fault injector,
+    so the transmit path runs without sockets."""
+    text = 'name = "fuzztx"\n[underlay]\nlocal = "10.77.0.1"\nmtu = 1500\n'
+    text += "[underlay.faults]\ndrop = 1.0\n"
+    for vni, protocol in enumerate(PROTOCOLS, 1):
+        text += f'[[network]]\nvni = {vni}\nprotocol = "{protocol}"\ntap = "t{vni}"\n'
+        text += f'peers = ["{PEER}"]\n'
+    cfg = parse_config(text)
+    ep = Endpoint(cfg)
+    for which in ("vxlan", "geneve", "nvgre", "stt", "sclp"):
+        ep._sockets[which] = _NoSocket()  # type: ignore[assignment]
+    ports = {
+        net.vni: Port(net, _PairTap(), 1500, Fdb(net.peers, 300.0, 16))  # type: ignore[arg-type]
+        for net in cfg.networks
+    }
+    return ep, ports
+
+
+@settings(max_examples=300, deadline=None)
+@given(frame=inner_frames(), vni=st.integers(1, 6), gso=st.booleans(), mss=st.integers(1, 9000))
+def test_endpoint_transmit_step_raises_only_malformed(
+    tx_endpoint: tuple[Endpoint, dict[int, Port]], frame: bytes, vni: int, gso: bool, mss: int
+) -> None:
+    """A frame read from a TAP with the virtio header the kernel writes for it (the
+    checksum start at the L4 header, GSO only for TCP): ``_on_tap`` counts a
+    ``MalformedPacket`` and goes on; anything else would stop the endpoint."""
+    ep, ports = tx_endpoint
+    frame = frame[:MAX_TAP_FRAME]
+    try:
+        info = parse_frame(frame)
+    except MalformedPacket:
+        return
+    if info.l4_offset < 0 or info.ip_protocol not in (6, 17):
+        return
+    tcp = info.ip_protocol == 6
+    gso_type = (1 if info.ip_version == 4 else 4) if tcp and gso else 0
+    l4_len = info.tcp_header_len or 8
+    csum_field = 16 if tcp else 6
+    if info.l4_offset + csum_field + 2 > len(frame):
+        return
+    vnet = (
+        1,
+        gso_type,
+        info.l4_offset + l4_len,
+        mss if gso_type else 0,
+        info.l4_offset,
+        csum_field,
+    )
+    buf = bytearray(FRAME_BUF)
+    buf[HEADROOM : HEADROOM + len(frame)] = frame
+    try:
+        ep._send_frame(ports[vni], buf, len(frame), vnet, (PEER,))
+    except MalformedPacket as exc:
+        assert isinstance(exc.reason, DropReason)
