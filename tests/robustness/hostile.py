@@ -60,11 +60,15 @@ except socket.timeout:
 
 
 def inner_udp_frame(
-    dst_mac: str, payload: bytes, dst_ip: str = OVERLAY[0], src_mac: str = "02:00:00:00:00:99"
+    dst_mac: str,
+    payload: bytes,
+    dst_ip: str = OVERLAY[0],
+    src_mac: str = "02:00:00:00:00:99",
+    src: str = "192.168.77.99",
 ) -> bytes:
-    """Ethernet + IPv4 + UDP from 192.168.77.99 to ``dst_ip``:LISTEN_PORT, checksums
+    """Ethernet + IPv4 + UDP from ``src`` to ``dst_ip``:LISTEN_PORT, checksums
     complete (the VM's kernel verifies them)."""
-    src_ip = ipaddress.IPv4Address("192.168.77.99").packed
+    src_ip = ipaddress.IPv4Address(src).packed
     dst = ipaddress.IPv4Address(dst_ip).packed
     udp_len = 8 + len(payload)
     pseudo = src_ip + dst + struct.pack("!BBH", 0, 17, udp_len)
