@@ -122,22 +122,23 @@ def frame_to(bed: Bed, vni: int, tag: str) -> bytes:
 
 
 def stt_summed(segment: bytes) -> bytes:
-    """``segment`` with its TCP source port chosen so the whole segment sums right,
-    whatever its length (works for segments too short to hold a checksum field)."""
+    """``segment`` with a TCP checksum that verifies, whatever its length: in the
+    checksum field, or for a segment too short to hold one in the source port."""
     pseudo = pseudo_sum_for(socket.inet_aton(PEER), socket.inet_aton(LOCAL), len(segment))
+    at = 16 if len(segment) >= 18 else 0
     rest = bytearray(segment)
-    rest[0:2] = b"\0\0"
+    rest[at : at + 2] = b"\0\0"
     padded = bytes(rest) + b"\0" * (len(rest) % 2)
     total = pseudo + sum(struct.unpack(f"!{len(padded) // 2}H", padded))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    rest[0:2] = struct.pack("!H", ~total & 0xFFFF)
+    rest[at : at + 2] = struct.pack("!H", ~total & 0xFFFF)
     return bytes(rest)
 
 
 def stt_raw(seq: int, ident: int, data: bytes, doff: int = 5, length: int | None = None) -> bytes:
     """A pseudo-TCP segment to port 7471 with any fields, cut to ``length`` bytes."""
-    hdr = struct.pack("!HHIIBBHHH", 0, stt.STT_PORT, seq, ident, doff << 4, 0x10, 65535, 0, 0)
+    hdr = struct.pack("!HHIIBBHHH", 5000, stt.STT_PORT, seq, ident, doff << 4, 0x10, 65535, 0, 0)
     segment = (hdr + bytes(max(0, doff * 4 - 20)) + data)[:length]
     return stt_summed(segment)
 

@@ -153,7 +153,7 @@ def test_second_endpoint_with_a_tap_in_use_in_its_namespace_refuses(tmp_path: Pa
         with nsio.NetNS(host) as ns:
             ns.set_link("lo", up=True)
         config = (
-            'name = "{name}"\n[underlay]\nlocal = "127.0.0.1"\nnamespace = "{host}"\n'
+            'name = "{name}"\n[underlay]\nlocal = "127.0.0.1"\nmtu = 1500\nnamespace = "{host}"\n'
             '[[network]]\nvni = 42\nprotocol = "{protocol}"\ntap = "dup0"\n'
             'peers = ["127.0.0.2"]\n'
         )
