@@ -10,8 +10,7 @@ pseudo-TCP) is the transport's business, not the format's.  Nothing here does I/
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from sclp.wire import geneve, nvgre, stt, vxlan
 from sclp.wire.checksum import Buffer
@@ -23,8 +22,7 @@ _GENEVE_BASE = struct.Struct("!BBHI")
 _GENEVE_MSS_OPT = struct.Struct("!HBBH2x")  # class, type, length(5), mss, reserved
 
 
-@dataclass(frozen=True, slots=True)
-class Decapsulated:
+class Decapsulated(NamedTuple):
     """A received payload taken apart: the VNI, where the inner frame starts, and the
     sender's MSS when the format carries one (Geneve option, STT header), else 0."""
 
@@ -53,6 +51,12 @@ def geneve_header(vni: int, mss: int = 0) -> bytes:
 
 
 def geneve_decapsulate(payload: Buffer) -> Decapsulated:
+    # Hot path: version 0, no options, Ethernet payload (what we and most senders
+    # emit) is read with one unpack; everything else goes through the full codec.
+    if len(payload) >= geneve.GENEVE_BASE_LEN:
+        ver_optlen, _flags, proto, vni_word = _GENEVE_BASE.unpack_from(payload, 0)
+        if ver_optlen == 0 and proto == ETHERTYPE_TEB:
+            return Decapsulated(vni_word >> 8, geneve.GENEVE_BASE_LEN, 0)
     hdr = geneve.decode(payload)
     if hdr.protocol_type != ETHERTYPE_TEB:
         raise MalformedPacket(
@@ -69,7 +73,15 @@ def nvgre_header(vni: int, flow_id: int) -> bytes:
     return nvgre.encode(nvgre.NvgreHeader(vsid=vni, flow_id=flow_id & 0xFF))
 
 
+_NVGRE_FAST = struct.Struct("!HHI")
+_NVGRE_K_ONLY = 0x2000  # flags|version word of an NVGRE header: K set, all else 0
+
+
 def nvgre_decapsulate(payload: Buffer) -> Decapsulated:
+    if len(payload) >= nvgre.NVGRE_LEN:
+        word, proto, key = _NVGRE_FAST.unpack_from(payload, 0)
+        if word == _NVGRE_K_ONLY and proto == ETHERTYPE_TEB:
+            return Decapsulated(key >> 8, nvgre.NVGRE_LEN, 0)
     return Decapsulated(nvgre.decode(payload).vsid, nvgre.NVGRE_LEN)
 
 
