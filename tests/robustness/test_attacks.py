@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +114,10 @@ class Watcher(threading.Thread):
         self.pid = tb.endpoints[0].pid
         self.samples: list[tuple[float, int, int, int]] = []  # t, rss KiB, held, entries
         self.errors: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 c = self.tb.stats(0)["counters"]
                 rss = rss_kib(self.pid)
@@ -125,10 +126,10 @@ class Watcher(threading.Thread):
             else:
                 held, entries = c["reasm_bytes_held"], c["reasm_entries"]
                 self.samples.append((time.monotonic(), rss, held, entries))
-            self._stop.wait(0.1)
+            self._halt.wait(0.1)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
 
@@ -143,89 +144,122 @@ def _throughput(report: dict[str, Any], start: float, end: float) -> float:
     return sum(i["bytes"] for i in chosen) * 8 / sum(i["seconds"] for i in chosen)
 
 
-@pytest.mark.timeout(90)
-def test_first_segment_flood_keeps_memory_under_the_cap(testbed: sclp_testbed.Testbed) -> None:
-    tb = testbed
+@dataclass
+class FloodRun:
+    sent: dict[str, Any]  # the flood script's report
+    change: dict[str, int]  # endpoint 0's counters, after minus before
+    samples: list[tuple[float, int, int, int]]  # Watcher samples
+    rss_before_flood: int
+    before_mbps: float  # iperf3 before the flood
+    during_mbps: float  # iperf3 while it lasted
+    after_mbps: float  # iperf3 once it stopped
+    intervals_mbps: list[float]  # iperf3's 0.5 s intervals inside the flood
+    drained: dict[str, Any]  # stats once the table emptied (or the last tried)
+
+
+def _flood_with_iperf(tb: sclp_testbed.Testbed, src: str) -> FloodRun:
+    """iperf3 VM 1 -> VM 2 for IPERF_SECONDS; the flood from ``src`` in its middle;
+    endpoint 0 watched throughout."""
     before = counters(tb.stats(0))
-    rss_start = rss_kib(tb.endpoints[0].pid)
     watcher = Watcher(tb)
     watcher.start()
     server, client = iperf3_popen(tb.vms[0], tb.vms[1], OVERLAY[1], IPERF_SECONDS)
-    t0 = time.monotonic()
-    time.sleep(FLOOD_START)
-    rss_before_flood = rss_kib(tb.endpoints[0].pid)
-    flood = _start_flood(tb, UNDERLAY[1], FLOOD_SECONDS)
     try:
-        sent = _flood_report(flood)
+        t0 = time.monotonic()
+        time.sleep(FLOOD_START)
+        rss_before_flood = rss_kib(tb.endpoints[0].pid)
+        flood = _start_flood(tb, src, FLOOD_SECONDS)
+        try:
+            sent = _flood_report(flood)
+        finally:
+            stop(flood)
+        flood_end = time.monotonic() - t0
     finally:
-        stop(flood)
-    flood_end = time.monotonic() - t0
-    report = iperf3_result(client, server, timeout=IPERF_SECONDS + 20)
-    after_flood = wait_for(lambda: tb.stats(0), drained, timeout=4.0)
+        report = iperf3_result(client, server, timeout=IPERF_SECONDS + 20)
+    emptied = wait_for(lambda: tb.stats(0), drained, timeout=4.0)
     watcher.stop()
-
     assert not watcher.errors, watcher.errors[:3]
     stats = assert_alive(tb.endpoints[0], lambda: tb.stats(0))
-    change = delta(before, counters(stats))
-    peak_rss = max(s[1] for s in watcher.samples)
-    peak_held = max(s[2] for s in watcher.samples)
-    peak_entries = max(s[3] for s in watcher.samples)
-    during = _throughput(report, FLOOD_START + 0.5, flood_end)
-    before_bps = _throughput(report, 0.5, FLOOD_START)
-    flood_intervals = [
-        i["sum"]["bits_per_second"]
+    intervals = [
+        i["sum"]["bits_per_second"] / 1e6
         for i in report["intervals"]
-        if i["sum"]["start"] >= FLOOD_START + 0.5 and i["sum"]["end"] <= flood_end
+        if i["sum"]["start"] >= FLOOD_START + 0.49 and i["sum"]["end"] <= flood_end
     ]
+    return FloodRun(
+        sent=sent,
+        change=delta(before, counters(stats)),
+        samples=watcher.samples,
+        rss_before_flood=rss_before_flood,
+        before_mbps=_throughput(report, 0.49, FLOOD_START) / 1e6,
+        during_mbps=_throughput(report, FLOOD_START + 0.49, flood_end) / 1e6,
+        after_mbps=_throughput(report, flood_end + 0.5, IPERF_SECONDS) / 1e6,
+        intervals_mbps=intervals,
+        drained=emptied,
+    )
+
+
+def _record(name: str, tb: sclp_testbed.Testbed, run: FloodRun) -> None:
     record(
-        f"flood[{_case_id((tb.protocol, tb.carrier))}]",
+        f"{name}[{_case_id((tb.protocol, tb.carrier))}]",
         {
-            "flood_sent": sent["sent"],
-            "flood_pps": round(sent["sent"] / sent["seconds"]),
+            "flood_sent": run.sent["sent"],
+            "flood_pps": round(run.sent["sent"] / run.sent["seconds"]),
             "cap_bytes": CAP,
-            "peak_reasm_bytes_held": peak_held,
-            "peak_reasm_entries": peak_entries,
-            "rss_start_kib": rss_start,
-            "rss_before_flood_kib": rss_before_flood,
-            "rss_peak_kib": peak_rss,
-            "iperf_before_mbps": round(before_bps / 1e6, 1),
-            "iperf_during_mbps": round(during / 1e6, 1),
-            "iperf_min_interval_mbps": round(min(flood_intervals) / 1e6, 1),
-            "drop_evicted": change["drop_evicted"],
-            "drop_timeout": change["drop_timeout"],
+            "peak_reasm_bytes_held": max(s[2] for s in run.samples),
+            "peak_reasm_entries": max(s[3] for s in run.samples),
+            "rss_before_flood_kib": run.rss_before_flood,
+            "rss_peak_kib": max(s[1] for s in run.samples),
+            "iperf_before_mbps": round(run.before_mbps, 1),
+            "iperf_during_mbps": round(run.during_mbps, 1),
+            "iperf_after_mbps": round(run.after_mbps, 1),
+            "iperf_intervals_mbps": [round(v, 1) for v in run.intervals_mbps],
+            **{k: v for k, v in run.change.items() if k.startswith("drop_") and v},
         },
     )
-    assert sent["sent"] > 10_000, sent  # the flood was a flood
-    assert peak_held <= CAP, peak_held
-    assert peak_entries <= 1024, peak_entries
-    assert peak_rss - rss_before_flood <= CAP // 1024 + RSS_SLACK_KIB, (peak_rss, rss_before_flood)
+
+
+@pytest.mark.timeout(90)
+def test_first_segment_flood_keeps_memory_under_the_cap(testbed: sclp_testbed.Testbed) -> None:
+    tb = testbed
+    run = _flood_with_iperf(tb, UNDERLAY[1])
+    _record("flood", tb, run)
+    assert run.sent["sent"] > 10_000, run.sent  # the flood was a flood
+    assert max(s[2] for s in run.samples) <= CAP
+    assert max(s[3] for s in run.samples) <= 1024
+    rss_growth = max(s[1] for s in run.samples) - run.rss_before_flood
+    assert rss_growth <= CAP // 1024 + RSS_SLACK_KIB, rss_growth
     # The attacker's payloads filled the table and were evicted (the rest timed out).
-    assert change["drop_evicted"] > 1000, change
-    # The legitimate flow kept moving through the whole flood.
-    assert flood_intervals and min(flood_intervals) > 0, flood_intervals
-    assert report["end"]["sum_received"]["bytes"] > 0
-    c = after_flood["counters"]
+    assert run.change["drop_evicted"] > 1000, run.change
+    # The legitimate flow kept going (oldest-first eviction may stall it for moments:
+    # a flood of spoofed first segments can evict its incomplete payloads, see
+    # docs/security.md) and recovered afterwards.
+    assert run.during_mbps > 1.0 and run.after_mbps > 1.0, (run.during_mbps, run.after_mbps)
+    c = run.drained["counters"]
     assert (c["reasm_bytes_held"], c["reasm_entries"]) == (0, 0), c
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_flood_from_a_non_peer_never_reaches_the_table(testbed: sclp_testbed.Testbed) -> None:
     tb = testbed
-    before = counters(tb.stats(0))
-    watcher = Watcher(tb)
-    watcher.start()
-    flood = _start_flood(tb, HOSTILE, 2.0)
-    try:
-        sent = _flood_report(flood)
-    finally:
-        stop(flood)
-        watcher.stop()
-    stats = assert_alive(tb.endpoints[0], lambda: tb.stats(0))
-    change = delta(before, counters(stats))
-    # Each one counted (a few may be lost earlier, in a full kernel socket buffer).
-    assert 0.5 * sent["sent"] <= change["drop_not_peer"] <= sent["sent"], (change, sent)
-    assert max(s[2] for s in watcher.samples) == 0  # nothing ever held
-    record(f"nonpeer-flood[{_case_id((tb.protocol, tb.carrier))}]", {"sent": sent["sent"]})
+    run = _flood_with_iperf(tb, HOSTILE)
+    _record("nonpeer-flood", tb, run)
+    assert max(s[2] for s in run.samples) == 0  # nothing from the flood was ever held
+    # Each one counted (some may be lost earlier, in a full kernel socket buffer).
+    sent = run.sent["sent"]
+    assert 0.3 * sent <= run.change["drop_not_peer"] <= sent, (run.change, sent)
+    assert run.change["drop_evicted"] == 0, run.change
+    assert min(run.intervals_mbps) > 0, run.intervals_mbps
+
+
+def _frame_ending_mid_segment(mac: str, tag: bytes) -> bytes:
+    """A frame to VM 1's listener whose tunnel payload (VXLAN 8 bytes or STT 18 bytes
+    + frame) is 300 bytes past a multiple of 400 in both cases: the last of its
+    400-byte segments is long enough to be overlapped by 200 forged bytes."""
+    frame = inner_udp_frame(mac, tag + bytes(1200))
+    pad = (300 - (len(frame) + 8)) % 400
+    frame = inner_udp_frame(mac, tag + bytes(1200 + pad))
+    assert (len(frame) + 8) % 400 == 300
+    return frame
 
 
 def _overlap_packets(
@@ -260,8 +294,8 @@ def test_overlapping_conflicting_segments_are_discarded_not_spliced(
 ) -> None:
     tb = testbed
     mac = link_mac(tb.vms[0], "tap0")
-    attack_frame = inner_udp_frame(mac, b"attack-" + bytes(1200))
-    control_frame = inner_udp_frame(mac, b"control-" + bytes(1200))
+    attack_frame = _frame_ending_mid_segment(mac, b"attack-")
+    control_frame = _frame_ending_mid_segment(mac, b"control-")
     where, attack = _overlap_packets(tb, attack_frame, ident=0x1234)
     _, control = _overlap_packets(tb, control_frame, ident=0x1235)
     control = [control[0], *control[2:]]  # the same order without the forged segment
