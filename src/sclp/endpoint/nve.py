@@ -45,6 +45,7 @@ from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttReassembler, SttSegmenter, pseudo_sum_for
 from sclp.engine.tso import complete_checksum, segment_tcp_frame
 from sclp.io import netns as nsio
+from sclp.io import packet as packet_io
 from sclp.io.batch import BatchReceiver, StridedSender, sockaddr_in, v4_key
 from sclp.io.tap import TapDevice
 from sclp.switch.fdb import Fdb
@@ -346,8 +347,9 @@ class Endpoint:
             if self._ip_version == 4:
                 sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
             self._sockets["stt"] = sock
-            self._register(sock.fileno(), self._raw_handler(sock, self._stt_segment))
             self._install_stt_guard()
+            if not self._open_stt_taps(sock):
+                self._register(sock.fileno(), self._raw_handler(sock, self._stt_segment))
 
     def _raw_handler(
         self, sock: socket.socket, handle: Callable[[str, memoryview, float, int | None], None]
@@ -369,6 +371,114 @@ class Endpoint:
         except (OSError, nft.NftError) as exc:
             raise EndpointError(f"installing the STT nftables rule failed: {exc}") from None
         self._closers.append(lambda: nft.remove_stt_rst_guard(self.cfg.name))
+
+    def _open_stt_taps(self, send_sock: socket.socket) -> bool:
+        """Read STT segments with packet sockets on the underlay devices and drop them
+        at those devices' ingress hook, so the kernel's IP and TCP never process them
+        (:mod:`sclp.io.packet`); ``send_sock`` then only sends.  False (and a warning)
+        when that cannot be set up: the caller reads ``send_sock`` instead."""
+        from sclp.io import nft
+
+        if self._ip_version != 4:
+            return False  # the packet path parses IPv4 only; IPv6 keeps the raw socket
+        taps: list[socket.socket] = []
+        try:
+            devices = self._underlay_devices()
+            program = packet_io.stt_filter(self._local, STT_PORT)
+            for dev in devices:
+                taps.append(packet_io.open_ipv4_tap(dev, program))
+            nft.install_stt_ingress_drop(devices, self._local, STT_PORT, self.cfg.name)
+        except (OSError, ValueError, nft.NftError, nsio.NetnsError) as exc:
+            for tap in taps:
+                tap.close()
+            log.warning(
+                "STT segments are read from a raw TCP socket, after the kernel's TCP has "
+                "processed them (slower): no packet socket + ingress drop: %s",
+                exc,
+            )
+            return False
+        self._closers.append(lambda: nft.remove_stt_ingress_drop(self.cfg.name))
+        for tap in taps:
+            self._closers.append(tap.close)
+            self._tune(tap)
+            if self._tuning.rx_batch:
+                rx = packet_io.PacketBatchReceiver(64, self._underlay_mtu + 64)
+                self._register(tap.fileno(), functools.partial(self._on_stt_batch, tap, rx))
+            else:
+                self._register(tap.fileno(), functools.partial(self._on_stt_packet, tap))
+        packet_io.attach_filter(send_sock, packet_io.drop_all_filter())
+        log.info("STT: packet sockets and an ingress drop on %s", ", ".join(devices))
+        return True
+
+    def _underlay_devices(self) -> list[str]:
+        """The devices the routes to the peers leave by (where their segments come in),
+        loopback excepted; raises ValueError if there is none."""
+        devices: list[str] = []
+        with nsio.NetNS(None) as ns:
+            for peer in sorted(self._all_peers):
+                for route in ns.ipr.route("get", dst=peer):
+                    index = route.get_attr("RTA_OIF")
+                    if index is None:
+                        continue
+                    name = str(ns.ipr.get_links(index)[0].get_attr("IFLA_IFNAME"))
+                    if name != "lo" and name not in devices:
+                        devices.append(name)
+        if not devices:
+            raise ValueError("no underlay device routes to the peers")
+        return devices
+
+    def _on_stt_batch(
+        self, sock: socket.socket, rx: packet_io.PacketBatchReceiver, now: float
+    ) -> None:
+        """Like :meth:`_on_raw_batch`, for a packet socket: the IPv4 header was not
+        checked by the kernel, so :meth:`PacketBatchReceiver.plain_ok` vouches for it
+        (and for the slot sum being the TCP segment's) or the packet goes through
+        :func:`sclp.io.packet.ipv4_payload_bounds`."""
+        fd = sock.fileno()
+        views = rx.views
+        peers = self._v4_peer
+        counters = self.counters
+        handle = self._stt_segment
+        for _ in range(RX_BUDGET // rx.count + 1):
+            n = rx.receive_batch(fd)
+            if not n:
+                return
+            sizes = rx.sizes(n)
+            sources = rx.sources_v4(n)
+            plain = rx.plain_ok(n, sizes)
+            sums = rx.ones_sums(n)
+            for i in range(n):
+                src = peers.get(sources[i])
+                if src is None:
+                    counters["rx_packets"] += 1
+                    counters[DropReason.NOT_PEER.counter] += 1
+                elif plain[i]:
+                    row = sums[i]
+                    handle(src, views[i][20 : sizes[i]], now, ((row & 0xFF) << 8) | (row >> 8))
+                else:
+                    self._stt_ip_packet(src, views[i], sizes[i], now)
+            if n < rx.count:
+                return
+
+    def _on_stt_packet(self, sock: socket.socket, now: float) -> None:
+        """One ``recv`` per packet (``tuning.rx_batch`` off)."""
+        view = self._rx_view
+        for _ in range(RX_BUDGET):
+            try:
+                n = sock.recv_into(view)
+            except BlockingIOError:
+                return
+            src = socket.inet_ntoa(view[12:16]) if n >= 20 else ""
+            self._stt_ip_packet(src, view, n, now)
+
+    def _stt_ip_packet(self, src: str, view: memoryview, size: int, now: float) -> None:
+        try:
+            start, end = packet_io.ipv4_payload_bounds(view, size)
+        except MalformedPacket as exc:
+            self.counters["rx_packets"] += 1
+            self.counters[exc.reason.counter] += 1
+            return
+        self._stt_segment(src, view[start:end], now, None)
 
     def _register(self, fd: int, handler: Callable[[float], None]) -> None:
         assert self._epoll is not None

@@ -1,21 +1,29 @@
-"""nftables rule that keeps the kernel from answering STT segments with TCP RSTs.
+"""nftables rules for STT: keep the kernel's TCP from seeing or answering STT segments.
 
 Why: STT (draft-davie-stt) looks like TCP to port 7471 but no TCP socket listens
-there; the endpoint reads the segments from a raw socket, while the kernel's own TCP
-finds no socket and sends a RST for every segment.  Dropping those RSTs on the way
-*out* is the one place that works: raw sockets get their copy after the input hook,
-so filtering the STT segments on input would blind the endpoint too.
+there.  Two rules, each in its own per-endpoint table:
 
-One table per endpoint (``inet sclp_<name>``), so several endpoints in one namespace
-never touch each other's rules; install and removal are each one atomic ``nft -f``
-transaction (``add table`` + ``delete table`` + definition) and both are idempotent.
-``nft`` is run as a subprocess (nftables' netlink API is not in pyroute2's stable
-surface); for a namespace the subprocess is started from a thread switched into it,
-which the child inherits.
+* ``netdev sclp_<name>`` (:func:`install_stt_ingress_drop`): drops the incoming
+  segments at the device's ingress hook, before IP and TCP spend any work on them;
+  the endpoint reads them with a packet socket, whose ``ETH_P_ALL`` tap runs before
+  that hook (:mod:`sclp.io.packet`).
+* ``inet sclp_<name>`` (:func:`install_stt_rst_guard`): drops the RST the kernel's
+  TCP sends for a segment that did reach it (no socket on 7471) — the whole story
+  when the endpoint falls back to reading a raw TCP socket, which gets its copy only
+  after the input hook (an input filter would blind it), and belt and braces
+  otherwise (a segment on a device without the ingress rule).
+
+One table per endpoint and family, so several endpoints in one namespace never touch
+each other's rules; install and removal are each one atomic ``nft -f`` transaction
+(``add table`` + ``delete table`` + definition) and both are idempotent.  ``nft`` is
+run as a subprocess (nftables' netlink API is not in pyroute2's stable surface); for
+a namespace the subprocess is started from a thread switched into it, which the
+child inherits.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -26,13 +34,17 @@ from sclp.io.netns import run_in_netns
 
 __all__ = [
     "NftError",
+    "install_stt_ingress_drop",
     "install_stt_rst_guard",
+    "remove_stt_ingress_drop",
     "remove_stt_rst_guard",
     "stt_guard_table",
+    "stt_ingress_drops",
     "stt_rst_guard_drops",
 ]
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+_IFNAME_OK = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 _TIMEOUT_S: Final = 10.0
 
 
@@ -99,16 +111,66 @@ def remove_stt_rst_guard(name: str = "default", *, netns: str | None = None) -> 
 
 def stt_rst_guard_drops(name: str = "default", *, netns: str | None = None) -> int:
     """How many RSTs the guard of endpoint ``name`` has dropped (0 if no guard)."""
+    return _table_counter("inet", stt_guard_table(name), netns)
+
+
+def install_stt_ingress_drop(
+    devices: list[str], local: str, port: int, name: str = "default", *, netns: str | None = None
+) -> str:
+    """Drop the STT segments arriving on ``devices`` (IPv4 TCP non-fragments to
+    ``local``, destination port ``port``) at the ``netdev`` ingress hook, before IP
+    and TCP see them; a packet socket bound to ``ETH_P_ALL`` still gets them
+    (:mod:`sclp.io.packet`).  Table ``netdev sclp_<name>``, one chain per device,
+    replacing an earlier one of the same ``name``.  Returns the table name.  Raises
+    :class:`NftError` if ``nft`` is missing or the kernel lacks the netdev family."""
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    if not devices:
+        raise ValueError("no device to hook")
+    for dev in devices:
+        if not _IFNAME_OK.match(dev):
+            raise ValueError(f"bad interface name {dev!r}")
+    address = str(ipaddress.IPv4Address(local))
     table = stt_guard_table(name)
+    chains = "".join(
+        f"  chain stt_in_{i} {{\n"
+        f'    type filter hook ingress device "{dev}" priority 0; policy accept;\n'
+        f"    ip daddr {address} ip protocol tcp ip frag-off & 0x3fff == 0 "
+        f'tcp dport {port} counter drop comment "sclp: STT read by a packet socket"\n'
+        "  }\n"
+        for i, dev in enumerate(devices)
+    )
+    script = (
+        f"add table netdev {table}\n"
+        f"delete table netdev {table}\n"
+        f"table netdev {table} {{\n{chains}}}\n"
+    )
+    _nft(["-f", "-"], script, netns)
+    return table
+
+
+def remove_stt_ingress_drop(name: str = "default", *, netns: str | None = None) -> None:
+    """Remove the ingress drop of endpoint ``name``; nothing happens if there is none."""
+    table = stt_guard_table(name)
+    _nft(["-f", "-"], f"add table netdev {table}\ndelete table netdev {table}\n", netns)
+
+
+def stt_ingress_drops(name: str = "default", *, netns: str | None = None) -> int:
+    """How many segments the ingress drop of endpoint ``name`` took (0 if none)."""
+    return _table_counter("netdev", stt_guard_table(name), netns)
+
+
+def _table_counter(family: str, table: str, netns: str | None) -> int:
+    """Sum of the packet counters in ``family`` table ``table`` (0 if it is absent)."""
     listing = json.loads(_nft(["-j", "list", "tables"], None, netns))
     names = {
         item["table"]["name"]
         for item in listing.get("nftables", [])
-        if "table" in item and item["table"].get("family") == "inet"
+        if "table" in item and item["table"].get("family") == family
     }
     if table not in names:
         return 0
-    rules = json.loads(_nft(["-j", "list", "table", "inet", table], None, netns))
+    rules = json.loads(_nft(["-j", "list", "table", family, table], None, netns))
     drops = 0
     for item in rules.get("nftables", []):
         for expr in item.get("rule", {}).get("expr", []):
