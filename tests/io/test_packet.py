@@ -1,0 +1,341 @@
+"""sclp.io.packet and the STT ingress drop of sclp.io.nft against the real kernel: a
+packet socket with the STT filter between two namespaces over a veth pair, and the
+netdev ingress rule that keeps the segments away from the kernel's TCP."""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sclp.io.batch import v4_key
+from sclp.io.netns import NetNS, create_veth, run_in_netns
+from sclp.io.nft import (
+    install_stt_ingress_drop,
+    remove_stt_ingress_drop,
+    stt_ingress_drops,
+)
+from sclp.io.packet import (
+    PacketBatchReceiver,
+    attach_filter,
+    drop_all_filter,
+    ipv4_payload_bounds,
+    open_ipv4_tap,
+    stt_filter,
+)
+from sclp.io.rawip import IPPROTO_TCP, RawIpSocket
+from sclp.wire.checksum import internet_checksum, ones_sum
+from sclp.wire.errors import DropReason, MalformedPacket
+
+NsFactory = Callable[[], NetNS]
+IP_A, IP_B, IP_B2 = "10.72.0.1", "10.72.0.2", "10.72.0.3"
+DEV_A, DEV_B = "sclppa", "sclppb"
+STT_PORT = 7471
+
+
+@pytest.fixture
+def veth_pair(netns_factory: NsFactory) -> tuple[NetNS, NetNS]:
+    a, b = netns_factory(), netns_factory()
+    create_veth(DEV_A, a, DEV_B, b, mtu=1500)
+    a.add_address(DEV_A, f"{IP_A}/24")
+    b.add_address(DEV_B, f"{IP_B}/24")
+    b.add_address(DEV_B, f"{IP_B2}/24")
+    return a, b
+
+
+def _tcp(src: str, dst: str, dport: int, payload: bytes, flags: int = 0x18) -> bytes:
+    """A TCP segment with a valid checksum (the kernel adds the IPv4 header)."""
+    header = bytearray(struct.pack("!HHIIBBHHH", 50000, dport, 1, 1, 5 << 4, flags, 65535, 0, 0))
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst)
+    pseudo += struct.pack("!BBH", 0, 6, len(header) + len(payload))
+    struct.pack_into("!H", header, 16, internet_checksum(pseudo + header + payload))
+    return bytes(header) + payload
+
+
+def _ipv4(src: str, dst: str, proto: int, payload: bytes, frag: int = 0, ihl: int = 5) -> bytes:
+    """An IPv4 packet with a valid header checksum (``frag``: flags + offset word)."""
+    options = bytes(4 * (ihl - 5))
+    header = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x40 | ihl,
+            0,
+            4 * ihl + len(payload),
+            0x1234,
+            frag,
+            64,
+            proto,
+            0,
+            socket.inet_aton(src),
+            socket.inet_aton(dst),
+        )
+        + options
+    )
+    struct.pack_into("!H", header, 10, internet_checksum(header))
+    return bytes(header) + payload
+
+
+def _drain(sock: socket.socket, count: int, timeout: float) -> list[bytes]:
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+            break
+        try:
+            out.append(sock.recv(70_000))
+        except BlockingIOError:
+            continue
+    return out
+
+
+def _rsts_from(rx: RawIpSocket, source: str, sport: int, timeout: float) -> int:
+    count = 0
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not select.select([rx], [], [], remaining)[0]:
+            break
+        batch = rx.recv_batch()
+        for view, src, offset in zip(batch.views, batch.sources, batch.offsets, strict=True):
+            (port,) = struct.unpack_from("!H", view, offset)
+            if src == source and port == sport and view[offset + 13] & 0x04:
+                count += 1
+    return count
+
+
+def _tap(ns: NetNS, dev: str, local: str) -> socket.socket:
+    with run_in_netns(ns.name):
+        return open_ipv4_tap(dev, stt_filter(local, STT_PORT))
+
+
+def _hdrincl(ns: NetNS) -> socket.socket:
+    return ns.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+
+# -- the filter ---------------------------------------------------------------------------
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_filter_passes_only_stt_segments(veth_pair: tuple[NetNS, NetNS]) -> None:
+    a, b = veth_pair
+    stt1 = _tcp(IP_A, IP_B, STT_PORT, b"first")
+    stt2 = _tcp(IP_A, IP_B, STT_PORT, b"second")
+    with _tap(b, DEV_B, IP_B) as tap, _hdrincl(a) as tx:
+        sends = [
+            _ipv4(IP_A, IP_B, 6, stt1),
+            _ipv4(IP_A, IP_B, 6, _tcp(IP_A, IP_B, STT_PORT + 1, b"other port")),
+            _ipv4(IP_A, IP_B, 17, struct.pack("!HHHH", 50000, STT_PORT, 12, 0) + b"udp!"),
+            _ipv4(IP_A, IP_B2, 6, _tcp(IP_A, IP_B2, STT_PORT, b"other address")),
+            _ipv4(IP_A, IP_B, 6, _tcp(IP_A, IP_B, STT_PORT, b"first fragment"), frag=0x2000),
+            _ipv4(IP_A, IP_B, 6, _tcp(IP_A, IP_B, STT_PORT, b"later fragment"), frag=0x0010),
+            _ipv4(IP_A, IP_B, 6, stt2),
+        ]
+        for pkt in sends:
+            tx.sendto(pkt, (socket.inet_ntoa(pkt[16:20]), 0))
+        got = _drain(tap, 10, timeout=1.0)
+    # Whole IPv4 packets (SOCK_DGRAM: no Ethernet header), and only the two STT ones.
+    assert [p[20:] for p in got] == [stt1, stt2]
+    assert all(p[:1] == b"\x45" and p[12:16] == socket.inet_aton(IP_A) for p in got)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_tap_ignores_our_own_outgoing_packets(veth_pair: tuple[NetNS, NetNS]) -> None:
+    a, b = veth_pair
+    segment = _tcp(IP_A, IP_B, STT_PORT, b"outgoing")
+    # A's tap filters for B's address: without PACKET_IGNORE_OUTGOING it would match.
+    with _tap(a, DEV_A, IP_B) as a_tap, _tap(b, DEV_B, IP_B) as b_tap:
+        with RawIpSocket.open(IPPROTO_TCP, netns=a.name) as tx:
+            tx.send_to([segment], IP_B)
+        assert [p[20:] for p in _drain(b_tap, 1, timeout=2.0)] == [segment]
+        assert _drain(a_tap, 1, timeout=0.3) == []
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_drop_all_filter_empties_a_raw_socket(veth_pair: tuple[NetNS, NetNS]) -> None:
+    a, b = veth_pair
+    segment = _tcp(IP_A, IP_B, STT_PORT, b"x")
+    with (
+        RawIpSocket.open(IPPROTO_TCP, netns=b.name) as quiet,
+        RawIpSocket.open(IPPROTO_TCP, netns=b.name) as control,
+        RawIpSocket.open(IPPROTO_TCP, netns=a.name) as tx,
+    ):
+        with socket.socket(fileno=quiet.fileno()) as view:
+            attach_filter(view, drop_all_filter())
+            view.detach()
+        tx.send_to([segment], IP_B)
+        assert select.select([control], [], [], 2.0)[0]  # the packet did arrive ...
+        assert not select.select([quiet], [], [], 0.2)[0]  # ... but not into this one
+
+
+# -- the ingress drop ----------------------------------------------------------------------
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_ingress_drop_hides_segments_from_tcp(veth_pair: tuple[NetNS, NetNS]) -> None:
+    a, b = veth_pair
+    segment = _tcp(IP_A, IP_B, STT_PORT, b"stt payload")
+    other = _tcp(IP_A, IP_B, STT_PORT + 1, b"not stt")
+    with (
+        RawIpSocket.open(IPPROTO_TCP, netns=a.name) as a_tcp,
+        RawIpSocket.open(IPPROTO_TCP, netns=b.name) as b_tcp,
+        _tap(b, DEV_B, IP_B) as tap,
+    ):
+        # Without the rule, B's TCP answers every segment with a RST.
+        a_tcp.send_to([segment], IP_B)
+        assert _rsts_from(a_tcp, IP_B, STT_PORT, timeout=2.0) == 1
+        assert len(_drain(tap, 1, timeout=1.0)) == 1
+        while select.select([b_tcp], [], [], 0.2)[0]:
+            b_tcp.recv_batch()
+        try:
+            table = install_stt_ingress_drop([DEV_B], IP_B, STT_PORT, "ep1", netns=b.name)
+            assert table == "sclp_ep1"
+            install_stt_ingress_drop([DEV_B], IP_B, STT_PORT, "ep1", netns=b.name)  # idempotent
+            for _ in range(3):
+                a_tcp.send_to([segment], IP_B)
+            a_tcp.send_to([other], IP_B)
+            # The tap still gets the segments; IP (a raw socket) and TCP (no RST) do not.
+            assert [p[20:] for p in _drain(tap, 3, timeout=2.0)] == [segment] * 3
+            assert _rsts_from(a_tcp, IP_B, STT_PORT + 1, timeout=2.0) == 1  # control
+            assert _rsts_from(a_tcp, IP_B, STT_PORT, timeout=0.3) == 0
+            seen = b_tcp.recv_batch()
+            dports = [
+                struct.unpack_from("!H", v, o + 2)[0]
+                for v, o in zip(seen.views, seen.offsets, strict=True)
+            ]
+            assert STT_PORT not in dports and STT_PORT + 1 in dports
+            assert stt_ingress_drops("ep1", netns=b.name) == 3
+            assert stt_ingress_drops("ep1", netns=a.name) == 0  # B's rule, not A's
+        finally:
+            remove_stt_ingress_drop("ep1", netns=b.name)
+        remove_stt_ingress_drop("ep1", netns=b.name)  # idempotent
+        assert stt_ingress_drops("ep1", netns=b.name) == 0
+        a_tcp.send_to([segment], IP_B)
+        assert _rsts_from(a_tcp, IP_B, STT_PORT, timeout=2.0) == 1  # back to TCP
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_missing_device(netns: NetNS) -> None:
+    # Linux 6.18 accepts a netdev chain for a device that does not exist (yet), so the
+    # packet socket is what catches a wrong name: the endpoint opens it first.
+    with run_in_netns(netns.name), pytest.raises(OSError):
+        open_ipv4_tap("nosuchdev0", stt_filter(IP_B, STT_PORT))
+    try:
+        install_stt_ingress_drop(["nosuchdev0"], IP_B, STT_PORT, "ep1", netns=netns.name)
+        assert stt_ingress_drops("ep1", netns=netns.name) == 0
+    finally:
+        remove_stt_ingress_drop("ep1", netns=netns.name)
+
+
+def test_ingress_drop_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        install_stt_ingress_drop([], IP_B, STT_PORT)
+    with pytest.raises(ValueError):
+        install_stt_ingress_drop(['eth0" ; flush ruleset'], IP_B, STT_PORT)
+    with pytest.raises(ValueError):
+        install_stt_ingress_drop(["eth0"], IP_B, 0)
+    with pytest.raises(ValueError):
+        install_stt_ingress_drop(["eth0"], "2001:db8::1", STT_PORT)
+
+
+# -- batches --------------------------------------------------------------------------------
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_batch_receiver_on_a_tap(veth_pair: tuple[NetNS, NetNS]) -> None:
+    a, b = veth_pair
+    segments = [_tcp(IP_A, IP_B, STT_PORT, bytes([i]) * (100 + 37 * i)) for i in range(5)]
+    rx = PacketBatchReceiver(8, 1600)
+    with _tap(b, DEV_B, IP_B) as tap, RawIpSocket.open(IPPROTO_TCP, netns=a.name) as tx:
+        for seg in segments:
+            tx.send_to([seg], IP_B)
+        time.sleep(0.3)
+        assert select.select([tap], [], [], 2.0)[0]
+        n = rx.receive_batch(tap.fileno())
+    assert n == 5
+    sizes = rx.sizes(n)
+    assert [bytes(rx.views[i][20 : sizes[i]]) for i in range(n)] == segments
+    assert rx.sources_v4(n) == [v4_key(IP_A)] * 5
+    assert rx.plain_ok(n, sizes) == [True] * 5
+    pseudo = socket.inet_aton(IP_A) + socket.inet_aton(IP_B)
+    for i, row in enumerate(rx.ones_sums(n)):
+        l4_sum = ((row & 0xFF) << 8) | (row >> 8)  # host order back to network order
+        length = sizes[i] - 20
+        assert ones_sum(pseudo + struct.pack("!BBH", 0, 6, length), l4_sum) == 0xFFFF
+
+
+def _fill(rx: PacketBatchReceiver, packets: list[bytes]) -> None:
+    for view, pkt in zip(rx.views, packets, strict=False):
+        view[: len(pkt)] = pkt
+
+
+def test_plain_ok_takes_only_plain_valid_headers() -> None:
+    seg = _tcp(IP_A, IP_B, STT_PORT, b"payload")
+    good = _ipv4(IP_A, IP_B, 6, seg)
+    bad_sum = bytearray(good)
+    bad_sum[10] ^= 0x01
+    options = _ipv4(IP_A, IP_B, 6, seg, ihl=6)
+    packets = [good, bytes(bad_sum), options, good + bytes(6)]  # the last one: padding
+    rx = PacketBatchReceiver(4, 256)
+    _fill(rx, packets)
+    sizes = [len(p) for p in packets]
+    assert rx.plain_ok(4, sizes) == [True, False, False, False]
+    assert rx.sources_v4(4) == [v4_key(IP_A)] * 4
+    # The ones the fast check leaves out are still readable the slow way (or dropped).
+    assert ipv4_payload_bounds(rx.views[2], sizes[2]) == (24, 24 + len(seg))
+    assert ipv4_payload_bounds(rx.views[3], sizes[3]) == (20, 20 + len(seg))
+    with pytest.raises(MalformedPacket) as err:
+        ipv4_payload_bounds(rx.views[1], sizes[1])
+    assert err.value.reason is DropReason.BAD_CHECKSUM
+
+
+# -- ipv4_payload_bounds -------------------------------------------------------------------
+
+
+def test_payload_bounds_of_valid_packets() -> None:
+    seg = _tcp(IP_A, IP_B, STT_PORT, b"abc")
+    assert ipv4_payload_bounds(_ipv4(IP_A, IP_B, 6, seg), 20 + len(seg)) == (20, 20 + len(seg))
+    padded = _ipv4(IP_A, IP_B, 6, b"") + bytes(26)  # a minimum Ethernet frame's padding
+    assert ipv4_payload_bounds(padded, len(padded)) == (20, 20)
+
+
+@pytest.mark.parametrize(
+    ("packet", "size", "reason"),
+    [
+        (b"\x45" + bytes(10), 11, DropReason.TOO_SHORT),
+        (b"\x65" + _ipv4(IP_A, IP_B, 6, b"xx")[1:], 22, DropReason.BAD_VERSION),
+        (b"\x44" + _ipv4(IP_A, IP_B, 6, b"xx")[1:], 22, DropReason.MALFORMED),
+        (_ipv4(IP_A, IP_B, 6, b"xxxx"), 22, DropReason.TOO_SHORT),  # truncated
+        (
+            _ipv4(IP_A, IP_B, 6, b"xx")[:10] + b"\0\0" + _ipv4(IP_A, IP_B, 6, b"xx")[12:],
+            22,
+            DropReason.BAD_CHECKSUM,
+        ),
+    ],
+)
+def test_payload_bounds_rejects(packet: bytes, size: int, reason: DropReason) -> None:
+    with pytest.raises(MalformedPacket) as err:
+        ipv4_payload_bounds(packet, size)
+    assert err.value.reason is reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80), st.integers(min_value=0, max_value=90))
+def test_payload_bounds_raises_only_malformed(data: bytes, size: int) -> None:
+    try:
+        start, end = ipv4_payload_bounds(data, size)
+    except MalformedPacket:
+        return
+    assert 20 <= start <= end <= size <= len(data)
+    assert ones_sum(data[:start]) == 0xFFFF
