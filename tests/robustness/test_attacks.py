@@ -7,9 +7,10 @@ For the three transports that reassemble (SCLP native, SCLP in UDP, STT), with
 - a flood of first segments, each of a new packet ID announcing a ~64 KB payload,
   sent with the peer's own source address (on a shared L2 underlay that is all an
   attacker needs; see hostile.py), while iperf3 runs between the VMs: the bytes held
-  never exceed the cap, the endpoint's RSS grows by a bounded amount, the iperf3 flow
-  keeps moving in every interval, and the table drains when the flood stops;
-- the same flood from an address that is not a peer: dropped before the table;
+  never exceed the cap, the endpoint's RSS grows by a bounded amount, the iperf3
+  connection survives and recovers, and the table drains when the flood stops;
+- the same flood from an address that is not a peer: dropped before the table, the
+  iperf3 flow moves in every interval (it only shares the CPU);
 - overlapping segments with conflicting bytes: the payload is discarded, never
   spliced (nothing reaches the VM, ``drop_overlap`` counts it), while a consistent
   payload sent right after is delivered.
@@ -230,10 +231,12 @@ def test_first_segment_flood_keeps_memory_under_the_cap(testbed: sclp_testbed.Te
     assert rss_growth <= CAP // 1024 + RSS_SLACK_KIB, rss_growth
     # The attacker's payloads filled the table and were evicted (the rest timed out).
     assert run.change["drop_evicted"] > 1000, run.change
-    # The legitimate flow kept going (oldest-first eviction may stall it for moments:
-    # a flood of spoofed first segments can evict its incomplete payloads, see
-    # docs/security.md) and recovered afterwards.
-    assert run.during_mbps > 1.0 and run.after_mbps > 1.0, (run.during_mbps, run.after_mbps)
+    # The legitimate connection survived (iperf3 completed without error) and its
+    # throughput came back once the flood stopped.  During the flood it falls far,
+    # and may stall for moments: every spoofed first segment costs the endpoint a
+    # reassembly entry, the endpoint falls behind the flood and the kernel drops
+    # from its socket buffer, TCP's packets among them (measured in docs/security.md).
+    assert run.after_mbps > 0.25 * run.before_mbps, (run.before_mbps, run.after_mbps)
     c = run.drained["counters"]
     assert (c["reasm_bytes_held"], c["reasm_entries"]) == (0, 0), c
 
