@@ -332,12 +332,15 @@ class Testbed:
         for proc in self.endpoints:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.endpoints:
+        for i, proc in enumerate(self.endpoints):
             try:
                 codes.append(proc.wait(timeout=timeout))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 codes.append(proc.wait())
+            if codes[-1] < 0:  # killed: it could not remove its control socket itself
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(socket_path(self.endpoint_name(i)))
         self.endpoints.clear()
         return codes
 
