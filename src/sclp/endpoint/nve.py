@@ -34,7 +34,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Final
 
 from sclp.endpoint import tunnels
@@ -799,9 +799,10 @@ class Endpoint:
 
     # -- underlay -> VM ------------------------------------------------------------
 
-    def _on_udp_classic(self, sock: socket.socket, protocol: str, now: float) -> None:
+    def _recv_udp(self, sock: socket.socket) -> Iterator[tuple[int, str, int]]:
+        """Up to RX_BUDGET receives into the shared buffer, as (length, source, GRO
+        segment size); an empty datagram is counted and skipped."""
         view = self._rx_view
-        decap = tunnels.vxlan_decapsulate if protocol == "vxlan" else tunnels.geneve_decapsulate
         for _ in range(RX_BUDGET):
             try:
                 n, anc, _flags, addr = sock.recvmsg_into([view], 64)
@@ -811,8 +812,12 @@ class Endpoint:
                 self.counters["rx_packets"] += 1
                 self.counters[DropReason.TOO_SHORT.counter] += 1
                 continue
-            src = addr[0]
-            seg = _gro_size(anc) or n
+            yield n, addr[0], _gro_size(anc) or n
+
+    def _on_udp_classic(self, sock: socket.socket, protocol: str, now: float) -> None:
+        view = self._rx_view
+        decap = tunnels.vxlan_decapsulate if protocol == "vxlan" else tunnels.geneve_decapsulate
+        for n, src, seg in self._recv_udp(sock):
             for off in range(0, n, seg):
                 self.counters["rx_packets"] += 1
                 if src not in self._all_peers:
@@ -829,17 +834,7 @@ class Endpoint:
     def _on_sclp_udp(self, sock: socket.socket, now: float) -> None:
         view = self._rx_view
         reasm = self._reassembler
-        for _ in range(RX_BUDGET):
-            try:
-                n, anc, _flags, addr = sock.recvmsg_into([view], 64)
-            except BlockingIOError:
-                return
-            if not n:  # an empty datagram: nothing to split into segments
-                self.counters["rx_packets"] += 1
-                self.counters[DropReason.TOO_SHORT.counter] += 1
-                continue
-            src = addr[0]
-            seg = _gro_size(anc) or n
+        for n, src, seg in self._recv_udp(sock):
             self.counters["rx_packets"] += -(-n // seg)
             if src not in self._all_peers:
                 self.counters[DropReason.NOT_PEER.counter] += -(-n // seg)
