@@ -11,35 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.requirements import missing_requirement, skip_netns_tests_under
+
 PAYLOAD_BYTES = 20 * 1024 * 1024
 
 
-def _missing_requirement() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, TAP devices)"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun"
-    for tool in ("ip", "ping", "iperf3"):
-        if shutil.which(tool) is None:
-            return f"needs {tool}"
-    return None
-
-
-MISSING = _missing_requirement()
+MISSING = missing_requirement(("ip", "ping", "iperf3"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if MISSING is None:
-        return
-    skip = pytest.mark.skip(reason=MISSING)
-    for item in items:
-        if "netns" in item.keywords and str(item.path).startswith(str(Path(__file__).parent)):
-            item.add_marker(skip)
+    skip_netns_tests_under(Path(__file__).parent, MISSING, items)
 
 
 @pytest.fixture(scope="session")

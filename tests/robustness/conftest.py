@@ -9,31 +9,14 @@ peaks, throughput during floods, fault counters) as JSON lines.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.requirements import missing_requirement, skip_netns_tests_under
 
-def _missing_requirement() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, TAP devices)"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun"
-    for tool in ("ip", "iperf3", "nft", "ping"):
-        if shutil.which(tool) is None:
-            return f"needs {tool}"
-    return None
-
-
-MISSING = _missing_requirement()
+MISSING = missing_requirement(("ip", "iperf3", "nft", "ping"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if MISSING is None:
-        return
-    skip = pytest.mark.skip(reason=MISSING)
-    for item in items:
-        if "netns" in item.keywords and str(item.path).startswith(str(Path(__file__).parent)):
-            item.add_marker(skip)
+    skip_netns_tests_under(Path(__file__).parent, MISSING, items)
