@@ -12,7 +12,7 @@ import pytest
 from sclp.engine.segmenter import Segmenter
 from sclp.io.batch import BatchReceiver, StridedSender, sockaddr_in, v4_key
 from sclp.io.netns import NetNS, create_veth
-from sclp.wire.checksum import checksum_reference
+from sclp.wire.checksum import checksum_reference, ones_sum
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 
@@ -86,6 +86,7 @@ def test_slot_sum_reveals_a_bad_checksum(veth_pair: tuple[NetNS, NetNS]) -> None
     sums = [total for _, _, total in got]
     assert sums[0] == 0xFFFF
     assert sums[1] != 0xFFFF
+    assert sums[1] == ones_sum(bad)  # network byte order, like ones_sum
     odd = got[2][0][20:]
     # the zeroed slab pads the odd tail exactly as RFC 1071 does
     expected = (~checksum_reference(odd)) & 0xFFFF

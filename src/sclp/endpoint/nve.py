@@ -453,8 +453,7 @@ class Endpoint:
                     counters["rx_packets"] += 1
                     counters[DropReason.NOT_PEER.counter] += 1
                 elif plain[i]:
-                    row = sums[i]
-                    handle(src, views[i][20 : sizes[i]], now, ((row & 0xFF) << 8) | (row >> 8))
+                    handle(src, views[i][20 : sizes[i]], now, sums[i])
                 else:
                     self._stt_ip_packet(src, views[i], sizes[i], now)
             if n < rx.count:
@@ -898,8 +897,7 @@ class Endpoint:
                     continue
                 # The IPv4 header sums to 0xFFFF (the kernel checked it), which is the
                 # identity in ones' complement: the slot's sum is the L4 packet's sum.
-                row = sums[i]
-                handle(src, view[ihl:size], now, ((row & 0xFF) << 8) | (row >> 8))
+                handle(src, view[ihl:size], now, sums[i])
             if n < rx.count:
                 return
 

@@ -18,6 +18,7 @@ import ctypes
 import errno
 import os
 import socket
+import sys
 from typing import Final
 
 import numpy as np
@@ -26,6 +27,7 @@ from sclp.io._mmsg import Iovec, Mmsghdr, MmsgReceiver
 from sclp.wire.checksum import Buffer
 
 MSG_DONTWAIT: Final = 0x40
+_LITTLE: Final = sys.byteorder == "little"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _sendmmsg = _libc.sendmmsg
@@ -131,12 +133,14 @@ class BatchReceiver(MmsgReceiver):
 
     def ones_sums(self, n: int) -> list[int]:
         """Folded ones' complement sum of each whole slot (the bytes past a message
-        are zero, so this is the sum of the message).  Byte order: a sum of 0xFFFF
-        (a valid checksum) reads the same either way; other values are byte-swapped
-        on little-endian hosts."""
+        are zero, so this is the sum of the message), in network byte order like
+        :func:`sclp.wire.checksum.ones_sum`: the slab is summed as native words and
+        swapped back once for the whole batch."""
         sums = self._slab16[:n].sum(axis=1, dtype=np.uint32)
         sums = (sums & 0xFFFF) + (sums >> 16)
         sums = (sums & 0xFFFF) + (sums >> 16)
+        if _LITTLE:
+            sums = ((sums & 0xFF) << 8) | (sums >> 8)
         return sums.tolist()  # type: ignore[no-any-return]
 
 
