@@ -104,7 +104,7 @@ def _print_stats(stats: dict[str, object]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sclp.demo import run_demo
+    from sclp.lab.demo import run_demo
 
     return int(run_demo(protocol=args.protocol, carrier=args.carrier, seconds=args.seconds))
 
@@ -112,7 +112,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sclp.bench import BenchOptions, bench, select_configs
+    from sclp.lab.bench.configs import select_configs
+    from sclp.lab.bench.options import BenchOptions
+    from sclp.lab.bench.plot import INSTALL_HINT, matplotlib_missing
+    from sclp.lab.bench.run import bench
 
     protocols = None
     if args.protocols is not None:
@@ -129,6 +132,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return _fail(f"{flag}: must be at least {low}", EXIT_USAGE)
     if not 16 <= args.udp_length <= 1472:
         return _fail("--udp-length: 16..1472 bytes (one frame at VM MTU 1500)", EXIT_USAGE)
+    if (args.plot or args.markdown) and matplotlib_missing() is not None:
+        what = "--plot" if args.plot else "--markdown (for its chart)"
+        return _fail(f"{what} needs matplotlib: {INSTALL_HINT}")
     if os.geteuid() != 0:
         return _fail("sclp bench builds network namespaces: run it as root (sudo)")
     options = BenchOptions(
@@ -188,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="measure every protocol and the kernel references VM to VM (issue 4's evaluation)",
+        help="measure every protocol and the kernel references VM to VM (the paper's evaluation)",
         description="Build the two-VM testbed once per configuration and measure iperf3 "
         "TCP and UDP throughput, retransmits, UDP loss, endpoint CPU per GB, peak RSS and "
         "the frames the receiving VM handles, for every tunnel, the Linux kernel's VXLAN "
@@ -223,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ablation (under two minutes)",
     )
     bench.add_argument("--json", metavar="FILE", help="write every raw figure as JSON")
-    bench.add_argument("--plot", metavar="FILE.png", help="write the bar chart")
+    bench.add_argument(
+        "--plot", metavar="FILE.png", help="write the bar chart (needs the extra sclp[plot])"
+    )
     bench.add_argument(
         "--markdown",
         metavar="FILE.md",

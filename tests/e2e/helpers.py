@@ -1,6 +1,6 @@
 """Shared pieces of the end-to-end tests: commands inside namespaces, a hashed TCP
 transfer between two VMs, the ``sclp`` command line, and :class:`Topology` for the
-layouts :class:`sclp.testbed.Testbed` does not build (two VNIs, a kernel VXLAN peer).
+layouts :class:`sclp.lab.testbed.Testbed` does not build (two VNIs, a kernel VXLAN peer).
 
 Every namespace a :class:`Topology` creates is called ``sclp-<tag>-<role>`` and is
 deleted by :meth:`Topology.close` (also on a failure while building); traffic only
@@ -25,7 +25,7 @@ from typing import Any
 
 from sclp.endpoint.control import ControlError, query, socket_path
 from sclp.io import netns as nsio
-from sclp.testbed import Testbed
+from sclp.lab.testbed import Testbed
 
 TRANSFER_PORT = 9000
 

@@ -2,7 +2,7 @@
 written), and the pieces that need no namespaces: configuration selection, the
 per-GB arithmetic, the goal ratios, the command line.
 
-No speed thresholds: the goals of issue 4 are benchmark goals, reported by the run.
+No speed thresholds: the goals are benchmark goals, reported by the run.
 """
 
 from __future__ import annotations
@@ -19,9 +19,18 @@ from typing import Any
 
 import pytest
 
-from sclp import bench
-from sclp.bench import BenchConfig, BenchOptions
 from sclp.cli import build_parser
+from sclp.lab.bench.configs import (
+    QUICK_LABELS,
+    REFERENCES,
+    BenchConfig,
+    all_configs,
+    select_configs,
+)
+from sclp.lab.bench.goals import compute_ratios
+from sclp.lab.bench.machine import process_cpu_seconds, process_peak_rss_mb
+from sclp.lab.bench.measure import summarise
+from sclp.lab.bench.options import UDP_DATAGRAM_BYTES, BenchOptions
 from tests.e2e.helpers import sclp_cli
 
 RESULT_KEYS = {
@@ -71,8 +80,8 @@ def _check_measured(r: dict[str, Any], repeat: int) -> None:
     else:
         assert r["retransmits"] is None, where
         assert 0 <= r["loss_percent"] <= 100, where
-        assert r["udp_datagram_bytes"] == bench.UDP_DATAGRAM_BYTES, where
-    if r["protocol"] in bench.REFERENCES:
+        assert r["udp_datagram_bytes"] == UDP_DATAGRAM_BYTES, where
+    if r["protocol"] in REFERENCES:
         assert r["cpu_s_per_gb"] is None and r["rss_mb_peak"] is None, where
     else:
         assert r["cpu_s_per_gb"] > 0, where
@@ -96,7 +105,7 @@ def test_quick_bench_writes_complete_json_chart_and_page(tmp_path: Path) -> None
 
     results = report["results"]
     seen = [(r["label"], r["transport"]) for r in results]
-    assert seen == [(label, t) for label in bench.QUICK_LABELS for t in ("tcp", "udp")]
+    assert seen == [(label, t) for label in QUICK_LABELS for t in ("tcp", "udp")]
     for r in results:
         assert set(r) >= RESULT_KEYS, r["label"]
         assert r["carrier"] == ("udp" if r["protocol"].endswith("-sclp") else None)
@@ -163,11 +172,11 @@ def test_sigterm_ends_the_run_with_partial_results(tmp_path: Path) -> None:
 
 
 def test_every_configuration_has_a_unique_label_that_selects_it() -> None:
-    configs = bench.all_configs()
+    configs = all_configs()
     labels = [c.label for c in configs]
     assert len(set(labels)) == len(labels) == 18
     for c in configs:
-        assert c in bench.select_configs([c.label])
+        assert c in select_configs([c.label])
     assert {c.protocol for c in configs} == {
         "veth",
         "kernel-vxlan",
@@ -181,7 +190,7 @@ def test_every_configuration_has_a_unique_label_that_selects_it() -> None:
 
 
 def test_a_name_selects_its_variants_in_table_order() -> None:
-    labels = [c.label for c in bench.select_configs(["vxlan-sclp/udp", "vxlan", "kernel-vxlan"])]
+    labels = [c.label for c in select_configs(["vxlan-sclp/udp", "vxlan", "kernel-vxlan"])]
     assert labels == [
         "kernel-vxlan",
         "kernel-vxlan/no-offloads",
@@ -191,13 +200,13 @@ def test_a_name_selects_its_variants_in_table_order() -> None:
         "vxlan-sclp/udp/no-level1",
         "vxlan-sclp/udp/no-level2",
     ]
-    assert [c.label for c in bench.select_configs(["veth", "veth", " "])] == ["veth"]
+    assert [c.label for c in select_configs(["veth", "veth", " "])] == ["veth"]
     with pytest.raises(ValueError, match="unknown configuration 'vxlan-sclp/tcp'"):
-        bench.select_configs(["vxlan-sclp/tcp"])
+        select_configs(["vxlan-sclp/tcp"])
 
 
 def test_quick_configs_are_the_documented_few() -> None:
-    assert [c.label for c in BenchOptions(quick=True).configs()] == list(bench.QUICK_LABELS)
+    assert [c.label for c in BenchOptions(quick=True).configs()] == list(QUICK_LABELS)
     assert BenchOptions(quick=True).seconds == 1 and BenchOptions(quick=True).repeats == 1
     assert BenchOptions().seconds == 10 and BenchOptions().repeats == 3
     assert BenchOptions(quick=True, duration=4).seconds == 4
@@ -226,16 +235,16 @@ def _run(gbps: float, gigabytes: float, frames: int, cpu: float | None) -> dict[
 
 def test_summary_divides_by_the_gigabytes_received() -> None:
     runs = [_run(3.0, 1.0, 1000, 2.0), _run(5.0, 3.0, 3000, 6.0), _run(4.0, 0.0, 0, 0.0)]
-    r = bench.summarise(BenchConfig("stt"), "tcp", runs, 1500, 40.5, None)
+    r = summarise(BenchConfig("stt"), "tcp", runs, 1500, 40.5, None)
     assert r["gbps_median"] == 4.0 and r["gbps_runs"] == [3.0, 5.0, 4.0]
     assert r["frames_per_gb_rx_vm"] == pytest.approx(1000.0)
     assert r["cpu_s_per_gb"] == pytest.approx(2.0)
     assert r["retransmits"] == 6 and r["rss_mb_peak"] == 40.5 and "error" not in r
-    ref = bench.summarise(BenchConfig("veth"), "udp", runs[:1], 1500, None, None, 1200)
+    ref = summarise(BenchConfig("veth"), "udp", runs[:1], 1500, None, None, 1200)
     assert ref["cpu_s_per_gb"] == pytest.approx(2.0)  # whatever was measured is kept
     assert ref["rss_mb_peak"] is None and ref["retransmits"] is None
     assert ref["loss_percent"] == 5.0 and ref["udp_datagram_bytes"] == 1200
-    failed = bench.summarise(BenchConfig("vxlan"), "tcp", [], 1450, None, "boom")
+    failed = summarise(BenchConfig("vxlan"), "tcp", [], 1450, None, "boom")
     assert failed["error"] == "boom" and failed["gbps_median"] is None
     assert failed["frames_per_gb_rx_vm"] is None and failed["retransmits"] is None
 
@@ -261,7 +270,7 @@ def test_ratios_follow_the_issue_goals() -> None:
         _result("vxlan-sclp/ip/no-level1", 100.0, 1),  # an ablation never counts
         _result("stt", 2.6, 3_000),
     ]
-    ratios = bench.compute_ratios(results)
+    ratios = compute_ratios(results)
     assert ratios["sclp_udp_vs_vxlan_adjusted"]["value"] == pytest.approx(4.5)
     assert ratios["sclp_udp_vs_vxlan_adjusted"]["holds"] is True
     assert ratios["sclp_udp_vs_kernel_vxlan"]["holds"] is False  # 0.45 < 0.5
@@ -279,7 +288,7 @@ def test_ratios_follow_the_issue_goals() -> None:
         "of": ratios["rss_mb_peak_max"]["of"],
     }
     # A side not measured, or a zero denominator, leaves the goal unknown.
-    empty = bench.compute_ratios([_result("vxlan", 0.0, 0, None), _result("stt", 1.0, 1, None)])
+    empty = compute_ratios([_result("vxlan", 0.0, 0, None), _result("stt", 1.0, 1, None)])
     assert all(entry["value"] is None and entry["holds"] is None for entry in empty.values())
 
 
@@ -300,8 +309,8 @@ def test_command_line_reproduces_the_options() -> None:
 
 
 def test_own_process_figures_are_read_from_proc() -> None:
-    assert bench.process_cpu_seconds(os.getpid()) > 0
-    assert 1 < bench.process_peak_rss_mb(os.getpid()) < 65536
+    assert process_cpu_seconds(os.getpid()) > 0
+    assert 1 < process_peak_rss_mb(os.getpid()) < 65536
 
 
 @pytest.mark.parametrize(

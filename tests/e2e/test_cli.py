@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sclp import testbed as sclp_testbed
 from sclp.io import netns as nsio
-from sclp.testbed import OVERLAY, UNDERLAY
+from sclp.lab import testbed as sclp_testbed
+from sclp.lab.testbed import OVERLAY, UNDERLAY
 
 from .helpers import ping, sclp_cli, shut_down
 

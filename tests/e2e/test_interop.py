@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sclp.io import netns as nsio
-from sclp.testbed import OVERLAY, UNDERLAY, VNI
+from sclp.lab.testbed import OVERLAY, UNDERLAY, VNI
 
 from .helpers import Endpoint, Topology, counters, delta, ping, run_in, tcp_transfer
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from sclp.io import netns as nsio
-from sclp.testbed import OVERLAY, UNDERLAY
+from sclp.lab.testbed import OVERLAY, UNDERLAY
 
 from .helpers import Endpoint, Topology, disable_ipv6, link_mac, ping, run_in
 

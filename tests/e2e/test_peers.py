@@ -19,12 +19,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from sclp import testbed as sclp_testbed
 from sclp.endpoint import tunnels
 from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttSegmenter
 from sclp.io import netns as nsio
-from sclp.testbed import OVERLAY, UNDERLAY, VNI
+from sclp.lab import testbed as sclp_testbed
+from sclp.lab.testbed import OVERLAY, UNDERLAY, VNI
 from sclp.wire import stt
 from sclp.wire.checksum import internet_checksum
 from sclp.wire.sclp import Carrier, segment_payload_size

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sclp import testbed as sclp_testbed
-from sclp.testbed import OVERLAY
+from sclp.lab import testbed as sclp_testbed
+from sclp.lab.testbed import OVERLAY
 
 from .helpers import counters, delta, ping, shut_down, tcp_transfer
 

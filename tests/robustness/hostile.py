@@ -28,7 +28,7 @@ from sclp.endpoint import tunnels
 from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttSegmenter, pseudo_sum_for
 from sclp.io import netns as nsio
-from sclp.testbed import OVERLAY
+from sclp.lab.testbed import OVERLAY
 from sclp.wire import sclp, stt
 from sclp.wire.checksum import internet_checksum
 from sclp.wire.sclp import Carrier, SclpHeader

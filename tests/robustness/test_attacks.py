@@ -31,10 +31,10 @@ from typing import Any
 
 import pytest
 
-from sclp import testbed as sclp_testbed
 from sclp.endpoint import tunnels
 from sclp.io import netns as nsio
-from sclp.testbed import OVERLAY, UNDERLAY
+from sclp.lab import testbed as sclp_testbed
+from sclp.lab.testbed import OVERLAY, UNDERLAY
 
 from ..e2e.helpers import counters, delta, link_mac, popen_in, shut_down, stop
 from .hostile import (

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from sclp import testbed as sclp_testbed
-from sclp.testbed import OVERLAY
+from sclp.lab import testbed as sclp_testbed
+from sclp.lab.testbed import OVERLAY
 
 from ..e2e.helpers import counters, shut_down, tcp_transfer
 from .hostile import drained, record, snmp, wait_for

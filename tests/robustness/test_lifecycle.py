@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from sclp import testbed as sclp_testbed
 from sclp.endpoint.config import ConfigError, parse_config
 from sclp.endpoint.control import ControlError, query, socket_path
 from sclp.io import netns as nsio
 from sclp.io.nft import stt_guard_table
-from sclp.testbed import OVERLAY
+from sclp.lab import testbed as sclp_testbed
+from sclp.lab.testbed import OVERLAY
 
 from ..e2e.helpers import Topology, ping, run_in, sclp_cli, shut_down
 from .hostile import iperf3_popen, record, stop

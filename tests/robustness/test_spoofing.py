@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pytest
 
 from sclp.io import netns as nsio
-from sclp.testbed import OVERLAY, UNDERLAY
+from sclp.lab.testbed import OVERLAY, UNDERLAY
 
 from ..e2e.helpers import Endpoint, Topology, counters, delta, disable_ipv6, link_mac, ping
 from .hostile import HOSTILE, Listener, assert_alive, inner_udp_frame, send_from, tunnel_packets

@@ -13,7 +13,7 @@ from types import FrameType
 from rich.console import Console
 from rich.table import Table
 
-from sclp.testbed import OVERLAY, Testbed, TestbedError
+from sclp.lab.testbed import OVERLAY, Testbed, TestbedError
 
 KEY_COUNTERS = (
     "tx_frames",

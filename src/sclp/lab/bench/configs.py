@@ -1,0 +1,128 @@
+"""Which testbeds ``sclp bench`` measures: :class:`BenchConfig` and the full,
+``--protocols`` and ``--quick`` selections.
+
+Why apart: the list of configurations (references, classic tunnels at two VM MTUs,
+STT, SCLP per carrier, the pre-reassembly ablation) is what a reader of the results
+table needs to find, and what the CLI checks ``--protocols`` against before anything
+is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from sclp.lab.testbed import Testbed
+
+REFERENCES: Final = ("veth", "kernel-vxlan")
+CLASSIC: Final = ("vxlan", "geneve", "nvgre")
+SCLP_PROTOCOLS: Final = ("vxlan-sclp", "geneve-sclp")
+CARRIERS: Final = ("ip", "udp")
+UNADJUSTED_MTU: Final = 1500
+
+# The endpoint's [tuning] table for each ablation (inserted after `name = ...`).
+ABLATIONS: Final = {
+    "no-level1": "[tuning]\nrx_batch = false\n",  # no kernel UDP GRO, no batched receive
+    "no-level2": "[tuning]\ndeliver_gso = false\n",  # reassembled frame -> MSS-sized frames
+}
+
+# 1400 B of UDP payload + 28 B of IPv4/UDP headers fits the smallest VM MTU measured
+# (1450: VXLAN and Geneve adjusted to a 1500 B underlay), so no configuration
+
+QUICK_LABELS: Final = (
+    "veth",
+    "kernel-vxlan",
+    "vxlan",
+    "vxlan-sclp/udp",
+    "vxlan-sclp/udp/no-level2",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """One testbed to measure.  ``vm_mtu=None`` is the endpoint's default (adjusted to
+    avoid fragmentation for the classic tunnels); ``kernel_offloads`` only matters
+    for ``kernel-vxlan``."""
+
+    protocol: str
+    carrier: str | None = None
+    vm_mtu: int | None = None
+    ablation: str | None = None
+    kernel_offloads: bool = True
+
+    @property
+    def label(self) -> str:
+        """The name used by ``--protocols``, the table and the chart:
+        ``vxlan``, ``vxlan/mtu1500``, ``vxlan-sclp/udp``, ``vxlan-sclp/udp/no-level1``,
+        ``kernel-vxlan/no-offloads``."""
+        parts = [self.protocol]
+        if self.carrier is not None:
+            parts.append(self.carrier)
+        if self.vm_mtu is not None:
+            parts.append(f"mtu{self.vm_mtu}")
+        if self.ablation is not None:
+            parts.append(self.ablation)
+        if not self.kernel_offloads:
+            parts.append("no-offloads")
+        return "/".join(parts)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.protocol in REFERENCES
+
+    @property
+    def has_endpoints(self) -> bool:
+        return not self.is_reference
+
+    def testbed(self) -> Testbed:
+        return Testbed(
+            protocol=self.protocol,
+            carrier=self.carrier or "ip",
+            vm_mtu=self.vm_mtu,
+            extra_config=ABLATIONS[self.ablation] if self.ablation else "",
+            kernel_offloads=self.kernel_offloads,
+        )
+
+
+def all_configs() -> list[BenchConfig]:
+    """Every configuration of a full run, in table order: references, classic
+    tunnels (VM MTU 1500 then adjusted), STT, SCLP per carrier, then the ablation."""
+    configs = [
+        BenchConfig("veth"),
+        BenchConfig("kernel-vxlan"),
+        BenchConfig("kernel-vxlan", kernel_offloads=False),
+    ]
+    for protocol in CLASSIC:
+        configs += [BenchConfig(protocol, vm_mtu=UNADJUSTED_MTU), BenchConfig(protocol)]
+    configs.append(BenchConfig("stt"))
+    for protocol in SCLP_PROTOCOLS:
+        configs += [BenchConfig(protocol, carrier) for carrier in CARRIERS]
+    for carrier in CARRIERS:
+        configs += [BenchConfig("vxlan-sclp", carrier, ablation=a) for a in ABLATIONS]
+    return configs
+
+
+def select_configs(names: Sequence[str]) -> list[BenchConfig]:
+    """The configurations named by ``--protocols``, in table order.  A name selects
+    the configuration with that label and every variant below it: ``vxlan`` is
+    ``vxlan`` and ``vxlan/mtu1500``; ``vxlan-sclp/udp`` includes its ablations;
+    ``kernel-vxlan`` both kernel references.  Raises ValueError naming an unknown
+    name and the known labels."""
+    configs = all_configs()
+    chosen: set[BenchConfig] = set()
+    for raw in names:
+        name = raw.strip().strip("/")
+        if not name:
+            continue
+        found = [c for c in configs if c.label == name or c.label.startswith(name + "/")]
+        if not found:
+            known = ", ".join(c.label for c in configs)
+            raise ValueError(f"unknown configuration {raw!r}; known: {known}")
+        chosen.update(found)
+    return [c for c in configs if c in chosen]
+
+
+def quick_configs() -> list[BenchConfig]:
+    by_label = {c.label: c for c in all_configs()}
+    return [by_label[label] for label in QUICK_LABELS]

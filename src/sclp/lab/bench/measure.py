@@ -1,0 +1,210 @@
+"""Measuring: one iperf3 run and the figures around it, one configuration's
+testbed measured over every transport, and the per-configuration summary.
+
+Around every iperf3 run VM1 → VM2 we read the figures that explain a throughput:
+the CPU time of both ``sclp run`` processes per GB received, the receiving VM
+interface's ``rx_packets`` per GB (the frames the VM had to handle) and the
+endpoints' peak RSS.  Why apart: this is the only part that drives a live testbed;
+a failing configuration becomes a result with ``error`` here, never a crash.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from sclp.lab.bench.configs import BenchConfig
+from sclp.lab.bench.machine import process_cpu_seconds, process_peak_rss_mb
+from sclp.lab.bench.options import UDP_DATAGRAM_BYTES
+from sclp.lab.testbed import Testbed, TestbedError
+
+GB: Final = 1e9  # bytes; "per GB" figures use decimal gigabytes, like Gbit/s
+
+
+def _endpoint_pids(tb: Testbed) -> list[int]:
+    """The endpoints' process ids; TestbedError naming the first one that exited."""
+    for i, proc in enumerate(tb.endpoints):
+        code = proc.poll()
+        if code is not None:
+            tail = " | ".join(tb.log_text(i).strip().splitlines()[-2:])
+            raise TestbedError(f"endpoint h{i + 1} exited (status {code}) during the run: {tail}")
+    return [p.pid for p in tb.endpoints]
+
+
+def _endpoint_cpu(tb: Testbed) -> float:
+    pids = _endpoint_pids(tb)
+    try:
+        return sum(process_cpu_seconds(pid) for pid in pids)
+    except OSError:
+        _endpoint_pids(tb)  # names the endpoint that died
+        raise
+
+
+def measure_run(tb: Testbed, transport: str, seconds: int, udp_length: int) -> dict[str, Any]:
+    """One iperf3 run VM1 → VM2 and the figures around it (one ``runs`` entry)."""
+    udp = transport == "udp"
+    cpu_before = _endpoint_cpu(tb) if tb.endpoints else None
+    vm_before = tb.vm_link_counters(1)
+    report = tb.iperf3(seconds, udp=udp, extra=["-l", str(udp_length)] if udp else None)
+    cpu_after = _endpoint_cpu(tb) if tb.endpoints else None
+    vm_after = tb.vm_link_counters(1)
+    end = report["end"]
+    received = end.get("sum_received") or end["sum"]
+    sent = end.get("sum_sent") or end["sum"]
+    cpu_util = end.get("cpu_utilization_percent", {})
+    run: dict[str, Any] = {
+        "seconds": float(received["seconds"]),
+        "gbps": float(received["bits_per_second"]) / 1e9,
+        "bytes_received": int(received["bytes"]),
+        "bytes_sent": int(sent["bytes"]),
+        "retransmits": None if udp else int(sent.get("retransmits", 0)),
+        "lost_percent": float(received.get("lost_percent", 0.0)) if udp else None,
+        "lost_packets": int(received.get("lost_packets", 0)) if udp else None,
+        "packets": int(received.get("packets", 0)) if udp else None,
+        "endpoint_cpu_s": None,
+        "vm_rx_packets": vm_after["rx_packets"] - vm_before["rx_packets"],
+        "vm_rx_bytes": vm_after["rx_bytes"] - vm_before["rx_bytes"],
+        "vm_rx_dropped": vm_after["rx_dropped"] - vm_before["rx_dropped"],
+        "iperf3_sender_cpu_percent": cpu_util.get("host_total"),
+        "iperf3_receiver_cpu_percent": cpu_util.get("remote_total"),
+    }
+    if cpu_before is not None and cpu_after is not None:
+        run["endpoint_cpu_s"] = cpu_after - cpu_before
+    if run["bytes_received"] <= 0:
+        raise TestbedError(f"iperf3 {transport}: VM2 received nothing")
+    return run
+
+
+def summarise(
+    cfg: BenchConfig,
+    transport: str,
+    runs: list[dict[str, Any]],
+    vm_mtu: int | None,
+    rss_mb_peak: float | None,
+    error: str | None,
+    udp_length: int = UDP_DATAGRAM_BYTES,
+) -> dict[str, Any]:
+    """The ``results`` entry of one configuration and transport."""
+    gbps = [r["gbps"] for r in runs]
+    gigabytes = sum(r["bytes_received"] for r in runs) / GB
+    frames = sum(r["vm_rx_packets"] for r in runs)
+    cpu = [r["endpoint_cpu_s"] for r in runs if r["endpoint_cpu_s"] is not None]
+    result: dict[str, Any] = {
+        "label": cfg.label,
+        "protocol": cfg.protocol,
+        "carrier": cfg.carrier,
+        "transport": transport,
+        "vm_mtu": vm_mtu,
+        "vm_mtu_default": cfg.vm_mtu is None,
+        "ablation": cfg.ablation,
+        "kernel_offloads": cfg.kernel_offloads if cfg.protocol == "kernel-vxlan" else None,
+        "reference": cfg.is_reference,
+        "gbps_median": statistics.median(gbps) if gbps else None,
+        "gbps_runs": gbps,
+        "retransmits": sum(r["retransmits"] for r in runs) if runs and transport == "tcp" else None,
+        "frames_per_gb_rx_vm": frames / gigabytes if gigabytes > 0 else None,
+        "cpu_s_per_gb": sum(cpu) / gigabytes if cpu and gigabytes > 0 else None,
+        "rss_mb_peak": rss_mb_peak if cfg.has_endpoints else None,
+        "runs": runs,
+    }
+    if transport == "udp":
+        losses = [r["lost_percent"] for r in runs]
+        result["loss_percent"] = statistics.median(losses) if losses else None
+        result["udp_datagram_bytes"] = udp_length
+    if error is not None:
+        result["error"] = error
+    return result
+
+
+def _error_text(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, TestbedError) else f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class _Measurement:
+    runs: dict[str, list[dict[str, Any]]]
+    errors: dict[str, str] = field(default_factory=dict)
+    vm_mtu: int | None = None
+    rss_mb_peak: float | None = None
+    interrupted: bool = False
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during :func:`measure_config`; ``results`` holds the
+    transports it had measured at least once (a partial one carries ``error``)."""
+
+    def __init__(self, results: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.results = results
+
+
+def measure_config(
+    cfg: BenchConfig,
+    transports: Sequence[str],
+    seconds: int,
+    repeat: int,
+    udp_length: int,
+    progress: Callable[[str, int], None],
+) -> list[dict[str, Any]]:
+    """Build ``cfg``'s testbed, measure every transport ``repeat`` times, tear it
+    down; one ``results`` entry per transport.  Never raises for a failing
+    configuration (the entries carry ``error``); Ctrl-C becomes
+    :class:`BenchInterrupted` with what was measured, after the testbed is removed.
+    ``progress(what, 0)`` announces each iperf3 run, ``progress(what, 1)`` counts one
+    done or skipped."""
+    m = _Measurement(runs={t: [] for t in transports}, vm_mtu=cfg.vm_mtu)
+    pending = {t: repeat for t in transports}
+
+    def note_rss(tb: Testbed) -> None:
+        for proc in tb.endpoints:
+            try:
+                rss = process_peak_rss_mb(proc.pid)
+            except OSError:
+                continue
+            m.rss_mb_peak = max(m.rss_mb_peak or 0.0, rss)
+
+    try:
+        with cfg.testbed() as tb:
+            m.vm_mtu = tb.vm_link_counters(1)["mtu"]
+            if tb.ping(3).returncode != 0:
+                raise TestbedError("VM1 cannot ping VM2 through the tunnel")
+            for transport in transports:
+                try:
+                    while pending[transport]:
+                        what = f"{cfg.label} {transport} {repeat - pending[transport] + 1}/{repeat}"
+                        progress(what, 0)
+                        pending[transport] -= 1
+                        try:
+                            run = measure_run(tb, transport, seconds, udp_length)
+                        finally:
+                            progress(what, 1)
+                        m.runs[transport].append(run)
+                        note_rss(tb)
+                except Exception as exc:  # this transport failed; try the next one
+                    m.errors[transport] = _error_text(exc)
+                    _endpoint_pids(tb)  # an endpoint that died fails the rest too
+            note_rss(tb)
+    except Exception as exc:  # one configuration's failure is a result, not a crash
+        for transport in transports:
+            if len(m.runs[transport]) < repeat:
+                m.errors.setdefault(transport, _error_text(exc))
+    except KeyboardInterrupt:
+        m.interrupted = True
+        for transport in transports:
+            done = len(m.runs[transport])
+            if 0 < done < repeat:
+                m.errors.setdefault(transport, f"interrupted after {done} of {repeat} runs")
+    finally:
+        for transport in transports:
+            for _ in range(pending[transport]):
+                progress(f"{cfg.label} {transport} (skipped)", 1)
+    results = [
+        summarise(cfg, t, m.runs[t], m.vm_mtu, m.rss_mb_peak, m.errors.get(t), udp_length)
+        for t in transports
+        if m.runs[t] or not m.interrupted
+    ]
+    if m.interrupted:
+        raise BenchInterrupted(results)
+    return results
