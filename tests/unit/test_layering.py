@@ -9,7 +9,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "sclp"
 PURE_PACKAGES = ("wire", "engine", "switch")
 FORBIDDEN_MODULES = {"socket", "fcntl", "select", "os", "time", "subprocess", "selectors"}
-LAYER_ORDER = ["wire", "engine", "switch", "io", "endpoint", "cli", "bench", "demo"]
+LAYER_ORDER = ["wire", "engine", "switch", "io", "endpoint", "lab", "cli"]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -51,3 +51,24 @@ def test_scanner_catches_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nfrom socket import socket\nfrom sclp.io import tap\n")
     assert {"os", "socket", "sclp.io"} <= imported_modules(bad)
+
+
+def test_lab_stays_above_the_product() -> None:
+    """The lab (testbed, demo, bench) imports only from layers at or below it, and no
+    product layer imports the lab or the CLI."""
+    lab = sorted((SRC / "lab").rglob("*.py"))
+    assert len(lab) >= 3
+    allowed = set(LAYER_ORDER[: LAYER_ORDER.index("lab") + 1])
+    for path in lab:
+        for module in imported_modules(path):
+            parts = module.split(".")
+            if parts[0] == "sclp" and len(parts) > 1:
+                assert parts[1] in allowed, f"lab/{path.name} imports {module} from above"
+    product = LAYER_ORDER[: LAYER_ORDER.index("lab")]
+    for path in sorted(p for pkg in product for p in (SRC / pkg).rglob("*.py")):
+        bad = {
+            m
+            for m in imported_modules(path)
+            if m.split(".")[:2] in (["sclp", "lab"], ["sclp", "cli"])
+        }
+        assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}"
