@@ -39,7 +39,7 @@ stamp=.venv/.sclp-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "==> installing sclp and its Python dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e '.[dev,plot]'
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

@@ -326,3 +326,53 @@ def test_bad_options_are_usage_errors(args: list[str], message: str) -> None:
     result = sclp_cli("bench", *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def _python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+# `python -c` with matplotlib made unimportable, then the `sclp` command line.
+_WITHOUT_MATPLOTLIB = (
+    "import sys; sys.modules['matplotlib'] = None; "
+    "from sclp.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--plot", "sclp: error: --plot needs matplotlib: pip install 'sclp[plot]'"),
+        ("--markdown", "sclp: error: --markdown (for its chart) needs matplotlib: "),
+    ],
+)
+def test_chart_without_matplotlib_fails_before_measuring(
+    tmp_path: Path, flag: str, message: str
+) -> None:
+    out = tmp_path / ("x.png" if flag == "--plot" else "x.md")
+    result = _python(_WITHOUT_MATPLOTLIB, "bench", "--quick", flag, str(out))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert result.stdout == "" and not out.exists()
+
+
+def test_the_product_never_loads_the_lab_or_matplotlib() -> None:
+    code = """
+import importlib, pkgutil, sys
+import sclp.cli, sclp.endpoint
+sclp.cli.build_parser()
+for info in pkgutil.walk_packages(sclp.endpoint.__path__, "sclp.endpoint."):
+    importlib.import_module(info.name)
+loaded = [m for m in sys.modules if m.split(".")[0] == "matplotlib" or m.startswith("sclp.lab")]
+print(sorted(loaded))
+"""
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
