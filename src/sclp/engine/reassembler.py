@@ -16,14 +16,17 @@ a whole payload in order never create a table entry; a GRO buffer's checksums ar
 verified in one NumPy pass and its consecutive segments of one payload are placed as a
 run with one interval update.
 
-Memory (the original had no cap, sclp-spec §4): ``bytes_held`` counts every payload
-buffer the table holds, and buffers are allocated only when an entry is created, so
-the cap is enforced at that moment by evicting the oldest entries (insertion order of
-an ``OrderedDict``).  Nothing a sender does can make the table hold more than
-``max_bytes``.  A payload that could not fit under the cap is refused (OVERSIZE).
-The bookkeeping beside the buffers is bounded too: at most ``max_entries`` entries of
-at most 128 disjoint ranges each (a payload cut into more slivers is dropped as
-MALFORMED), and at most ``max_entries`` remembered keys.
+Memory (the original had no cap, sclp-spec §4): the entries live in a
+:class:`~sclp.engine.table.ReassemblyTable`, which owns the caps, the timeouts, the
+oldest-first eviction and the remembered keys (its docstring is the contract); this
+module only places segments and detects completion.  An entry's size is its payload
+buffer, allocated only after the table made room for it, so nothing a sender does can
+make the table hold more than ``max_bytes``.  A payload that could not fit under the
+cap is refused (OVERSIZE).  The bookkeeping beside the buffers is bounded too: at most
+``max_entries`` entries of at most 128 disjoint ranges each (a payload cut into more
+slivers is dropped as MALFORMED), and at most ``max_entries`` remembered keys.  The
+table may be shared with an :class:`~sclp.engine.stt.SttReassembler` (one budget for
+the endpoint).
 
 Keys that were completed or discarded are remembered for ``timeout`` (at most
 ``max_entries`` of them, no payload bytes) so that their late or duplicated segments
@@ -39,12 +42,13 @@ clock.
 from __future__ import annotations
 
 import collections
-import math
 import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
+from sclp.engine.table import Account, ReassemblyTable, TableEntry
 from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
 from sclp.wire.errors import DropReason
 from sclp.wire.sclp import SCLP_HLEN, SCLP_MAX_PAYLOAD, Carrier
@@ -53,7 +57,8 @@ __all__ = ["Completed", "Reassembler"]
 
 _HDR = struct.Struct("!HHIHH")
 _unpack_hdr = _HDR.unpack_from
-_Key = tuple[Hashable, Hashable, int, int, int]
+# (account tag, src, dst, sport, dport, ident): the tag keeps keys apart in a shared table
+_Key = tuple[int, Hashable, Hashable, int, int, int]
 # Disjoint received ranges one payload may have.  A 65,535-byte payload at MTU 576 has
 # 121 segments, so at most 61 gaps; more is a sender cutting a payload into slivers to
 # make the bookkeeping (not counted in bytes_held) grow: the payload is dropped.
@@ -74,20 +79,19 @@ class Completed:
     payload: Buffer
 
 
-class _Entry:
+class _Entry(TableEntry):
     """One incomplete payload.  The segment covering tail range ``[lo, hi)`` lives at
     ``buf[size - hi : size - lo]``; ``los``/``his`` are the received tail ranges,
-    sorted, disjoint and never adjacent; ``total`` is -1 until the first segment."""
+    sorted, disjoint and never adjacent; ``total`` is -1 until the first segment.
+    ``size`` (the buffer's length) is what the table accounts for it."""
 
-    __slots__ = ("buf", "deadline", "dport", "his", "los", "received", "size", "sport", "total")
+    __slots__ = ("buf", "his", "los", "received", "total")
 
-    def __init__(self, sport: int, dport: int, size: int, total: int, deadline: float) -> None:
-        self.sport = sport
-        self.dport = dport
-        self.buf = bytearray(size)
+    def __init__(self, account: Account, size: int, total: int) -> None:
+        self.account = account
         self.size = size
+        self.buf = bytearray(size)
         self.total = total
-        self.deadline = deadline
         self.los: list[int] = []
         self.his: list[int] = []
         self.received = 0
@@ -101,6 +105,14 @@ class Reassembler:
     kept, measured from its first segment.  ``max_bytes`` caps the payload buffers held
     and ``max_entries`` the number of incomplete payloads; over either cap the oldest
     incomplete payloads are evicted.
+
+    ``table``: a :class:`~sclp.engine.table.ReassemblyTable` to hold the entries in,
+    possibly shared with other reassemblers (one memory budget; eviction is oldest
+    first across all of them, and ``expire`` expires all of them); its timeout and caps
+    then apply and ``timeout``/``max_bytes``/``max_entries`` are ignored.  Without it
+    the reassembler makes its own.  The counters below are this reassembler's own even
+    in a shared table (an entry evicted for another reassembler's payload is counted
+    in the ``drops`` of the reassembler that owned it).
     """
 
     def __init__(
@@ -109,48 +121,57 @@ class Reassembler:
         timeout: float = 1.0,
         max_bytes: int = 16 * 1024 * 1024,
         max_entries: int = 1024,
+        *,
+        table: ReassemblyTable[Any] | None = None,
     ) -> None:
-        if not timeout > 0:
-            raise ValueError(f"reassembly timeout must be positive, got {timeout}")
-        if max_bytes < 1 or max_entries < 1:
-            raise ValueError("reassembly caps must be positive")
+        if table is None:
+            table = ReassemblyTable(timeout, max_bytes, max_entries)
         self._accept_zero_csum = carrier is Carrier.UDP
-        self._timeout = timeout
-        self._max_bytes = max_bytes
-        self._max_entries = max_entries
+        self._table: ReassemblyTable[Any] = table
+        self._account = account = table.open_account()
+        self._tag = account.tag
+        # The table's dicts, read directly on the hot path (changed only by the table).
+        self._entries: collections.OrderedDict[Hashable, _Entry] = table.entries
+        self._finished = table.finished
         # A payload whose total is unknown may be as large as the protocol allows, but
         # never larger than the cap.
-        self._pending_size = min(SCLP_MAX_PAYLOAD, max_bytes)
-        self._table: collections.OrderedDict[_Key, _Entry] = collections.OrderedDict()
-        self._finished: collections.OrderedDict[_Key, float] = collections.OrderedDict()
-        self._next_deadline = math.inf
-        self._bytes_held = 0
-        self._completed = 0
-        self._duplicates = 0
-        self.drops: collections.Counter[DropReason] = collections.Counter()
+        self._pending_size = min(SCLP_MAX_PAYLOAD, table.max_bytes)
+        self.drops: collections.Counter[DropReason] = account.drops
 
     # -- counters ---------------------------------------------------------------------
 
     @property
+    def table(self) -> ReassemblyTable[Any]:
+        """The table holding this reassembler's entries (maybe shared)."""
+        return self._table
+
+    @property
     def bytes_held(self) -> int:
-        """Bytes of payload buffers held by incomplete entries (<= ``max_bytes``)."""
-        return self._bytes_held
+        """Bytes of payload buffers held by this reassembler's incomplete entries
+        (<= ``max_bytes``)."""
+        return self._account.bytes_held
 
     @property
     def entries(self) -> int:
-        """Number of incomplete payloads in the table."""
-        return len(self._table)
+        """Number of this reassembler's incomplete payloads in the table."""
+        return self._account.entries
 
     @property
     def completed(self) -> int:
         """Payloads delivered so far."""
-        return self._completed
+        return self._account.completed
 
     @property
     def duplicates(self) -> int:
         """Segments ignored as exact duplicates or as late segments of a payload already
         delivered or discarded (not an error, not a drop)."""
-        return self._duplicates
+        return self._account.duplicates
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` next has work (a payload times out or a remembered key
+        is forgotten, in the whole table); ``None`` when nothing is pending.  For the
+        caller's timer."""
+        return self._table.next_deadline()
 
     # -- input ------------------------------------------------------------------------
 
@@ -170,8 +191,8 @@ class Reassembler:
         A zero checksum field is judged here either way (legal only in the UDP
         carrier).  The segment's bytes are copied if they must be kept; the caller may
         reuse ``segment``'s buffer once it is done with the returned payload."""
-        if now >= self._next_deadline:
-            self.expire(now)
+        if now >= self._table.next_at:
+            self._table.expire(now)
         n = len(segment)
         if n < SCLP_HLEN:
             self.drops[DropReason.TOO_SHORT] += 1
@@ -190,7 +211,7 @@ class Reassembler:
         if reason is not None:
             self.drops[reason] += 1
             return None
-        key = (src, dst, sport, dport, word >> 1)
+        key = (self._tag, src, dst, sport, dport, word >> 1)
         return self._add_run(key, first, rem, hi, [memoryview(segment)[SCLP_HLEN:]], now)
 
     def add_coalesced(
@@ -207,8 +228,8 @@ class Reassembler:
         Raises ValueError only for ``seg_size`` < 1 (a caller bug)."""
         if seg_size < 1:
             raise ValueError(f"coalesced segment size must be positive, got {seg_size}")
-        if now >= self._next_deadline:
-            self.expire(now)
+        if now >= self._table.next_at:
+            self._table.expire(now)
         mv = memoryview(buf)
         n = len(mv)
         if n <= seg_size:
@@ -226,7 +247,8 @@ class Reassembler:
         # The run being collected: payloads of consecutive segments of one payload, each
         # ending (in tail coordinates) where the previous one starts.
         run: list[memoryview] = []
-        run_key: _Key = (src, dst, -1, -1, -1)
+        tag = self._tag
+        run_key: _Key = (tag, src, dst, -1, -1, -1)
         run_first = run_hi = 0
         run_lo = run_word = run_sport = run_dport = -1
         for i, off in enumerate(range(0, n, seg_size)):
@@ -267,7 +289,7 @@ class Reassembler:
                 if done is not None:
                     out.append(done)
             run = [mv[off + SCLP_HLEN : off + seg_size]]
-            run_key = (src, dst, sport, dport, word >> 1)
+            run_key = (tag, src, dst, sport, dport, word >> 1)
             run_first = word & 1
             run_lo = rem
             run_hi = hi
@@ -283,25 +305,9 @@ class Reassembler:
     def expire(self, now: float) -> int:
         """Discard the incomplete payloads whose timeout has passed (counted as
         TIMEOUT) and forget old finished keys.  Returns the number discarded.  Also
-        run lazily by ``add_*``; call it from a timer to free memory when idle."""
-        table = self._table
-        expired = 0
-        while table:
-            key, entry = next(iter(table.items()))
-            if entry.deadline > now:
-                break
-            self._discard(key, entry, DropReason.TIMEOUT, now)
-            expired += 1
-        finished = self._finished
-        while finished and next(iter(finished.values())) <= now:
-            finished.popitem(last=False)
-        deadline = math.inf
-        if table:
-            deadline = next(iter(table.values())).deadline
-        if finished:
-            deadline = min(deadline, next(iter(finished.values())))
-        self._next_deadline = deadline
-        return expired
+        run lazily by ``add_*``; call it from a timer to free memory when idle.  In a
+        shared table this expires (and counts) the entries of every reassembler."""
+        return self._table.expire(now)
 
     # -- internals --------------------------------------------------------------------
 
@@ -321,41 +327,42 @@ class Reassembler:
     ) -> Completed | None:
         """Place ``pieces``: consecutive segment payloads of one key covering the tail
         range ``[lo, hi)``, in payload order; only the first piece may be a first
-        segment (``first``).  ``key`` is (src, dst, sport, dport, ident)."""
-        sport = key[2]
-        dport = key[3]
-        entry = self._table.get(key)
+        segment (``first``).  ``key`` is (tag, src, dst, sport, dport, ident)."""
+        sport = key[3]
+        dport = key[4]
+        entry = self._entries.get(key)
         if entry is None:
             if key in self._finished:
-                self._duplicates += len(pieces)
+                self._account.duplicates += len(pieces)
                 return None
             if first and lo == 0:  # the whole payload, in order: no table entry
-                self._completed += 1
+                self._account.completed += 1
                 if len(pieces) == 1:
                     return Completed(sport, dport, pieces[0])
-                self._remember(key, now)
+                self._table.remember(key, now)
                 return Completed(sport, dport, b"".join(pieces))
             size = hi if first else self._pending_size
-            if hi > size or hi > self._max_bytes:
+            if hi > size or not self._table.make_room(size, now):
                 self.drops[DropReason.OVERSIZE] += 1  # the payload cannot fit under the cap
-                self._remember(key, now)
+                self._table.remember(key, now)
                 return None
-            entry = self._new_entry(key, sport, dport, size, hi if first else -1, now)
+            entry = _Entry(self._account, size, hi if first else -1)
+            self._table.insert(key, entry, now)
         elif first:
             if entry.total < 0:
                 reason = self._learn_total(entry, hi)
                 if reason is not None:
-                    self._discard(key, entry, reason, now)
+                    self._table.discard(key, entry, reason, now)
                     return None
             elif hi != entry.total:
-                self._discard(key, entry, DropReason.INCONSISTENT_TOTAL, now)
+                self._table.discard(key, entry, DropReason.INCONSISTENT_TOTAL, now)
                 return None
         elif entry.total >= 0:
             if hi > entry.total:
-                self._discard(key, entry, DropReason.PAST_END, now)
+                self._table.discard(key, entry, DropReason.PAST_END, now)
                 return None
         elif hi > entry.size:
-            self._discard(key, entry, DropReason.OVERSIZE, now)
+            self._table.discard(key, entry, DropReason.OVERSIZE, now)
             return None
 
         los = entry.los
@@ -369,7 +376,7 @@ class Reassembler:
             if los and hi == los[0]:
                 los[0] = lo
             elif len(los) >= _MAX_RANGES:
-                self._discard(key, entry, DropReason.MALFORMED, now)
+                self._table.discard(key, entry, DropReason.MALFORMED, now)
                 return None
             else:
                 los.insert(0, lo)
@@ -386,14 +393,11 @@ class Reassembler:
                 bottom = top - len(piece)
                 reason = self._place(entry, bottom, top, piece)
                 if reason is not None:
-                    self._discard(key, entry, reason, now)
+                    self._table.discard(key, entry, reason, now)
                     return None
                 top = bottom
         if entry.received == entry.total:
-            del self._table[key]
-            self._bytes_held -= size
-            self._remember(key, now)
-            self._completed += 1
+            self._table.complete(key, entry, now)
             if size == entry.total:
                 return Completed(sport, dport, buf)
             return Completed(sport, dport, memoryview(buf)[size - entry.total :])
@@ -417,7 +421,7 @@ class Reassembler:
                     return DropReason.OVERLAP
                 shared += b - a
         if shared == hi - lo:
-            self._duplicates += 1
+            self._account.duplicates += 1
             return None
         if i < j:
             new_lo = min(lo, los[i])
@@ -442,34 +446,3 @@ class Reassembler:
             return DropReason.PAST_END
         entry.total = total
         return None
-
-    def _new_entry(
-        self, key: _Key, sport: int, dport: int, size: int, total: int, now: float
-    ) -> _Entry:
-        table = self._table
-        while table and (
-            len(table) >= self._max_entries or self._bytes_held + size > self._max_bytes
-        ):
-            old_key, old = next(iter(table.items()))
-            self._discard(old_key, old, DropReason.EVICTED, now)
-        entry = _Entry(sport, dport, size, total, now + self._timeout)
-        table[key] = entry
-        self._bytes_held += size
-        if entry.deadline < self._next_deadline:
-            self._next_deadline = entry.deadline
-        return entry
-
-    def _discard(self, key: _Key, entry: _Entry, reason: DropReason, now: float) -> None:
-        del self._table[key]
-        self._bytes_held -= entry.size
-        self.drops[reason] += 1
-        self._remember(key, now)
-
-    def _remember(self, key: _Key, now: float) -> None:
-        """Note a finished key so that its stragglers are ignored for ``timeout``."""
-        finished = self._finished
-        finished[key] = now + self._timeout
-        if len(finished) > self._max_entries:
-            finished.popitem(last=False)
-        if now + self._timeout < self._next_deadline:
-            self._next_deadline = now + self._timeout
