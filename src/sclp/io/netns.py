@@ -35,6 +35,8 @@ from pyroute2.ethtool import Ethtool
 from pyroute2.ethtool.ioctl import NotSupportedError
 from pyroute2.netlink.exceptions import NetlinkError
 
+from sclp.io.linux import CLONE_NEWNET, NUD_PERMANENT
+
 __all__ = [
     "NETNS_RUN_DIR",
     "LinkInfo",
@@ -51,8 +53,6 @@ __all__ = [
 ]
 
 NETNS_RUN_DIR: Final = "/var/run/netns"  # where `ip netns` and pyroute2 bind-mount names
-CLONE_NEWNET: Final = 0x40000000
-_NUD_PERMANENT: Final = 0x80
 _THIS_THREAD_NETNS: Final = "/proc/thread-self/ns/net"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -379,7 +379,7 @@ class NetNS:
         """A permanent ARP/ND entry: ``ip`` is at ``mac`` on ``ifname``."""
         index = self.link_index(ifname)
         with self._netlink(f"adding neighbour {ip} on {ifname!r}"):
-            self.ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=_NUD_PERMANENT)
+            self.ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
 
     # -- ethtool features --------------------------------------------------------------
 

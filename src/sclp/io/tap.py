@@ -37,6 +37,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Final, Self
 
+from sclp.io import linux
+from sclp.io.linux import IFNAMSIZ, TUNGETIFF, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ
 from sclp.io.netns import NetNS
 from sclp.wire.checksum import Buffer
 from sclp.wire.virtio_net import VNET_HDR_LEN
@@ -60,14 +62,6 @@ __all__ = [
 
 TUN_DEVICE_PATH: Final = "/dev/net/tun"
 
-# ioctl numbers: _IOW('T', nr, int) = (1 << 30) | (4 << 16) | (ord('T') << 8) | nr.
-TUNSETIFF: Final = 0x400454CA  # _IOW('T', 202, int)
-TUNSETOFFLOAD: Final = 0x400454D0  # _IOW('T', 208, unsigned int)
-TUNGETIFF: Final = 0x800454D2  # _IOR('T', 210, unsigned int)
-TUNSETVNETHDRSZ: Final = 0x400454D8  # _IOW('T', 216, int)
-
-IFNAMSIZ: Final = 16  # including the terminating NUL: names have at most 15 bytes
-
 # struct ifreq for TUNSETIFF/TUNGETIFF: char ifr_name[16]; short ifr_flags; padding to 40.
 _IFREQ = struct.Struct("16sH22x")
 _INT = struct.Struct("i")
@@ -83,24 +77,24 @@ READ_BUFFER_LEN: Final = VNET_HDR_LEN + MAX_FRAME_LEN
 class TunFlags(enum.IntFlag):
     """``ifr_flags`` for ``TUNSETIFF`` (``IFF_*`` in ``if_tun.h``)."""
 
-    TUN = 0x0001
-    TAP = 0x0002
-    MULTI_QUEUE = 0x0100
-    NO_PI = 0x1000  # no 4-byte packet-information prefix
-    VNET_HDR = 0x4000  # each frame is preceded by a virtio_net_hdr
+    TUN = linux.IFF_TUN
+    TAP = linux.IFF_TAP
+    MULTI_QUEUE = linux.IFF_MULTI_QUEUE
+    NO_PI = linux.IFF_NO_PI  # no 4-byte packet-information prefix
+    VNET_HDR = linux.IFF_VNET_HDR  # each frame is preceded by a virtio_net_hdr
 
 
 class TunOffload(enum.IntFlag):
     """``TUNSETOFFLOAD`` argument: what *we* can handle (``TUN_F_*`` in ``if_tun.h``)."""
 
     NONE = 0
-    CSUM = 0x01  # we accept frames with a partial checksum (NEEDS_CSUM)
-    TSO4 = 0x02  # we accept IPv4 TCP super-frames (requires CSUM)
-    TSO6 = 0x04  # we accept IPv6 TCP super-frames (requires CSUM)
-    TSO_ECN = 0x08  # ... including ones with CWR set (gso_type has the ECN bit)
-    UFO = 0x10
-    USO4 = 0x20
-    USO6 = 0x40
+    CSUM = linux.TUN_F_CSUM  # we accept frames with a partial checksum (NEEDS_CSUM)
+    TSO4 = linux.TUN_F_TSO4  # we accept IPv4 TCP super-frames (requires CSUM)
+    TSO6 = linux.TUN_F_TSO6  # we accept IPv6 TCP super-frames (requires CSUM)
+    TSO_ECN = linux.TUN_F_TSO_ECN  # ... including ones with CWR set (gso_type has the ECN bit)
+    UFO = linux.TUN_F_UFO
+    USO4 = linux.TUN_F_USO4
+    USO6 = linux.TUN_F_USO6
 
 
 TAP_OFFLOADS: Final = TunOffload.CSUM | TunOffload.TSO4 | TunOffload.TSO6 | TunOffload.TSO_ECN
