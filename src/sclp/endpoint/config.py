@@ -12,12 +12,32 @@ import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-PROTOCOLS = ("vxlan", "geneve", "nvgre", "stt", "vxlan-sclp", "geneve-sclp")
-SCLP_PROTOCOLS = ("vxlan-sclp", "geneve-sclp")
-CARRIERS = ("ip", "udp")
+from sclp.wire.sclp import Carrier
+
+
+class Protocol(StrEnum):
+    """A network's encapsulation, as written in the file.  Parsed once into this enum;
+    the data path binds a tunnel type to it at start and never compares strings."""
+
+    VXLAN = "vxlan"
+    GENEVE = "geneve"
+    NVGRE = "nvgre"
+    STT = "stt"
+    VXLAN_SCLP = "vxlan-sclp"
+    GENEVE_SCLP = "geneve-sclp"
+
+    @property
+    def is_sclp(self) -> bool:
+        return self in (Protocol.VXLAN_SCLP, Protocol.GENEVE_SCLP)
+
+
+PROTOCOLS = tuple(p.value for p in Protocol)
+SCLP_PROTOCOLS = tuple(p.value for p in Protocol if p.is_sclp)
+CARRIERS = tuple(c.value for c in Carrier)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
@@ -46,7 +66,7 @@ class Faults:
 class Underlay:
     local: str
     mtu: int | None = None
-    sclp_carrier: str = "ip"
+    sclp_carrier: Carrier = Carrier.IP
     sclp_udp_port: int = 7234
     namespace: str | None = None
     faults: Faults = field(default_factory=Faults)
@@ -83,7 +103,7 @@ class StaticEntry:
 @dataclass(frozen=True, slots=True)
 class Network:
     vni: int
-    protocol: str
+    protocol: Protocol
     tap: str
     peers: tuple[str, ...]
     namespace: str | None = None
@@ -93,7 +113,7 @@ class Network:
 
     @property
     def is_sclp(self) -> bool:
-        return self.protocol in SCLP_PROTOCOLS
+        return self.protocol.is_sclp
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +263,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     underlay = Underlay(
         local=local,
         mtu=underlay_mtu,
-        sclp_carrier=carrier,
+        sclp_carrier=Carrier(carrier),
         sclp_udp_port=port,
         namespace=u.get("namespace", str, None),
         faults=faults,
@@ -331,7 +351,7 @@ def _network(n: _Reader) -> Network:
         static.append(StaticEntry(mac=_mac(n, entry["mac"]), peer=_ip(n, "static", entry["peer"])))
     network = Network(
         vni=vni,
-        protocol=protocol,
+        protocol=Protocol(protocol),
         tap=tap,
         peers=peers,
         namespace=n.get("namespace", str, None),

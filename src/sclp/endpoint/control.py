@@ -2,8 +2,8 @@
 
 Protocol: the client connects, sends one line (``stats``), reads a JSON document
 until EOF.  The server side is non-blocking and is driven by the endpoint's event
-loop (:meth:`ControlServer.handle_ready`); a slow or silent client can't stall the
-data path because each request gets one short, bounded exchange.
+loop (:meth:`ControlServer.handle_ready`) and never blocks it: a slow or silent client
+is kept aside, served when its socket is ready, and dropped after a deadline.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 MAX_REQUEST = 256
+MAX_CLIENTS = 16
+CLIENT_TIMEOUT = 2.0  # seconds a client may take to send its request and read the answer
 
 
 class ControlError(Exception):
@@ -29,11 +31,27 @@ def socket_path(name: str, control_dir: str = "/run/sclp") -> str:
 
 
 class ControlServer:
-    """Listens on ``path``; ``handlers`` map a request word to a JSON-able answer."""
+    """Listens on ``path``; ``handlers`` map a request word to a JSON-able answer.
 
-    def __init__(self, path: str, handlers: dict[str, Callable[[], Any]]) -> None:
+    Nothing here blocks: :meth:`handle_ready` accepts and reads what is there; a
+    client whose request or answer is not complete yet is kept (at most
+    :data:`MAX_CLIENTS`, each for :data:`CLIENT_TIMEOUT` seconds) and its socket is
+    handed to ``watch(fd, want_write, callback)`` so the event loop calls back when it
+    is ready; ``unwatch(fd)`` is called when the client is done.  Without ``watch``
+    such a client is dropped at once."""
+
+    def __init__(
+        self,
+        path: str,
+        handlers: dict[str, Callable[[], Any]],
+        watch: Callable[[int, bool, Callable[[], None]], None] | None = None,
+        unwatch: Callable[[int], None] | None = None,
+    ) -> None:
         self.path = path
         self.handlers = handlers
+        self._watch = watch
+        self._unwatch = unwatch
+        self._clients: dict[int, _Client] = {}
         self.sock = self._listen(path)
 
     @staticmethod
@@ -67,29 +85,99 @@ class ControlServer:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def handle_ready(self) -> None:
-        """Accept and answer the pending clients (called when the socket is readable)."""
+    def handle_ready(self, now: float = 0.0) -> None:
+        """Accept the pending clients and serve what they sent (called when the
+        listening socket is readable).  Never blocks."""
         while True:
             try:
                 conn, _ = self.sock.accept()
             except BlockingIOError:
                 return
-            with conn:
-                conn.settimeout(0.5)
-                try:
-                    request = conn.recv(MAX_REQUEST).decode("ascii", "replace").strip()
-                    handler = self.handlers.get(request)
-                    answer: Any = (
-                        handler() if handler else {"error": f"unknown request {request!r}"}
-                    )
-                    conn.sendall(json.dumps(answer).encode())
-                except OSError:
-                    continue
+            except OSError:  # e.g. EMFILE: leave it for the next round
+                return
+            conn.setblocking(False)
+            client = _Client(conn, now + CLIENT_TIMEOUT)
+            self._step(client)
+            if not client.done:
+                self._keep(client)
+
+    def expire(self, now: float) -> None:
+        """Drop clients that did not finish within :data:`CLIENT_TIMEOUT`."""
+        for client in [c for c in self._clients.values() if c.deadline <= now]:
+            self._finish(client)
+
+    def _keep(self, client: _Client) -> None:
+        if self._watch is None or len(self._clients) >= MAX_CLIENTS:
+            client.close()
+            return
+        fd = client.fd
+        self._clients[fd] = client
+        self._watch(fd, bool(client.answer), lambda: self._resume(client))
+
+    def _resume(self, client: _Client) -> None:
+        was_writing = bool(client.answer)
+        self._step(client)
+        if client.done:
+            self._finish(client)
+        elif bool(client.answer) != was_writing and self._watch is not None:
+            fd = client.fd
+            if self._unwatch is not None:
+                self._unwatch(fd)
+            self._watch(fd, True, lambda: self._resume(client))
+
+    def _finish(self, client: _Client) -> None:
+        fd = client.fd
+        if self._clients.pop(fd, None) is not None and self._unwatch is not None:
+            self._unwatch(fd)
+        client.close()
+
+    def _step(self, client: _Client) -> None:
+        """Read until the request line is there, then write the answer."""
+        conn = client.conn
+        try:
+            if not client.answer:
+                while b"\n" not in client.request and len(client.request) < MAX_REQUEST:
+                    data = conn.recv(MAX_REQUEST)
+                    if not data:
+                        break
+                    client.request += data
+                request = client.request.decode("ascii", "replace").strip()
+                handler = self.handlers.get(request)
+                answer: Any = handler() if handler else {"error": f"unknown request {request!r}"}
+                client.answer = memoryview(json.dumps(answer).encode())
+            while client.answer:
+                sent = conn.send(client.answer)
+                client.answer = client.answer[sent:]
+            client.done = True
+        except BlockingIOError:
+            return
+        except OSError:
+            client.done = True
+        if client.done:
+            client.close()
 
     def close(self) -> None:
+        for client in list(self._clients.values()):
+            self._finish(client)
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+class _Client:
+    __slots__ = ("answer", "conn", "deadline", "done", "fd", "request")
+
+    def __init__(self, conn: socket.socket, deadline: float) -> None:
+        self.conn = conn
+        self.fd = conn.fileno()
+        self.deadline = deadline
+        self.request = b""
+        self.answer: memoryview | None = None
+        self.done = False
+
+    def close(self) -> None:
+        self.done = True
+        self.conn.close()
 
 
 def query(path: str, request: str = "stats", timeout: float = 3.0) -> Any:

@@ -1,0 +1,266 @@
+"""Provisioning: everything the endpoint sets up on the host before it forwards.
+
+Privileges, the underlay namespace, the underlay MTU, the VM ports (TAP devices, their
+namespace, address, MTU and largest TSO frame, over netlink), the underlay sockets of
+the channels the networks use, and the nftables rules and packet sockets STT needs.
+Each step pushes its undo onto one :class:`contextlib.ExitStack`, so a failure half-way
+and a normal stop both leave the host as it was.  Every problem a user can fix is an
+:class:`EndpointError` of one line naming the problem and the fix.
+
+Nothing here runs in the event loop; :mod:`sclp.endpoint.runner` gets the handles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+from sclp.endpoint.config import Config
+from sclp.endpoint.datapath import DataPath, Port
+from sclp.endpoint.tunnels import Channel
+from sclp.io import netns as nsio
+from sclp.io import nft
+from sclp.io import packet as packet_io
+from sclp.io.linux import IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IPPROTO_GRE, IPPROTO_SCLP
+from sclp.io.rawip import RawIpSocket
+from sclp.io.tap import TapDevice
+from sclp.io.udp import UdpSocket
+from sclp.wire.sclp import Carrier
+from sclp.wire.stt import STT_PORT
+
+log = logging.getLogger("sclp")
+
+UDP_PORTS = {Channel.VXLAN: 4789, Channel.GENEVE: 6081}
+RX_SLOTS = 64  # packets per recvmmsg batch
+
+
+class EndpointError(Exception):
+    """A start-up problem, phrased as one line naming the problem and the fix."""
+
+
+@dataclass
+class Underlay:
+    """The underlay sockets: UDP ones with their destination port, raw ones, and the
+    receive-only packet taps of STT (when they replace the raw TCP socket's reads)."""
+
+    udp: dict[Channel, tuple[UdpSocket, int]] = field(default_factory=dict)
+    raw: dict[Channel, RawIpSocket] = field(default_factory=dict)
+    raw_receive: dict[Channel, RawIpSocket] = field(default_factory=dict)
+    stt_taps: list[packet_io.PacketTap] = field(default_factory=list)
+
+
+def check_privileges() -> None:
+    if os.geteuid() != 0:
+        raise EndpointError(
+            "sclp run needs root (CAP_NET_ADMIN) to create TAP devices; run it with sudo"
+        )
+
+
+def enter_underlay_namespace(cfg: Config) -> None:
+    name = cfg.underlay.namespace
+    if not name:
+        return
+    if not nsio.netns_exists(name):
+        raise EndpointError(
+            f"underlay namespace {name!r} does not exist; "
+            f"create it (ip netns add {name}) or remove underlay.namespace"
+        )
+    from pyroute2 import netns as pr_netns
+
+    pr_netns.setns(name)
+
+
+def underlay_mtu(cfg: Config) -> int:
+    """``underlay.mtu``, or the MTU of the device that holds ``underlay.local``."""
+    if cfg.underlay.mtu:
+        return cfg.underlay.mtu
+    with nsio.NetNS(None) as ns:
+        for msg in ns.ipr.get_addr(address=cfg.underlay.local):
+            link = ns.ipr.get_links(msg["index"])[0]
+            return int(link.get_attr("IFLA_MTU"))
+    raise EndpointError(
+        f"underlay.local {cfg.underlay.local} is not an address of this host; "
+        "use one of this host's addresses (ip -br addr)"
+    )
+
+
+def open_port(port: Port, stack: contextlib.ExitStack) -> TapDevice:
+    """The TAP of ``port``'s network, with its MTU, largest TSO frame, namespace and
+    address; removed again by ``stack``."""
+    net = port.network
+    try:
+        tap = TapDevice.open(net.tap, vnet_hdr=True, offloads=True)
+    except OSError as exc:
+        raise EndpointError(str(exc)) from None
+    stack.callback(tap.close)
+    try:
+        with nsio.NetNS(None) as here:
+            here.set_link(net.tap, gso_max_size=port.tunnel.max_vm_frame())
+        if net.namespace:
+            if not nsio.netns_exists(net.namespace):
+                raise EndpointError(
+                    f"network namespace {net.namespace!r} (vni {net.vni}) does not exist; "
+                    f"create it with: ip netns add {net.namespace}"
+                )
+            with nsio.NetNS(net.namespace) as vm:
+                if vm.link_exists(net.tap):
+                    raise EndpointError(
+                        f"an interface named {net.tap!r} already exists in namespace "
+                        f"{net.namespace!r} (vni {net.vni}); choose another tap name "
+                        "or remove that interface"
+                    )
+            nsio.move_link(net.tap, None, net.namespace, address=net.address, mtu=port.vm_mtu)
+        else:
+            with nsio.NetNS(None) as here:
+                here.set_link(net.tap, mtu=port.vm_mtu)
+                if net.address:
+                    here.add_address(net.tap, net.address)
+                here.set_link(net.tap, up=True)
+    except nsio.NetnsError as exc:
+        raise EndpointError(f"configuring {net.tap}: {exc}") from None
+    return tap
+
+
+def open_underlay(cfg: Config, dp: DataPath, stack: contextlib.ExitStack) -> Underlay:
+    """One socket per channel the networks use (plus STT's packet taps)."""
+    local = cfg.underlay.local
+    v4 = ":" not in local
+    batch = RX_SLOTS if cfg.tuning.rx_batch else 1
+    slot = dp.underlay.mtu + 64
+    out = Underlay()
+    for channel, port in UDP_PORTS.items():
+        if channel in dp.channels:
+            # The classic tunnels may fragment (a VM MTU of 1500 is allowed).
+            sock = _udp(local, port, channel.value, stack, batch, gro=True, df=False)
+            out.udp[channel] = (sock, port)
+    if Channel.SCLP in dp.channels:
+        if cfg.underlay.sclp_carrier is Carrier.UDP:
+            port = cfg.underlay.sclp_udp_port
+            carrier = _udp(local, port, "SCLP UDP carrier", stack, batch, cfg.tuning.rx_batch, True)
+            out.udp[Channel.SCLP] = (carrier, port)
+        else:
+            out.raw[Channel.SCLP] = _raw(IPPROTO_SCLP, local, stack, batch, slot)
+    if Channel.GRE in dp.channels:
+        gre = out.raw[Channel.GRE] = _raw(IPPROTO_GRE, local, stack, batch, slot)
+        if v4:  # like the UDP tunnels, NVGRE may fragment a VM MTU set above the default
+            gre.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+    if Channel.STT in dp.channels:
+        stt_sock = out.raw[Channel.STT] = _raw(socket.IPPROTO_TCP, local, stack, batch, slot)
+        install_stt_guard(cfg, stack)
+        if v4:
+            out.stt_taps = open_stt_taps(cfg, dp, stt_sock, stack, batch, slot)
+    for channel, rsock in out.raw.items():
+        if channel is not Channel.STT or not out.stt_taps:
+            out.raw_receive[channel] = rsock
+    return out
+
+
+def _udp(
+    local: str,
+    port: int,
+    what: str,
+    stack: contextlib.ExitStack,
+    batch: int,
+    gro: bool,
+    df: bool,
+) -> UdpSocket:
+    try:
+        sock = UdpSocket.bind(local, port, gro=gro, batch=batch, pmtu_discover=df)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise EndpointError(
+                f"UDP port {port} ({what}) on {local} is in use by another program; "
+                "stop it or change the port"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise EndpointError(
+                f"underlay.local {local} is not an address of this host; "
+                "use one of this host's addresses"
+            ) from None
+        raise
+    stack.callback(sock.close)
+    return sock
+
+
+def _raw(
+    protocol: int, local: str, stack: contextlib.ExitStack, batch: int, slot: int
+) -> RawIpSocket:
+    try:
+        sock = RawIpSocket.open(protocol, local, batch=batch, slot_size=slot)
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise EndpointError(
+                f"underlay.local {local} is not an address of this host; "
+                "use one of this host's addresses"
+            ) from None
+        raise
+    stack.callback(sock.close)
+    return sock
+
+
+def install_stt_guard(cfg: Config, stack: contextlib.ExitStack) -> None:
+    """Keep the kernel's TCP from answering STT segments with resets (no socket
+    listens on 7471): drop outgoing RSTs from that port while we run."""
+    try:
+        nft.install_stt_rst_guard(STT_PORT, cfg.name)
+    except (OSError, nft.NftError) as exc:
+        raise EndpointError(f"installing the STT nftables rule failed: {exc}") from None
+    stack.callback(lambda: nft.remove_stt_rst_guard(cfg.name))
+
+
+def open_stt_taps(
+    cfg: Config,
+    dp: DataPath,
+    send_sock: RawIpSocket,
+    stack: contextlib.ExitStack,
+    batch: int,
+    slot: int,
+) -> list[packet_io.PacketTap]:
+    """Read STT segments with packet sockets on the underlay devices and drop them
+    at those devices' ingress hook, so the kernel's IP and TCP never process them
+    (:mod:`sclp.io.packet`); ``send_sock`` then only sends.  Empty (and a warning)
+    when that cannot be set up: the caller reads ``send_sock`` instead."""
+    taps: list[packet_io.PacketTap] = []
+    try:
+        devices = underlay_devices(dp.peers)
+        program = packet_io.stt_filter(cfg.underlay.local, STT_PORT)
+        for dev in devices:
+            taps.append(packet_io.PacketTap.open(dev, program, batch=batch, slot_size=slot))
+        nft.install_stt_ingress_drop(devices, cfg.underlay.local, STT_PORT, cfg.name)
+    except (OSError, ValueError, nft.NftError, nsio.NetnsError) as exc:
+        for tap in taps:
+            tap.close()
+        log.warning(
+            "STT segments are read from a raw TCP socket, after the kernel's TCP has "
+            "processed them (slower): no packet socket + ingress drop: %s",
+            exc,
+        )
+        return []
+    stack.callback(lambda: nft.remove_stt_ingress_drop(cfg.name))
+    for tap in taps:
+        stack.callback(tap.close)
+    packet_io.attach_filter(send_sock.sock, packet_io.drop_all_filter())
+    log.info("STT: packet sockets and an ingress drop on %s", ", ".join(devices))
+    return taps
+
+
+def underlay_devices(peers: frozenset[str]) -> list[str]:
+    """The devices the routes to the peers leave by (where their segments come in),
+    loopback excepted; raises ValueError if there is none."""
+    devices: list[str] = []
+    with nsio.NetNS(None) as ns:
+        for peer in sorted(peers):
+            for route in ns.ipr.route("get", dst=peer):
+                index = route.get_attr("RTA_OIF")
+                if index is None:
+                    continue
+                name = str(ns.ipr.get_links(index)[0].get_attr("IFLA_IFNAME"))
+                if name != "lo" and name not in devices:
+                    devices.append(name)
+    if not devices:
+        raise ValueError("no underlay device routes to the peers")
+    return devices

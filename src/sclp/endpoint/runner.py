@@ -1,0 +1,297 @@
+"""The runner: one thread, one ``epoll``, the I/O around the sans-I/O data path.
+
+It owns the event loop, the signals and the timers, and nothing of the protocols:
+every readable descriptor has a handler that reads a batch with the :mod:`sclp.io`
+adapter of that descriptor, hands it to :class:`~sclp.endpoint.datapath.DataPath`
+with one ``now`` per wake-up, and carries out what comes back — the
+:class:`~sclp.endpoint.tunnels.Send`\\ s through an :class:`UnderlaySender` (or a
+:class:`FaultySender` around it), the :class:`~sclp.endpoint.datapath.Deliver`\\ ies
+with one ``writev`` each.  Handlers drain their descriptor up to a budget and return,
+so no descriptor starves the others.
+
+The way of a frame from the VM to the wire: ``TapDevice.read_into`` →
+``DataPath.from_vm`` → ``Tunnel.transmit`` → ``UnderlaySender.send`` →
+``UdpSocket.send_gso`` / ``RawIpSocket.send_strided``: one read, one encapsulation
+(segmenting into one buffer), one or two system calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import signal
+from collections.abc import Callable, Hashable, Sequence
+from typing import Final
+
+from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET_LEN, DataPath, Deliver, Port
+from sclp.endpoint.faults import FaultInjector
+from sclp.endpoint.tunnels import Channel, Send
+from sclp.io import packet as packet_io
+from sclp.io.rawip import RawIpSocket, source_key
+from sclp.io.tap import TapDevice
+from sclp.io.udp import UdpSocket
+from sclp.wire.errors import DropReason, MalformedPacket
+
+log = logging.getLogger("sclp")
+
+TAP_BUDGET: Final = 64  # frames read from one TAP per wake-up
+RX_BUDGET: Final = 128  # datagrams read from one socket per wake-up
+TICK: Final = 0.1  # seconds between housekeeping rounds (FDB aging, fault release)
+_LOGGED_ERRORS: Final = 5  # per kind, then only the counters
+
+
+class UnderlaySender:
+    """Puts a :class:`Send` on its channel's socket: UDP channels with one GSO send
+    (``UdpSocket.send_gso`` holds the kernel's limits and fallbacks), raw channels
+    with one ``sendmmsg`` (``RawIpSocket.send_strided``).  Packets the kernel did not
+    take are counted (TX_BUSY, TX_ERROR), never raised."""
+
+    def __init__(
+        self,
+        udp: dict[Channel, tuple[UdpSocket, int]],
+        raw: dict[Channel, RawIpSocket],
+        counters: dict[str, int],
+    ) -> None:
+        self.udp = udp
+        self.raw = raw
+        self.counters = counters
+        self._send: dict[Channel, Callable[[Send], None]] = {}
+        for channel, (sock, port) in udp.items():
+            self._send[channel] = self._udp_sender(sock, port)
+        for channel, rsock in raw.items():
+            self._send[channel] = self._raw_sender(rsock)
+
+    def send(self, s: Send, now: float) -> None:
+        self._send[s.channel](s)
+
+    def flush(self, now: float) -> None:
+        """Called every tick; a plain sender holds nothing back."""
+
+    def _udp_sender(self, sock: UdpSocket, port: int) -> Callable[[Send], None]:
+        def send(s: Send) -> None:
+            try:
+                sent = sock.send_gso(s.data, s.stride, (str(s.peer), port))
+            except OSError as exc:
+                self._error(exc, s.packets)
+                return
+            if sent < s.packets:
+                self.counters[DropReason.TX_BUSY.counter] += s.packets - sent
+
+        return send
+
+    def _raw_sender(self, sock: RawIpSocket) -> Callable[[Send], None]:
+        def send(s: Send) -> None:
+            try:
+                sent = sock.send_strided(s.data, s.stride, str(s.peer))
+            except OSError as exc:
+                self._error(exc, s.packets)
+                return
+            if sent < s.packets:
+                self.counters[DropReason.TX_BUSY.counter] += s.packets - sent
+
+        return send
+
+    def _error(self, exc: OSError, count: int) -> None:
+        counter = DropReason.TX_ERROR.counter
+        self.counters[counter] += count
+        if self.counters[counter] <= _LOGGED_ERRORS:
+            log.warning("underlay send failed: %s", exc)
+
+    def close(self) -> None:
+        """The sockets belong to the provisioning's clean-up stack."""
+
+
+class FaultySender(UnderlaySender):
+    """An :class:`UnderlaySender` whose packets pass a :class:`FaultInjector` one by
+    one (dropped, damaged, duplicated or held back) instead of leaving in batches."""
+
+    def __init__(
+        self,
+        udp: dict[Channel, tuple[UdpSocket, int]],
+        raw: dict[Channel, RawIpSocket],
+        counters: dict[str, int],
+        faults: FaultInjector,
+    ) -> None:
+        super().__init__(udp, raw, counters)
+        self.faults = faults
+
+    def send(self, s: Send, now: float) -> None:
+        if s.channel in self.udp:
+            usock, port = self.udp[s.channel]
+            sock, addr = usock.sock, (s.peer, port)
+        else:
+            sock, addr = self.raw[s.channel].sock, (s.peer, 0)
+        view = memoryview(s.data)
+        for off in range(0, len(view), s.stride):
+            self.faults.send(sock, view[off : off + s.stride], addr, now)
+
+    def flush(self, now: float) -> None:
+        self.faults.flush(now)
+
+    def close(self) -> None:
+        self.faults.close()
+
+
+class Runner:
+    """Serves one :class:`DataPath` on the descriptors it is given until
+    :meth:`stop` or SIGINT/SIGTERM."""
+
+    def __init__(
+        self,
+        dp: DataPath,
+        sender: UnderlaySender,
+        clock: Callable[[], float],
+        *,
+        rx_batch: bool = True,
+    ) -> None:
+        self.dp = dp
+        self.sender = sender
+        self.clock = clock
+        self.rx_batch = rx_batch
+        self._epoll = select.epoll()
+        self._handlers: dict[int, Callable[[float], None]] = {}
+        self._taps: dict[int, TapDevice] = {}  # by VNI
+        self._tap_buf = bytearray(FRAME_BUF)
+        self._tap_view = memoryview(self._tap_buf)
+        self._peer_of: dict[Hashable, str] = {source_key(p): p for p in dp.peers}
+        self._tick_hooks: list[Callable[[float], None]] = []
+        self._running = False
+
+    # -- what to watch -------------------------------------------------------------------
+
+    def watch(self, fd: int, handler: Callable[[float], None], write: bool = False) -> None:
+        self._epoll.register(fd, select.EPOLLOUT if write else select.EPOLLIN)
+        self._handlers[fd] = handler
+
+    def unwatch(self, fd: int) -> None:
+        if self._handlers.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def on_tick(self, hook: Callable[[float], None]) -> None:
+        """Call ``hook(now)`` every :data:`TICK` seconds."""
+        self._tick_hooks.append(hook)
+
+    def add_tap(self, port: Port, tap: TapDevice) -> None:
+        self._taps[port.vni] = tap
+        self.watch(tap.fileno(), lambda now: self._on_tap(port, tap, now))
+
+    def add_udp(self, channel: Channel, sock: UdpSocket) -> None:
+        self.watch(sock.fileno(), lambda now: self._on_udp(channel, sock, now))
+
+    def add_raw(self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap) -> None:
+        self.watch(sock.fileno(), lambda now: self._on_raw(channel, sock, now))
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, install_signals: bool = True) -> None:
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self.stop())
+        self._running = True
+        poll = self._epoll.poll
+        handlers = self._handlers
+        dp = self.dp
+        clock = self.clock
+        next_tick = 0.0
+        timeout = TICK
+        while self._running:
+            try:
+                events = poll(timeout)
+            except InterruptedError:
+                continue
+            now = clock()
+            for fd, _ in events:
+                handler = handlers.get(fd)
+                if handler is not None:
+                    handler(now)
+            deadline = dp.next_deadline()
+            if now >= next_tick:
+                dp.expire(now)
+                self.sender.flush(now)
+                for hook in self._tick_hooks:
+                    hook(now)
+                next_tick = now + TICK
+            elif deadline is not None and deadline <= now:
+                dp.expire(now)
+            wake = next_tick if deadline is None else min(next_tick, deadline)
+            timeout = max(0.0, wake - now)
+
+    def stop(self) -> None:
+        self._running = False
+
+    def close(self) -> None:
+        self._epoll.close()
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def _on_tap(self, port: Port, tap: TapDevice, now: float) -> None:
+        buf = self._tap_buf
+        view = self._tap_view
+        from_vm = self.dp.from_vm
+        send = self.sender.send
+        for _ in range(TAP_BUDGET):
+            size = tap.read_into(view, HEADROOM - VNET_LEN)
+            if not size:
+                return
+            for s in from_vm(port, buf, size, now):
+                send(s, now)
+
+    def _on_udp(self, channel: Channel, sock: UdpSocket, now: float) -> None:
+        dp = self.dp
+        deliver = self._deliver
+        for _ in range(RX_BUDGET // sock.batch_size + 1):
+            views, sizes, sources, seg_sizes = sock.recv_batch()
+            for i in range(len(sizes)):
+                if not sizes[i]:  # an empty datagram: nothing to split into segments
+                    dp.count_rx_drop(DropReason.TOO_SHORT)
+                    continue
+                out = dp.from_udp(channel, sources[i][0], views[i], seg_sizes[i], now)
+                if out:
+                    deliver(out)
+            if len(sizes) < sock.batch_size:
+                return
+
+    def _on_raw(
+        self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap, now: float
+    ) -> None:
+        dp = self.dp
+        deliver = self._deliver
+        peer_of = self._peer_of
+        for _ in range(RX_BUDGET // sock.batch_size + 1):
+            count, views, sizes, sources, offsets, sums = sock.recv_batch()
+            for i in range(count):
+                src = peer_of.get(sources[i], "")
+                off = offsets[i]
+                if off >= 0:
+                    out = dp.from_ip(channel, src, views[i][off : sizes[i]], now, sums[i])
+                else:  # a header the fast path could not vouch for
+                    try:
+                        start, end = packet_io.ipv4_payload_bounds(views[i], sizes[i])
+                    except MalformedPacket as exc:
+                        dp.count_rx_drop(exc.reason)
+                        continue
+                    out = dp.from_ip(channel, src, views[i][start:end], now, None)
+                if out:
+                    deliver(out)
+            if count < sock.batch_size:
+                return
+
+    def _deliver(self, out: Sequence[Deliver]) -> None:
+        """Write each frame to its VM, counting what was delivered and what not."""
+        taps = self._taps
+        for port, vnet, frame in out:
+            counters = port.counters
+            try:
+                taps[port.vni].writev((vnet, frame))
+            except BlockingIOError:
+                counters[DropReason.TAP_BUSY.counter] += 1
+                continue
+            except OSError as exc:
+                counters[DropReason.TAP_ERROR.counter] += 1
+                if counters[DropReason.TAP_ERROR.counter] <= _LOGGED_ERRORS:
+                    log.warning(
+                        "writing a %d-byte frame to VNI %d failed: %s", len(frame), port.vni, exc
+                    )
+                continue
+            counters["rx_frames"] += 1
+            counters["rx_bytes"] += len(frame)
