@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sclp.io.batch import v4_key
 from sclp.io.netns import NetNS, create_veth, run_in_netns
 from sclp.io.nft import (
     install_stt_ingress_drop,
@@ -23,13 +22,14 @@ from sclp.io.nft import (
 )
 from sclp.io.packet import (
     PacketBatchReceiver,
+    PacketTap,
     attach_filter,
     drop_all_filter,
     ipv4_payload_bounds,
     open_ipv4_tap,
     stt_filter,
 )
-from sclp.io.rawip import IPPROTO_TCP, RawIpSocket
+from sclp.io.rawip import IPPROTO_TCP, RawIpSocket, source_key
 from sclp.wire.checksum import internet_checksum, ones_sum
 from sclp.wire.errors import DropReason, MalformedPacket
 
@@ -102,9 +102,10 @@ def _rsts_from(rx: RawIpSocket, source: str, sport: int, timeout: float) -> int:
         if not select.select([rx], [], [], remaining)[0]:
             break
         batch = rx.recv_batch()
-        for view, src, offset in zip(batch.views, batch.sources, batch.offsets, strict=True):
+        for i in range(batch.count):
+            view, offset = batch.views[i], batch.offsets[i]
             (port,) = struct.unpack_from("!H", view, offset)
-            if src == source and port == sport and view[offset + 13] & 0x04:
+            if batch.sources[i] == source_key(source) and port == sport and view[offset + 13] & 4:
                 count += 1
     return count
 
@@ -152,7 +153,7 @@ def test_tap_ignores_our_own_outgoing_packets(veth_pair: tuple[NetNS, NetNS]) ->
     segment = _tcp(IP_A, IP_B, STT_PORT, b"outgoing")
     # A's tap filters for B's address: without PACKET_IGNORE_OUTGOING it would match.
     with _tap(a, DEV_A, IP_B) as a_tap, _tap(b, DEV_B, IP_B) as b_tap:
-        with RawIpSocket.open(IPPROTO_TCP, netns=a.name) as tx:
+        with RawIpSocket.open(IPPROTO_TCP, IP_A, netns=a.name) as tx:
             tx.send_to([segment], IP_B)
         assert [p[20:] for p in _drain(b_tap, 1, timeout=2.0)] == [segment]
         assert _drain(a_tap, 1, timeout=0.3) == []
@@ -164,9 +165,9 @@ def test_drop_all_filter_empties_a_raw_socket(veth_pair: tuple[NetNS, NetNS]) ->
     a, b = veth_pair
     segment = _tcp(IP_A, IP_B, STT_PORT, b"x")
     with (
-        RawIpSocket.open(IPPROTO_TCP, netns=b.name) as quiet,
-        RawIpSocket.open(IPPROTO_TCP, netns=b.name) as control,
-        RawIpSocket.open(IPPROTO_TCP, netns=a.name) as tx,
+        RawIpSocket.open(IPPROTO_TCP, IP_B, netns=b.name) as quiet,
+        RawIpSocket.open(IPPROTO_TCP, IP_B, netns=b.name) as control,
+        RawIpSocket.open(IPPROTO_TCP, IP_A, netns=a.name) as tx,
     ):
         with socket.socket(fileno=quiet.fileno()) as view:
             attach_filter(view, drop_all_filter())
@@ -186,8 +187,8 @@ def test_ingress_drop_hides_segments_from_tcp(veth_pair: tuple[NetNS, NetNS]) ->
     segment = _tcp(IP_A, IP_B, STT_PORT, b"stt payload")
     other = _tcp(IP_A, IP_B, STT_PORT + 1, b"not stt")
     with (
-        RawIpSocket.open(IPPROTO_TCP, netns=a.name) as a_tcp,
-        RawIpSocket.open(IPPROTO_TCP, netns=b.name) as b_tcp,
+        RawIpSocket.open(IPPROTO_TCP, IP_A, netns=a.name) as a_tcp,
+        RawIpSocket.open(IPPROTO_TCP, IP_B, netns=b.name) as b_tcp,
         _tap(b, DEV_B, IP_B) as tap,
     ):
         # Without the rule, B's TCP answers every segment with a RST.
@@ -209,8 +210,8 @@ def test_ingress_drop_hides_segments_from_tcp(veth_pair: tuple[NetNS, NetNS]) ->
             assert _rsts_from(a_tcp, IP_B, STT_PORT, timeout=0.3) == 0
             seen = b_tcp.recv_batch()
             dports = [
-                struct.unpack_from("!H", v, o + 2)[0]
-                for v, o in zip(seen.views, seen.offsets, strict=True)
+                struct.unpack_from("!H", seen.views[i], seen.offsets[i] + 2)[0]
+                for i in range(seen.count)
             ]
             assert STT_PORT not in dports and STT_PORT + 1 in dports
             assert stt_ingress_drops("ep1", netns=b.name) == 3
@@ -253,25 +254,62 @@ def test_ingress_drop_rejects_bad_arguments() -> None:
 
 @pytest.mark.netns
 @pytest.mark.timeout(60)
-def test_batch_receiver_on_a_tap(veth_pair: tuple[NetNS, NetNS]) -> None:
+def test_packet_tap_batch(veth_pair: tuple[NetNS, NetNS]) -> None:
     a, b = veth_pair
     segments = [_tcp(IP_A, IP_B, STT_PORT, bytes([i]) * (100 + 37 * i)) for i in range(5)]
-    rx = PacketBatchReceiver(8, 1600)
-    with _tap(b, DEV_B, IP_B) as tap, RawIpSocket.open(IPPROTO_TCP, netns=a.name) as tx:
+    program = stt_filter(IP_B, STT_PORT)
+    with (
+        PacketTap.open(DEV_B, program, netns=b.name, batch=8, slot_size=1600) as tap,
+        RawIpSocket.open(IPPROTO_TCP, IP_A, netns=a.name) as tx,
+    ):
+        assert tap.recv_batch().count == 0
         for seg in segments:
-            tx.send_to([seg], IP_B)
+            tx.send_to(seg, IP_B)
         time.sleep(0.3)
         assert select.select([tap], [], [], 2.0)[0]
-        n = rx.receive_batch(tap.fileno())
-    assert n == 5
-    sizes = rx.sizes(n)
-    assert [bytes(rx.views[i][20 : sizes[i]]) for i in range(n)] == segments
-    assert rx.sources_v4(n) == [v4_key(IP_A)] * 5
-    assert rx.plain_ok(n, sizes) == [True] * 5
+        batch = tap.recv_batch()
+    assert batch.count == 5
+    assert batch.offsets == [20] * 5
+    assert [bytes(batch.views[i][20 : batch.sizes[i]]) for i in range(5)] == segments
+    assert batch.sources == [source_key(IP_A)] * 5
+    assert batch.l4_sums == [ones_sum(seg) for seg in segments]
     pseudo = socket.inet_aton(IP_A) + socket.inet_aton(IP_B)
-    for i, l4_sum in enumerate(rx.ones_sums(n)):
-        length = sizes[i] - 20
-        assert ones_sum(pseudo + struct.pack("!BBH", 0, 6, length), l4_sum) == 0xFFFF
+    for seg, l4_sum in zip(segments, batch.l4_sums, strict=True):  # valid TCP checksums
+        assert ones_sum(pseudo + struct.pack("!BBH", 0, 6, len(seg)), l4_sum) == 0xFFFF
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_packet_tap_flags_headers_ip_input_would_reject(veth_pair: tuple[NetNS, NetNS]) -> None:
+    """The kernel checks nothing before a tap: frames sent raw onto the veth with a bad
+    header checksum, options, link-layer padding come out with offset -1 unless the
+    header is valid and the total length is the size."""
+    a, b = veth_pair
+    seg = _tcp(IP_A, IP_B, STT_PORT, b"payload")
+    good = _ipv4(IP_A, IP_B, 6, seg)
+    bad_sum = bytearray(good)
+    bad_sum[10] ^= 0x01
+    options = _ipv4(IP_A, IP_B, 6, seg, ihl=6)
+    packets = [good, bytes(bad_sum), options, good + bytes(6)]
+    with (
+        PacketTap.open(DEV_B, stt_filter(IP_B, STT_PORT), netns=b.name) as tap,
+        a.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0) as raw,
+    ):
+        for pkt in packets:  # Ethernet broadcast: no need to know B's MAC
+            raw.sendto(pkt, (DEV_A, 0x0800, 0, 0, b"\xff" * 6))
+        time.sleep(0.3)
+        assert select.select([tap], [], [], 2.0)[0]
+        batch = tap.recv_batch()
+        assert batch.count == 4
+        assert batch.offsets == [20, -1, 24, -1]
+        assert batch.sources == [source_key(IP_A)] * 4
+        assert [batch.l4_sums[i] for i in (0, 2)] == [ones_sum(seg)] * 2
+        assert [bytes(batch.views[i][: batch.sizes[i]]) for i in range(4)] == packets
+        # The caller's slow path for the -1 ones: dropped, or read past the padding.
+        with pytest.raises(MalformedPacket) as err:
+            ipv4_payload_bounds(batch.views[1], batch.sizes[1])
+        assert err.value.reason is DropReason.BAD_CHECKSUM
+        assert ipv4_payload_bounds(batch.views[3], batch.sizes[3]) == (20, 20 + len(seg))
 
 
 def _fill(rx: PacketBatchReceiver, packets: list[bytes]) -> None:
@@ -290,7 +328,7 @@ def test_plain_ok_takes_only_plain_valid_headers() -> None:
     _fill(rx, packets)
     sizes = [len(p) for p in packets]
     assert rx.plain_ok(4, sizes) == [True, False, False, False]
-    assert rx.sources_v4(4) == [v4_key(IP_A)] * 4
+    assert rx.sources_v4(4) == [source_key(IP_A)] * 4
     # The ones the fast check leaves out are still readable the slow way (or dropped).
     assert ipv4_payload_bounds(rx.views[2], sizes[2]) == (24, 24 + len(seg))
     assert ipv4_payload_bounds(rx.views[3], sizes[3]) == (20, 20 + len(seg))

@@ -1,5 +1,6 @@
-"""sclp.io.rawip and sclp.io.nft against the real kernel: raw IPv4 tunnels between two
-namespaces over a veth pair, and the STT RST guard."""
+"""sclp.io.rawip and sclp.io.nft against the real kernel: raw IPv4 and IPv6 tunnel
+packets between two namespaces over a veth pair (strided sendmmsg, recvmmsg batches
+with NumPy sums), and the STT RST guard."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import struct
 import time
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
+from sclp.engine.segmenter import Segmenter
+from sclp.io._mmsg import BatchReceiver
 from sclp.io.netns import NetNS, NetnsError, create_veth
 from sclp.io.nft import (
     NftError,
@@ -22,35 +26,51 @@ from sclp.io.nft import (
     stt_guard_table,
     stt_rst_guard_drops,
 )
-from sclp.io.rawip import IPPROTO_GRE, IPPROTO_SCLP, IPPROTO_TCP, RawBatch, RawIpSocket
-from sclp.wire.checksum import internet_checksum
+from sclp.io.rawip import (
+    IPPROTO_GRE,
+    IPPROTO_SCLP,
+    IPPROTO_TCP,
+    RawBatch,
+    RawIpSocket,
+    source_key,
+)
+from sclp.wire.checksum import internet_checksum, ones_sum
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 
 NsFactory = Callable[[], NetNS]
 IP_A, IP_B = "10.71.0.1", "10.71.0.2"
+IP6_A, IP6_B = "fd71::1", "fd71::2"
 STT_PORT = 7471
 
 
 @pytest.fixture
 def veth_pair(netns_factory: NsFactory) -> tuple[NetNS, NetNS]:
+    """10.71.0.1 / fd71::1 in A <-> 10.71.0.2 / fd71::2 in B, MTU 1500, no IPv6 DAD
+    (the addresses are usable at once)."""
     a, b = netns_factory(), netns_factory()
     create_veth("sclpva", a, "sclpvb", b, mtu=1500)
-    a.add_address("sclpva", f"{IP_A}/24")
-    b.add_address("sclpvb", f"{IP_B}/24")
+    for ns, dev, ip4, ip6 in ((a, "sclpva", IP_A, IP6_A), (b, "sclpvb", IP_B, IP6_B)):
+        ns.write_sysctl(f"net.ipv6.conf.{dev}.accept_dad", 0)
+        ns.add_address(dev, f"{ip4}/24")
+        ns.add_address(dev, f"{ip6}/64")
     return a, b
 
 
-def _collect(rx: RawIpSocket, count: int, timeout: float = 5.0) -> list[tuple[bytes, str, int]]:
-    """(packet, source, payload offset) for ``count`` packets, copied out of the slots."""
-    out: list[tuple[bytes, str, int]] = []
+Packet = tuple[bytes, object, int, int]  # (packet, source key, L4 offset, L4 sum)
+
+
+def _collect(rx: RawIpSocket, count: int, timeout: float = 5.0) -> list[Packet]:
+    """``count`` packets (or what came before the timeout), copied out of the slots."""
+    out: list[Packet] = []
     deadline = time.monotonic() + timeout
     while len(out) < count:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([rx], [], [], remaining)[0]:
             break
-        batch = rx.recv_batch()
-        out.extend(zip((bytes(v) for v in batch.views), batch.sources, batch.offsets, strict=True))
+        b = rx.recv_batch()
+        for i in range(b.count):
+            out.append((bytes(b.views[i][: b.sizes[i]]), b.sources[i], b.offsets[i], b.l4_sums[i]))
     return out
 
 
@@ -58,88 +78,188 @@ def _collect(rx: RawIpSocket, count: int, timeout: float = 5.0) -> list[tuple[by
 def test_send_and_receive_between_namespaces(veth_pair: tuple[NetNS, NetNS], protocol: int) -> None:
     a, b = veth_pair
     with (
-        RawIpSocket.open(protocol, netns=b.name) as rx,
-        RawIpSocket.open(protocol, netns=a.name) as tx,
+        RawIpSocket.open(protocol, IP_B, netns=b.name) as rx,
+        RawIpSocket.open(protocol, IP_A, netns=a.name) as tx,
     ):
-        msgs = [([b"HDR%d" % i, os.urandom(100 + i)], IP_B) for i in range(5)]
-        assert tx.send_batch(msgs) == 5
+        msgs = [[b"HDR%d" % i, os.urandom(100 + i)] for i in range(5)]
+        for parts in msgs:
+            assert tx.send_to(parts, IP_B) == sum(map(len, parts))
         got = _collect(rx, 5)
         assert len(got) == 5
-        for (packet, source, offset), (parts, _) in zip(got, msgs, strict=True):
-            assert source == IP_A
+        for (packet, source, offset, l4_sum), parts in zip(got, msgs, strict=True):
+            assert source == source_key(IP_A)
             assert offset == 20
             assert packet[offset:] == b"".join(parts)
+            assert l4_sum == ones_sum(b"".join(parts))
             assert packet[9] == protocol
             assert packet[6] & 0x40  # DF: the kernel never fragments tunnel packets
             (total,) = struct.unpack_from("!H", packet, 2)
             assert total == len(packet)
 
 
+def test_send_strided_sends_separate_packets_with_valid_sums(
+    veth_pair: tuple[NetNS, NetNS],
+) -> None:
+    a, b = veth_pair
+    payload = os.urandom(65000)
+    seg = Segmenter(ident_start=5).segment_payload(payload, 50000, 4789, 1468)
+    with (
+        RawIpSocket.open(IPPROTO_SCLP, IP_B, netns=b.name) as rx,
+        RawIpSocket.open(IPPROTO_SCLP, IP_A, netns=a.name) as tx,
+    ):
+        assert tx.send_strided(seg.buffer, seg.stride, IP_B) == seg.count == 45
+        got = _collect(rx, seg.count)
+    segments = [bytes(s) for s in seg.segments()]
+    assert [p[o:] for p, _, o, _ in got] == segments
+    assert [len(p) for p, _, _, _ in got] == [20 + len(s) for s in segments]
+    assert {src for _, src, _, _ in got} == {source_key(IP_A)}
+    assert [s for _, _, _, s in got] == [ones_sum(s) for s in segments]
+    assert all(s == 0xFFFF for _, _, _, s in got)  # valid SCLP checksums
+
+
+def test_send_strided_more_than_one_sendmmsg(veth_pair: tuple[NetNS, NetNS]) -> None:
+    a, b = veth_pair
+    buf = bytes(range(256)) * 12 + b"odd"  # 279 packets of 11 bytes and a 6-byte one
+    count = -(-len(buf) // 11)
+    with (
+        RawIpSocket.open(IPPROTO_GRE, IP_B, netns=b.name, batch=16) as rx,
+        RawIpSocket.open(IPPROTO_GRE, IP_A, netns=a.name) as tx,
+    ):
+        assert count > 256  # the sender's iovec table holds 128: three sendmmsg calls
+        assert tx.send_strided(buf, 11, IP_B) == count
+        assert tx.send_strided(b"", 11, IP_B) == 0
+        with pytest.raises(ValueError):
+            tx.send_strided(buf, 0, IP_B)
+        got = _collect(rx, count)
+    assert b"".join(p[o:] for p, _, o, _ in got) == buf
+    assert [len(p) - 20 for p, _, _, _ in got] == [11] * (count - 1) + [len(buf) % 11 or 11]
+
+
 def test_packet_over_the_mtu_is_emsgsize(veth_pair: tuple[NetNS, NetNS]) -> None:
     a, b = veth_pair
     with (
-        RawIpSocket.open(IPPROTO_SCLP, netns=b.name) as rx,
-        RawIpSocket.open(IPPROTO_SCLP, netns=a.name) as tx,
+        RawIpSocket.open(IPPROTO_SCLP, IP_B, netns=b.name) as rx,
+        RawIpSocket.open(IPPROTO_SCLP, IP_A, netns=a.name) as tx,
     ):
         with pytest.raises(OSError) as info:
-            tx.send_to([bytes(1500 - 20 + 1)], IP_B)
+            tx.send_to(bytes(1500 - 20 + 1), IP_B)
+        assert info.value.errno == errno.EMSGSIZE
+        with pytest.raises(OSError) as info:
+            tx.send_strided(bytes(3000), 1500 - 20 + 1, IP_B)
         assert info.value.errno == errno.EMSGSIZE
         assert tx.send_to([bytes(10), bytes(1500 - 20 - 10)], IP_B) == 1480
-        ((packet, _, _),) = _collect(rx, 1)
+        ((packet, _, _, _),) = _collect(rx, 1)
         assert len(packet) == 1500
 
 
 def test_recv_batch_limits_and_drains(veth_pair: tuple[NetNS, NetNS]) -> None:
     a, b = veth_pair
     with (
-        RawIpSocket.open(IPPROTO_SCLP, netns=b.name, batch=16) as rx,
-        RawIpSocket.open(IPPROTO_SCLP, netns=a.name) as tx,
+        RawIpSocket.open(IPPROTO_SCLP, IP_B, netns=b.name, batch=16) as rx,
+        RawIpSocket.open(IPPROTO_SCLP, IP_A, netns=a.name) as tx,
     ):
-        assert rx.recv_batch() == RawBatch([], [], [], [])
-        assert tx.send_batch([([b"%02d" % i], IP_B) for i in range(10)]) == 10
+        assert rx.recv_batch() == RawBatch(0, [], [], [], [], [])
+        assert tx.send_strided(b"".join(b"%02d" % i for i in range(10)), 2, IP_B) == 10
         time.sleep(0.1)
         select.select([rx], [], [], 5)
         first = rx.recv_batch(3)
-        payloads = [bytes(v[o:]) for v, o in zip(first.views, first.offsets, strict=True)]
+        assert first.count == 3
+        payloads = [bytes(first.views[i][20 : first.sizes[i]]) for i in range(3)]
         rest = rx.recv_batch()
-        payloads += [bytes(v[o:]) for v, o in zip(rest.views, rest.offsets, strict=True)]
-        assert len(first.sizes) == 3
-        assert len(rest.sizes) == 7
+        assert rest.count == 7
+        payloads += [bytes(rest.views[i][20 : rest.sizes[i]]) for i in range(7)]
         assert payloads == [b"%02d" % i for i in range(10)]
-        assert rx.recv_batch().sizes == []
+        assert rx.recv_batch().count == 0
 
 
 def test_bind_addr_filters_by_destination(veth_pair: tuple[NetNS, NetNS]) -> None:
     a, b = veth_pair
     b.add_address("sclpvb", "10.71.0.3/24")
     with (
-        RawIpSocket.open(IPPROTO_SCLP, netns=b.name, bind_addr=IP_B) as bound,
-        RawIpSocket.open(IPPROTO_SCLP, netns=b.name) as unbound,
-        RawIpSocket.open(IPPROTO_SCLP, netns=a.name) as tx,
+        RawIpSocket.open(IPPROTO_SCLP, IP_B, netns=b.name) as bound,
+        RawIpSocket.open(IPPROTO_SCLP, "10.71.0.3", netns=b.name) as other,
+        RawIpSocket.open(IPPROTO_SCLP, IP_A, netns=a.name) as tx,
     ):
-        tx.send_to([b"to .3"], "10.71.0.3")
-        tx.send_to([b"to .2"], IP_B)
-        assert [p[o:] for p, _, o in _collect(unbound, 2)] == [b"to .3", b"to .2"]
-        assert [p[o:] for p, _, o in _collect(bound, 2, timeout=0.5)] == [b"to .2"]
+        tx.send_to(b"to .3", "10.71.0.3")
+        tx.send_to(b"to .2", IP_B)
+        assert [p[o:] for p, _, o, _ in _collect(other, 2, timeout=0.5)] == [b"to .3"]
+        assert [p[o:] for p, _, o, _ in _collect(bound, 2, timeout=0.5)] == [b"to .2"]
+
+
+def test_bind_errors_keep_their_errno(netns: NetNS) -> None:
+    with pytest.raises(OSError) as info:
+        RawIpSocket.open(IPPROTO_SCLP, "10.99.0.1", netns=netns.name)
+    assert info.value.errno == errno.EADDRNOTAVAIL
+    for bad in (0, 255, -1):
+        with pytest.raises(ValueError):
+            RawIpSocket.open(bad, "127.0.0.1", netns=netns.name)
 
 
 def test_truncated_packets_are_counted(veth_pair: tuple[NetNS, NetNS]) -> None:
     a, b = veth_pair
     with (
-        RawIpSocket.open(IPPROTO_SCLP, netns=b.name, buffer_size=200) as rx,
-        RawIpSocket.open(IPPROTO_SCLP, netns=a.name) as tx,
+        RawIpSocket.open(IPPROTO_SCLP, IP_B, netns=b.name, slot_size=200) as rx,
+        RawIpSocket.open(IPPROTO_SCLP, IP_A, netns=a.name) as tx,
     ):
-        tx.send_to([bytes(500)], IP_B)
-        tx.send_to([bytes(50)], IP_B)
+        tx.send_to(bytes(500), IP_B)
+        tx.send_to(b"\x01" * 50, IP_B)
         got = _collect(rx, 2, timeout=1.0)
-        assert [len(p) for p, _, _ in got] == [70]
+        assert [(len(p), o, s) for p, _, o, s in got] == [(70, 20, ones_sum(b"\x01" * 50))]
         assert rx.truncated == 1
 
 
-def test_invalid_protocol() -> None:
-    for bad in (0, 255, -1):
-        with pytest.raises(ValueError):
-            RawIpSocket.open(bad)
+def test_ipv6_strided_send_and_receive(veth_pair: tuple[NetNS, NetNS]) -> None:
+    a, b = veth_pair
+    buf = os.urandom(10 * 1400 + 33)
+    with (
+        RawIpSocket.open(IPPROTO_SCLP, IP6_B, netns=b.name) as rx,
+        RawIpSocket.open(IPPROTO_SCLP, IP6_A, netns=a.name) as tx,
+    ):
+        assert rx.family == socket.AF_INET6
+        assert tx.send_strided(buf, 1400, IP6_B) == 11
+        assert tx.send_to([b"one", b" packet"], IP6_B) == 10
+        got = _collect(rx, 12)
+        with pytest.raises(OSError) as info:  # IPV6_PMTUDISC_DO: no fragments either
+            tx.send_to(bytes(1500 - 40 + 1), IP6_B)
+        assert info.value.errno == errno.EMSGSIZE
+    pieces = [buf[i : i + 1400] for i in range(0, len(buf), 1400)] + [b"one packet"]
+    assert [p for p, _, _, _ in got] == pieces  # no IP header on IPv6 raw sockets
+    assert {(src, o) for _, src, o, _ in got} == {(source_key(IP6_A), 0)}
+    assert [s for _, _, _, s in got] == [ones_sum(p) for p in pieces]
+
+
+def test_source_keys() -> None:
+    assert source_key("10.0.0.1") != source_key("10.0.0.2")
+    assert source_key("fd00::") == bytes([0xFD]) + bytes(15)  # trailing zeros kept
+    assert source_key("fd00::1") != source_key("fd00::")
+
+
+def _slots(packets: list[bytes]) -> tuple[BatchReceiver, list[int]]:
+    rx = BatchReceiver(len(packets), 128)
+    for view, pkt in zip(rx.views, packets, strict=False):
+        view[: len(pkt)] = pkt
+    return rx, [len(p) for p in packets]
+
+
+def test_offsets_flag_unusable_ipv4_headers() -> None:
+    """What the kernel hands a raw IPv4 socket is checked, so only the header length
+    matters; it must be at least 20 and fit in the packet, else offset -1."""
+    payload = b"\x12\x34" * 20 + b"\x56"
+    good = b"\x45" + bytes(19) + payload
+    options = b"\x46" + bytes(23) + payload
+    packets = [good, options, b"\x4f" + bytes(40), b"\x44" + bytes(30), b"", b"\x45" + bytes(10)]
+    rx, sizes = _slots(packets)
+    offsets, sums = rx.ipv4_columns(len(packets), np.asarray(sizes, np.uint32), check_header=False)
+    assert offsets.tolist() == [20, 24, -1, -1, -1, -1]
+    assert sums.tolist() == [ones_sum(payload), ones_sum(payload), 0, 0, 0, 0]
+
+
+def test_l4_sum_of_an_all_zero_packet_is_zero() -> None:
+    """Exact, like ones_sum: not 0xFFFF (which a slot sum including the header would
+    give, and which would pass an all-zero segment as checksum-valid)."""
+    rx, sizes = _slots([b"\x45" + bytes(19) + bytes(8)])
+    _, sums = rx.ipv4_columns(1, np.asarray(sizes, np.uint32), check_header=False)
+    assert sums.tolist() == [ones_sum(bytes(8))] == [0]
 
 
 # -- STT: raw TCP and the RST guard -----------------------------------------------------
@@ -157,16 +277,16 @@ def _stt_like_segment(src: str, dst: str, payload: bytes) -> bytes:
 
 def _rsts_from(rx: RawIpSocket, source: str, timeout: float) -> int:
     count = 0
-    for packet, src, offset in _collect(rx, 1_000, timeout=timeout):
+    for packet, src, offset, _ in _collect(rx, 1_000, timeout=timeout):
         (sport,) = struct.unpack_from("!H", packet, offset)
-        if src == source and sport == STT_PORT and packet[offset + 13] & 0x04:
+        if src == source_key(source) and sport == STT_PORT and packet[offset + 13] & 0x04:
             count += 1
     return count
 
 
 def test_raw_tcp_socket_sees_every_tcp_packet(veth_pair: tuple[NetNS, NetNS]) -> None:
     a, b = veth_pair
-    with RawIpSocket.open(IPPROTO_TCP, netns=b.name) as rx:
+    with RawIpSocket.open(IPPROTO_TCP, IP_B, netns=b.name) as rx:
         listener = b.socket(socket.AF_INET, socket.SOCK_STREAM)
         client = a.socket(socket.AF_INET, socket.SOCK_STREAM)
         with listener, client:
@@ -175,7 +295,7 @@ def test_raw_tcp_socket_sees_every_tcp_packet(veth_pair: tuple[NetNS, NetNS]) ->
             client.settimeout(5)
             client.connect(listener.getsockname())
             port = listener.getsockname()[1]
-            dports = {struct.unpack_from("!H", p, o + 2)[0] for p, _, o in _collect(rx, 2)}
+            dports = {struct.unpack_from("!H", p, o + 2)[0] for p, _, o, _ in _collect(rx, 2)}
         # Not STT at all: the endpoint has to filter by destination port.
         assert port in dports
 
@@ -184,8 +304,8 @@ def test_stt_rst_guard(veth_pair: tuple[NetNS, NetNS]) -> None:
     a, b = veth_pair
     segment = _stt_like_segment(IP_A, IP_B, b"stt payload")
     with (
-        RawIpSocket.open(IPPROTO_TCP, netns=a.name) as a_tcp,
-        RawIpSocket.open(IPPROTO_TCP, netns=b.name) as b_tcp,
+        RawIpSocket.open(IPPROTO_TCP, IP_A, netns=a.name) as a_tcp,
+        RawIpSocket.open(IPPROTO_TCP, IP_B, netns=b.name) as b_tcp,
     ):
         # Without a guard, B's kernel answers the segment with a RST.
         a_tcp.send_to([segment], IP_B)
@@ -197,7 +317,7 @@ def test_stt_rst_guard(veth_pair: tuple[NetNS, NetNS]) -> None:
             install_stt_rst_guard(STT_PORT, "ep1", netns=b.name)  # idempotent
             a_tcp.send_to([segment], IP_B)
             got = _collect(b_tcp, 1, timeout=2.0)
-            assert [p[o + 20 :] for p, _, o in got] == [b"stt payload"]  # endpoint sees it
+            assert [p[o + 20 :] for p, _, o, _ in got] == [b"stt payload"]  # endpoint sees it
             assert _rsts_from(a_tcp, IP_B, timeout=0.5) == 0  # ... the RST is gone
             assert stt_rst_guard_drops("ep1", netns=b.name) == 1
 

@@ -12,6 +12,13 @@ from collections.abc import Callable
 
 import pytest
 
+from sclp.io.linux import (
+    IP_MTU_DISCOVER,
+    IP_PMTUDISC_DONT,
+    IPV6_MTU_DISCOVER,
+    IPV6_PMTUDISC_DO,
+    SO_NO_CHECK,
+)
 from sclp.io.netns import NetNS, create_veth
 from sclp.io.udp import (
     GSO_COALESCED_MAX_V4,
@@ -27,7 +34,6 @@ from sclp.io.udp import (
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 
 NsFactory = Callable[[], NetNS]
-SO_NO_CHECK = 11  # asm-generic/socket.h
 
 
 def _collect(rx: UdpSocket, nbytes: int, timeout: float = 5.0) -> UdpBatch:
@@ -279,3 +285,60 @@ def test_kernel_limits(netns: NetNS) -> None:
             _raw_gso_send(raw, GSO_COALESCED_MAX_V4 + 1, 1000, dst)
             assert len(_collect(rx, GSO_COALESCED_MAX_V4 + 1).sizes) == 66
         assert rx.sock.getsockopt(SOL_UDP, UDP_GRO) == 1
+
+
+# -- what the endpoint relies on: empty datagrams, DF, bind errors ---------------------
+
+
+@pytest.mark.parametrize("gro", [True, False])
+def test_empty_datagram_is_reported_with_size_zero(netns: NetNS, gro: bool) -> None:
+    with (
+        UdpSocket.bind("127.0.0.1", 0, netns=netns.name, gro=gro) as rx,
+        UdpSocket.bind("127.0.0.1", 0, netns=netns.name) as tx,
+    ):
+        assert tx.send_to(b"", rx.local_address) == 0
+        tx.send_to(b"after", rx.local_address)
+        batch = _collect(rx, 5)
+        assert batch.sizes == [0, 5]
+        assert batch.gso_sizes == [0, 5]
+        assert batch.sources == [tx.local_address] * 2
+        assert [bytes(v) for v in batch.views] == [b"", b"after"]
+
+
+def test_pmtu_discover_do_refuses_oversize_and_dont_fragments(
+    veth_pair: tuple[NetNS, NetNS],
+) -> None:
+    a, b = veth_pair
+    too_big = bytes(1500 - 28 + 1)
+    with (
+        UdpSocket.bind("10.70.0.2", 0, netns=b.name) as rx,
+        UdpSocket.bind("10.70.0.1", 0, netns=a.name, pmtu_discover=True) as df,
+        UdpSocket.bind("10.70.0.1", 0, netns=a.name, pmtu_discover=False) as frag,
+    ):
+        with pytest.raises(OSError) as info:
+            df.send_to(too_big, rx.local_address)
+        assert info.value.errno == errno.EMSGSIZE
+        with pytest.raises(OSError) as info:
+            df.send_gso(bytes(2 * len(too_big)), len(too_big), rx.local_address)
+        assert info.value.errno == errno.EMSGSIZE
+        assert frag.send_to(too_big, rx.local_address) == len(too_big)  # two fragments
+        batch = _collect(rx, len(too_big))
+        assert batch.sizes == [len(too_big)]
+        assert batch.sources == [frag.local_address]
+
+
+def test_pmtu_discover_on_ipv6(netns: NetNS) -> None:
+    with UdpSocket.bind("::1", 0, netns=netns.name, pmtu_discover=True) as s:
+        assert s.sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER) == IPV6_PMTUDISC_DO
+    with UdpSocket.bind("127.0.0.1", 0, netns=netns.name, pmtu_discover=False) as s:
+        assert s.sock.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER) == IP_PMTUDISC_DONT
+
+
+def test_bind_errors_keep_their_errno(netns: NetNS) -> None:
+    with UdpSocket.bind("127.0.0.1", 0, netns=netns.name) as one:
+        with pytest.raises(OSError) as info:
+            UdpSocket.bind("127.0.0.1", one.local_address[1], netns=netns.name)
+        assert info.value.errno == errno.EADDRINUSE
+    with pytest.raises(OSError) as info:
+        UdpSocket.bind("10.99.0.1", 0, netns=netns.name)
+    assert info.value.errno == errno.EADDRNOTAVAIL

@@ -24,9 +24,9 @@ hook until then, so no unfiltered packet can queue.
 
 What the IP layer would have checked is now ours to check (a tap sees the packet as
 it came off the wire): version, header length, header checksum, total length (the
-frame may carry link-layer padding past it).  :class:`PacketBatchReceiver` does that
+frame may carry link-layer padding past it).  :meth:`PacketTap.recv_batch` does that
 for a whole ``recvmmsg`` batch in NumPy; :func:`ipv4_payload_bounds` is the
-per-packet reference for the packets the fast check does not take.  No IP
+per-packet reference for the packets the fast check does not take (offset -1).  No IP
 reassembly: the filter passes only non-fragments (STT senders set DF).
 """
 
@@ -35,11 +35,30 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Self
 
 import numpy as np
 
-from sclp.io.batch import BatchReceiver
+from sclp.io._mmsg import BatchReceiver, RawBatch
+from sclp.io._sockopt import DEFAULT_SOCKET_BUFFER, set_socket_buffers
+from sclp.io.linux import (
+    BPF_ALU_AND_K,
+    BPF_JMP_JEQ_K,
+    BPF_JMP_JSET_K,
+    BPF_LD_B_ABS,
+    BPF_LD_H_ABS,
+    BPF_LD_H_IND,
+    BPF_LD_W_ABS,
+    BPF_LDX_B_MSH,
+    BPF_MAXINSNS,
+    BPF_RET_K,
+    ETH_P_ALL,
+    IPPROTO_TCP,
+    PACKET_IGNORE_OUTGOING,
+    SO_ATTACH_FILTER,
+    SOL_PACKET,
+)
+from sclp.io.netns import run_in_netns
 from sclp.wire.checksum import Buffer, ones_sum
 from sclp.wire.errors import DropReason, MalformedPacket
 
@@ -48,6 +67,8 @@ __all__ = [
     "PACKET_IGNORE_OUTGOING",
     "BpfInsn",
     "PacketBatchReceiver",
+    "PacketTap",
+    "RawBatch",
     "attach_filter",
     "drop_all_filter",
     "ipv4_payload_bounds",
@@ -55,22 +76,7 @@ __all__ = [
     "stt_filter",
 ]
 
-ETH_P_ALL: Final = 0x0003  # linux/if_ether.h
-SOL_PACKET: Final = 263  # linux/socket.h
-PACKET_IGNORE_OUTGOING: Final = 23  # linux/if_packet.h
-SO_ATTACH_FILTER: Final = 26  # asm-generic/socket.h
 IPV4_HLEN: Final = 20
-
-# Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
-_LDB_ABS: Final = 0x30  # A = byte at [k]
-_LDH_ABS: Final = 0x28  # A = half-word at [k]
-_LDW_ABS: Final = 0x20  # A = word at [k]
-_LDXB_MSH: Final = 0xB1  # X = 4 * ([k] & 0xF)
-_LDH_IND: Final = 0x48  # A = half-word at [X + k]
-_AND_K: Final = 0x54  # A &= k
-_JEQ_K: Final = 0x15  # if A == k goto +jt else +jf
-_JSET_K: Final = 0x45  # if A & k goto +jt else +jf
-_RET_K: Final = 0x06
 _ACCEPT_LEN: Final = 0x40000  # bytes to keep of an accepted packet: all of it
 _INSN: Final = struct.Struct("=HBBI")  # struct sock_filter
 _FPROG: Final = struct.Struct("@HP")  # struct sock_fprog (native alignment: 16 bytes)
@@ -98,32 +104,32 @@ def stt_filter(local: str, port: int) -> list[BpfInsn]:
         return drop - at - 1
 
     return [
-        BpfInsn(_LDB_ABS, 0, 0, 0),  # 0: version/IHL byte
-        BpfInsn(_AND_K, 0, 0, 0xF0),  # 1
-        BpfInsn(_JEQ_K, 0, to_drop(2), 0x40),  # 2: IPv4
-        BpfInsn(_LDB_ABS, 0, 0, 9),  # 3: protocol
-        BpfInsn(_JEQ_K, 0, to_drop(4), socket.IPPROTO_TCP),  # 4
-        BpfInsn(_LDH_ABS, 0, 0, 6),  # 5: flags + fragment offset
-        BpfInsn(_JSET_K, to_drop(6), 0, 0x3FFF),  # 6: MF or an offset: a fragment
-        BpfInsn(_LDW_ABS, 0, 0, 16),  # 7: destination address
-        BpfInsn(_JEQ_K, 0, to_drop(8), dst),  # 8
-        BpfInsn(_LDXB_MSH, 0, 0, 0),  # 9: X = header length
-        BpfInsn(_LDH_IND, 0, 0, 2),  # 10: TCP destination port
-        BpfInsn(_JEQ_K, 0, to_drop(11), port),  # 11
-        BpfInsn(_RET_K, 0, 0, _ACCEPT_LEN),  # 12
-        BpfInsn(_RET_K, 0, 0, 0),  # 13: drop
+        BpfInsn(BPF_LD_B_ABS, 0, 0, 0),  # 0: version/IHL byte
+        BpfInsn(BPF_ALU_AND_K, 0, 0, 0xF0),  # 1
+        BpfInsn(BPF_JMP_JEQ_K, 0, to_drop(2), 0x40),  # 2: IPv4
+        BpfInsn(BPF_LD_B_ABS, 0, 0, 9),  # 3: protocol
+        BpfInsn(BPF_JMP_JEQ_K, 0, to_drop(4), IPPROTO_TCP),  # 4
+        BpfInsn(BPF_LD_H_ABS, 0, 0, 6),  # 5: flags + fragment offset
+        BpfInsn(BPF_JMP_JSET_K, to_drop(6), 0, 0x3FFF),  # 6: MF or an offset: a fragment
+        BpfInsn(BPF_LD_W_ABS, 0, 0, 16),  # 7: destination address
+        BpfInsn(BPF_JMP_JEQ_K, 0, to_drop(8), dst),  # 8
+        BpfInsn(BPF_LDX_B_MSH, 0, 0, 0),  # 9: X = header length
+        BpfInsn(BPF_LD_H_IND, 0, 0, 2),  # 10: TCP destination port
+        BpfInsn(BPF_JMP_JEQ_K, 0, to_drop(11), port),  # 11
+        BpfInsn(BPF_RET_K, 0, 0, _ACCEPT_LEN),  # 12
+        BpfInsn(BPF_RET_K, 0, 0, 0),  # 13: drop
     ]
 
 
 def drop_all_filter() -> list[BpfInsn]:
     """A filter that accepts nothing: for a send-only raw socket, whose receive queue
     would otherwise fill with copies of every packet of its protocol."""
-    return [BpfInsn(_RET_K, 0, 0, 0)]
+    return [BpfInsn(BPF_RET_K, 0, 0, 0)]
 
 
 def attach_filter(sock: socket.socket, program: list[BpfInsn]) -> None:
     """``SO_ATTACH_FILTER``; the kernel copies the program, so the buffer may go."""
-    if not 0 < len(program) <= 4096:
+    if not 0 < len(program) <= BPF_MAXINSNS:
         raise ValueError("a classic BPF program has 1 to 4096 instructions")
     code = ctypes.create_string_buffer(b"".join(_INSN.pack(*insn) for insn in program))
     fprog = _FPROG.pack(len(program), ctypes.addressof(code))
@@ -169,27 +175,90 @@ def ipv4_payload_bounds(packet: Buffer, size: int) -> tuple[int, int]:
 
 class PacketBatchReceiver(BatchReceiver):
     """:class:`BatchReceiver` for a packet socket: the source address comes from the
-    IPv4 header (the socket address is a ``sockaddr_ll``), and :meth:`plain_ok` does
-    the IP input checks for the common packet in one NumPy pass."""
-
-    def __init__(self, count: int = 64, slot_size: int = 2048) -> None:
-        super().__init__(count, slot_size)
-        self._rows8 = self._slab8.reshape(count, self.buffer_size)
+    IPv4 header (the socket address is a ``sockaddr_ll``), and the IP input checks
+    are made for a whole batch in NumPy (:meth:`ipv4_columns` with ``check_header``).
+    """
 
     def sources_v4(self, n: int) -> list[int]:
         """The IPv4 source (header bytes 12-15) of each message, as the int
-        :func:`sclp.io.batch.v4_key` gives for the address."""
-        return self._rows8[:n, 12:16].copy().view(np.uint32)[:, 0].tolist()  # type: ignore[no-any-return]
+        :func:`sclp.io.rawip.source_key` gives for the address."""
+        return self.ipv4_header_sources(n).tolist()  # type: ignore[no-any-return]
 
     def plain_ok(self, n: int, sizes: list[int]) -> list[bool]:
         """Per message: a 20-byte IPv4 header (no options) with a valid checksum and a
         total length equal to the received size.  Those carry their L4 packet at
         ``[20:size]`` and :meth:`ones_sums` is that packet's sum; the others need
-        :func:`ipv4_payload_bounds`."""
-        rows = self._rows8[:n]
-        total = rows[:, 2].astype(np.uint32) << 8 | rows[:, 3]
-        hsum = self._slab16[:n, :10].sum(axis=1, dtype=np.uint32)
-        hsum = (hsum & 0xFFFF) + (hsum >> 16)
-        hsum = (hsum & 0xFFFF) + (hsum >> 16)
-        ok = (rows[:, 0] == 0x45) & (hsum == 0xFFFF) & (total == np.asarray(sizes, np.uint32))
-        return ok.tolist()  # type: ignore[no-any-return]
+        :func:`ipv4_payload_bounds`.  (For :mod:`sclp.endpoint.nve`;
+        :meth:`PacketTap.recv_batch` gives offsets instead.)"""
+        offsets, _ = self.ipv4_columns(n, np.asarray(sizes, np.uint32), check_header=True)
+        return (offsets == IPV4_HLEN).tolist()  # type: ignore[no-any-return]
+
+
+class PacketTap:
+    """A non-blocking ``AF_PACKET`` socket (:func:`open_ipv4_tap`) read in batches.
+
+    :meth:`recv_batch` gives a :class:`RawBatch` like
+    :meth:`sclp.io.rawip.RawIpSocket.recv_batch`: ``sources`` are keys from the IPv4
+    header's source address (:func:`sclp.io.rawip.source_key`); ``offsets[i]`` is the
+    header length when the header passes the checks IP input would make (version 4,
+    header checksum, total length equal to the size, which excludes link-layer
+    padding), and -1 otherwise, for the caller to try :func:`ipv4_payload_bounds` on
+    ``views[i]`` and ``sizes[i]`` (it raises :class:`MalformedPacket` with the drop
+    reason).  :attr:`truncated` counts packets larger than a slot (dropped).
+    """
+
+    def __init__(self, sock: socket.socket, *, batch: int = 64, slot_size: int = 2048) -> None:
+        self.sock = sock
+        self._rx = PacketBatchReceiver(batch, slot_size)
+
+    @classmethod
+    def open(
+        cls,
+        ifname: str,
+        program: list[BpfInsn],
+        *,
+        netns: str | None = None,
+        batch: int = 64,
+        slot_size: int = 2048,
+        socket_buffer: int = DEFAULT_SOCKET_BUFFER,
+    ) -> Self:
+        """A tap on ``ifname`` (in namespace ``netns``; None: the calling thread's)
+        receiving what ``program`` accepts (e.g. :func:`stt_filter`), with
+        ``batch`` slots of ``slot_size`` bytes.  Raises OSError (ENODEV: no such
+        device; EPERM without CAP_NET_RAW)."""
+        with run_in_netns(netns):
+            sock = open_ipv4_tap(ifname, program)
+        try:
+            set_socket_buffers(sock, socket_buffer)
+            return cls(sock, batch=batch, slot_size=slot_size)
+        except BaseException:
+            sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def truncated(self) -> int:
+        return self._rx.truncated
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def recv_batch(self, max_msgs: int | None = None) -> RawBatch:
+        """Up to ``max_msgs`` (default: the ``batch`` size) packets with one
+        ``recvmmsg``; ``count`` 0 when nothing is waiting.  Views valid until the next
+        call."""
+        rx = self._rx
+        n = rx.receive_batch(self.sock.fileno(), max_msgs)
+        if not n:
+            return RawBatch(0, [], [], [], [], [])
+        sizes = rx.sizes_column(n)
+        offsets, l4_sums = rx.ipv4_columns(n, sizes, check_header=True)
+        return rx.batch(n, sizes, rx.ipv4_header_sources(n), offsets, l4_sums)

@@ -1,81 +1,75 @@
-"""Raw IPv4 sockets for the tunnels that are not UDP: native SCLP (IP protocol 234),
-NVGRE (GRE, protocol 47) and STT's pseudo-TCP (protocol 6).
+"""Raw IP sockets for the tunnels that are not UDP: native SCLP (IP protocol 234),
+NVGRE (GRE, protocol 47) and the send side of STT's pseudo-TCP (protocol 6).
 
-Receive: an IPv4 raw socket delivers every packet of its protocol addressed to the
-namespace, *with* the IPv4 header (``raw(7)``); :class:`RawBatch` gives the header
-length per packet so the tunnel payload starts at ``views[i][offsets[i]:]``.  Reads
-go through ``recvmmsg`` (:mod:`sclp.io._mmsg`).
+Send: without ``IP_HDRINCL`` the kernel builds the outer IP header (addresses,
+protocol, ID, checksum).  ``IP_MTU_DISCOVER = IP_PMTUDISC_DO`` (``IPV6_MTU_DISCOVER``
+on IPv6) makes an oversized packet fail with EMSGSIZE instead of being fragmented:
+tunnels segment themselves.  There is no GSO for raw sockets, but a payload's segments
+lie back to back in one buffer at a fixed stride, so :meth:`RawIpSocket.send_strided`
+hands all of them to one ``sendmmsg`` (:class:`sclp.io._mmsg.StridedSender`): at ~1 µs
+of Python per packet and ~45 packets per 64 KB, a loop would set the pace.
 
-Send: without ``IP_HDRINCL`` the kernel builds the outer IPv4 header (addresses,
-protocol, ID, checksum); ``IP_MTU_DISCOVER = IP_PMTUDISC_DO`` sets DF and makes an
-oversized packet fail with EMSGSIZE instead of being fragmented — tunnels segment
-themselves.  There is no GSO for raw sockets, so every packet is one ``sendmsg``
-(a loop: measured faster than ``sendmmsg`` through ctypes, see :mod:`sclp.io._mmsg`).
+Receive: one ``recvmmsg`` per batch into zeroed slots; sizes, source keys, the L4
+offset and the L4 packet's ones' complement sum come out as NumPy columns
+(:class:`sclp.io._mmsg.BatchReceiver`), so a batch costs a few NumPy operations and no
+Python per packet.  An IPv4 raw socket delivers the IP header (``raw(7)``), already
+checked by the kernel; an IPv6 raw socket delivers only the L4 packet, and the source
+comes from the ``sockaddr_in6``.
 
-STT (protocol 6): a raw TCP socket receives *all* TCP packets of its namespace,
-including ordinary connections; the endpoint must keep only those whose TCP
-destination port is its STT port (7471) and ignore the rest.  The kernel also sees
-the STT segments, finds no TCP socket and answers each with a RST; the endpoint keeps
-it quiet with :func:`sclp.io.nft.install_stt_rst_guard`.  If GRO is enabled on the
-receiving interface, valid-looking pseudo-TCP segments of one flow may also arrive
-coalesced into one larger packet.
-
-IPv4 only: an IPv6 raw socket never returns the IP header and needs a different
-receive path; none of these tunnels is run over IPv6 here.
+STT (protocol 6): a raw TCP socket receives *all* TCP packets of its namespace; the
+endpoint reads STT through :class:`sclp.io.packet.PacketTap` instead and keeps this
+socket for sending (with :func:`sclp.io.packet.drop_all_filter` attached to
+:attr:`RawIpSocket.sock`).  The kernel's TCP would answer each STT segment it sees with
+a RST; :mod:`sclp.io.nft` keeps it quiet.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
-from typing import Final, NamedTuple, Self
+import sys
+from collections.abc import Hashable, Sequence
+from typing import Final, Self
 
-from sclp.io._mmsg import MSG_TRUNC, MmsgReceiver
+import numpy as np
+
+from sclp.io._mmsg import BatchReceiver, RawBatch, StridedSender, encode_sockaddr, v4_key, v6_key
+from sclp.io._sockopt import (
+    DEFAULT_SOCKET_BUFFER,
+    family_of,
+    send_one,
+    set_pmtu_discover,
+    set_socket_buffers,
+)
+from sclp.io.linux import IPPROTO_GRE, IPPROTO_SCLP, IPPROTO_TCP
 from sclp.io.netns import run_in_netns
 from sclp.wire.checksum import Buffer
 
 __all__ = [
+    "DEFAULT_SOCKET_BUFFER",
     "IPPROTO_GRE",
     "IPPROTO_SCLP",
     "IPPROTO_TCP",
-    "IP_MTU_DISCOVER",
-    "IP_PMTUDISC_DO",
     "RawBatch",
     "RawIpSocket",
+    "source_key",
 ]
 
-IPPROTO_SCLP: Final = 234
-IPPROTO_GRE: Final = 47
-IPPROTO_TCP: Final = 6
-IP_MTU_DISCOVER: Final = 10  # linux/in.h
-IP_PMTUDISC_DO: Final = 2
-SO_SNDBUFFORCE: Final = 32
-SO_RCVBUFFORCE: Final = 33
-DEFAULT_SOCKET_BUFFER: Final = 16 << 20
-RECV_BUFFER_LEN: Final = 65_536  # any IPv4 packet, GRO-coalesced ones included
+_SOCKADDR_CACHE_MAX: Final = 4096
+assert sys.byteorder == "little"  # source keys and sums assume it (see sclp.io._mmsg)
 
 
-class RawBatch(NamedTuple):
-    """What :meth:`RawIpSocket.recv_batch` returns: parallel lists.
-
-    ``views[i]`` is the whole IPv4 packet (``sizes[i]`` bytes, header included) from
-    ``sources[i]``; its payload starts at ``offsets[i]`` (the header length, IHL * 4).
-    The views point into the socket's receive slab and are overwritten by the next
-    ``recv_batch``.
-    """
-
-    views: list[memoryview]
-    sizes: list[int]
-    sources: list[str]
-    offsets: list[int]
+def source_key(address: str) -> Hashable:
+    """The key :meth:`RawIpSocket.recv_batch` (and :meth:`sclp.io.packet.PacketTap.
+    recv_batch`) reports in ``sources`` for packets from ``address``: an int for IPv4,
+    the 16 address bytes for IPv6.  Build a ``{source_key(peer): peer}`` map once."""
+    return v6_key(address) if ":" in address else v4_key(address)
 
 
 class RawIpSocket:
-    """A non-blocking ``AF_INET``/``SOCK_RAW`` socket for one IP protocol.
+    """A non-blocking ``SOCK_RAW`` socket for one IP protocol, IPv4 or IPv6.
 
-    Counters: :attr:`truncated` (packets larger than a receive slot, dropped) and
-    :attr:`malformed` (packets too short for the IPv4 header they announce, dropped;
-    the kernel should never deliver one).
+    :attr:`truncated` counts packets larger than a receive slot (dropped).
+    :attr:`sock` is the socket itself (e.g. to attach a BPF filter).
     """
 
     def __init__(
@@ -83,56 +77,57 @@ class RawIpSocket:
         sock: socket.socket,
         *,
         batch: int = 64,
-        buffer_size: int = RECV_BUFFER_LEN,
+        slot_size: int = 2048,
         socket_buffer: int = DEFAULT_SOCKET_BUFFER,
     ) -> None:
-        if sock.family != socket.AF_INET or sock.type != socket.SOCK_RAW:
-            raise ValueError("RawIpSocket needs an AF_INET SOCK_RAW socket")
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_RAW:
+            raise ValueError("RawIpSocket needs an AF_INET or AF_INET6 SOCK_RAW socket")
         self.sock = sock
+        self.family = sock.family
         self.protocol = sock.proto
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-        for force, plain in (
-            (SO_RCVBUFFORCE, socket.SO_RCVBUF),
-            (SO_SNDBUFFORCE, socket.SO_SNDBUF),
-        ):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, socket_buffer)
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, plain, socket_buffer)
-        self._rx = MmsgReceiver(batch, buffer_size, 0)
-        self.truncated = 0
-        self.malformed = 0
+        set_pmtu_discover(sock, True)
+        set_socket_buffers(sock, socket_buffer)
+        self._rx = BatchReceiver(batch, slot_size)
+        self._tx = StridedSender()
+        self._sockaddrs: dict[str, bytes] = {}
+        self._v4 = self.family == socket.AF_INET
 
     @classmethod
     def open(
         cls,
         protocol: int,
+        bind_addr: str,
         *,
-        bind_addr: str | None = None,
         netns: str | None = None,
         batch: int = 64,
-        buffer_size: int = RECV_BUFFER_LEN,
+        slot_size: int = 2048,
         socket_buffer: int = DEFAULT_SOCKET_BUFFER,
     ) -> Self:
-        """A raw socket for IP ``protocol`` (1-254) in namespace ``netns`` (None: the
-        calling thread's).  ``bind_addr`` restricts receiving to packets addressed to
-        it and fixes the source address of what is sent.  Needs CAP_NET_RAW
-        (PermissionError otherwise)."""
+        """A raw socket for IP ``protocol`` (1-254) bound to ``bind_addr`` (IPv6 if it
+        contains ':'), created in namespace ``netns`` (None: the calling thread's).
+        Binding restricts receiving to packets addressed to ``bind_addr`` and fixes the
+        source address of what is sent.  ``batch`` receive slots of ``slot_size``
+        bytes (a packet larger than a slot is dropped and counted) are preallocated.
+        Raises PermissionError without CAP_NET_RAW, OSError with the kernel's errno
+        when binding fails (EADDRNOTAVAIL: not a local address)."""
         if not 0 < protocol < 255:
             raise ValueError(f"IP protocol {protocol} out of range 1-254")
         with run_in_netns(netns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, protocol)
+            sock = socket.socket(family_of(bind_addr), socket.SOCK_RAW, protocol)
         try:
-            if bind_addr is not None:
-                sock.bind((bind_addr, 0))
-            return cls(sock, batch=batch, buffer_size=buffer_size, socket_buffer=socket_buffer)
+            sock.bind((bind_addr, 0))
+            return cls(sock, batch=batch, slot_size=slot_size, socket_buffer=socket_buffer)
         except BaseException:
             sock.close()
             raise
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    @property
+    def truncated(self) -> int:
+        return self._rx.truncated
 
     def close(self) -> None:
         self.sock.close()
@@ -147,52 +142,41 @@ class RawIpSocket:
 
     def recv_batch(self, max_msgs: int | None = None) -> RawBatch:
         """Receive up to ``max_msgs`` (default: the ``batch`` size) packets with one
-        ``recvmmsg``; empty lists when nothing is waiting, fewer than requested when
-        the queue is now empty."""
+        ``recvmmsg``.  ``count`` is 0 when nothing is waiting; fewer than requested
+        means the queue is now empty.  See :class:`RawBatch` for the fields; the views
+        are valid until the next call."""
         rx = self._rx
-        n = rx.receive(self.sock.fileno(), rx.count if max_msgs is None else max_msgs)
-        views: list[memoryview] = []
-        sizes: list[int] = []
-        sources: list[str] = []
-        offsets: list[int] = []
-        slab = rx.slab
-        stride = rx.buffer_size
-        for i in range(n):
-            if rx.flags(i) & MSG_TRUNC:
-                self.truncated += 1
-                continue
-            size = rx.size(i)
-            header_len = (slab[i * stride] & 0x0F) * 4 if size else 0
-            if header_len < 20 or header_len > size:
-                self.malformed += 1
-                continue
-            views.append(rx.views[i][:size])
-            sizes.append(size)
-            sources.append(rx.source(i)[0])
-            offsets.append(header_len)
-        return RawBatch(views, sizes, sources, offsets)
+        n = rx.receive_batch(self.sock.fileno(), max_msgs)
+        if not n:
+            return RawBatch(0, [], [], [], [], [])
+        sizes = rx.sizes_column(n)
+        if self._v4:
+            offsets, l4_sums = rx.ipv4_columns(n, sizes, check_header=False)
+            return rx.batch(n, sizes, rx.ipv4_sources(n), offsets, l4_sums)
+        offsets = np.zeros(n, dtype=np.int64)
+        return rx.batch(n, sizes, rx.ipv6_sources(n), offsets, rx.l4_sums(n))
 
     # -- sending -----------------------------------------------------------------------
 
-    def send_to(self, parts: Sequence[Buffer], dst: str) -> int:
-        """One packet to ``dst`` whose payload is the concatenation of ``parts`` (e.g.
-        ``[tunnel_header, inner_frame]``); the kernel adds the IPv4 header with DF.
-        Returns the payload bytes sent, 0 if the socket buffer is full.  Raises
-        OSError(EMSGSIZE) if the packet exceeds the path MTU."""
-        try:
-            return self.sock.sendmsg(parts, (), 0, (dst, 0))
-        except BlockingIOError:
-            return 0
+    def _sockaddr(self, dst: str) -> bytes:
+        sockaddr = self._sockaddrs.get(dst)
+        if sockaddr is None:
+            if len(self._sockaddrs) >= _SOCKADDR_CACHE_MAX:
+                self._sockaddrs.clear()
+            sockaddr = self._sockaddrs[dst] = encode_sockaddr(dst)
+        return sockaddr
 
-    def send_batch(self, msgs: Sequence[tuple[Sequence[Buffer], str]]) -> int:
-        """Send each ``(parts, dst)`` as one packet; returns how many were sent,
-        stopping early only when the socket buffer is full."""
-        sendmsg = self.sock.sendmsg
-        sent = 0
-        try:
-            for parts, dst in msgs:
-                sendmsg(parts, (), 0, (dst, 0))
-                sent += 1
-        except BlockingIOError:
-            pass
-        return sent
+    def send_strided(self, buf: Buffer, stride: int, dst: str) -> int:
+        """Send the packets lying back to back in ``buf`` at ``stride`` bytes (the last
+        may be shorter) to ``dst`` with as few ``sendmmsg`` calls as possible.  Returns
+        how many the kernel took: fewer than ``ceil(len(buf) / stride)`` only when the
+        socket buffer filled (the rest was not sent).  Raises OSError for other errors
+        (EMSGSIZE: a packet exceeds the path MTU), ValueError for ``stride <= 0``."""
+        return self._tx.send(self.sock.fileno(), buf, stride, self._sockaddr(dst))
+
+    def send_to(self, data: Buffer | Sequence[Buffer], dst: str) -> int:
+        """One packet to ``dst`` whose payload is ``data`` (whole, or the concatenation
+        of pieces such as ``[tunnel_header, inner_frame]``); the kernel adds the IP
+        header, with DF on IPv4.  Returns the payload bytes sent, 0 if the socket buffer
+        is full.  Raises OSError (EMSGSIZE: over the path MTU)."""
+        return send_one(self.sock, data, (dst, 0))

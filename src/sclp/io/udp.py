@@ -39,7 +39,15 @@ import struct
 from collections.abc import Sequence
 from typing import Final, NamedTuple, Self
 
-from sclp.io._mmsg import MSG_TRUNC, Address, MmsgReceiver
+from sclp.io._mmsg import Address, MmsgReceiver
+from sclp.io._sockopt import (
+    DEFAULT_SOCKET_BUFFER,
+    family_of,
+    send_one,
+    set_pmtu_discover,
+    set_socket_buffers,
+)
+from sclp.io.linux import MSG_TRUNC, SOL_UDP, UDP_GRO, UDP_SEGMENT
 from sclp.io.netns import run_in_netns
 from sclp.wire.checksum import Buffer
 
@@ -57,12 +65,6 @@ __all__ = [
     "UdpSocket",
 ]
 
-SOL_UDP: Final = 17
-UDP_SEGMENT: Final = 103  # include/uapi/linux/udp.h
-UDP_GRO: Final = 104
-SO_SNDBUFFORCE: Final = 32
-SO_RCVBUFFORCE: Final = 33
-
 UDP_MAX_SEGMENTS: Final = 128
 UDP_MAX_SEGMENTS_OLD: Final = 64
 UDP_MAX_PAYLOAD_V4: Final = 65_535 - 20 - 8
@@ -71,7 +73,6 @@ _GSO_MAX_SIZE: Final = 65_536  # default gso_max_size of lo, veth and most NICs
 GSO_COALESCED_MAX_V4: Final = _GSO_MAX_SIZE - 14 - 20 - 8 - 1
 GSO_COALESCED_MAX_V6: Final = _GSO_MAX_SIZE - 14 - 40 - 8 - 1
 
-DEFAULT_SOCKET_BUFFER: Final = 16 << 20
 RECV_BUFFER_LEN: Final = 65_536  # holds any datagram and any GRO-coalesced buffer
 _CMSG_SPACE_INT: Final = 24  # CMSG_SPACE(sizeof(int)) on LP64
 _CMSG = struct.Struct("=Qiii")  # cmsg_len, cmsg_level, cmsg_type, int data
@@ -82,8 +83,10 @@ class UdpBatch(NamedTuple):
 
     ``views[i]`` is ``sizes[i]`` bytes from ``sources[i]``; it holds consecutive
     datagrams of ``gso_sizes[i]`` bytes each (the last may be shorter).  A datagram
-    that was not coalesced has ``gso_sizes[i] == sizes[i]``.  The views point into
-    the socket's receive slab and are overwritten by the next ``recv_batch``.
+    that was not coalesced has ``gso_sizes[i] == sizes[i]``; so an empty datagram is
+    reported with size 0 and gso_size 0 (the caller counts it; never divide by it).
+    The views point into the socket's receive slab and are overwritten by the next
+    ``recv_batch``.
     """
 
     views: list[memoryview]
@@ -108,13 +111,16 @@ class UdpSocket:
         batch: int = 64,
         buffer_size: int = RECV_BUFFER_LEN,
         socket_buffer: int = DEFAULT_SOCKET_BUFFER,
+        pmtu_discover: bool | None = None,
     ) -> None:
         if sock.type != socket.SOCK_DGRAM:
             raise ValueError("UdpSocket needs a SOCK_DGRAM socket")
         self.sock = sock
         sock.setblocking(False)
         self.family = sock.family
-        _set_buffers(sock, socket_buffer)
+        set_socket_buffers(sock, socket_buffer)
+        if pmtu_discover is not None:
+            set_pmtu_discover(sock, pmtu_discover)
         self.gro = False
         if gro:
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
@@ -142,22 +148,35 @@ class UdpSocket:
         batch: int = 64,
         buffer_size: int = RECV_BUFFER_LEN,
         socket_buffer: int = DEFAULT_SOCKET_BUFFER,
+        pmtu_discover: bool | None = None,
     ) -> Self:
         """A socket bound to ``(addr, port)`` (IPv6 if ``addr`` contains ':'), created
-        in namespace ``netns`` (None: the calling thread's), with SO_REUSEADDR, and
-        SO_REUSEPORT if asked (one socket per worker).  ``batch`` receive slots of
-        ``buffer_size`` bytes are preallocated.  Port 0 picks a free port (see
-        :attr:`local_address`)."""
-        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        in namespace ``netns`` (None: the calling thread's), with SO_REUSEPORT if asked
+        (one socket per worker).  ``batch`` receive slots of ``buffer_size`` bytes are
+        preallocated.  Port 0 picks a free port (see :attr:`local_address`).
+
+        ``pmtu_discover``: True sets DF on every datagram and makes one larger than the
+        path MTU fail with EMSGSIZE (``IP_PMTUDISC_DO``; SCLP segments itself), False
+        lets the kernel fragment (``IP_PMTUDISC_DONT``; classic tunnels with a 1500-byte
+        inner MTU), None keeps the system default.  The IPv6 options on IPv6.
+
+        No SO_REUSEADDR: on UDP it would let a second program bind the same port
+        silently and take its traffic.  Binding fails with OSError carrying the
+        kernel's errno: EADDRINUSE (port taken), EADDRNOTAVAIL (not a local address).
+        """
         with run_in_netns(netns):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((addr, port))
             return cls(
-                sock, gro=gro, batch=batch, buffer_size=buffer_size, socket_buffer=socket_buffer
+                sock,
+                gro=gro,
+                batch=batch,
+                buffer_size=buffer_size,
+                socket_buffer=socket_buffer,
+                pmtu_discover=pmtu_discover,
             )
         except BaseException:
             sock.close()
@@ -216,12 +235,8 @@ class UdpSocket:
 
     def send_to(self, data: Buffer | Sequence[Buffer], dst: Address) -> int:
         """One datagram (given whole or as pieces); returns bytes sent, 0 if the
-        socket buffer is full."""
-        parts = (data,) if isinstance(data, bytes | bytearray | memoryview) else data
-        try:
-            return self.sock.sendmsg(parts, (), 0, dst)
-        except BlockingIOError:
-            return 0
+        socket buffer is full.  Raises OSError (EMSGSIZE: too big with DF)."""
+        return send_one(self.sock, data, dst)
 
     def send_batch(self, msgs: Sequence[tuple[Sequence[Buffer], Address]]) -> int:
         """Send each ``(pieces, destination)`` as one datagram; returns how many were
@@ -302,13 +317,3 @@ class UdpSocket:
         except BlockingIOError:
             pass
         return sent
-
-
-def _set_buffers(sock: socket.socket, size: int) -> None:
-    """Large socket buffers: the *FORCE options (root / CAP_NET_ADMIN) pass
-    ``net.core.[rw]mem_max``; without privilege the plain options are capped by it."""
-    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, size)
