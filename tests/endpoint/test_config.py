@@ -1,6 +1,7 @@
 import pytest
 
-from sclp.endpoint.config import ConfigError, load_config, parse_config
+from sclp.endpoint.config import ConfigError, Protocol, load_config, parse_config
+from sclp.wire.sclp import Carrier
 
 GOOD = """\
 name = "host1"
@@ -31,10 +32,11 @@ def test_good_config_parses_with_defaults() -> None:
     assert cfg.name == "host1"
     assert cfg.control_socket == "/run/sclp/host1.sock"
     assert cfg.underlay.local == "10.0.0.1"
-    assert cfg.underlay.sclp_carrier == "udp"
+    assert cfg.underlay.sclp_carrier is Carrier.UDP  # enums from the parser onward
     assert cfg.underlay.sclp_udp_port == 7300
     assert not cfg.underlay.faults.enabled
     a, b = cfg.networks
+    assert a.protocol is Protocol.VXLAN_SCLP and a.is_sclp
     assert (a.vni, a.protocol, a.tap, a.namespace, a.mtu) == (
         42,
         "vxlan-sclp",

@@ -32,9 +32,7 @@ MAC_A, MAC_B = bytes.fromhex("020000000a01"), bytes.fromhex("020000000b01")
 IP_A, IP_B = bytes([192, 168, 9, 1]), bytes([192, 168, 9, 2])
 MSS = 1448
 CASES = [
-    (p.value, carrier)
-    for p in Protocol
-    for carrier in (("ip", "udp") if p.is_sclp else ("ip",))
+    (p.value, carrier) for p in Protocol for carrier in (("ip", "udp") if p.is_sclp else ("ip",))
 ]
 SEGMENTING = {"vxlan-sclp", "geneve-sclp", "stt"}
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from sclp.endpoint.config import Faults, parse_config
-from sclp.endpoint.nve import FAULT_COUNTERS, Endpoint, FaultInjector
+from sclp.endpoint.faults import FAULT_COUNTERS, FaultInjector
+from sclp.endpoint.nve import Endpoint
 from sclp.wire import ipv4, ipv6, udp
 from sclp.wire.checksum import internet_checksum
 

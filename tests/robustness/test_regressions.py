@@ -1,9 +1,9 @@
 """Regressions: packets that stopped the endpoint, now dropped and counted.  They
-run without root: the endpoint's receive steps are called directly, a socket pair
-stands in for a TAP and a fake for a UDP socket.
+run without root, at the data path's seam (and through the runner's receive handler
+for what a socket read returns).
 
 An inner frame whose headers are longer than the VM's MTU: a frame larger than the
-VM MTU goes to the TAP as a GSO frame whose MSS, when the tunnel carries none, is
+VM MTU goes to the VM as a GSO frame whose MSS, when the tunnel carries none, is
 the VM MTU minus the IP and TCP headers.  An IPv6 frame with a 2 KB Hop-by-Hop
 header made that negative and ``struct.pack`` raised out of the event loop: one
 packet from a (spoofable) peer address stopped the endpoint.
@@ -13,48 +13,30 @@ An empty UDP datagram to any of the endpoint's UDP ports (see its test).
 
 from __future__ import annotations
 
-import socket
 import struct
-from collections.abc import Iterator
+from collections import Counter
+from typing import Any
 
 import pytest
 
 from sclp.endpoint.config import parse_config
-from sclp.endpoint.nve import VNET_LEN, Endpoint, Port
-from sclp.switch.fdb import Fdb
+from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET_LEN, DataPath, Deliver
+from sclp.endpoint.runner import Runner, UnderlaySender
+from sclp.endpoint.tunnels import Channel, vxlan_header
 
 PEER = "10.77.0.2"
-VM_MTU = 1450
+VM_MTU = 1450  # VXLAN's default over a 1500-byte underlay
 
 
-class PairTap:
-    """A TAP stand-in: what the endpoint writes arrives on ``peer``."""
-
-    name = "tap0"
-
-    def __init__(self) -> None:
-        self.mine, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-
-    def fileno(self) -> int:
-        return self.mine.fileno()
-
-    def close(self) -> None:
-        self.mine.close()
-        self.peer.close()
-
-
-@pytest.fixture
-def endpoint() -> Iterator[tuple[Endpoint, PairTap]]:
-    cfg = parse_config(
-        'name = "deliver"\n[underlay]\nlocal = "10.77.0.1"\n'
-        f'[[network]]\nvni = 42\nprotocol = "vxlan"\ntap = "tap0"\npeers = ["{PEER}"]\n'
+def data_path(protocol: str = "vxlan", carrier: str = "ip") -> DataPath:
+    return DataPath(
+        parse_config(
+            f'name = "reg"\n[underlay]\nlocal = "10.77.0.1"\nsclp_carrier = "{carrier}"\n'
+            f'[[network]]\nvni = 42\nprotocol = "{protocol}"\ntap = "tap0"\n'
+            f'peers = ["{PEER}"]\n'
+        ),
+        1500,
     )
-    ep = Endpoint(cfg)
-    tap = PairTap()
-    net = cfg.networks[0]
-    ep.ports[42] = Port(net, tap, VM_MTU, Fdb(net.peers, 300.0, 4096))  # type: ignore[arg-type]
-    yield ep, tap
-    tap.close()
 
 
 def ipv6_tcp_frame(ext_len: int, payload: int) -> bytes:
@@ -67,67 +49,58 @@ def ipv6_tcp_frame(ext_len: int, payload: int) -> bytes:
     return eth + ip6 + body
 
 
-def test_headers_longer_than_the_vm_mtu_are_dropped_not_fatal(
-    endpoint: tuple[Endpoint, PairTap],
-) -> None:
-    ep, _ = endpoint
+def receive_vxlan(dp: DataPath, frame: bytes) -> list[Deliver]:
+    datagram = memoryview(vxlan_header(42) + frame)
+    return dp.from_udp(Channel.VXLAN, PEER, datagram, len(datagram), 0.0)
+
+
+def test_headers_longer_than_the_vm_mtu_are_dropped_not_fatal() -> None:
+    dp = data_path()
     frame = ipv6_tcp_frame(ext_len=2048, payload=100)
     assert len(frame) > VM_MTU + 18  # takes the GSO path
-    ep._deliver("vxlan", PEER, 42, memoryview(frame), 0, 0.0)
-    assert ep.ports[42].counters["drop_malformed"] == 1
-    assert ep.ports[42].counters["rx_frames"] == 0
+    assert receive_vxlan(dp, frame) == []
+    assert dp.ports[42].counters["drop_malformed"] == 1
 
 
-def test_a_large_frame_with_room_for_data_still_goes_out_as_gso(
-    endpoint: tuple[Endpoint, PairTap],
-) -> None:
-    ep, tap = endpoint
+def test_a_large_frame_with_room_for_data_still_goes_out_as_gso() -> None:
+    dp = data_path()
+    assert dp.ports[42].vm_mtu == VM_MTU
     frame = ipv6_tcp_frame(ext_len=64, payload=4000)
-    ep._deliver("vxlan", PEER, 42, memoryview(frame), 0, 0.0)
-    assert ep.ports[42].counters["rx_frames"] == 1
-    written = tap.peer.recv(70000)
-    flags, gso_type, hdr_len, gso_size, csum_start, csum_off = struct.unpack_from(
-        "<BBHHHH", written
-    )
+    (out,) = receive_vxlan(dp, frame)
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_off = struct.unpack("<BBHHHH", out.vnet)
     assert flags == 1 and csum_off == 16  # NEEDS_CSUM at the TCP checksum field
     l4 = 14 + 40 + 64
     assert (gso_type, hdr_len, csum_start) == (4, l4 + 20, l4)  # GSO_TCPV6
     assert gso_size == VM_MTU - 40 - 64 - 20
-    assert written[VNET_LEN:] == frame
+    assert bytes(out.frame) == frame
 
 
-class OneDatagramSocket:
-    """A UDP socket stand-in that returns one datagram, then would block."""
+class OneEmptyDatagram:
+    """A UdpSocket stand-in whose one read returns an empty datagram from ``src``."""
 
-    def __init__(self, data: bytes, src: str = PEER) -> None:
-        self.queue = [(data, src)]
+    def __init__(self, src: str) -> None:
+        self.src = src
 
-    def recvmsg_into(
-        self, buffers: list[memoryview], ancbufsize: int
-    ) -> tuple[int, list[tuple[int, int, bytes]], int, tuple[str, int]]:
-        if not self.queue:
-            raise BlockingIOError
-        data, src = self.queue.pop()
-        buffers[0][: len(data)] = data
-        return len(data), [], 0, (src, 40000)
+    def recv_batch(self) -> tuple[list[Any], list[int], list[tuple[str, int]], list[int]]:
+        return [memoryview(b"")], [0], [(self.src, 40000)], [0]
 
 
-@pytest.mark.parametrize("handler", ["sclp-udp", "vxlan", "geneve"])
+@pytest.mark.parametrize("channel", [Channel.SCLP, Channel.VXLAN, Channel.GENEVE])
 @pytest.mark.parametrize("src", [PEER, "10.77.0.9"])
-def test_an_empty_udp_datagram_is_counted_not_fatal(handler: str, src: str) -> None:
+def test_an_empty_udp_datagram_is_counted_not_fatal(channel: Channel, src: str) -> None:
     """Regression: an empty datagram to port 7234, 4789 or 6081, from anyone, divided
     by zero (``range(0, 0, 0)`` / ``-(-0 // 0)``) and stopped the endpoint."""
-    cfg = parse_config(
-        'name = "empty"\n[underlay]\nlocal = "10.77.0.1"\nsclp_carrier = "udp"\n'
-        f'[[network]]\nvni = 42\nprotocol = "vxlan"\ntap = "tap0"\npeers = ["{PEER}"]\n'
-    )
-    ep = Endpoint(cfg)
-    sock = OneDatagramSocket(b"", src)
-    if handler == "sclp-udp":
-        ep._on_sclp_udp(sock, 0.0)  # type: ignore[arg-type]
-    else:
-        ep._on_udp_classic(sock, handler, 0.0)  # type: ignore[arg-type]
-    assert (ep.counters["rx_packets"], ep.counters["drop_too_short"]) == (1, 1)
+    dp = data_path(carrier="udp")
+    runner = Runner(dp, UnderlaySender({}, {}, Counter()), lambda: 0.0)
+    try:
+        runner._on_udp(channel, OneEmptyDatagram(src), 64, 0.0)  # type: ignore[arg-type]
+    finally:
+        runner.close()
+    counters = dp.stats()["counters"]
+    assert (counters["rx_packets"], counters["drop_too_short"]) == (1, 1)
+    # and straight at the data path, as a zero-length view
+    assert dp.from_udp(channel, src, memoryview(b""), 0, 0.0) == []
+    assert dp.stats()["counters"]["drop_too_short"] == 2
 
 
 def test_stt_gso_frame_with_l4_beyond_255_bytes_is_dropped_not_fatal() -> None:
@@ -135,23 +108,15 @@ def test_stt_gso_frame_with_l4_beyond_255_bytes_is_dropped_not_fatal() -> None:
     with 202+ bytes of extension headers, e.g. sticky Hop-by-Hop options) made
     ``stt.encode`` raise: STT's L4 Offset field has 8 bits.  Read from the TAP it
     stopped the endpoint; now it is dropped as malformed."""
-    cfg = parse_config(
-        'name = "sttl4"\n[underlay]\nlocal = "10.77.0.1"\n'
-        f'[[network]]\nvni = 42\nprotocol = "stt"\ntap = "tap0"\npeers = ["{PEER}"]\n'
-    )
-    ep = Endpoint(cfg)
-    tap = PairTap()
-    net = cfg.networks[0]
-    port = Port(net, tap, VM_MTU, Fdb(net.peers, 300.0, 4096))  # type: ignore[arg-type]
+    dp = data_path("stt")
+    port = dp.ports[42]
     frame = bytearray(ipv6_tcp_frame(ext_len=256, payload=3000))
     frame[0:6] = b"\xff" * 6  # broadcast: flooded to the peer, no FDB entry needed
     l4 = 14 + 40 + 256
-    vnet = struct.pack("<BBHHHH", 1, 4, l4 + 20, 1400, l4, 16)  # NEEDS_CSUM, GSO_TCPV6
-    tap.mine.setblocking(False)  # as the endpoint's TAP is
-    try:
-        tap.peer.send(vnet + bytes(frame))
-        ep._on_tap(port, 0.0)
-    finally:
-        tap.close()
+    buf = bytearray(FRAME_BUF)
+    # NEEDS_CSUM, GSO_TCPV6
+    struct.pack_into("<BBHHHH", buf, HEADROOM - VNET_LEN, 1, 4, l4 + 20, 1400, l4, 16)
+    buf[HEADROOM : HEADROOM + len(frame)] = frame
+    assert dp.from_vm(port, buf, VNET_LEN + len(frame), 0.0) == []
     assert port.counters["tx_frames"] == 1
     assert port.counters["drop_malformed"] == 1

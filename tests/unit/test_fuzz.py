@@ -32,7 +32,8 @@ import pkgutil
 import random
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -43,15 +44,25 @@ from hypothesis import strategies as st
 import sclp.wire as wire_package
 from sclp.endpoint import tunnels
 from sclp.endpoint.config import parse_config
-from sclp.endpoint.nve import FRAME_BUF, HEADROOM, MAX_TAP_FRAME, Endpoint, Port
+from sclp.endpoint.datapath import (
+    FRAME_BUF,
+    HEADROOM,
+    MAX_VM_FRAME,
+    VNET,
+    VNET_LEN,
+    DataPath,
+    Deliver,
+)
+from sclp.endpoint.runner import Runner, UnderlaySender
+from sclp.endpoint.tunnels import Channel
 from sclp.engine.reassembler import Reassembler
 from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttReassembler, SttSegmenter, pseudo_sum_for
 from sclp.engine.tso import parse_tcp_frame, segment_tcp_frame
 from sclp.io.packet import ipv4_payload_bounds
-from sclp.switch.fdb import Fdb
+from sclp.io.rawip import source_key
 from sclp.wire import ipv4, sclp, stt, vxlan
-from sclp.wire.checksum import internet_checksum
+from sclp.wire.checksum import internet_checksum, ones_sum
 from sclp.wire.errors import DropReason, MalformedPacket
 from sclp.wire.frame import parse_frame
 from sclp.wire.sclp import SCLP_HLEN, Carrier, SclpHeader
@@ -377,61 +388,42 @@ PEER = "10.77.0.2"
 PROTOCOLS = ("vxlan", "geneve", "nvgre", "stt", "vxlan-sclp", "geneve-sclp")
 
 
-class _PairTap:
-    name = "tapfuzz"
-
-    def __init__(self) -> None:
-        self.mine, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.mine.setblocking(False)
-        self.peer.setblocking(False)
-
-    def fileno(self) -> int:
-        return self.mine.fileno()
-
-    def drain(self) -> None:
-        while True:
-            try:
-                self.peer.recv(70000)
-            except BlockingIOError:
-                return
-
-
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[tuple[Endpoint, list[_PairTap]]]:
+def dp() -> DataPath:
+    """One data path serving one VNI of every protocol (VNI 1..6), peer ``PEER``."""
     text = 'name = "fuzz"\n[underlay]\nlocal = "10.77.0.1"\n[limits]\nreasm_max_bytes = 300000\n'
     for vni, protocol in enumerate(PROTOCOLS, 1):
         text += f'[[network]]\nvni = {vni}\nprotocol = "{protocol}"\ntap = "t{vni}"\n'
-        text += f'peers = ["{PEER}"]\n'
-    cfg = parse_config(text)
-    ep = Endpoint(cfg)
-    taps = []
-    for net in cfg.networks:
-        tap = _PairTap()
-        taps.append(tap)
-        fdb = Fdb(net.peers, 300.0, 16)
-        ep.ports[net.vni] = Port(net, tap, 576, fdb)  # type: ignore[arg-type]
-    yield ep, taps
-    for tap in taps:
-        tap.mine.close()
-        tap.peer.close()
+        text += f'mtu = 576\npeers = ["{PEER}"]\n'
+    return DataPath(parse_config(text), 1500)
 
 
-class _OneDatagram:
-    """A UDP socket stand-in: one datagram (GRO segment size ``gro`` if not 0)."""
+class _OneBatch:
+    """A receive adapter stand-in (UdpSocket, RawIpSocket or PacketTap) that returns
+    one batch of one packet, then nothing: the runner's handlers read it as in
+    production."""
 
-    def __init__(self, data: bytes, gro: int) -> None:
-        self.data: bytes | None = data
-        self.gro = gro
+    def __init__(self, batch: tuple[Any, ...]) -> None:
+        self.batch: tuple[Any, ...] | None = batch
 
-    def recvmsg_into(
-        self, buffers: list[memoryview], ancbufsize: int
-    ) -> tuple[int, list[tuple[int, int, bytes]], int, tuple[str, int]]:
-        if self.data is None:
-            raise BlockingIOError
-        data, self.data = self.data, None
-        buffers[0][: len(data)] = data
-        anc = [(17, 104, struct.pack("i", self.gro))] if self.gro else []  # SOL_UDP, UDP_GRO
-        return len(data), anc, 0, (PEER, 40000)
+    def recv_batch(self) -> tuple[Any, ...]:
+        batch, self.batch = self.batch, None
+        assert batch is not None, "a short batch means the queue is empty: no second read"
+        return batch
+
+
+def _runner(dp: DataPath) -> Runner:
+    """A runner whose TAP writes go to a sink (no descriptors are watched)."""
+    runner = Runner(dp, UnderlaySender({}, {}, Counter()), lambda: 0.0)
+    for vni in dp.ports:
+        runner._taps[vni] = _SinkTap()  # type: ignore[assignment]
+    return runner
+
+
+class _SinkTap:
+    def writev(self, parts: tuple[bytes, Any]) -> int:
+        assert len(parts[0]) == VNET_LEN
+        return sum(len(p) for p in parts)
 
 
 def _with_tcp_checksum(segment: bytes) -> bytes:
@@ -482,7 +474,7 @@ def inner_frames(draw: st.DrawFn) -> bytes:
 @given(
     step=st.sampled_from(
         ["udp_sclp", "udp_vxlan", "udp_geneve", "sclp_segment", "sclp_payload", "gre", "stt"]
-        + ["stt_ip"]
+        + ["stt_ip", "raw_ip"]
         + ["deliver"] * 3
     ),
     data=st.one_of(packets, inner_frames()),
@@ -491,85 +483,79 @@ def inner_frames(draw: st.DrawFn) -> bytes:
     mss=st.one_of(st.just(0), st.integers(1, 0xFFFF)),
 )
 def test_endpoint_receive_steps_never_raise(
-    endpoint: tuple[Endpoint, list[_PairTap]],
+    dp: DataPath,
     step: str,
     data: bytes,
     big: int,
     vni: int,
     mss: int,
 ) -> None:
-    ep, taps = endpoint
+    """Every receive shape of the runner and the data path, with what a socket could
+    hand them: the data path counts, it never raises."""
+    runner = _runner(dp)
     now = 0.0
     view = memoryview(data + bytes(big))  # large enough for the GSO delivery path too
     if step.startswith("udp_"):
-        # The socket read itself, with or without a GRO segment size in the cmsg.
-        sock = _OneDatagram(bytes(view[: len(data)]), big % 1500)
-        if step == "udp_sclp":
-            ep._on_sclp_udp(sock, now)  # type: ignore[arg-type]
-        else:
-            ep._on_udp_classic(sock, step[4:], now)  # type: ignore[arg-type]
-    elif step == "stt_ip":  # an IPv4 packet from the STT packet socket, unchecked
+        # A UDP read: one datagram, or a GRO buffer cut every ``big % 1500`` bytes.
+        channel = {"sclp": Channel.SCLP, "vxlan": Channel.VXLAN, "geneve": Channel.GENEVE}
+        size = len(data)
+        seg = (big % 1500 or size) if size else 0
+        sock = _OneBatch(([view[:size]], [size], [(PEER, 40000)], [seg]))
+        runner._on_udp(channel[step[4:]], sock, 64, now)  # type: ignore[arg-type]
+    elif step in ("stt_ip", "raw_ip"):
+        # A packet-socket slot the fast path could not vouch for (offset -1), or a
+        # raw socket's IPv4 packet with the header length it claims.
         packet = bytearray(view)
         if len(packet) >= 24:  # make it reach the STT step often
             packet[22:24] = stt.STT_PORT.to_bytes(2, "big")
-        ep._stt_ip_packet(PEER, memoryview(packet), len(packet), now)
+        offset = -1 if step == "stt_ip" or not packet else (packet[0] & 0x0F) * 4
+        if offset > len(packet):
+            offset = -1
+        key = source_key(PEER)
+        sock = _OneBatch((1, [memoryview(packet)], [len(packet)], [key], [offset], [0xFFFF]))
+        runner._on_raw(Channel.STT if step == "stt_ip" else Channel.SCLP, sock, 64, now)  # type: ignore[arg-type]
     elif step == "sclp_segment":
-        ep._sclp_segment(PEER, memoryview(_with_sclp_checksum(bytes(view))), now, None)
-    elif step == "sclp_payload":
-        ep._sclp_completed(PEER, (4789, 6081, 99)[vni % 3], view, now)
+        segment = memoryview(_with_sclp_checksum(bytes(view)))
+        runner._deliver(dp.from_ip(Channel.SCLP, PEER, segment, now, None))
+    elif step == "sclp_payload":  # a whole payload in one segment, to any SCLP port
+        dport = (4789, 6081, 99)[vni % 3]
+        batch = Segmenter().segment_payload(view, 50000, dport, 65000)
+        for segment in batch.segments():
+            runner._deliver(dp.from_ip(Channel.SCLP, PEER, segment, now, ones_sum(segment)))
     elif step == "gre":
-        ep._gre_packet(PEER, view, now, None)
+        runner._deliver(dp.from_ip(Channel.GRE, PEER, view, now, None))
     elif step == "stt":
         segment = bytearray(_with_tcp_checksum(bytes(view)))
         if len(segment) >= 4:
             segment[2:4] = stt.STT_PORT.to_bytes(2, "big")
             segment = bytearray(_with_tcp_checksum(bytes(segment)))
-        ep._stt_segment(PEER, memoryview(segment), now, None)
+        runner._deliver(dp.from_ip(Channel.STT, PEER, memoryview(segment), now, None))
     else:
-        ep._deliver(PROTOCOLS[(vni - 1) % 6], PEER, vni, view, mss, now)
-    for tap in taps:
-        tap.drain()
-    assert ep._reassembler.bytes_held <= 300000
-    assert ep._stt_reassembler.bytes_held <= 300000
+        port = dp.ports.get(vni)
+        if port is not None:
+            out: list[Deliver] = []
+            dp._deliver_port(port, PEER, view, mss, now, out)
+            runner._deliver(out)
+    assert dp.reassembler.bytes_held <= 300000
+    assert dp.stt_reassembler.bytes_held <= 300000
 
 
 # -- the endpoint's transmit step, with the virtio header a kernel would write -----------
 
 
-class _NoSocket:
-    type = socket.SOCK_RAW
-
-
-@pytest.fixture(scope="module")
-def tx_endpoint() -> tuple[Endpoint, dict[int, Port]]:
-    """An endpoint whose every send goes through a drop-everything fault injector,
-    so the transmit path runs without sockets."""
-    text = 'name = "fuzztx"\n[underlay]\nlocal = "10.77.0.1"\nmtu = 1500\n'
-    text += "[underlay.faults]\ndrop = 1.0\n"
-    for vni, protocol in enumerate(PROTOCOLS, 1):
-        text += f'[[network]]\nvni = {vni}\nprotocol = "{protocol}"\ntap = "t{vni}"\n'
-        text += f'peers = ["{PEER}"]\n'
-    cfg = parse_config(text)
-    ep = Endpoint(cfg)
-    for which in ("vxlan", "geneve", "nvgre", "stt", "sclp"):
-        ep._sockets[which] = _NoSocket()  # type: ignore[assignment]
-    ports = {
-        net.vni: Port(net, _PairTap(), 1500, Fdb(net.peers, 300.0, 16))  # type: ignore[arg-type]
-        for net in cfg.networks
-    }
-    return ep, ports
-
-
-@settings(max_examples=300, deadline=None)
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(frame=inner_frames(), vni=st.integers(1, 6), gso=st.booleans(), mss=st.integers(1, 9000))
-def test_endpoint_transmit_step_raises_only_malformed(
-    tx_endpoint: tuple[Endpoint, dict[int, Port]], frame: bytes, vni: int, gso: bool, mss: int
+def test_endpoint_transmit_step_counts_and_shapes_every_frame(
+    dp: DataPath, frame: bytes, vni: int, gso: bool, mss: int
 ) -> None:
     """A frame read from a TAP with the virtio header the kernel writes for it (the
-    checksum start at the L4 header, GSO only for TCP): ``_on_tap`` counts a
-    ``MalformedPacket`` and goes on; anything else would stop the endpoint."""
-    ep, ports = tx_endpoint
-    frame = frame[:MAX_TAP_FRAME]
+    checksum start at the L4 header, GSO only for TCP), through the production
+    transmit shapes (software TSO + one GSO buffer, SCLP segments in one buffer,
+    STT segments per peer): ``from_vm`` never raises, and every send it returns is
+    whole packets at a stride that fits the underlay MTU."""
+    frame = frame[:MAX_VM_FRAME]
     try:
         info = parse_frame(frame)
     except MalformedPacket:
@@ -582,7 +568,10 @@ def test_endpoint_transmit_step_raises_only_malformed(
     csum_field = 16 if tcp else 6
     if info.l4_offset + csum_field + 2 > len(frame):
         return
-    vnet = (
+    buf = bytearray(FRAME_BUF)
+    VNET.pack_into(
+        buf,
+        HEADROOM - VNET_LEN,
         1,
         gso_type,
         info.l4_offset + l4_len,
@@ -590,9 +579,13 @@ def test_endpoint_transmit_step_raises_only_malformed(
         info.l4_offset,
         csum_field,
     )
-    buf = bytearray(FRAME_BUF)
     buf[HEADROOM : HEADROOM + len(frame)] = frame
-    try:
-        ep._send_frame(ports[vni], buf, len(frame), vnet, (PEER,))
-    except MalformedPacket as exc:
-        assert isinstance(exc.reason, DropReason)
+    port = dp.ports[vni]
+    before = sum(port.counters.values())
+    sends = dp.from_vm(port, buf, VNET_LEN + len(frame), 0.0)
+    assert sum(port.counters.values()) > before  # counted as sent or as dropped
+    for s in sends:
+        assert s.packets == -(-len(s.data) // s.stride)
+        if s.packets > 1:  # a GSO / sendmmsg buffer: every packet fits the path
+            udp = 8 if s.channel in (Channel.VXLAN, Channel.GENEVE) else 0  # SCLP: IP carrier
+            assert s.stride + 20 + udp <= 1500

@@ -23,7 +23,7 @@ from typing import Any
 from sclp.endpoint import provision
 from sclp.endpoint.config import Config
 from sclp.endpoint.control import ControlServer
-from sclp.endpoint.datapath import DataPath, Port
+from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, Port
 from sclp.endpoint.faults import FaultInjector
 from sclp.endpoint.provision import EndpointError
 from sclp.endpoint.runner import FaultySender, Runner, UnderlaySender
@@ -45,7 +45,8 @@ class Endpoint:
         self.counters: Counter[str] = Counter()  # what the runner's sender counts
         self.dp: DataPath | None = None
         self.runner: Runner | None = None
-        self._faults: FaultInjector | None = None
+        faults = cfg.underlay.faults
+        self._faults = FaultInjector(faults) if faults.enabled else None
         self._stack = contextlib.ExitStack()
         self._started_at = 0.0
 
@@ -75,11 +76,12 @@ class Endpoint:
         stack.callback(control.close)
         taps = [(port, provision.open_port(port, stack)) for port in dp.ports.values()]
         sockets = provision.open_underlay(cfg, dp, stack)
-        if cfg.underlay.faults.enabled:
-            faults = self._faults = FaultInjector(cfg.underlay.faults)
-            sender: UnderlaySender = FaultySender(sockets.udp, sockets.raw, self.counters, faults)
+        if self._faults is not None:
+            sender: UnderlaySender = FaultySender(
+                sockets.udp, sockets.raw, self.counters, self._faults
+            )
             stack.callback(sender.close)
-            log.warning("fault injection is ON for outgoing underlay packets: %s", faults)
+            log.warning("fault injection is ON for outgoing underlay packets: %s", self._faults)
         else:
             sender = UnderlaySender(sockets.udp, sockets.raw, self.counters)
         runner = self.runner = Runner(dp, sender, self.clock, rx_batch=cfg.tuning.rx_batch)
@@ -89,11 +91,11 @@ class Endpoint:
         for port, tap in taps:
             runner.add_tap(port, tap)
         for channel, (usock, _port) in sockets.udp.items():
-            runner.add_udp(channel, usock)
+            runner.add_udp(channel, usock, sockets.batch)
         for channel, rsock in sockets.raw_receive.items():
-            runner.add_raw(channel, rsock)
+            runner.add_raw(channel, rsock, sockets.batch)
         for ptap in sockets.stt_taps:
-            runner.add_raw(Channel.STT, ptap)
+            runner.add_raw(Channel.STT, ptap, sockets.batch)
         self._started_at = self.clock()
         log.info(
             "endpoint %s up: local %s, underlay mtu %d, %s",
@@ -127,9 +129,9 @@ class Endpoint:
         self._stack = contextlib.ExitStack()
 
     def stats(self) -> dict[str, Any]:
+        """What ``sclp stats`` shows (all zero before :meth:`start`)."""
         dp = self.dp
-        assert dp is not None
-        report = dp.stats()
+        report = dp.stats() if dp is not None else {"counters": dict.fromkeys(COUNTER_NAMES, 0)}
         counters = report["counters"]
         for name, value in self.counters.items():
             counters[name] = counters.get(name, 0) + value
@@ -139,10 +141,10 @@ class Endpoint:
             "uptime_s": round(self.clock() - self._started_at, 3),
             "underlay": {
                 "local": self.cfg.underlay.local,
-                "mtu": dp.underlay.mtu,
+                "mtu": dp.underlay.mtu if dp is not None else None,
                 "sclp_carrier": self.cfg.underlay.sclp_carrier.value,
             },
             "counters": dict(sorted(counters.items())),
-            "vni": report["vni"],
+            "vni": report.get("vni", {}),
             "faults": self._faults.counters() if self._faults else None,
         }

@@ -51,6 +51,7 @@ class Underlay:
     raw: dict[Channel, RawIpSocket] = field(default_factory=dict)
     raw_receive: dict[Channel, RawIpSocket] = field(default_factory=dict)
     stt_taps: list[packet_io.PacketTap] = field(default_factory=list)
+    batch: int = 1  # packets or buffers one receive call returns at most
 
 
 def check_privileges() -> None:
@@ -131,7 +132,7 @@ def open_underlay(cfg: Config, dp: DataPath, stack: contextlib.ExitStack) -> Und
     v4 = ":" not in local
     batch = RX_SLOTS if cfg.tuning.rx_batch else 1
     slot = dp.underlay.mtu + 64
-    out = Underlay()
+    out = Underlay(batch=batch)
     for channel, port in UDP_PORTS.items():
         if channel in dp.channels:
             # The classic tunnels may fragment (a VM MTU of 1500 is allowed).

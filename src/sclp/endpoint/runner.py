@@ -175,11 +175,15 @@ class Runner:
         self._taps[port.vni] = tap
         self.watch(tap.fileno(), lambda now: self._on_tap(port, tap, now))
 
-    def add_udp(self, channel: Channel, sock: UdpSocket) -> None:
-        self.watch(sock.fileno(), lambda now: self._on_udp(channel, sock, now))
+    def add_udp(self, channel: Channel, sock: UdpSocket, batch: int) -> None:
+        """Watch ``sock``, whose ``recv_batch`` returns up to ``batch`` buffers."""
+        self.watch(sock.fileno(), lambda now: self._on_udp(channel, sock, batch, now))
 
-    def add_raw(self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap) -> None:
-        self.watch(sock.fileno(), lambda now: self._on_raw(channel, sock, now))
+    def add_raw(
+        self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap, batch: int
+    ) -> None:
+        """Watch ``sock``, whose ``recv_batch`` returns up to ``batch`` packets."""
+        self.watch(sock.fileno(), lambda now: self._on_raw(channel, sock, batch, now))
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -236,10 +240,10 @@ class Runner:
             for s in from_vm(port, buf, size, now):
                 send(s, now)
 
-    def _on_udp(self, channel: Channel, sock: UdpSocket, now: float) -> None:
+    def _on_udp(self, channel: Channel, sock: UdpSocket, batch: int, now: float) -> None:
         dp = self.dp
         deliver = self._deliver
-        for _ in range(RX_BUDGET // sock.batch_size + 1):
+        for _ in range(RX_BUDGET // batch + 1):
             views, sizes, sources, seg_sizes = sock.recv_batch()
             for i in range(len(sizes)):
                 if not sizes[i]:  # an empty datagram: nothing to split into segments
@@ -248,16 +252,16 @@ class Runner:
                 out = dp.from_udp(channel, sources[i][0], views[i], seg_sizes[i], now)
                 if out:
                     deliver(out)
-            if len(sizes) < sock.batch_size:
+            if len(sizes) < batch:
                 return
 
     def _on_raw(
-        self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap, now: float
+        self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap, batch: int, now: float
     ) -> None:
         dp = self.dp
         deliver = self._deliver
         peer_of = self._peer_of
-        for _ in range(RX_BUDGET // sock.batch_size + 1):
+        for _ in range(RX_BUDGET // batch + 1):
             count, views, sizes, sources, offsets, sums = sock.recv_batch()
             for i in range(count):
                 src = peer_of.get(sources[i], "")
@@ -273,7 +277,7 @@ class Runner:
                     out = dp.from_ip(channel, src, views[i][start:end], now, None)
                 if out:
                     deliver(out)
-            if count < sock.batch_size:
+            if count < batch:
                 return
 
     def _deliver(self, out: Sequence[Deliver]) -> None:
