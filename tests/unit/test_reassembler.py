@@ -370,6 +370,26 @@ def test_timeout_is_checked_lazily_by_add() -> None:
     assert_empty(r)
 
 
+def test_next_deadline_tracks_entries_and_remembered_keys() -> None:
+    r = Reassembler(timeout=1.0)
+    assert r.next_deadline() is None
+    first = segments_of(payload_of(3000), ident=1)
+    second = segments_of(payload_of(3000), ident=2)
+    assert feed(r, first[:1], now=10.0) == []
+    assert feed(r, second[:1], now=10.5) == []
+    assert r.next_deadline() == 11.0
+    assert r.expire(10.99) == 0 and r.next_deadline() == 11.0
+    assert r.expire(11.0) == 1
+    assert r.next_deadline() == 11.5  # the second payload
+    assert feed(r, second[1:], now=11.2) == [payload_of(3000)]
+    assert r.next_deadline() == 12.0  # the first key, remembered at 11.0
+    assert r.expire(12.0) == 0 and r.next_deadline() == 12.2  # the second key
+    assert r.expire(12.2) == 0 and r.next_deadline() is None
+    # an unsegmented payload leaves nothing to do
+    assert feed(r, segments_of(payload_of(500), ident=3), now=13.0) == [payload_of(500)]
+    assert r.next_deadline() is None
+
+
 def test_entry_cap_evicts_oldest_first() -> None:
     payloads = [payload_of(3000, seed=i) for i in range(4)]
     segs = [segments_of(p, ident=i) for i, p in enumerate(payloads)]

@@ -23,22 +23,26 @@ every segment is placed in the frame buffer as it arrives, in any order.  Key =
 duplicates, and late segments of a frame already delivered or discarded, are ignored;
 overlapping bytes that disagree, a segment running past the frame length, or segments
 disagreeing on the frame length discard the whole frame (in the spirit of RFC 5722,
-like the SCLP reassembler, sclp-spec §4).  Incomplete frames
-time out; memory is bounded by byte and entry caps with oldest-first eviction; every
-loss is counted by :class:`~sclp.wire.errors.DropReason`.  Time is passed in (``now``).
+like the SCLP reassembler, sclp-spec §4).  The incomplete frames live in a
+:class:`~sclp.engine.table.ReassemblyTable` (possibly the one the SCLP reassembler
+uses: one memory budget), which times them out, bounds memory by byte and entry caps
+with oldest-first eviction and remembers finished keys; this module only places
+segments (a coverage map per frame) and detects completion.  Every loss is counted by
+:class:`~sclp.wire.errors.DropReason`.  Time is passed in (``now``).
 """
 
 from __future__ import annotations
 
 import collections
-import math
 import secrets
 import struct
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
+from sclp.engine.table import Account, ReassemblyTable, TableEntry
 from sclp.wire import ipv4, ipv6
 from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
 from sclp.wire.errors import DropReason
@@ -227,16 +231,24 @@ class SttSegmenter:
         return SttSegmentBatch(buffer=buffer, stride=stride, count=count, ident=ident, total=total)
 
 
-@dataclass(slots=True)
-class _Entry:
-    total: int
-    deadline: float
-    buf: bytearray
-    covered: bytearray  # one byte per frame byte: 1 once received
-    received: int = 0
+class _Entry(TableEntry):
+    """One incomplete frame; the table accounts ``size`` = 2 * ``total`` for it (the
+    frame buffer and its coverage map, one byte per frame byte: 1 once received)."""
+
+    __slots__ = ("buf", "covered", "received", "total")
+
+    def __init__(self, account: Account, total: int) -> None:
+        self.account = account
+        self.size = 2 * total
+        self.total = total
+        self.buf = bytearray(total)
+        self.covered = bytearray(total)
+        self.received = 0
 
 
-_Key = tuple[bytes, bytes, int, int, int]
+# (account tag, src, dst, sport, dport, packet ID): the tag keeps keys apart in a
+# shared table
+_Key = tuple[int, bytes, bytes, int, int, int]
 
 
 class SttReassembler:
@@ -255,6 +267,13 @@ class SttReassembler:
     ignored (counted in :attr:`duplicates`) instead of opening an entry that could only
     time out.  A frame that fits in one segment leaves no state: a network duplicate of
     it is delivered again, like any datagram.
+
+    ``table``: a :class:`~sclp.engine.table.ReassemblyTable` to hold the frames in,
+    possibly shared with the SCLP reassembler (one memory budget; eviction is oldest
+    first across both, and ``expire`` expires both); its timeout and caps then apply
+    and ``timeout``/``max_bytes``/``max_entries`` are ignored.  Without it the
+    reassembler makes its own.  The counters are this reassembler's own even in a
+    shared table (a frame evicted for an SCLP payload is an EVICTED drop here).
     """
 
     def __init__(
@@ -263,50 +282,54 @@ class SttReassembler:
         max_bytes: int = 16 * 1024 * 1024,
         max_entries: int = 1024,
         port: int = STT_PORT,
+        *,
+        table: ReassemblyTable[Any] | None = None,
     ) -> None:
-        if not timeout > 0:
-            raise ValueError(f"reassembly timeout must be positive, got {timeout}")
-        if max_bytes < 1 or max_entries < 1:
-            raise ValueError("reassembly caps must be positive")
-        self._timeout = timeout
-        self._max_bytes = max_bytes
-        self._max_entries = max_entries
+        if table is None:
+            table = ReassemblyTable(timeout, max_bytes, max_entries)
         self._port = port
-        self._table: dict[_Key, _Entry] = {}  # insertion order = age order
-        self._finished: dict[_Key, float] = {}  # key -> forget-after time, in age order
-        self._next_deadline = math.inf
-        self._bytes_held = 0
-        self._completed = 0
-        self._duplicates = 0
-        self.drops: collections.Counter[DropReason] = collections.Counter()
+        self._table: ReassemblyTable[Any] = table
+        self._account = account = table.open_account()
+        self._tag = account.tag
+        # The table's dicts, read directly on the hot path (changed only by the table).
+        self._entries: collections.OrderedDict[Hashable, _Entry] = table.entries
+        self._finished = table.finished
+        self.drops: collections.Counter[DropReason] = account.drops
 
     # -- counters ---------------------------------------------------------------------
 
     @property
+    def table(self) -> ReassemblyTable[Any]:
+        """The table holding this reassembler's frames (maybe shared)."""
+        return self._table
+
+    @property
     def bytes_held(self) -> int:
-        """Bytes accounted against ``max_bytes`` (<= ``max_bytes``)."""
-        return self._bytes_held
+        """Bytes accounted against ``max_bytes`` for this reassembler's incomplete
+        frames (<= ``max_bytes``)."""
+        return self._account.bytes_held
 
     @property
     def entries(self) -> int:
-        """Number of incomplete frames in the table."""
-        return len(self._table)
+        """Number of this reassembler's incomplete frames in the table."""
+        return self._account.entries
 
     @property
     def completed(self) -> int:
         """Frames delivered so far."""
-        return self._completed
+        return self._account.completed
 
     @property
     def duplicates(self) -> int:
         """Segments ignored as exact duplicates or as late segments of a frame already
         delivered or discarded (not an error, not a drop)."""
-        return self._duplicates
+        return self._account.duplicates
 
     def next_deadline(self) -> float | None:
         """When :meth:`expire` next has work (a frame times out or a remembered key is
-        forgotten); ``None`` when nothing is held.  For the caller's timer."""
-        return None if self._next_deadline == math.inf else self._next_deadline
+        forgotten, in the whole table); ``None`` when nothing is pending.  For the
+        caller's timer."""
+        return self._table.next_deadline()
 
     # -- input ------------------------------------------------------------------------
 
@@ -328,8 +351,9 @@ class SttReassembler:
         when ``None``).  Never raises on bad input: a bad segment is counted in
         :attr:`drops` and ``None`` is returned.  ``tcp_segment`` is copied, not kept.
         """
-        if now >= self._next_deadline:
-            self.expire(now)
+        table = self._table
+        if now >= table.next_at:
+            table.expire(now)
         view = memoryview(tcp_segment)
         n = len(view)
         if n < TCP_HLEN:
@@ -364,108 +388,53 @@ class SttReassembler:
             self.drops[DropReason.MALFORMED] += 1
             return None
         end = offset + dlen
-        key = (src, dst, sport, dport, ident)
-        entry = self._table.get(key)
+        key = (self._tag, src, dst, sport, dport, ident)
+        entry = self._entries.get(key)
         if entry is None:
             if key in self._finished:
-                self._duplicates += 1
+                self._account.duplicates += 1
                 return None
             if end > total:
                 self.drops[DropReason.PAST_END] += 1
                 return None
             if dlen == total:  # the whole frame in one segment (or LRO-merged)
-                self._completed += 1
+                self._account.completed += 1
                 return bytes(view[hlen:])
-            new = self._new_entry(key, total, now)
-            if new is None:
+            if not table.make_room(2 * total, now):
+                self.drops[DropReason.OVERSIZE] += 1  # cannot fit even in an empty table
                 return None
-            entry = new
+            entry = _Entry(self._account, total)
+            table.insert(key, entry, now)
         elif entry.total != total:
-            self._discard(key, entry, DropReason.INCONSISTENT_TOTAL, now)
+            table.discard(key, entry, DropReason.INCONSISTENT_TOTAL, now)
             return None
         elif end > total:
-            self._discard(key, entry, DropReason.PAST_END, now)
+            table.discard(key, entry, DropReason.PAST_END, now)
             return None
 
         data = view[hlen:]
         covered = entry.covered.count(1, offset, end)
         if covered:
             if not _agrees(entry, offset, data, covered == dlen):
-                self._discard(key, entry, DropReason.OVERLAP, now)
+                table.discard(key, entry, DropReason.OVERLAP, now)
                 return None
             if covered == dlen:
-                self._duplicates += 1
+                self._account.duplicates += 1
                 return None
         entry.buf[offset:end] = data
         entry.covered[offset:end] = _ONES[:dlen]
         entry.received += dlen - covered
         if entry.received < total:
             return None
-        del self._table[key]
-        self._bytes_held -= 2 * total
-        self._completed += 1
-        self._remember(key, now)
+        table.complete(key, entry, now)
         return bytes(entry.buf)
 
     def expire(self, now: float) -> int:
         """Discard the incomplete frames whose timeout has passed (counted as TIMEOUT)
         and forget old finished keys.  Returns the number discarded.  Also run lazily by
-        :meth:`add_segment`; call it from a timer to free memory when idle."""
-        table = self._table
-        expired = 0
-        while table:
-            key, entry = next(iter(table.items()))
-            if entry.deadline > now:
-                break
-            self._discard(key, entry, DropReason.TIMEOUT, now)
-            expired += 1
-        finished = self._finished
-        while finished:
-            key, forget_at = next(iter(finished.items()))
-            if forget_at > now:
-                break
-            del finished[key]
-        deadline = math.inf
-        if table:
-            deadline = next(iter(table.values())).deadline
-        if finished:
-            deadline = min(deadline, next(iter(finished.values())))
-        self._next_deadline = deadline
-        return expired
-
-    # -- internals --------------------------------------------------------------------
-
-    def _new_entry(self, key: _Key, total: int, now: float) -> _Entry | None:
-        size = 2 * total
-        if size > self._max_bytes:
-            self.drops[DropReason.OVERSIZE] += 1
-            return None
-        table = self._table
-        while table and (
-            len(table) >= self._max_entries or self._bytes_held + size > self._max_bytes
-        ):
-            old_key, old = next(iter(table.items()))
-            self._discard(old_key, old, DropReason.EVICTED, now)
-        entry = _Entry(total, now + self._timeout, bytearray(total), bytearray(total))
-        table[key] = entry
-        self._bytes_held += size
-        self._next_deadline = min(self._next_deadline, entry.deadline)
-        return entry
-
-    def _discard(self, key: _Key, entry: _Entry, reason: DropReason, now: float) -> None:
-        del self._table[key]
-        self._bytes_held -= 2 * entry.total
-        self.drops[reason] += 1
-        self._remember(key, now)
-
-    def _remember(self, key: _Key, now: float) -> None:
-        """Note a finished key so that its stragglers are ignored for ``timeout``."""
-        finished = self._finished
-        finished.pop(key, None)  # re-insert at the young end
-        finished[key] = now + self._timeout
-        if len(finished) > self._max_entries:
-            del finished[next(iter(finished))]
-        self._next_deadline = min(self._next_deadline, now + self._timeout)
+        :meth:`add_segment`; call it from a timer to free memory when idle.  In a shared
+        table this expires (and counts) the entries of every reassembler."""
+        return self._table.expire(now)
 
 
 def _agrees(entry: _Entry, offset: int, data: memoryview, all_covered: bool) -> bool:

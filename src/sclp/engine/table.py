@@ -21,9 +21,10 @@ create, finish and discard entries.  The table does everything else:
   forget-after time) for ``timeout``, at most ``max_entries`` of them, so that the
   reassembler can ignore late or duplicated segments of it instead of opening an entry
   that could only time out.
-* :meth:`ReassemblyTable.next_deadline` is when :meth:`ReassemblyTable.expire` next
-  has work (an entry times out or a key is forgotten), for the caller's timer; the
-  reassemblers also run ``expire`` lazily when a segment arrives after it.
+* :meth:`ReassemblyTable.next_deadline` is exactly when :meth:`ReassemblyTable.expire`
+  next has work (an entry times out or a key is forgotten; kept up to date as entries
+  come and go), for the caller's timer; the reassemblers also run ``expire`` lazily
+  when a segment arrives at or after it.
 
 Ownership and counters.  Each reassembler opens an :class:`Account` on the table and
 passes it to every entry it creates (:class:`TableEntry`).  The account holds that
@@ -166,6 +167,8 @@ class ReassemblyTable(Generic[E]):
         account.entries -= 1
         account.completed += 1
         self.remember(key, now)
+        if entry.deadline <= self.next_at:
+            self.next_at = self._earliest()  # it was the one due next
 
     def discard(self, key: Hashable, entry: E, reason: DropReason, now: float) -> None:
         """Drop ``entry`` for ``reason`` (counted in its owner's account) and remember
@@ -178,6 +181,8 @@ class ReassemblyTable(Generic[E]):
         account.entries -= 1
         account.drops[reason] += 1
         self.remember(key, now)
+        if entry.deadline <= self.next_at:
+            self.next_at = self._earliest()  # it was the one due next
 
     def remember(self, key: Hashable, now: float) -> None:
         """Note a finished key so that its stragglers are ignored for ``timeout``
@@ -188,8 +193,10 @@ class ReassemblyTable(Generic[E]):
             finished.move_to_end(key)  # keep the dict in forget-after order
         finished[key] = forget_at
         if len(finished) > self.max_entries:
-            finished.popitem(last=False)
-        if forget_at < self.next_at:
+            _, dropped = finished.popitem(last=False)
+            if dropped <= self.next_at:
+                self.next_at = self._earliest()  # it was the one due next
+        elif forget_at < self.next_at:
             self.next_at = forget_at
 
     def expire(self, now: float) -> int:
@@ -207,10 +214,15 @@ class ReassemblyTable(Generic[E]):
         finished = self.finished
         while finished and next(iter(finished.values())) <= now:
             finished.popitem(last=False)
-        deadline = math.inf
-        if entries:
-            deadline = next(iter(entries.values())).deadline
-        if finished:
-            deadline = min(deadline, next(iter(finished.values())))
-        self.next_at = deadline
+        self.next_at = self._earliest()
         return expired
+
+    def _earliest(self) -> float:
+        """The earliest deadline of an entry or a remembered key (both dicts are in
+        deadline order: the first of each), ``inf`` when both are empty."""
+        deadline = math.inf
+        if self.entries:
+            deadline = next(iter(self.entries.values())).deadline
+        if self.finished:
+            deadline = min(deadline, next(iter(self.finished.values())))
+        return deadline
