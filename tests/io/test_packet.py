@@ -10,10 +10,12 @@ import struct
 import time
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sclp.io._mmsg import BatchReceiver
 from sclp.io.netns import NetNS, create_veth, run_in_netns
 from sclp.io.nft import (
     install_stt_ingress_drop,
@@ -21,7 +23,6 @@ from sclp.io.nft import (
     stt_ingress_drops,
 )
 from sclp.io.packet import (
-    PacketBatchReceiver,
     PacketTap,
     attach_filter,
     drop_all_filter,
@@ -312,29 +313,45 @@ def test_packet_tap_flags_headers_ip_input_would_reject(veth_pair: tuple[NetNS, 
         assert ipv4_payload_bounds(batch.views[3], batch.sizes[3]) == (20, 20 + len(seg))
 
 
-def _fill(rx: PacketBatchReceiver, packets: list[bytes]) -> None:
+def _checked_columns(packets: list[bytes]) -> tuple[list[int], list[int], list[object]]:
+    """(offsets, l4_sums, sources) of the fast IP input check for ``packets`` put in the
+    slots of a receiver by hand."""
+    rx = BatchReceiver(len(packets), 256)
     for view, pkt in zip(rx.views, packets, strict=False):
         view[: len(pkt)] = pkt
+    sizes = np.asarray([len(p) for p in packets], np.uint32)
+    offsets, sums = rx.ipv4_columns(len(packets), sizes, check_header=True)
+    sources = rx.ipv4_header_sources(len(packets)).tolist()
+    return offsets.tolist(), sums.tolist(), sources
 
 
-def test_plain_ok_takes_only_plain_valid_headers() -> None:
+def test_fast_check_takes_only_valid_headers_at_the_right_size() -> None:
     seg = _tcp(IP_A, IP_B, STT_PORT, b"payload")
     good = _ipv4(IP_A, IP_B, 6, seg)
     bad_sum = bytearray(good)
     bad_sum[10] ^= 0x01
     options = _ipv4(IP_A, IP_B, 6, seg, ihl=6)
-    packets = [good, bytes(bad_sum), options, good + bytes(6)]  # the last one: padding
-    rx = PacketBatchReceiver(4, 256)
-    _fill(rx, packets)
-    sizes = [len(p) for p in packets]
-    assert rx.plain_ok(4, sizes) == [True, False, False, False]
-    assert rx.sources_v4(4) == [source_key(IP_A)] * 4
-    # The ones the fast check leaves out are still readable the slow way (or dropped).
-    assert ipv4_payload_bounds(rx.views[2], sizes[2]) == (24, 24 + len(seg))
-    assert ipv4_payload_bounds(rx.views[3], sizes[3]) == (20, 20 + len(seg))
-    with pytest.raises(MalformedPacket) as err:
-        ipv4_payload_bounds(rx.views[1], sizes[1])
-    assert err.value.reason is DropReason.BAD_CHECKSUM
+    v6 = b"\x65" + good[1:]
+    packets = [good, bytes(bad_sum), options, good + bytes(6), v6, good[:19]]
+    offsets, sums, sources = _checked_columns(packets)
+    assert offsets == [20, -1, 24, -1, -1, -1]
+    assert sums == [ones_sum(seg), 0, ones_sum(seg), 0, 0, 0]
+    assert sources[:5] == [source_key(IP_A)] * 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=20, max_size=200), st.integers(0, 19), st.integers(0, 255))
+def test_fast_check_agrees_with_payload_bounds(payload: bytes, at: int, value: int) -> None:
+    """Differential: whatever the fast check accepts, the per-packet reference accepts
+    with the same bounds, and the L4 sum is the reference sum of those bytes."""
+    packet = bytearray(_ipv4(IP_A, IP_B, 6, payload, ihl=5 + len(payload) % 3))
+    packet[at] = value  # one header byte changed, usually breaking something
+    data = bytes(packet)
+    (offset,), (l4_sum,), _ = _checked_columns([data])
+    if offset < 0:
+        return
+    assert ipv4_payload_bounds(data, len(data)) == (offset, len(data))
+    assert l4_sum == ones_sum(data[offset:])
 
 
 # -- ipv4_payload_bounds -------------------------------------------------------------------

@@ -348,21 +348,6 @@ class BatchReceiver(MmsgReceiver):
         self._used = n
         return n
 
-    # -- lists, one value per message (the interface sclp.endpoint.nve uses) --------
-
-    def sizes(self, n: int) -> list[int]:
-        return self.sizes_column(n).tolist()  # type: ignore[no-any-return]
-
-    def sources_v4(self, n: int) -> list[int]:
-        """The IPv4 source of each message (from its ``sockaddr_in``) as the key
-        :func:`v4_key` gives for the address."""
-        return self.ipv4_sources(n).tolist()  # type: ignore[no-any-return]
-
-    def ones_sums(self, n: int) -> list[int]:
-        """Folded ones' complement sum of each whole slot, in network byte order like
-        :func:`sclp.wire.checksum.ones_sum`."""
-        return self.l4_sums(n).tolist()  # type: ignore[no-any-return]
-
     # -- NumPy columns -----------------------------------------------------------------
 
     def sizes_column(self, n: int) -> npt.NDArray[np.uint32]:
@@ -445,7 +430,7 @@ class BatchReceiver(MmsgReceiver):
 
 
 def v4_key(address: str) -> int:
-    """The key :meth:`BatchReceiver.sources_v4` reports for an IPv4 ``address``: its
+    """The key :meth:`BatchReceiver.ipv4_sources` reports for an IPv4 ``address``: its
     four bytes read as a host-order uint32."""
     return int.from_bytes(socket.inet_pton(socket.AF_INET, address), sys.byteorder)
 

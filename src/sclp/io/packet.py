@@ -37,8 +37,6 @@ import socket
 import struct
 from typing import Final, NamedTuple, Self
 
-import numpy as np
-
 from sclp.io._mmsg import BatchReceiver, RawBatch
 from sclp.io._sockopt import DEFAULT_SOCKET_BUFFER, set_socket_buffers
 from sclp.io.linux import (
@@ -66,7 +64,6 @@ __all__ = [
     "ETH_P_ALL",
     "PACKET_IGNORE_OUTGOING",
     "BpfInsn",
-    "PacketBatchReceiver",
     "PacketTap",
     "RawBatch",
     "attach_filter",
@@ -173,27 +170,6 @@ def ipv4_payload_bounds(packet: Buffer, size: int) -> tuple[int, int]:
     return ihl, total
 
 
-class PacketBatchReceiver(BatchReceiver):
-    """:class:`BatchReceiver` for a packet socket: the source address comes from the
-    IPv4 header (the socket address is a ``sockaddr_ll``), and the IP input checks
-    are made for a whole batch in NumPy (:meth:`ipv4_columns` with ``check_header``).
-    """
-
-    def sources_v4(self, n: int) -> list[int]:
-        """The IPv4 source (header bytes 12-15) of each message, as the int
-        :func:`sclp.io.rawip.source_key` gives for the address."""
-        return self.ipv4_header_sources(n).tolist()  # type: ignore[no-any-return]
-
-    def plain_ok(self, n: int, sizes: list[int]) -> list[bool]:
-        """Per message: a 20-byte IPv4 header (no options) with a valid checksum and a
-        total length equal to the received size.  Those carry their L4 packet at
-        ``[20:size]`` and :meth:`ones_sums` is that packet's sum; the others need
-        :func:`ipv4_payload_bounds`.  (For :mod:`sclp.endpoint.nve`;
-        :meth:`PacketTap.recv_batch` gives offsets instead.)"""
-        offsets, _ = self.ipv4_columns(n, np.asarray(sizes, np.uint32), check_header=True)
-        return (offsets == IPV4_HLEN).tolist()  # type: ignore[no-any-return]
-
-
 class PacketTap:
     """A non-blocking ``AF_PACKET`` socket (:func:`open_ipv4_tap`) read in batches.
 
@@ -209,7 +185,7 @@ class PacketTap:
 
     def __init__(self, sock: socket.socket, *, batch: int = 64, slot_size: int = 2048) -> None:
         self.sock = sock
-        self._rx = PacketBatchReceiver(batch, slot_size)
+        self._rx = BatchReceiver(batch, slot_size)
 
     @classmethod
     def open(
