@@ -41,14 +41,13 @@ clock.
 
 from __future__ import annotations
 
-import collections
 import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from sclp.engine.table import Account, ReassemblyTable, TableEntry
+from sclp.engine.table import Account, ReassemblyTable, TableEntry, TableUser
 from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
 from sclp.wire.errors import DropReason
 from sclp.wire.sclp import SCLP_HLEN, SCLP_MAX_PAYLOAD, Carrier
@@ -97,7 +96,7 @@ class _Entry(TableEntry):
         self.received = 0
 
 
-class Reassembler:
+class Reassembler(TableUser):
     """Reassembly table for SCLP segments received from any number of senders.
 
     ``carrier`` decides whether a zero checksum ("not computed") is accepted (UDP
@@ -110,7 +109,8 @@ class Reassembler:
     possibly shared with other reassemblers (one memory budget; eviction is oldest
     first across all of them, and ``expire`` expires all of them); its timeout and caps
     then apply and ``timeout``/``max_bytes``/``max_entries`` are ignored.  Without it
-    the reassembler makes its own.  The counters below are this reassembler's own even
+    the reassembler makes its own.  The counters (``drops``, ``completed``,
+    ``duplicates``, ``bytes_held``, ``entries``) are this reassembler's own even
     in a shared table (an entry evicted for another reassembler's payload is counted
     in the ``drops`` of the reassembler that owned it).
     """
@@ -124,54 +124,11 @@ class Reassembler:
         *,
         table: ReassemblyTable[Any] | None = None,
     ) -> None:
-        if table is None:
-            table = ReassemblyTable(timeout, max_bytes, max_entries)
+        super().__init__(timeout, max_bytes, max_entries, table)
         self._accept_zero_csum = carrier is Carrier.UDP
-        self._table: ReassemblyTable[Any] = table
-        self._account = account = table.open_account()
-        self._tag = account.tag
-        # The table's dicts, read directly on the hot path (changed only by the table).
-        self._entries: collections.OrderedDict[Hashable, _Entry] = table.entries
-        self._finished = table.finished
         # A payload whose total is unknown may be as large as the protocol allows, but
         # never larger than the cap.
-        self._pending_size = min(SCLP_MAX_PAYLOAD, table.max_bytes)
-        self.drops: collections.Counter[DropReason] = account.drops
-
-    # -- counters ---------------------------------------------------------------------
-
-    @property
-    def table(self) -> ReassemblyTable[Any]:
-        """The table holding this reassembler's entries (maybe shared)."""
-        return self._table
-
-    @property
-    def bytes_held(self) -> int:
-        """Bytes of payload buffers held by this reassembler's incomplete entries
-        (<= ``max_bytes``)."""
-        return self._account.bytes_held
-
-    @property
-    def entries(self) -> int:
-        """Number of this reassembler's incomplete payloads in the table."""
-        return self._account.entries
-
-    @property
-    def completed(self) -> int:
-        """Payloads delivered so far."""
-        return self._account.completed
-
-    @property
-    def duplicates(self) -> int:
-        """Segments ignored as exact duplicates or as late segments of a payload already
-        delivered or discarded (not an error, not a drop)."""
-        return self._account.duplicates
-
-    def next_deadline(self) -> float | None:
-        """When :meth:`expire` next has work (a payload times out or a remembered key
-        is forgotten, in the whole table); ``None`` when nothing is pending.  For the
-        caller's timer."""
-        return self._table.next_deadline()
+        self._pending_size = min(SCLP_MAX_PAYLOAD, self._table.max_bytes)
 
     # -- input ------------------------------------------------------------------------
 
@@ -301,13 +258,6 @@ class Reassembler:
             if done is not None:
                 out.append(done)
         return out
-
-    def expire(self, now: float) -> int:
-        """Discard the incomplete payloads whose timeout has passed (counted as
-        TIMEOUT) and forget old finished keys.  Returns the number discarded.  Also
-        run lazily by ``add_*``; call it from a timer to free memory when idle.  In a
-        shared table this expires (and counts) the entries of every reassembler."""
-        return self._table.expire(now)
 
     # -- internals --------------------------------------------------------------------
 

@@ -33,16 +33,14 @@ segments (a coverage map per frame) and detects completion.  Every loss is count
 
 from __future__ import annotations
 
-import collections
 import secrets
 import struct
-from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 
-from sclp.engine.table import Account, ReassemblyTable, TableEntry
+from sclp.engine.table import Account, ReassemblyTable, TableEntry, TableUser
 from sclp.wire import ipv4, ipv6
 from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
 from sclp.wire.errors import DropReason
@@ -251,7 +249,7 @@ class _Entry(TableEntry):
 _Key = tuple[int, bytes, bytes, int, int, int]
 
 
-class SttReassembler:
+class SttReassembler(TableUser):
     """Reassembles STT frames from pseudo-TCP segments (any order, duplicates fine).
 
     The counters and caps follow :class:`sclp.engine.reassembler.Reassembler`:
@@ -285,51 +283,8 @@ class SttReassembler:
         *,
         table: ReassemblyTable[Any] | None = None,
     ) -> None:
-        if table is None:
-            table = ReassemblyTable(timeout, max_bytes, max_entries)
+        super().__init__(timeout, max_bytes, max_entries, table)
         self._port = port
-        self._table: ReassemblyTable[Any] = table
-        self._account = account = table.open_account()
-        self._tag = account.tag
-        # The table's dicts, read directly on the hot path (changed only by the table).
-        self._entries: collections.OrderedDict[Hashable, _Entry] = table.entries
-        self._finished = table.finished
-        self.drops: collections.Counter[DropReason] = account.drops
-
-    # -- counters ---------------------------------------------------------------------
-
-    @property
-    def table(self) -> ReassemblyTable[Any]:
-        """The table holding this reassembler's frames (maybe shared)."""
-        return self._table
-
-    @property
-    def bytes_held(self) -> int:
-        """Bytes accounted against ``max_bytes`` for this reassembler's incomplete
-        frames (<= ``max_bytes``)."""
-        return self._account.bytes_held
-
-    @property
-    def entries(self) -> int:
-        """Number of this reassembler's incomplete frames in the table."""
-        return self._account.entries
-
-    @property
-    def completed(self) -> int:
-        """Frames delivered so far."""
-        return self._account.completed
-
-    @property
-    def duplicates(self) -> int:
-        """Segments ignored as exact duplicates or as late segments of a frame already
-        delivered or discarded (not an error, not a drop)."""
-        return self._account.duplicates
-
-    def next_deadline(self) -> float | None:
-        """When :meth:`expire` next has work (a frame times out or a remembered key is
-        forgotten, in the whole table); ``None`` when nothing is pending.  For the
-        caller's timer."""
-        return self._table.next_deadline()
 
     # -- input ------------------------------------------------------------------------
 
@@ -428,13 +383,6 @@ class SttReassembler:
             return None
         table.complete(key, entry, now)
         return bytes(entry.buf)
-
-    def expire(self, now: float) -> int:
-        """Discard the incomplete frames whose timeout has passed (counted as TIMEOUT)
-        and forget old finished keys.  Returns the number discarded.  Also run lazily by
-        :meth:`add_segment`; call it from a timer to free memory when idle.  In a shared
-        table this expires (and counts) the entries of every reassembler."""
-        return self._table.expire(now)
 
 
 def _agrees(entry: _Entry, offset: int, data: memoryview, all_covered: bool) -> bool:

@@ -46,11 +46,11 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sclp.wire.errors import DropReason
 
-__all__ = ["Account", "ReassemblyTable", "TableEntry"]
+__all__ = ["Account", "ReassemblyTable", "TableEntry", "TableUser"]
 
 
 class Account:
@@ -226,3 +226,67 @@ class ReassemblyTable(Generic[E]):
         if self.finished:
             deadline = min(deadline, next(iter(self.finished.values())))
         return deadline
+
+
+class TableUser:
+    """Base of the reassemblers: joins a table (its own, made from ``timeout`` and the
+    caps, when ``table`` is None; otherwise the given one, whose timeout and caps then
+    apply) with a new :class:`Account`, and exposes that account's counters.  The hot
+    paths read ``_table``, ``_account``, ``_tag``, ``_entries`` and ``_finished``."""
+
+    def __init__(
+        self,
+        timeout: float,
+        max_bytes: int,
+        max_entries: int,
+        table: ReassemblyTable[Any] | None,
+    ) -> None:
+        if table is None:
+            table = ReassemblyTable(timeout, max_bytes, max_entries)
+        self._table: ReassemblyTable[Any] = table
+        self._account = account = table.open_account()
+        self._tag = account.tag
+        # The table's dicts, read directly on the hot path (changed only by the table).
+        self._entries: collections.OrderedDict[Hashable, Any] = table.entries
+        self._finished = table.finished
+        self.drops: collections.Counter[DropReason] = account.drops
+
+    @property
+    def table(self) -> ReassemblyTable[Any]:
+        """The table holding this reassembler's entries (maybe shared)."""
+        return self._table
+
+    @property
+    def bytes_held(self) -> int:
+        """Bytes accounted against ``max_bytes`` for this reassembler's incomplete
+        entries (<= ``max_bytes``)."""
+        return self._account.bytes_held
+
+    @property
+    def entries(self) -> int:
+        """Number of this reassembler's incomplete entries in the table."""
+        return self._account.entries
+
+    @property
+    def completed(self) -> int:
+        """Payloads (frames) delivered so far."""
+        return self._account.completed
+
+    @property
+    def duplicates(self) -> int:
+        """Segments ignored as exact duplicates or as late segments of a payload already
+        delivered or discarded (not an error, not a drop)."""
+        return self._account.duplicates
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` next has work (an entry times out or a remembered key is
+        forgotten, in the whole table); ``None`` when nothing is pending.  For the
+        caller's timer."""
+        return self._table.next_deadline()
+
+    def expire(self, now: float) -> int:
+        """Discard the incomplete entries whose timeout has passed (counted as TIMEOUT)
+        and forget old finished keys.  Returns the number discarded.  Also run lazily
+        when a segment arrives; call it from a timer to free memory when idle.  In a
+        shared table this expires (and counts) the entries of every reassembler."""
+        return self._table.expire(now)
