@@ -3,9 +3,10 @@ each behaviour (buffer sizes, DF, what EAGAIN means) is written once."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Iterator, Sequence
+from typing import Any, Final, Self
 
 from sclp.io.linux import (
     IP_MTU_DISCOVER,
@@ -25,6 +26,17 @@ DEFAULT_SOCKET_BUFFER: Final = 16 << 20
 def family_of(address: str) -> socket.AddressFamily:
     """AF_INET6 if ``address`` is written with ':' (an IPv6 literal), else AF_INET."""
     return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+@contextlib.contextmanager
+def closed_on_error(sock: socket.socket) -> Iterator[socket.socket]:
+    """Set-up of a fresh socket: if the block raises, the socket is closed (no fd
+    leaks) and the exception, errno intact, goes on to the caller."""
+    try:
+        yield sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 def set_socket_buffers(sock: socket.socket, size: int) -> None:
@@ -58,3 +70,23 @@ def send_one(sock: socket.socket, data: Buffer | Sequence[Buffer], address: Any)
         return sock.sendmsg(parts, (), 0, address)
     except BlockingIOError:
         return 0
+
+
+class SocketAdapter:
+    """What every socket adapter offers besides its batches: :attr:`sock` (the socket
+    object itself, e.g. for a BPF filter or a socket option), :meth:`fileno` for the
+    caller's selector, :meth:`close`, and use as a context manager."""
+
+    sock: socket.socket
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -38,7 +38,12 @@ import struct
 from typing import Final, NamedTuple, Self
 
 from sclp.io._mmsg import BatchReceiver, RawBatch
-from sclp.io._sockopt import DEFAULT_SOCKET_BUFFER, set_socket_buffers
+from sclp.io._sockopt import (
+    DEFAULT_SOCKET_BUFFER,
+    SocketAdapter,
+    closed_on_error,
+    set_socket_buffers,
+)
 from sclp.io.linux import (
     BPF_ALU_AND_K,
     BPF_JMP_JEQ_K,
@@ -170,7 +175,7 @@ def ipv4_payload_bounds(packet: Buffer, size: int) -> tuple[int, int]:
     return ihl, total
 
 
-class PacketTap:
+class PacketTap(SocketAdapter):
     """A non-blocking ``AF_PACKET`` socket (:func:`open_ipv4_tap`) read in batches.
 
     :meth:`recv_batch` gives a :class:`RawBatch` like
@@ -204,28 +209,13 @@ class PacketTap:
         device; EPERM without CAP_NET_RAW)."""
         with run_in_netns(netns):
             sock = open_ipv4_tap(ifname, program)
-        try:
+        with closed_on_error(sock):
             set_socket_buffers(sock, socket_buffer)
             return cls(sock, batch=batch, slot_size=slot_size)
-        except BaseException:
-            sock.close()
-            raise
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     @property
     def truncated(self) -> int:
         return self._rx.truncated
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def recv_batch(self, max_msgs: int | None = None) -> RawBatch:
         """Up to ``max_msgs`` (default: the ``batch`` size) packets with one

@@ -35,6 +35,8 @@ import numpy as np
 from sclp.io._mmsg import BatchReceiver, RawBatch, StridedSender, encode_sockaddr, v4_key, v6_key
 from sclp.io._sockopt import (
     DEFAULT_SOCKET_BUFFER,
+    SocketAdapter,
+    closed_on_error,
     family_of,
     send_one,
     set_pmtu_discover,
@@ -65,7 +67,7 @@ def source_key(address: str) -> Hashable:
     return v6_key(address) if ":" in address else v4_key(address)
 
 
-class RawIpSocket:
+class RawIpSocket(SocketAdapter):
     """A non-blocking ``SOCK_RAW`` socket for one IP protocol, IPv4 or IPv6.
 
     :attr:`truncated` counts packets larger than a receive slot (dropped).
@@ -115,28 +117,13 @@ class RawIpSocket:
             raise ValueError(f"IP protocol {protocol} out of range 1-254")
         with run_in_netns(netns):
             sock = socket.socket(family_of(bind_addr), socket.SOCK_RAW, protocol)
-        try:
+        with closed_on_error(sock):
             sock.bind((bind_addr, 0))
             return cls(sock, batch=batch, slot_size=slot_size, socket_buffer=socket_buffer)
-        except BaseException:
-            sock.close()
-            raise
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     @property
     def truncated(self) -> int:
         return self._rx.truncated
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- receiving ---------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ from typing import Final, NamedTuple, Self
 from sclp.io._mmsg import Address, MmsgReceiver
 from sclp.io._sockopt import (
     DEFAULT_SOCKET_BUFFER,
+    SocketAdapter,
+    closed_on_error,
     family_of,
     send_one,
     set_pmtu_discover,
@@ -95,7 +97,7 @@ class UdpBatch(NamedTuple):
     gso_sizes: list[int]
 
 
-class UdpSocket:
+class UdpSocket(SocketAdapter):
     """A non-blocking UDP socket for the tunnel underlay.
 
     Counters: :attr:`truncated` (datagrams dropped because a receive slot was too
@@ -166,7 +168,7 @@ class UdpSocket:
         """
         with run_in_netns(netns):
             sock = socket.socket(family_of(addr), socket.SOCK_DGRAM)
-        try:
+        with closed_on_error(sock):
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((addr, port))
@@ -178,28 +180,13 @@ class UdpSocket:
                 socket_buffer=socket_buffer,
                 pmtu_discover=pmtu_discover,
             )
-        except BaseException:
-            sock.close()
-            raise
 
     # -- plumbing ----------------------------------------------------------------------
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     @property
     def local_address(self) -> Address:
         host, port = self.sock.getsockname()[:2]
         return str(host), int(port)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- receiving ---------------------------------------------------------------------
 
