@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Final
 
-# -- include/uapi/linux/in.h: IP protocol numbers and IPv4 socket options ----------------
-IPPROTO_TCP: Final = 6
-IPPROTO_UDP: Final = 17
-IPPROTO_GRE: Final = 47  # NVGRE rides on GRE (RFC 7637)
-IPPROTO_SCLP: Final = 234  # not in the header: the number SCLP's native mode uses (spec)
+# -- IP protocol numbers (include/uapi/linux/in.h; IANA): defined once, in the wire layer
+from sclp.wire.ipproto import IPPROTO_GRE as IPPROTO_GRE
+from sclp.wire.ipproto import IPPROTO_SCLP as IPPROTO_SCLP
+from sclp.wire.ipproto import IPPROTO_TCP as IPPROTO_TCP
+from sclp.wire.ipproto import IPPROTO_UDP as IPPROTO_UDP
+
+# -- include/uapi/linux/in.h: IPv4 socket options ----------------------------------------
 IP_MTU_DISCOVER: Final = 10
 IP_PMTUDISC_DONT: Final = 0  # never set DF: the kernel may fragment
 IP_PMTUDISC_DO: Final = 2  # always set DF: too big for the path MTU = EMSGSIZE
