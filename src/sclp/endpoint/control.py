@@ -98,7 +98,9 @@ class ControlServer:
             conn.setblocking(False)
             client = _Client(conn, now + CLIENT_TIMEOUT)
             self._step(client)
-            if not client.done:
+            if client.done:
+                client.close()
+            else:
                 self._keep(client)
 
     def expire(self, now: float) -> None:
@@ -126,13 +128,16 @@ class ControlServer:
             self._watch(fd, True, lambda: self._resume(client))
 
     def _finish(self, client: _Client) -> None:
+        """Stop watching the client, then close it (in that order: a closed
+        descriptor cannot be unregistered)."""
         fd = client.fd
         if self._clients.pop(fd, None) is not None and self._unwatch is not None:
             self._unwatch(fd)
         client.close()
 
     def _step(self, client: _Client) -> None:
-        """Read until the request line is there, then write the answer."""
+        """Read until the request line is there, then write the answer; ``done``
+        once answered (or failed).  The caller closes."""
         conn = client.conn
         try:
             if not client.answer:
@@ -153,8 +158,6 @@ class ControlServer:
             return
         except OSError:
             client.done = True
-        if client.done:
-            client.close()
 
     def close(self) -> None:
         for client in list(self._clients.values()):

@@ -59,6 +59,7 @@ from sclp.endpoint.tunnels import (
 from sclp.engine.reassembler import Reassembler
 from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttReassembler, SttSegmenter, pseudo_sum_for
+from sclp.engine.table import ReassemblyTable, TableEntry
 from sclp.engine.tso import complete_checksum, segment_tcp_frame
 from sclp.switch.fdb import Fdb
 from sclp.wire import stt
@@ -160,12 +161,12 @@ class DataPath:
         segmenter = segmenter or Segmenter()
         stt_segmenter = stt_segmenter or SttSegmenter()
         lim = cfg.limits
-        self.reassembler = Reassembler(
-            cfg.underlay.sclp_carrier, lim.reasm_timeout, lim.reasm_max_bytes, lim.reasm_max_entries
-        )
-        self.stt_reassembler = SttReassembler(
+        # One table, one memory budget: the caps hold for SCLP and STT together.
+        self.reassembly: ReassemblyTable[TableEntry] = ReassemblyTable(
             lim.reasm_timeout, lim.reasm_max_bytes, lim.reasm_max_entries
         )
+        self.reassembler = Reassembler(cfg.underlay.sclp_carrier, table=self.reassembly)
+        self.stt_reassembler = SttReassembler(table=self.reassembly)
         self.ports: dict[int, Port] = {}
         for net in cfg.networks:
             tunnel = tunnel_for(net.protocol, net.vni, self.underlay, segmenter, stt_segmenter)
@@ -397,20 +398,14 @@ class DataPath:
 
     def expire(self, now: float) -> None:
         """Time out incomplete payloads and age FDB entries."""
-        self.reassembler.expire(now)
-        self.stt_reassembler.expire(now)
+        self.reassembly.expire(now)
         for port in self.ports.values():
             port.fdb.expire(now)
 
     def next_deadline(self) -> float | None:
         """The earliest ``now`` at which :meth:`expire` has reassembly work to do
         (FDB aging is lazy and may wait for the runner's periodic tick)."""
-        deadlines = [
-            d
-            for d in (self.reassembler.next_deadline(), self.stt_reassembler.next_deadline())
-            if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        return self.reassembly.next_deadline()
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``counters`` (every name in :data:`COUNTER_NAMES`, totals over
