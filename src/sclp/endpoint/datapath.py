@@ -53,6 +53,7 @@ from sclp.endpoint.tunnels import (
     SttTunnel,
     Tunnel,
     Underlay,
+    VmFrame,
     VxlanTunnel,
     tunnel_for,
 )
@@ -209,7 +210,8 @@ class DataPath:
                 if flags & F_NEEDS_CSUM:
                     frame = memoryview(buf)[HEADROOM : HEADROOM + flen]
                     complete_checksum(frame, csum_start, csum_offset)
-            sends = port.tunnel.transmit(buf, flen, gso_size, csum_start, gso_type, dest.peers)
+            vm = VmFrame(buf, flen, gso_size, csum_start, gso_type)
+            sends = port.tunnel.transmit(vm, dest.peers)
         except MalformedPacket as exc:
             counters[exc.reason.counter] += 1
             return []
@@ -248,15 +250,8 @@ class DataPath:
                 self._sclp_payload(src, done.dport, done.payload, now, out)
             return out
         tunnel = VxlanTunnel if channel is Channel.VXLAN else GeneveTunnel
-        decapsulate = tunnel.decapsulate
         for off in range(0, size, seg_size):
-            dgram = data[off : off + seg_size]
-            try:
-                d = decapsulate(dgram)
-            except MalformedPacket as exc:
-                self.counters[exc.reason.counter] += 1
-                continue
-            self._deliver(tunnel, src, d.vni, dgram[d.inner_offset :], 0, now, out)
+            self._decapsulate(tunnel, src, data[off : off + seg_size], now, out)
         return out
 
     def from_ip(
@@ -280,12 +275,7 @@ class DataPath:
             if done is not None:
                 self._sclp_payload(src, done.dport, done.payload, now, out)
             return out
-        try:
-            d = NvgreTunnel.decapsulate(packet)
-        except MalformedPacket as exc:
-            self.counters[exc.reason.counter] += 1
-            return out
-        self._deliver(NvgreTunnel, src, d.vni, packet[d.inner_offset :], 0, now, out)
+        self._decapsulate(NvgreTunnel, src, packet, now, out)
         return out
 
     def _sclp_payload(
@@ -295,6 +285,12 @@ class DataPath:
         if tunnel is None:
             self.counters[DropReason.UNKNOWN_PORT.counter] += 1
             return
+        self._decapsulate(tunnel, src, payload, now, out)
+
+    def _decapsulate(
+        self, tunnel: type[Tunnel], src: str, payload: Buffer, now: float, out: list[Deliver]
+    ) -> None:
+        """Take ``payload`` apart as ``tunnel``'s format and deliver its inner frame."""
         try:
             d = tunnel.decapsulate(payload)
         except MalformedPacket as exc:
@@ -324,15 +320,8 @@ class DataPath:
         frame = self.stt_reassembler.add_segment(
             src_packed, self._local_packed, segment, now, verify_checksum=verify
         )
-        if frame is None:
-            return
-        try:
-            d = SttTunnel.decapsulate(frame)
-        except MalformedPacket as exc:
-            self.counters[exc.reason.counter] += 1
-            return
-        inner = memoryview(frame)[d.inner_offset :]
-        self._deliver(SttTunnel, src, d.vni, inner, d.mss, now, out)
+        if frame is not None:
+            self._decapsulate(SttTunnel, src, frame, now, out)
 
     def _deliver(
         self,

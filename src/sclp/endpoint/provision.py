@@ -177,14 +177,18 @@ def _udp(
                 f"UDP port {port} ({what}) on {local} is in use by another program; "
                 "stop it or change the port"
             ) from None
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise EndpointError(
-                f"underlay.local {local} is not an address of this host; "
-                "use one of this host's addresses"
-            ) from None
-        raise
+        raise _bind_error(exc, local) from None
     stack.callback(sock.close)
     return sock
+
+
+def _bind_error(exc: OSError, local: str) -> Exception:
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return EndpointError(
+            f"underlay.local {local} is not an address of this host; "
+            "use one of this host's addresses"
+        )
+    return exc
 
 
 def _raw(
@@ -193,12 +197,7 @@ def _raw(
     try:
         sock = RawIpSocket.open(protocol, local, batch=batch, slot_size=slot)
     except OSError as exc:
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise EndpointError(
-                f"underlay.local {local} is not an address of this host; "
-                "use one of this host's addresses"
-            ) from None
-        raise
+        raise _bind_error(exc, local) from None
     stack.callback(sock.close)
     return sock
 

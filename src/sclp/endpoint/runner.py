@@ -68,21 +68,17 @@ class UnderlaySender:
         """Called every tick; a plain sender holds nothing back."""
 
     def _udp_sender(self, sock: UdpSocket, port: int) -> Callable[[Send], None]:
-        def send(s: Send) -> None:
-            try:
-                sent = sock.send_gso(s.data, s.stride, (str(s.peer), port))
-            except OSError as exc:
-                self._error(exc, s.packets)
-                return
-            if sent < s.packets:
-                self.counters[DropReason.TX_BUSY.counter] += s.packets - sent
-
-        return send
+        return self._counting(lambda s: sock.send_gso(s.data, s.stride, (str(s.peer), port)))
 
     def _raw_sender(self, sock: RawIpSocket) -> Callable[[Send], None]:
+        return self._counting(lambda s: sock.send_strided(s.data, s.stride, str(s.peer)))
+
+    def _counting(self, put: Callable[[Send], int]) -> Callable[[Send], None]:
+        """``put`` returns how many packets the kernel took; count the rest."""
+
         def send(s: Send) -> None:
             try:
-                sent = sock.send_strided(s.data, s.stride, str(s.peer))
+                sent = put(s)
             except OSError as exc:
                 self._error(exc, s.packets)
                 return

@@ -78,6 +78,19 @@ class Send(NamedTuple):
     packets: int
 
 
+class VmFrame(NamedTuple):
+    """A frame from a VM at ``buf[HEADROOM : HEADROOM + flen]`` (the headroom may be
+    written) with its virtio-net GSO facts: ``gso_size`` 0 for a plain frame (whose
+    checksum the data path has completed), else the MSS, ``csum_start`` where the L4
+    header starts and ``gso_type`` (GSO_TCPV4, GSO_TCPV6)."""
+
+    buf: bytearray
+    flen: int
+    gso_size: int
+    csum_start: int
+    gso_type: int
+
+
 class Decapsulated(NamedTuple):
     """A received payload taken apart: the VNI, where the inner frame starts, and the
     sender's MSS when the format carries one (Geneve option, STT header), else 0."""
@@ -182,11 +195,8 @@ class Tunnel:
     """One network's encapsulation.  Subclasses set the class attributes and
     implement :meth:`transmit`; :meth:`decapsulate` is the format's parser.
 
-    ``transmit(buf, flen, gso_size, csum_start, gso_type, peers)`` takes the VM frame
-    at ``buf[HEADROOM : HEADROOM + flen]`` (the headroom may be written) with its
-    virtio-net GSO facts (``gso_size`` 0 for a plain frame, whose checksum the caller
-    has completed) and returns the packets for every peer.  It raises
-    :class:`MalformedPacket` for a frame it cannot carry.
+    ``transmit(vm, peers)`` takes a :class:`VmFrame` and returns the packets for every
+    peer.  It raises :class:`MalformedPacket` for a frame it cannot carry.
     """
 
     protocol: ClassVar[Protocol]
@@ -209,15 +219,7 @@ class Tunnel:
         """The largest (TSO) frame the VM may hand us (the TAP's gso_max_size)."""
         return MAX_VM_FRAME
 
-    def transmit(
-        self,
-        buf: bytearray,
-        flen: int,
-        gso_size: int,
-        csum_start: int,
-        gso_type: int,
-        peers: Sequence[Hashable],
-    ) -> list[Send]:
+    def transmit(self, vm: VmFrame, peers: Sequence[Hashable]) -> list[Send]:
         raise NotImplementedError
 
 
@@ -249,15 +251,8 @@ class _UdpTunnel(_PerFrameTunnel):
     def _header(self) -> bytes:
         raise NotImplementedError
 
-    def transmit(
-        self,
-        buf: bytearray,
-        flen: int,
-        gso_size: int,
-        csum_start: int,
-        gso_type: int,
-        peers: Sequence[Hashable],
-    ) -> list[Send]:
+    def transmit(self, vm: VmFrame, peers: Sequence[Hashable]) -> list[Send]:
+        buf, flen, gso_size, *_ = vm
         frames = self._frames(buf, flen, gso_size)
         hdr = self.header
         count = len(frames)
@@ -303,15 +298,8 @@ class NvgreTunnel(_PerFrameTunnel):
     l4_len = 0
     decapsulate = staticmethod(nvgre_decapsulate)
 
-    def transmit(
-        self,
-        buf: bytearray,
-        flen: int,
-        gso_size: int,
-        csum_start: int,
-        gso_type: int,
-        peers: Sequence[Hashable],
-    ) -> list[Send]:
+    def transmit(self, vm: VmFrame, peers: Sequence[Hashable]) -> list[Send]:
+        buf, flen, gso_size, *_ = vm
         frames = self._frames(buf, flen, gso_size)
         hdr = nvgre_header(self.vni, flow_hash(parse_frame(frames[0])))
         count = len(frames)
@@ -345,15 +333,8 @@ class _SclpTunnel(Tunnel):
     def _header(self, gso_size: int) -> bytes:
         raise NotImplementedError
 
-    def transmit(
-        self,
-        buf: bytearray,
-        flen: int,
-        gso_size: int,
-        csum_start: int,
-        gso_type: int,
-        peers: Sequence[Hashable],
-    ) -> list[Send]:
+    def transmit(self, vm: VmFrame, peers: Sequence[Hashable]) -> list[Send]:
+        buf, flen, gso_size, *_ = vm
         hdr = self._header(gso_size)
         start = HEADROOM - len(hdr)
         buf[start:HEADROOM] = hdr
@@ -403,15 +384,8 @@ class SttTunnel(Tunnel):
         self._local = ipaddress.ip_address(underlay.local).packed
         self._packed: dict[Hashable, bytes] = {}
 
-    def transmit(
-        self,
-        buf: bytearray,
-        flen: int,
-        gso_size: int,
-        csum_start: int,
-        gso_type: int,
-        peers: Sequence[Hashable],
-    ) -> list[Send]:
+    def transmit(self, vm: VmFrame, peers: Sequence[Hashable]) -> list[Send]:
+        buf, flen, gso_size, csum_start, gso_type = vm
         sflags = stt.SttFlags.NONE
         l4_offset = 0
         if gso_size:
@@ -455,7 +429,12 @@ TUNNEL_TYPES: Final[dict[Protocol, type[Tunnel]]] = {
         GeneveSclpTunnel,
     )
 }
-# SCLP destination port -> the tunnel type whose payloads it carries.
+# The SCLP destination port of each SCLP protocol, and back: the tunnel type a port
+# carries (sclp-spec §2).
+SCLP_PORT_OF: Final[dict[Protocol, int]] = {
+    Protocol.VXLAN_SCLP: SCLP_VXLAN_PORT,
+    Protocol.GENEVE_SCLP: SCLP_GENEVE_PORT,
+}
 SCLP_TUNNEL_OF_PORT: Final[dict[int, type[Tunnel]]] = {
     SCLP_VXLAN_PORT: VxlanSclpTunnel,
     SCLP_GENEVE_PORT: GeneveSclpTunnel,
