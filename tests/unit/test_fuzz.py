@@ -16,13 +16,15 @@ different lengths), interleaved, duplicated and partly lost, a delivered payload
 agrees with every segment fed while it was put together, so conflicting bytes are
 never spliced in; and the byte and entry caps hold after every segment.
 
-The endpoint's own receive steps (UDP socket reads with and without GRO, SCLP
-segment, completed SCLP payload, GRE packet, STT segment, delivery to a TAP) are
-fuzzed too, with fakes for the UDP socket and a socket pair for each TAP; they must
-never raise.  So is the transmit step, for frames a VM hands to its TAP.  These
-targets reproduce the three crashes fixed with tests/robustness/test_regressions.py
-(an inner frame whose headers are longer than the VM's MTU; an empty UDP datagram;
-an STT GSO frame with its L4 header past byte 255) within their example budgets.
+The endpoint's own receive steps are fuzzed at the data path's seam and through the
+runner's receive handlers (UDP reads with and without GRO, raw and packet-socket
+batches, SCLP segments and payloads, GRE packets, STT segments, delivery to a VM),
+with stand-ins for the socket adapters; they must never raise.  So is the transmit
+step, with the production shapes (software TSO into one GSO buffer, SCLP and STT
+segments in one buffer), for frames a VM hands to its TAP.  These targets reproduce
+the three crashes fixed with tests/robustness/test_regressions.py (an inner frame
+whose headers are longer than the VM's MTU; an empty UDP datagram; an STT GSO frame
+with its L4 header past byte 255) within their example budgets.
 """
 
 from __future__ import annotations

@@ -72,3 +72,29 @@ def test_lab_stays_above_the_product() -> None:
             if m.split(".")[:2] in (["sclp", "lab"], ["sclp", "cli"])
         }
         assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}"
+
+
+def layered_modules() -> list[Path]:
+    return sorted(p for pkg in LAYER_ORDER[:-1] for p in (SRC / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", layered_modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_every_layer_imports_only_downwards(path: Path) -> None:
+    """The I/O adapters never import the endpoint, the endpoint never the lab: every
+    package of the product imports from its own layer or those below."""
+    own = path.relative_to(SRC).parts[0]
+    allowed = set(LAYER_ORDER[: LAYER_ORDER.index(own) + 1])
+    for module in imported_modules(path):
+        parts = module.split(".")
+        if parts[0] == "sclp" and len(parts) > 1 and parts[1] in LAYER_ORDER:
+            assert parts[1] in allowed, f"{path.relative_to(SRC)} imports {module} from above"
+
+
+def test_the_data_path_is_sans_io() -> None:
+    """endpoint/datapath.py and endpoint/tunnels.py: no sockets, no clock, no I/O
+    adapters (design.md: the data path is sans-I/O)."""
+    for name in ("datapath.py", "tunnels.py"):
+        modules = imported_modules(SRC / "endpoint" / name)
+        bad = {m for m in modules if m.split(".")[0] in FORBIDDEN_MODULES}
+        bad |= {m for m in modules if m.startswith("sclp.io")}
+        assert not bad, f"endpoint/{name} imports {sorted(bad)}"
