@@ -241,12 +241,19 @@ def _slots(packets: list[bytes]) -> tuple[BatchReceiver, list[int]]:
     return rx, [len(p) for p in packets]
 
 
+def _checked_header(length: int) -> bytes:
+    header = bytearray([0x40 | length // 4]) + bytes(length - 1)
+    header[10:12] = internet_checksum(bytes(header)).to_bytes(2, "big")
+    return bytes(header)
+
+
 def test_offsets_flag_unusable_ipv4_headers() -> None:
     """What the kernel hands a raw IPv4 socket is checked, so only the header length
-    matters; it must be at least 20 and fit in the packet, else offset -1."""
+    matters; it must be at least 20 and fit in the packet, else offset -1.  (The
+    headers with a length are checksummed, as the kernel would deliver them.)"""
     payload = b"\x12\x34" * 20 + b"\x56"
-    good = b"\x45" + bytes(19) + payload
-    options = b"\x46" + bytes(23) + payload
+    good = _checked_header(20) + payload
+    options = _checked_header(24) + payload
     packets = [good, options, b"\x4f" + bytes(40), b"\x44" + bytes(30), b"", b"\x45" + bytes(10)]
     rx, sizes = _slots(packets)
     offsets, sums = rx.ipv4_columns(len(packets), np.asarray(sizes, np.uint32), check_header=False)
@@ -254,12 +261,22 @@ def test_offsets_flag_unusable_ipv4_headers() -> None:
     assert sums.tolist() == [ones_sum(payload), ones_sum(payload), 0, 0, 0, 0]
 
 
-def test_l4_sum_of_an_all_zero_packet_is_zero() -> None:
-    """Exact, like ones_sum: not 0xFFFF (which a slot sum including the header would
-    give, and which would pass an all-zero segment as checksum-valid)."""
-    rx, sizes = _slots([b"\x45" + bytes(19) + bytes(8)])
-    _, sums = rx.ipv4_columns(1, np.asarray(sizes, np.uint32), check_header=False)
-    assert sums.tolist() == [ones_sum(bytes(8))] == [0]
+def test_l4_sum_of_an_all_zero_packet_is_zero_where_the_header_is_unchecked() -> None:
+    """A packet socket's columns (nobody vetted the header) are exact, like ones_sum:
+    0, not the 0xFFFF a slot sum including the header gives.  A raw socket's columns
+    take the slot sum (the kernel-checked header adds the identity), where an all-zero
+    L4 packet reads 0xFFFF; the SCLP reassembler still drops an all-zero segment
+    (a zero checksum field is 'not computed', refused in the IP carrier)."""
+    header = bytearray(b"\x45" + bytes(19))
+    header[2:4] = (28).to_bytes(2, "big")
+    header[8] = 64
+    header[9] = 234
+    header[10:12] = internet_checksum(bytes(header)).to_bytes(2, "big")
+    rx, sizes = _slots([bytes(header) + bytes(8)])
+    _, exact = rx.ipv4_columns(1, np.asarray(sizes, np.uint32), check_header=True)
+    assert exact.tolist() == [ones_sum(bytes(8))] == [0]
+    _, kernel_checked = rx.ipv4_columns(1, np.asarray(sizes, np.uint32), check_header=False)
+    assert kernel_checked.tolist() == [0xFFFF]
 
 
 # -- STT: raw TCP and the RST guard -----------------------------------------------------

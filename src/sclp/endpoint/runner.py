@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import select
 import signal
+import socket
 from collections.abc import Callable, Hashable, Sequence
 from typing import Final
 
@@ -149,6 +150,7 @@ class Runner:
         self._taps: dict[int, TapDevice] = {}  # by VNI
         self._tap_buf = bytearray(FRAME_BUF)
         self._tap_view = memoryview(self._tap_buf)
+        self._rx_view = memoryview(bytearray(FRAME_BUF))  # one-by-one reads
         self._peer_of: dict[Hashable, str] = {source_key(p): p for p in dp.peers}
         self._tick_hooks: list[Callable[[float], None]] = []
         self._running = False
@@ -172,14 +174,23 @@ class Runner:
         self.watch(tap.fileno(), lambda now: self._on_tap(port, tap, now))
 
     def add_udp(self, channel: Channel, sock: UdpSocket, batch: int) -> None:
-        """Watch ``sock``, whose ``recv_batch`` returns up to ``batch`` buffers."""
-        self.watch(sock.fileno(), lambda now: self._on_udp(channel, sock, batch, now))
+        """Watch ``sock``, whose ``recv_batch`` returns up to ``batch`` buffers; with
+        ``batch`` 1 (``tuning.rx_batch`` off: the level-1 ablation) one plain read
+        per datagram instead."""
+        if batch == 1 and not sock.gro:
+            self.watch(sock.fileno(), lambda now: self._on_udp_one(channel, sock, now))
+        else:
+            self.watch(sock.fileno(), lambda now: self._on_udp(channel, sock, batch, now))
 
     def add_raw(
         self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap, batch: int
     ) -> None:
-        """Watch ``sock``, whose ``recv_batch`` returns up to ``batch`` packets."""
-        self.watch(sock.fileno(), lambda now: self._on_raw(channel, sock, batch, now))
+        """Watch ``sock``, whose ``recv_batch`` returns up to ``batch`` packets; with
+        ``batch`` 1 one plain read per packet (checksums verified by the engines)."""
+        if batch == 1:
+            self.watch(sock.fileno(), lambda now: self._on_raw_one(channel, sock, now))
+        else:
+            self.watch(sock.fileno(), lambda now: self._on_raw(channel, sock, batch, now))
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -275,6 +286,49 @@ class Runner:
                     deliver(out)
             if count < batch:
                 return
+
+    def _on_udp_one(self, channel: Channel, sock: UdpSocket, now: float) -> None:
+        view = self._rx_view
+        recv = sock.sock.recvfrom_into
+        dp = self.dp
+        for _ in range(RX_BUDGET):
+            try:
+                size, addr = recv(view)
+            except BlockingIOError:
+                return
+            out = dp.from_udp(channel, addr[0], view[:size], size, now)
+            if out:
+                self._deliver(out)
+
+    def _on_raw_one(
+        self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap, now: float
+    ) -> None:
+        view = self._rx_view
+        recv = sock.sock.recvfrom_into
+        dp = self.dp
+        family = sock.sock.family
+        for _ in range(RX_BUDGET):
+            try:
+                size, addr = recv(view)
+            except BlockingIOError:
+                return
+            if family == socket.AF_INET6:  # raw IPv6: no IP header, the source in addr
+                out = dp.from_ip(channel, addr[0], view[:size], now, None)
+            elif family == socket.AF_INET:  # raw IPv4: the kernel checked the header
+                ihl = (view[0] & 0x0F) * 4 if size else 0
+                if ihl < 20 or ihl > size:
+                    dp.count_rx_drop(DropReason.TOO_SHORT)
+                    continue
+                out = dp.from_ip(channel, addr[0], view[ihl:size], now, None)
+            else:  # a packet socket: nobody checked the IPv4 header
+                try:
+                    start, end = packet_io.ipv4_payload_bounds(view, size)
+                except MalformedPacket as exc:
+                    dp.count_rx_drop(exc.reason)
+                    continue
+                out = dp.from_ip(channel, socket.inet_ntoa(view[12:16]), view[start:end], now)
+            if out:
+                self._deliver(out)
 
     def _deliver(self, out: Sequence[Deliver]) -> None:
         """Write each frame to its VM, counting what was delivered and what not."""
