@@ -71,4 +71,3 @@ def test_a_client_past_its_deadline_is_dropped(tmp_path: Path) -> None:
     finally:
         silent.close()
         server.close()
-
