@@ -29,13 +29,14 @@ with its L4 header past byte 255) within their example budgets.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import random
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -414,18 +415,30 @@ class _OneBatch:
         return batch
 
 
-def _runner(dp: DataPath) -> Runner:
-    """A runner whose TAP writes go to a sink (no descriptors are watched)."""
+@contextlib.contextmanager
+def _runner(dp: DataPath) -> Iterator[Runner]:
+    """A runner whose VM ports are datagram socket pairs (what it writes, a frame per
+    ``writev``, is read back and checked: a 10-byte virtio header, then the frame)."""
     runner = Runner(dp, UnderlaySender({}, {}, Counter()), lambda: 0.0)
-    for vni in dp.ports:
-        runner._taps[vni] = _SinkTap()  # type: ignore[assignment]
-    return runner
-
-
-class _SinkTap:
-    def writev(self, parts: tuple[bytes, Any]) -> int:
-        assert len(parts[0]) == VNET_LEN
-        return sum(len(p) for p in parts)
+    pairs = {vni: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for vni in dp.ports}
+    try:
+        for vni, (mine, _) in pairs.items():
+            mine.setblocking(False)
+            runner._tap_fds[vni] = mine.fileno()
+        yield runner
+        for _, theirs in pairs.values():
+            theirs.setblocking(False)
+            while True:
+                try:
+                    written = theirs.recv(1 << 17)
+                except BlockingIOError:
+                    break
+                assert len(written) >= VNET_LEN + 14
+    finally:
+        runner.close()
+        for mine, theirs in pairs.values():
+            mine.close()
+            theirs.close()
 
 
 def _with_tcp_checksum(segment: bytes) -> bytes:
@@ -494,50 +507,50 @@ def test_endpoint_receive_steps_never_raise(
 ) -> None:
     """Every receive shape of the runner and the data path, with what a socket could
     hand them: the data path counts, it never raises."""
-    runner = _runner(dp)
-    now = 0.0
-    view = memoryview(data + bytes(big))  # large enough for the GSO delivery path too
-    if step.startswith("udp_"):
-        # A UDP read: one datagram, or a GRO buffer cut every ``big % 1500`` bytes.
-        channel = {"sclp": Channel.SCLP, "vxlan": Channel.VXLAN, "geneve": Channel.GENEVE}
-        size = len(data)
-        seg = (big % 1500 or size) if size else 0
-        sock = _OneBatch(([view[:size]], [size], [(PEER, 40000)], [seg]))
-        runner._on_udp(channel[step[4:]], sock, 64, now)  # type: ignore[arg-type]
-    elif step in ("stt_ip", "raw_ip"):
-        # A packet-socket slot the fast path could not vouch for (offset -1), or a
-        # raw socket's IPv4 packet with the header length it claims.
-        packet = bytearray(view)
-        if len(packet) >= 24:  # make it reach the STT step often
-            packet[22:24] = stt.STT_PORT.to_bytes(2, "big")
-        offset = -1 if step == "stt_ip" or not packet else (packet[0] & 0x0F) * 4
-        if offset > len(packet):
-            offset = -1
-        key = source_key(PEER)
-        sock = _OneBatch((1, [memoryview(packet)], [len(packet)], [key], [offset], [0xFFFF]))
-        runner._on_raw(Channel.STT if step == "stt_ip" else Channel.SCLP, sock, 64, now)  # type: ignore[arg-type]
-    elif step == "sclp_segment":
-        segment = memoryview(_with_sclp_checksum(bytes(view)))
-        runner._deliver(dp.from_ip(Channel.SCLP, PEER, segment, now, None))
-    elif step == "sclp_payload":  # a whole payload in one segment, to any SCLP port
-        dport = (4789, 6081, 99)[vni % 3]
-        batch = Segmenter().segment_payload(view, 50000, dport, 65000)
-        for segment in batch.segments():
-            runner._deliver(dp.from_ip(Channel.SCLP, PEER, segment, now, ones_sum(segment)))
-    elif step == "gre":
-        runner._deliver(dp.from_ip(Channel.GRE, PEER, view, now, None))
-    elif step == "stt":
-        segment = bytearray(_with_tcp_checksum(bytes(view)))
-        if len(segment) >= 4:
-            segment[2:4] = stt.STT_PORT.to_bytes(2, "big")
-            segment = bytearray(_with_tcp_checksum(bytes(segment)))
-        runner._deliver(dp.from_ip(Channel.STT, PEER, memoryview(segment), now, None))
-    else:
-        port = dp.ports.get(vni)
-        if port is not None:
-            out: list[Deliver] = []
-            dp._deliver_port(port, PEER, view, mss, now, out)
-            runner._deliver(out)
+    with _runner(dp) as runner:
+        now = 0.0
+        view = memoryview(data + bytes(big))  # large enough for the GSO delivery path too
+        if step.startswith("udp_"):
+            # A UDP read: one datagram, or a GRO buffer cut every ``big % 1500`` bytes.
+            channel = {"sclp": Channel.SCLP, "vxlan": Channel.VXLAN, "geneve": Channel.GENEVE}
+            size = len(data)
+            seg = (big % 1500 or size) if size else 0
+            sock = _OneBatch(([view[:size]], [size], [(PEER, 40000)], [seg]))
+            runner._on_udp(channel[step[4:]], sock, 64, now)  # type: ignore[arg-type]
+        elif step in ("stt_ip", "raw_ip"):
+            # A packet-socket slot the fast path could not vouch for (offset -1), or a
+            # raw socket's IPv4 packet with the header length it claims.
+            packet = bytearray(view)
+            if len(packet) >= 24:  # make it reach the STT step often
+                packet[22:24] = stt.STT_PORT.to_bytes(2, "big")
+            offset = -1 if step == "stt_ip" or not packet else (packet[0] & 0x0F) * 4
+            if offset > len(packet):
+                offset = -1
+            key = source_key(PEER)
+            sock = _OneBatch((1, [memoryview(packet)], [len(packet)], [key], [offset], [0xFFFF]))
+            runner._on_raw(Channel.STT if step == "stt_ip" else Channel.SCLP, sock, 64, now)  # type: ignore[arg-type]
+        elif step == "sclp_segment":
+            segment = memoryview(_with_sclp_checksum(bytes(view)))
+            runner._deliver(dp.from_ip(Channel.SCLP, PEER, segment, now, None))
+        elif step == "sclp_payload":  # a whole payload in one segment, to any SCLP port
+            dport = (4789, 6081, 99)[vni % 3]
+            batch = Segmenter().segment_payload(view, 50000, dport, 65000)
+            for segment in batch.segments():
+                runner._deliver(dp.from_ip(Channel.SCLP, PEER, segment, now, ones_sum(segment)))
+        elif step == "gre":
+            runner._deliver(dp.from_ip(Channel.GRE, PEER, view, now, None))
+        elif step == "stt":
+            segment = bytearray(_with_tcp_checksum(bytes(view)))
+            if len(segment) >= 4:
+                segment[2:4] = stt.STT_PORT.to_bytes(2, "big")
+                segment = bytearray(_with_tcp_checksum(bytes(segment)))
+            runner._deliver(dp.from_ip(Channel.STT, PEER, memoryview(segment), now, None))
+        else:
+            port = dp.ports.get(vni)
+            if port is not None:
+                out: list[Deliver] = []
+                dp._deliver_port(port, PEER, view, mss, now, out)
+                runner._deliver(out)
     assert dp.reassembler.bytes_held <= 300000
     assert dp.stt_reassembler.bytes_held <= 300000
 

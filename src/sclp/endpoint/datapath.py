@@ -290,14 +290,18 @@ class DataPath:
     def _decapsulate(
         self, tunnel: type[Tunnel], src: str, payload: Buffer, now: float, out: list[Deliver]
     ) -> None:
-        """Take ``payload`` apart as ``tunnel``'s format and deliver its inner frame."""
+        """Take ``payload`` apart as ``tunnel``'s format and deliver its inner frame to
+        the VNI's port, if that network runs this format."""
         try:
-            d = tunnel.decapsulate(payload)
+            vni, inner_offset, mss = tunnel.decapsulate(payload)
         except MalformedPacket as exc:
             self.counters[exc.reason.counter] += 1
             return
-        frame = memoryview(payload)[d.inner_offset :]
-        self._deliver(tunnel, src, d.vni, frame, d.mss, now, out)
+        port = self.ports.get(vni)
+        if port is None or type(port.tunnel) is not tunnel:
+            self.counters[DropReason.UNKNOWN_VNI.counter] += 1
+            return
+        self._deliver_port(port, src, memoryview(payload)[inner_offset:], mss, now, out)
 
     def _stt_segment(
         self, src: str, segment: memoryview, now: float, l4_sum: int | None, out: list[Deliver]
@@ -322,23 +326,6 @@ class DataPath:
         )
         if frame is not None:
             self._decapsulate(SttTunnel, src, frame, now, out)
-
-    def _deliver(
-        self,
-        tunnel: type[Tunnel],
-        src: str,
-        vni: int,
-        frame: memoryview,
-        mss: int,
-        now: float,
-        out: list[Deliver],
-    ) -> None:
-        """The VNI's port, if that network runs ``tunnel``'s format."""
-        port = self.ports.get(vni)
-        if port is None or type(port.tunnel) is not tunnel:
-            self.counters[DropReason.UNKNOWN_VNI.counter] += 1
-            return
-        self._deliver_port(port, src, frame, mss, now, out)
 
     def _deliver_port(
         self, port: Port, src: str, frame: memoryview, mss: int, now: float, out: list[Deliver]

@@ -18,6 +18,7 @@ The way of a frame from the VM to the wire: ``TapDevice.read_into`` →
 from __future__ import annotations
 
 import logging
+import os
 import select
 import signal
 import socket
@@ -148,6 +149,7 @@ class Runner:
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[float], None]] = {}
         self._taps: dict[int, TapDevice] = {}  # by VNI
+        self._tap_fds: dict[int, int] = {}  # by VNI, for the write of every delivery
         self._tap_buf = bytearray(FRAME_BUF)
         self._tap_view = memoryview(self._tap_buf)
         self._rx_view = memoryview(bytearray(FRAME_BUF))  # one-by-one reads
@@ -171,6 +173,7 @@ class Runner:
 
     def add_tap(self, port: Port, tap: TapDevice) -> None:
         self._taps[port.vni] = tap
+        self._tap_fds[port.vni] = tap.fileno()
         self.watch(tap.fileno(), lambda now: self._on_tap(port, tap, now))
 
     def add_udp(self, channel: Channel, sock: UdpSocket, batch: int) -> None:
@@ -332,11 +335,12 @@ class Runner:
 
     def _deliver(self, out: Sequence[Deliver]) -> None:
         """Write each frame to its VM, counting what was delivered and what not."""
-        taps = self._taps
+        fds = self._tap_fds
+        writev = os.writev  # TapDevice.writev without its Python frame: once per frame
         for port, vnet, frame in out:
             counters = port.counters
             try:
-                taps[port.vni].writev((vnet, frame))
+                writev(fds[port.vni], (vnet, frame))
             except BlockingIOError:
                 counters[DropReason.TAP_BUSY.counter] += 1
                 continue
