@@ -366,3 +366,17 @@ def test_guard_names_and_errors(netns: NetNS) -> None:
         install_stt_rst_guard(STT_PORT, netns=f"{netns.name}-gone")
     with pytest.raises(NftError, match="nft -j list table inet sclp_nosuch failed"):
         _nft(["-j", "list", "table", "inet", "sclp_nosuch"], None, netns.name)
+
+
+def test_a_receiver_without_sums_gives_offsets_and_zero_sums() -> None:
+    """GRE has no L4 checksum: its socket skips the sums (and the zeroing of the
+    slots they need) and still finds the payload after the header."""
+    payload = b"\x12\x34" * 20
+    packets = [_checked_header(20) + payload, _checked_header(24) + payload]
+    rx = BatchReceiver(len(packets), 128, zeroed=False)
+    for view, pkt in zip(rx.views, packets, strict=False):
+        view[: len(pkt)] = pkt
+    sizes = np.asarray([len(p) for p in packets], np.uint32)
+    offsets, sums = rx.ipv4_columns(len(packets), sizes, check_header=False)
+    assert offsets.tolist() == [20, 24]
+    assert sums.tolist() == [0, 0]

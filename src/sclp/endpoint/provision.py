@@ -146,7 +146,7 @@ def open_underlay(cfg: Config, dp: DataPath, stack: contextlib.ExitStack) -> Und
         else:
             out.raw[Channel.SCLP] = _raw(IPPROTO_SCLP, local, stack, batch, slot)
     if Channel.GRE in dp.channels:
-        gre = out.raw[Channel.GRE] = _raw(IPPROTO_GRE, local, stack, batch, slot)
+        gre = out.raw[Channel.GRE] = _raw(IPPROTO_GRE, local, stack, batch, slot, sums=False)
         if v4:  # like the UDP tunnels, NVGRE may fragment a VM MTU set above the default
             gre.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
     if Channel.STT in dp.channels:
@@ -192,10 +192,17 @@ def _bind_error(exc: OSError, local: str) -> Exception:
 
 
 def _raw(
-    protocol: int, local: str, stack: contextlib.ExitStack, batch: int, slot: int
+    protocol: int,
+    local: str,
+    stack: contextlib.ExitStack,
+    batch: int,
+    slot: int,
+    sums: bool = True,
 ) -> RawIpSocket:
+    """``sums``: the batch's L4 sums, for the tunnels with an L4 checksum (SCLP, STT);
+    GRE has none, and skips their cost."""
     try:
-        sock = RawIpSocket.open(protocol, local, batch=batch, slot_size=slot)
+        sock = RawIpSocket.open(protocol, local, batch=batch, slot_size=slot, l4_sums=sums)
     except OSError as exc:
         raise _bind_error(exc, local) from None
     stack.callback(sock.close)

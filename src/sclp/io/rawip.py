@@ -81,6 +81,7 @@ class RawIpSocket(SocketAdapter):
         batch: int = 64,
         slot_size: int = 2048,
         socket_buffer: int = DEFAULT_SOCKET_BUFFER,
+        l4_sums: bool = True,
     ) -> None:
         if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_RAW:
             raise ValueError("RawIpSocket needs an AF_INET or AF_INET6 SOCK_RAW socket")
@@ -90,7 +91,8 @@ class RawIpSocket(SocketAdapter):
         sock.setblocking(False)
         set_pmtu_discover(sock, True)
         set_socket_buffers(sock, socket_buffer)
-        self._rx = BatchReceiver(batch, slot_size)
+        self._rx = BatchReceiver(batch, slot_size, zeroed=l4_sums)
+        self._sums = l4_sums
         self._tx = StridedSender()
         self._sockaddrs: dict[str, bytes] = {}
         self._v4 = self.family == socket.AF_INET
@@ -105,12 +107,15 @@ class RawIpSocket(SocketAdapter):
         batch: int = 64,
         slot_size: int = 2048,
         socket_buffer: int = DEFAULT_SOCKET_BUFFER,
+        l4_sums: bool = True,
     ) -> Self:
         """A raw socket for IP ``protocol`` (1-254) bound to ``bind_addr`` (IPv6 if it
         contains ':'), created in namespace ``netns`` (None: the calling thread's).
         Binding restricts receiving to packets addressed to ``bind_addr`` and fixes the
         source address of what is sent.  ``batch`` receive slots of ``slot_size``
         bytes (a packet larger than a slot is dropped and counted) are preallocated.
+        ``l4_sums=False`` (a tunnel without an L4 checksum, such as GRE) skips the
+        per-batch sums and the zeroing of the slots they need; ``l4_sums`` is then 0.
         Raises PermissionError without CAP_NET_RAW, OSError with the kernel's errno
         when binding fails (EADDRNOTAVAIL: not a local address)."""
         if not 0 < protocol < 255:
@@ -119,7 +124,13 @@ class RawIpSocket(SocketAdapter):
             sock = socket.socket(family_of(bind_addr), socket.SOCK_RAW, protocol)
         with closed_on_error(sock):
             sock.bind((bind_addr, 0))
-            return cls(sock, batch=batch, slot_size=slot_size, socket_buffer=socket_buffer)
+            return cls(
+                sock,
+                batch=batch,
+                slot_size=slot_size,
+                socket_buffer=socket_buffer,
+                l4_sums=l4_sums,
+            )
 
     @property
     def truncated(self) -> int:
@@ -141,7 +152,8 @@ class RawIpSocket(SocketAdapter):
             offsets, l4_sums = rx.ipv4_columns(n, sizes, check_header=False)
             return rx.batch(n, sizes, rx.ipv4_sources(n), offsets, l4_sums)
         offsets = np.zeros(n, dtype=np.int64)
-        return rx.batch(n, sizes, rx.ipv6_sources(n), offsets, rx.l4_sums(n))
+        sums = rx.l4_sums(n) if self._sums else np.zeros(n, dtype=np.uint32)
+        return rx.batch(n, sizes, rx.ipv6_sources(n), offsets, sums)
 
     # -- sending -----------------------------------------------------------------------
 
