@@ -15,6 +15,10 @@ ioctls on a socket created inside the namespace), so no ``ethtool`` binary is ne
 
 Errors name the namespace and the operation: :class:`NetnsError` (an ``OSError`` with
 the kernel's errno) replaces pyroute2's bare ``NetlinkError``.
+
+Size: a little over 500 lines, kept as one module on purpose: every method is a thin
+netlink call with its error translation, and splitting them by object (links,
+addresses, routes) would split :class:`NetNS`, the one handle callers hold.
 """
 
 from __future__ import annotations
