@@ -127,3 +127,49 @@ def test_tuning_switches() -> None:
     assert (cfg.tuning.rx_batch, cfg.tuning.deliver_gso) == (False, False)
     with pytest.raises(ConfigError, match=r"tuning.rx_batch \(line 3\): expected true/false"):
         parse_config(GOOD.replace("[underlay]", "[tuning]\nrx_batch = 1\n[underlay]", 1))
+
+
+def test_metrics_off_by_default() -> None:
+    cfg = parse_config(GOOD)
+    assert cfg.metrics.listen is None and not cfg.metrics.enabled
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:9723", ("127.0.0.1", 9723)),
+        ("0.0.0.0:1", ("0.0.0.0", 1)),
+        ("[::1]:9723", ("::1", 9723)),
+        ("[::]:65535", ("::", 65535)),
+    ],
+)
+def test_metrics_listen(listen: str, expected: tuple[str, int]) -> None:
+    cfg = parse_config(GOOD.replace("[underlay]", f'[metrics]\nlisten = "{listen}"\n[underlay]', 1))
+    assert cfg.metrics.listen == expected and cfg.metrics.enabled
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('listen = "127.0.0.1"', "metrics.listen (line 3): '127.0.0.1' is not host:port"),
+        ('listen = ":9723"', "metrics.listen (line 3): ':9723' is not host:port"),
+        ('listen = "localhost:9723"', "'localhost' is not an IPv4/IPv6 address"),
+        ('listen = "::1:9723"', "put an IPv6 address in brackets"),
+        ('listen = "[127.0.0.1]:9723"', "brackets are only for IPv6"),
+        ('listen = "127.0.0.1:0"', "'0' is not a TCP port; use 1..65535"),
+        ('listen = "127.0.0.1:70000"', "'70000' is not a TCP port"),
+        ('listen = "127.0.0.1:http"', "'http' is not a TCP port"),
+        ("listen = 9723", "metrics.listen (line 3): expected a string, got int"),
+        ('listen = "127.0.0.1:9723"\nport = 1', "metrics.port (line 4): unknown key"),
+    ],
+)
+def test_metrics_errors(line: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD.replace("[underlay]", f"[metrics]\n{line}\n[underlay]", 1))
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_metrics_must_be_a_table() -> None:
+    with pytest.raises(ConfigError, match=r"^metrics \(line 2\): expected a table"):
+        parse_config(GOOD.replace("[underlay]", 'metrics = "127.0.0.1:9723"\n[underlay]', 1))

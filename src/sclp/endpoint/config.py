@@ -95,6 +95,18 @@ class Tuning:
 
 
 @dataclass(frozen=True, slots=True)
+class Metrics:
+    """The Prometheus endpoint (``[metrics]``): ``listen`` is ``(host, port)`` with the
+    host an address literal (IPv6 without brackets), or ``None`` when it is off."""
+
+    listen: tuple[str, int] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None
+
+
+@dataclass(frozen=True, slots=True)
 class StaticEntry:
     mac: bytes
     peer: str
@@ -124,6 +136,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     control_dir: str = "/run/sclp"
     tuning: Tuning = field(default_factory=Tuning)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def control_socket(self) -> str:
@@ -223,6 +236,29 @@ def _rate(reader: _Reader, key: str) -> float:
     return value
 
 
+def _listen(reader: _Reader, key: str, value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9723"`` or ``"[::1]:9723"`` as ``(host, port)``."""
+    fix = 'write "127.0.0.1:9723", "0.0.0.0:9723" or "[::1]:9723"'
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise reader.fail(key, f"{value!r} is not host:port; {fix}")
+    if host.startswith("[") and host.endswith("]"):
+        host, bracketed = host[1:-1], True
+    else:
+        bracketed = False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise reader.fail(key, f"{host!r} is not an IPv4/IPv6 address; {fix}") from None
+    if address.version == 6 and not bracketed:
+        raise reader.fail(key, f'{value!r}: put an IPv6 address in brackets, e.g. "[::1]:9723"')
+    if address.version == 4 and bracketed:
+        raise reader.fail(key, f"{value!r}: brackets are only for IPv6; {fix}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise reader.fail(key, f"{port_text!r} is not a TCP port; use 1..65535 (9723 is usual)")
+    return str(address), int(port_text)
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate a configuration; raise :class:`ConfigError` on any problem."""
     try:
@@ -295,6 +331,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     )
     t.check_unknown()
 
+    m = _Reader(top.get("metrics", dict, {}), "metrics.", lines, "[metrics]")
+    listen = m.get("listen", str, None)
+    metrics = Metrics(listen=None if listen is None else _listen(m, "listen", listen))
+    m.check_unknown()
+
     raw_networks = top.get("network", list, hint="add at least one [[network]] table")
     if not raw_networks:
         raise ConfigError("network: empty; add at least one [[network]] table")
@@ -312,6 +353,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         limits=limits,
         control_dir=control_dir,
         tuning=tuning,
+        metrics=metrics,
     )
 
 
