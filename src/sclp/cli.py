@@ -25,20 +25,17 @@ def _fail(message: str, code: int = EXIT_ERROR) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sclp import logs
     from sclp.endpoint.config import ConfigError, load_config
     from sclp.endpoint.control import ControlError
     from sclp.endpoint.nve import Endpoint, EndpointError
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s sclp[%(process)d] %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
-    endpoint = Endpoint(cfg)
+    logs.configure(cfg.name, args.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    endpoint = Endpoint(cfg, config_path=args.config)
     try:
         endpoint.start()
     except (EndpointError, ControlError) as exc:
@@ -55,19 +52,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _endpoint_name(args: argparse.Namespace) -> str | None:
+    """``--name``, or the only endpoint running; None (after the error line) if that
+    is ambiguous."""
+    if args.name is not None:
+        return str(args.name)
+    try:
+        names = sorted(f[:-5] for f in os.listdir(args.control_dir) if f.endswith(".sock"))
+    except FileNotFoundError:
+        names = []
+    if len(names) != 1:
+        found = ", ".join(names) if names else "none running"
+        _fail(f"say which endpoint with --name NAME (found: {found})")
+        return None
+    return str(names[0])
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from sclp.endpoint.control import ControlError, query, socket_path
 
-    name = args.name
+    name = _endpoint_name(args)
     if name is None:
-        try:
-            names = sorted(f[:-5] for f in os.listdir(args.control_dir) if f.endswith(".sock"))
-        except FileNotFoundError:
-            names = []
-        if len(names) != 1:
-            found = ", ".join(names) if names else "none running"
-            return _fail(f"say which endpoint with --name NAME (found: {found})")
-        name = names[0]
+        return EXIT_ERROR
     try:
         stats = query(socket_path(name, args.control_dir))
     except ControlError as exc:
@@ -101,6 +107,30 @@ def _print_stats(stats: dict[str, object]) -> None:
         for key, value in values.items():
             t.add_row(key, str(value))
         console.print(t)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """One line and exit 0 when the endpoint serves, 1 when it does not (or is not
+    running): for a health check or a systemd ExecStartPost."""
+    from sclp.endpoint.control import ControlError, query, socket_path
+
+    name = _endpoint_name(args)
+    if name is None:
+        return EXIT_ERROR
+    try:
+        report = query(socket_path(name, args.control_dir), "health", timeout=args.timeout)
+    except (ControlError, OSError) as exc:
+        print(f"unhealthy: {name}: {exc}")
+        return EXIT_ERROR
+    ok = bool(report.get("ok"))
+    print(f"{'ok' if ok else 'unhealthy'}: {name}: {report.get('detail', '')}")
+    return 0 if ok else EXIT_ERROR
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from sclp.top import run_top
+
+    return run_top(args.name, control_dir=args.control_dir, interval=args.interval)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -173,11 +203,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
 
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text (default) or JSON objects, for collectors",
+    )
+
     stats = sub.add_parser("stats", help="show the counters of a running endpoint")
     stats.add_argument("--name", help="endpoint name (default: the only one running)")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
     stats.set_defaults(func=cmd_stats)
+
+    health = sub.add_parser(
+        "health", help="check that a running endpoint serves (exit 0) or not (exit 1)"
+    )
+    health.add_argument("--name", help="endpoint name (default: the only one running)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
+    health.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
+    health.set_defaults(func=cmd_health)
+
+    top = sub.add_parser("top", help="live per-VNI rates of a running endpoint (Ctrl-C quits)")
+    top.add_argument("--name", help="endpoint name (default: the only one running)")
+    top.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between refreshes (default 1)"
+    )
+    top.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
+    top.set_defaults(func=cmd_top)
 
     demo = sub.add_parser(
         "demo",

@@ -385,7 +385,8 @@ class DataPath:
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``counters`` (every name in :data:`COUNTER_NAMES`, totals over
-        the VNIs, the endpoint's own and the reassemblers') and ``vni`` (per VNI)."""
+        the VNIs, the endpoint's own and the reassemblers'), ``vni`` (per VNI) and
+        ``peers`` (how many peers each VNI has)."""
         totals: Counter[str] = Counter()
         per_vni: dict[str, Any] = {}
         for port in self.ports.values():
@@ -407,4 +408,5 @@ class DataPath:
         base["reasm_complete"] = sum(r.completed for r in reasm)
         base["reasm_bytes_held"] = sum(r.bytes_held for r in reasm)
         base["reasm_entries"] = sum(r.entries for r in reasm)
-        return {"counters": dict(sorted(base.items())), "vni": per_vni}
+        peers = {str(port.vni): len(port.peers) for port in self.ports.values()}
+        return {"counters": dict(sorted(base.items())), "vni": per_vni, "peers": peers}

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from sclp.endpoint import provision
-from sclp.endpoint.config import Config
+from sclp.endpoint import provision, service
+from sclp.endpoint.config import Config, ConfigError, load_config
 from sclp.endpoint.control import ControlServer
 from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, Port
 from sclp.endpoint.faults import FaultInjector
@@ -33,15 +35,33 @@ __all__ = ["Endpoint", "EndpointError"]
 
 log = logging.getLogger("sclp")
 
+PUBLISH_INTERVAL = 0.5  # seconds between stats snapshots for the metrics thread
+HEALTH_TICK_AGE = 2.0  # a loop that has not ticked for this long is unhealthy
+
 
 class Endpoint:
     """One running NVE for a :class:`Config`.  ``start()`` builds everything (and
     undoes what it built if a step fails), ``run()`` serves until ``stop()`` or a
     signal, ``close()`` removes TAPs, rules and sockets."""
 
-    def __init__(self, cfg: Config, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        config_path: str | None = None,
+    ) -> None:
         self.cfg = cfg
         self.clock = clock
+        self.config_path = config_path  # re-read on SIGHUP
+        # The stats as last published by the loop (every PUBLISH_INTERVAL): what the
+        # metrics thread reads, so a scrape never touches the data path.
+        self.snapshot: dict[str, Any] | None = None
+        self._published_at = -math.inf
+        self._last_tick = -math.inf
+        self._reload_requested = False
+        self._notifier: service.Notifier | None = None
+        self._watchdog: service.Watchdog | None = None
         self.counters: Counter[str] = Counter()  # what the runner's sender counts
         self.dp: DataPath | None = None
         self.runner: Runner | None = None
@@ -69,7 +89,7 @@ class Endpoint:
         dp = self.dp = DataPath(cfg, provision.underlay_mtu(cfg))
         control = ControlServer(
             cfg.control_socket,
-            {"stats": self.stats},
+            {"stats": self.stats, "health": self.health_report},
             watch=lambda fd, write, resume: self._runner().watch(fd, lambda _n: resume(), write),
             unwatch=lambda fd: self._runner().unwatch(fd),
         )
@@ -88,6 +108,9 @@ class Endpoint:
         stack.callback(runner.close)
         runner.watch(control.fileno(), control.handle_ready)
         runner.on_tick(control.expire)
+        runner.on_tick(self._on_tick)
+        if cfg.metrics.listen is not None:
+            self._start_metrics(cfg.metrics.listen)
         for port, tap in taps:
             runner.add_tap(port, tap)
         for channel, (usock, _port) in sockets.udp.items():
@@ -112,9 +135,97 @@ class Endpoint:
         assert self.runner is not None, "the control socket is served only by a running loop"
         return self.runner
 
+    def _start_metrics(self, listen: tuple[str, int]) -> None:
+        from sclp.endpoint.metrics import MetricsServer
+
+        try:
+            server = MetricsServer.start(listen, lambda: self.snapshot, self.health)
+        except OSError as exc:
+            raise EndpointError(
+                f"metrics.listen {listen[0]}:{listen[1]}: {exc.strerror}; "
+                "choose a free port or one of this host's addresses"
+            ) from None
+        self._stack.callback(server.close)
+        log.info("metrics on http://%s:%d/metrics", listen[0], server.port)
+
     def run(self, install_signals: bool = True) -> None:
-        """Serve until :meth:`stop` or SIGINT/SIGTERM."""
-        self._runner().run(install_signals)
+        """Serve until :meth:`stop` or SIGINT/SIGTERM (SIGHUP re-reads the file).
+        Tells systemd READY=1 once the loop runs, when started as a notify service."""
+        if install_signals:
+            signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
+        self._notifier = service.Notifier.from_environment()
+        if self._notifier is not None:
+            interval = service.watchdog_interval()
+            if interval is not None:
+                self._watchdog = service.Watchdog(self._notifier, interval)
+            self._notifier.notify("READY=1", f"STATUS=forwarding: {self._summary()}")
+        try:
+            self._runner().run(install_signals)
+        finally:
+            if self._notifier is not None:
+                self._notifier.notify("STOPPING=1")
+                self._notifier.close()
+
+    def _summary(self) -> str:
+        return ", ".join(f"vni {p.vni} {p.protocol}" for p in self.ports.values())
+
+    def _request_reload(self) -> None:
+        self._reload_requested = True  # handled on the next tick, in the loop
+
+    def _on_tick(self, now: float) -> None:
+        self._last_tick = now
+        if now - self._published_at >= PUBLISH_INTERVAL:
+            self.snapshot = self.stats()
+            self._published_at = now
+        if self._watchdog is not None:
+            self._watchdog.tick(now)
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload()
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the configuration.  Applying a changed one to the running
+        data path is not implemented yet: say so in one line and keep forwarding."""
+        if self._notifier is not None:
+            self._notifier.notify("RELOADING=1")
+        try:
+            if self.config_path is None:
+                log.warning("SIGHUP: no configuration file to re-read")
+                return
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("SIGHUP: %s; still running the previous configuration", exc)
+                return
+            if new == self.cfg:
+                log.info("SIGHUP: %s re-read, unchanged", self.config_path)
+            else:
+                log.warning(
+                    "SIGHUP: %s changed, but this version applies a configuration only at "
+                    "start; restart the endpoint to apply it (still running the previous one)",
+                    self.config_path,
+                )
+        finally:
+            if self._notifier is not None:
+                self._notifier.notify("READY=1")
+
+    def health(self) -> tuple[bool, str]:
+        """Is the endpoint serving?  The loop ticked within HEALTH_TICK_AGE seconds, and
+        every TAP is open.  Safe to call from another thread (reads plain fields)."""
+        runner = self.runner
+        if runner is None:
+            return False, "not started"
+        age = self.clock() - self._last_tick
+        if age > HEALTH_TICK_AGE:
+            return False, f"event loop stalled or stopped (last tick {age:.1f} s ago)"
+        closed = [t.name for t in runner.taps() if t.closed]
+        if closed:
+            return False, f"TAP closed: {', '.join(closed)}"
+        return True, f"loop alive, {len(runner.taps())} TAP(s) open, {self._summary()}"
+
+    def health_report(self) -> dict[str, Any]:
+        ok, detail = self.health()
+        return {"name": self.cfg.name, "ok": ok, "detail": detail}
 
     def stop(self) -> None:
         if self.runner is not None:
@@ -146,5 +257,6 @@ class Endpoint:
             },
             "counters": dict(sorted(counters.items())),
             "vni": report.get("vni", {}),
+            "peers": report.get("peers", {}),
             "faults": self._faults.counters() if self._faults else None,
         }

@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import socket
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Final
 
@@ -32,6 +33,7 @@ from sclp.io import packet as packet_io
 from sclp.io.rawip import RawIpSocket, source_key
 from sclp.io.tap import TapDevice
 from sclp.io.udp import UdpSocket
+from sclp.logs import RateLimited
 from sclp.wire.errors import DropReason, MalformedPacket
 
 log = logging.getLogger("sclp")
@@ -39,7 +41,10 @@ log = logging.getLogger("sclp")
 TAP_BUDGET: Final = 64  # frames read from one TAP per wake-up
 RX_BUDGET: Final = 128  # datagrams read from one socket per wake-up
 TICK: Final = 0.1  # seconds between housekeeping rounds (FDB aging, fault release)
-_LOGGED_ERRORS: Final = 5  # per kind, then only the counters
+# Per-packet problems are counted always and logged at most a few times per kind and
+# window, with a summary of what was left out (sclp.logs.RateLimited); errors are rare,
+# so reading the clock for them costs nothing on the paths that work.
+WARNINGS: Final = RateLimited(log, interval=10.0, burst=5)
 
 
 class UnderlaySender:
@@ -90,10 +95,8 @@ class UnderlaySender:
         return send
 
     def _error(self, exc: OSError, count: int) -> None:
-        counter = DropReason.TX_ERROR.counter
-        self.counters[counter] += count
-        if self.counters[counter] <= _LOGGED_ERRORS:
-            log.warning("underlay send failed: %s", exc)
+        self.counters[DropReason.TX_ERROR.counter] += count
+        WARNINGS.warning(("tx", exc.errno), "underlay send failed: %s", exc, now=time.monotonic())
 
     def close(self) -> None:
         """The sockets belong to the provisioning's clean-up stack."""
@@ -154,7 +157,7 @@ class Runner:
         self._tap_view = memoryview(self._tap_buf)
         self._rx_view = memoryview(bytearray(FRAME_BUF))  # one-by-one reads
         self._peer_of: dict[Hashable, str] = {source_key(p): p for p in dp.peers}
-        self._tick_hooks: list[Callable[[float], None]] = []
+        self._tick_hooks: list[Callable[[float], None]] = [WARNINGS.flush]
         self._running = False
 
     # -- what to watch -------------------------------------------------------------------
@@ -166,6 +169,9 @@ class Runner:
     def unwatch(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is not None:
             self._epoll.unregister(fd)
+
+    def taps(self) -> list[TapDevice]:
+        return list(self._taps.values())
 
     def on_tick(self, hook: Callable[[float], None]) -> None:
         """Call ``hook(now)`` every :data:`TICK` seconds."""
@@ -346,10 +352,14 @@ class Runner:
                 continue
             except OSError as exc:
                 counters[DropReason.TAP_ERROR.counter] += 1
-                if counters[DropReason.TAP_ERROR.counter] <= _LOGGED_ERRORS:
-                    log.warning(
-                        "writing a %d-byte frame to VNI %d failed: %s", len(frame), port.vni, exc
-                    )
+                WARNINGS.warning(
+                    ("tap", port.vni, exc.errno),
+                    "writing a %d-byte frame to VNI %d failed: %s",
+                    len(frame),
+                    port.vni,
+                    exc,
+                    now=time.monotonic(),
+                )
                 continue
             counters["rx_frames"] += 1
             counters["rx_bytes"] += len(frame)

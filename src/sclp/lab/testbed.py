@@ -49,7 +49,8 @@ class Testbed:
 
     ``faults``: keys of an ``[underlay.faults]`` table (e.g. ``"drop = 0.01"``) for
     both endpoints; ``extra_config`` is inserted before ``[underlay]``, where a
-    sub-table of it cannot go."""
+    sub-table of it cannot go (a table of its own such as ``[metrics]`` can);
+    ``env`` is added to the endpoints' environment (e.g. ``NOTIFY_SOCKET``)."""
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -64,6 +65,7 @@ class Testbed:
     workdir: Path | None = None
     kernel_offloads: bool = True
     faults: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # added to each endpoint's environment
 
     @property
     def hosts(self) -> tuple[str, str]:
@@ -203,6 +205,7 @@ class Testbed:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env} if self.env else None,
         )
         log.close()
         self.endpoints.append(proc)
