@@ -1,7 +1,7 @@
 """Endpoint cost of the Prometheus exporter: vxlan-sclp/udp testbeds, 6 s iperf3 runs,
-alternating without and with ``[metrics]`` (scraped 4 times a second when on), three
-pairs; prints each run and the medians.  Run as root:
-``.venv/bin/python benchmarks/metrics_overhead.py``."""
+alternating without and with ``[metrics]`` (scraped every INTERVAL seconds when on,
+default 0.25), three pairs; prints each run and the medians.  Run as root:
+``.venv/bin/python benchmarks/metrics_overhead.py [INTERVAL]``."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from sclp.lab.bench.machine import process_cpu_seconds
 from sclp.lab.testbed import Testbed
 
 PORT = 9723
+INTERVAL = float(sys.argv[1]) if len(sys.argv) > 1 else 0.25
 SCRAPER = (
     "import time, urllib.request\n"
-    "for _ in range(28):\n"
+    f"for _ in range({int(7 / INTERVAL)}):\n"
     f"    urllib.request.urlopen('http://127.0.0.1:{PORT}/metrics', timeout=5).read()\n"
-    "    time.sleep(0.25)\n"
+    f"    time.sleep({INTERVAL})\n"
 )
 
 
