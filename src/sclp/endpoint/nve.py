@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class Endpoint:
         self._published_at = -math.inf
         self._last_tick = -math.inf
         self._reload_requested = False
+        self._sockets: list[socket.socket] = []  # the underlay's, for the health check
         self._notifier: service.Notifier | None = None
         self._watchdog: service.Watchdog | None = None
         self.counters: Counter[str] = Counter()  # what the runner's sender counts
@@ -96,6 +98,11 @@ class Endpoint:
         stack.callback(control.close)
         taps = [(port, provision.open_port(port, stack)) for port in dp.ports.values()]
         sockets = provision.open_underlay(cfg, dp, stack)
+        self._sockets = [
+            *(u.sock for u, _port in sockets.udp.values()),
+            *(r.sock for r in sockets.raw.values()),
+            *(t.sock for t in sockets.stt_taps),
+        ]
         if self._faults is not None:
             sender: UnderlaySender = FaultySender(
                 sockets.udp, sockets.raw, self.counters, self._faults
@@ -211,7 +218,8 @@ class Endpoint:
 
     def health(self) -> tuple[bool, str]:
         """Is the endpoint serving?  The loop ticked within HEALTH_TICK_AGE seconds, and
-        every TAP is open.  Safe to call from another thread (reads plain fields)."""
+        every TAP and underlay socket is open.  Safe to call from another thread (it
+        reads plain fields)."""
         runner = self.runner
         if runner is None:
             return False, "not started"
@@ -221,7 +229,12 @@ class Endpoint:
         closed = [t.name for t in runner.taps() if t.closed]
         if closed:
             return False, f"TAP closed: {', '.join(closed)}"
-        return True, f"loop alive, {len(runner.taps())} TAP(s) open, {self._summary()}"
+        if any(sock.fileno() < 0 for sock in self._sockets):
+            return False, "an underlay socket is closed"
+        return True, (
+            f"loop alive, {len(runner.taps())} TAP(s) and {len(self._sockets)} underlay "
+            f"socket(s) open, {self._summary()}"
+        )
 
     def health_report(self) -> dict[str, Any]:
         ok, detail = self.health()

@@ -279,8 +279,12 @@ class Runner:
         peer_of = self._peer_of
         for _ in range(RX_BUDGET // batch + 1):
             count, views, sizes, sources, offsets, sums = sock.recv_batch()
+            strangers = 0
             for i in range(count):
-                src = peer_of.get(sources[i], "")
+                src = peer_of.get(sources[i])
+                if src is None:  # counted per batch: a flood must cost as little as can be
+                    strangers += 1
+                    continue
                 off = offsets[i]
                 if off >= 0:
                     out = dp.from_ip(channel, src, views[i][off : sizes[i]], now, sums[i])
@@ -293,6 +297,8 @@ class Runner:
                     out = dp.from_ip(channel, src, views[i][start:end], now, None)
                 if out:
                     deliver(out)
+            if strangers:
+                dp.count_rx_drop(DropReason.NOT_PEER, strangers)
             if count < batch:
                 return
 
