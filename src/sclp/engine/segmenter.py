@@ -21,13 +21,20 @@ from __future__ import annotations
 import secrets
 import struct
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
 from sclp.wire.sclp import SCLP_HLEN, SCLP_IDENT_MAX, SCLP_MAX_PAYLOAD, header_sum
 
-__all__ = ["UDP_GSO_MAX_BYTES", "UDP_GSO_MAX_SEGMENTS", "SegmentBatch", "Segmenter"]
+__all__ = [
+    "UDP_GSO_MAX_BYTES",
+    "UDP_GSO_MAX_SEGMENTS",
+    "SegmentBatch",
+    "Segmenter",
+    "StridedBatch",
+]
 
 # Linux limits for one UDP_SEGMENT send: the datagram handed to the stack must fit an
 # IPv4 packet (65535 - 20 - 8 bytes) and carry at most UDP_MAX_SEGMENTS (64) segments.
@@ -41,16 +48,15 @@ _CSUM_OFF = 10
 
 
 @dataclass(slots=True, eq=False)
-class SegmentBatch:
-    """The segments of one payload, back to back in one buffer.
+class StridedBatch:
+    """The segments of one payload, back to back in one buffer: segment ``i``
+    (header + its data) is ``buffer[i*stride : i*stride + header_len + len_i]`` where
+    ``len_i`` is ``stride - header_len`` for every segment but the last.  ``total``
+    is the payload length, ``ident`` its identification.  ``len(batch)`` is the segment
+    count.  The batch owns ``buffer``; the views from :meth:`segments` are valid as
+    long as it is not modified.  Subclasses name their header's length."""
 
-    Segment ``i`` (0-based) is ``buffer[i*stride : i*stride + 12 + len_i]`` where
-    ``len_i`` is ``stride - 12`` for every segment but the last.  ``total`` is the payload
-    length, ``ident`` its 31-bit identification.  ``len(batch)`` is the segment count.
-    The batch owns ``buffer``; the views returned by :meth:`segments` and
-    :meth:`gso_chunks` are valid as long as it is not modified.
-    """
-
+    header_len: ClassVar[int] = 0
     buffer: bytearray
     stride: int
     count: int
@@ -62,14 +68,22 @@ class SegmentBatch:
 
     @property
     def seg_size(self) -> int:
-        """Payload bytes per segment (M)."""
-        return self.stride - SCLP_HLEN
+        """Data bytes per segment (all but the last)."""
+        return self.stride - self.header_len
 
     def segments(self) -> list[memoryview]:
-        """One zero-copy view per segment (header + its payload)."""
+        """One zero-copy view per segment (header + its data)."""
         mv = memoryview(self.buffer)
         stride = self.stride
         return [mv[i : i + stride] for i in range(0, len(self.buffer), stride)]
+
+
+@dataclass(slots=True, eq=False)
+class SegmentBatch(StridedBatch):
+    """The SCLP segments of one payload (12-byte SCLP headers; see
+    :class:`StridedBatch`).  ``seg_size`` is M, the payload bytes per segment."""
+
+    header_len: ClassVar[int] = SCLP_HLEN
 
     def gso_chunks(
         self, max_bytes: int = UDP_GSO_MAX_BYTES, max_segments: int = UDP_GSO_MAX_SEGMENTS

@@ -36,10 +36,11 @@ from __future__ import annotations
 import secrets
 import struct
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 
+from sclp.engine.segmenter import StridedBatch
 from sclp.engine.table import Account, ReassemblyTable, TableEntry, TableUser
 from sclp.wire import ipv4, ipv6
 from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
@@ -88,37 +89,13 @@ def _fold(value: int) -> int:
 
 
 @dataclass(slots=True, eq=False)
-class SttSegmentBatch:
-    """The segments of one STT frame, back to back in one buffer (the same shape as
-    :class:`sclp.engine.segmenter.SegmentBatch`).
+class SttSegmentBatch(StridedBatch):
+    """The segments of one STT frame (20-byte TCP headers; see
+    :class:`sclp.engine.segmenter.StridedBatch`).  ``total`` is the STT frame length,
+    ``ident`` the packet ID in the acknowledgment number.  The caller adds the outer
+    IP header (or sends the views on a raw socket)."""
 
-    Segment ``i`` (TCP header + its data) is ``buffer[i*stride : i*stride + 20 +
-    len_i]`` where ``len_i`` is ``stride - 20`` for every segment but the last.
-    ``total`` is the STT frame length, ``ident`` the packet ID in the acknowledgment
-    number.  ``len(batch)`` is the segment count.  The batch owns ``buffer``; the views
-    from :meth:`segments` are valid as long as it is not modified.  The caller adds the
-    outer IP header (or sends the views on a raw socket).
-    """
-
-    buffer: bytearray
-    stride: int
-    count: int
-    ident: int
-    total: int
-
-    def __len__(self) -> int:
-        return self.count
-
-    @property
-    def seg_size(self) -> int:
-        """Data bytes per segment (all but the last)."""
-        return self.stride - TCP_HLEN
-
-    def segments(self) -> list[memoryview]:
-        """One zero-copy view per segment (TCP header + its data)."""
-        mv = memoryview(self.buffer)
-        stride = self.stride
-        return [mv[i : i + stride] for i in range(0, len(self.buffer), stride)]
+    header_len: ClassVar[int] = TCP_HLEN
 
 
 class SttSegmenter:
