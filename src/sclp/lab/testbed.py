@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,31 @@ VNI = 42
 
 class TestbedError(Exception):
     """Building or driving the testbed failed; the message says where."""
+
+
+def wait_for_output(
+    proc: subprocess.Popen[Any], text: str, timeout: float, what: str = "process"
+) -> str:
+    """Read ``proc``'s stdout until ``text`` appears; return what was read.  Raise
+    TestbedError if the process exits or ``timeout`` seconds pass first.  Reads the
+    pipe's file descriptor directly (``proc.stdout`` is not used afterwards)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen = b""
+    needle = text.encode()
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TestbedError(f"{what}: no {text!r} within {timeout:.0f} s: {seen[-300:]!r}")
+        readable, _, _ = select.select([fd], [], [], min(left, 0.1))
+        if readable:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                err = proc.stderr.read() if proc.stderr is not None else ""
+                raise TestbedError(f"{what} exited before {text!r}: {err or seen[-300:]!r}")
+            seen += chunk
+    return seen.decode(errors="replace")
 
 
 @dataclass
@@ -304,9 +330,11 @@ class Testbed:
         """Run iperf3 from VM1 to VM2; return its JSON report."""
         if shutil.which("iperf3") is None:
             raise TestbedError("iperf3 is not installed (apt-get install iperf3)")
-        server = self.popen_in(self.vms[1], ["iperf3", "-s", "-1", "-B", OVERLAY[1]])
+        server = self.popen_in(
+            self.vms[1], ["iperf3", "-s", "-1", "--forceflush", "-B", OVERLAY[1]]
+        )
         try:
-            time.sleep(0.3)
+            wait_for_output(server, "Server listening", timeout=10.0, what="iperf3 server")
             args = ["iperf3", "-c", OVERLAY[1], "-t", str(seconds), "-J"]
             if udp:
                 args += ["-u", "-b", bitrate]
