@@ -67,6 +67,8 @@ class Endpoint:
         self.counters: Counter[str] = Counter()  # what the runner's sender counts
         self.dp: DataPath | None = None
         self.runner: Runner | None = None
+        # The kernel's filter of non-peers (None: they are dropped in user space).
+        self.peer_filter: provision.PeerFilter | None = None
         faults = cfg.underlay.faults
         self._faults = FaultInjector(faults) if faults.enabled else None
         self._stack = contextlib.ExitStack()
@@ -98,6 +100,7 @@ class Endpoint:
         stack.callback(control.close)
         taps = [(port, provision.open_port(port, stack)) for port in dp.ports.values()]
         sockets = provision.open_underlay(cfg, dp, stack)
+        self.peer_filter = provision.install_peer_filter(cfg, dp, sockets, stack)
         self._sockets = [
             *(u.sock for u, _port in sockets.udp.values()),
             *(r.sock for r in sockets.raw.values()),
@@ -251,6 +254,7 @@ class Endpoint:
         except Exception as exc:  # keep the process alive to report it
             log.warning("cleanup step failed: %s", exc)
         self._stack = contextlib.ExitStack()
+        self.peer_filter = None
 
     def stats(self) -> dict[str, Any]:
         """What ``sclp stats`` shows (all zero before :meth:`start`)."""
@@ -259,6 +263,11 @@ class Endpoint:
         counters = report["counters"]
         for name, value in self.counters.items():
             counters[name] = counters.get(name, 0) + value
+        # Dropped by the kernel's peer filter: never received, so not in rx_packets
+        # (docs/security.md); read at most every PEER_COUNTER_REFRESH seconds.
+        pf = self.peer_filter
+        kernel_drops = pf.drops() if pf is not None else 0
+        counters["drop_not_peer"] = counters.get("drop_not_peer", 0) + kernel_drops
         return {
             "name": self.cfg.name,
             "pid": os.getpid(),
@@ -272,4 +281,5 @@ class Endpoint:
             "vni": report.get("vni", {}),
             "peers": report.get("peers", {}),
             "faults": self._faults.counters() if self._faults else None,
+            "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},
         }

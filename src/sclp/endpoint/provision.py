@@ -17,7 +17,10 @@ import errno
 import logging
 import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from sclp.endpoint.config import Config
 from sclp.endpoint.datapath import DataPath, Port
@@ -36,6 +39,7 @@ log = logging.getLogger("sclp")
 
 UDP_PORTS = {Channel.VXLAN: 4789, Channel.GENEVE: 6081}
 RX_SLOTS = 64  # packets per recvmmsg batch
+PEER_COUNTER_REFRESH: Final = 5.0  # seconds: the kernel's not-peer counter is read this often
 
 
 class EndpointError(Exception):
@@ -51,6 +55,7 @@ class Underlay:
     raw: dict[Channel, RawIpSocket] = field(default_factory=dict)
     raw_receive: dict[Channel, RawIpSocket] = field(default_factory=dict)
     stt_taps: list[packet_io.PacketTap] = field(default_factory=list)
+    stt_devices: list[str] = field(default_factory=list)  # where the taps are
     batch: int = 1  # packets or buffers one receive call returns at most
 
 
@@ -154,6 +159,8 @@ def open_underlay(cfg: Config, dp: DataPath, stack: contextlib.ExitStack) -> Und
         install_stt_guard(cfg, stack)
         if v4:
             out.stt_taps = open_stt_taps(cfg, dp, stt_sock, stack, batch, slot)
+            if out.stt_taps:
+                out.stt_devices = underlay_devices(dp.peers)
     for channel, rsock in out.raw.items():
         if channel is not Channel.STT or not out.stt_taps:
             out.raw_receive[channel] = rsock
@@ -234,7 +241,7 @@ def open_stt_taps(
     taps: list[packet_io.PacketTap] = []
     try:
         devices = underlay_devices(dp.peers)
-        program = packet_io.stt_filter(cfg.underlay.local, STT_PORT)
+        program = packet_io.stt_filter(cfg.underlay.local, STT_PORT, sorted(dp.peers))
         for dev in devices:
             taps.append(packet_io.PacketTap.open(dev, program, batch=batch, slot_size=slot))
         nft.install_stt_ingress_drop(devices, cfg.underlay.local, STT_PORT, cfg.name)
@@ -271,3 +278,85 @@ def underlay_devices(peers: frozenset[str]) -> list[str]:
     if not devices:
         raise ValueError("no underlay device routes to the peers")
     return devices
+
+
+class PeerFilter:
+    """The kernel's peer filter of one endpoint (:func:`sclp.io.nft.install_peer_filter`)
+    and its drop counter, read with an ``nft`` subprocess (~10 ms) at most every
+    :data:`PEER_COUNTER_REFRESH` seconds: :meth:`drops` is called from the loop, for
+    every stats snapshot (twice a second) and ``sclp stats``."""
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.clock = clock
+        self._drops = 0
+        self._read_at = clock()  # just installed: 0
+        self._failed = False
+
+    def drops(self) -> int:
+        """The packets the kernel dropped as not from a peer, at most
+        :data:`PEER_COUNTER_REFRESH` seconds old (the last value if a read fails)."""
+        now = self.clock()
+        if now - self._read_at >= PEER_COUNTER_REFRESH:
+            self._read_at = now
+            try:
+                self._drops = nft.peer_filter_drops(self.name)
+            except (OSError, ValueError, nft.NftError) as exc:
+                if not self._failed:
+                    log.warning("reading the kernel's not-peer counter failed: %s", exc)
+                self._failed = True
+        return self._drops
+
+    def update(self, peers: frozenset[str]) -> None:
+        """Replace the peer sets (peers found at run time); raises NftError."""
+        nft.update_peer_set(self.name, peers)
+
+
+def filter_ports(cfg: Config, dp: DataPath) -> tuple[list[int], list[int], list[int]]:
+    """UDP destination ports, IP protocols and TCP destination ports of the channels
+    the networks use: what the peer filter guards."""
+    udp = [port for channel, port in UDP_PORTS.items() if channel in dp.channels]
+    protocols: list[int] = []
+    tcp: list[int] = []
+    if Channel.SCLP in dp.channels:
+        if cfg.underlay.sclp_carrier is Carrier.UDP:
+            udp.append(cfg.underlay.sclp_udp_port)
+        else:
+            protocols.append(IPPROTO_SCLP)
+    if Channel.GRE in dp.channels:
+        protocols.append(IPPROTO_GRE)
+    if Channel.STT in dp.channels:
+        tcp.append(STT_PORT)
+    return udp, protocols, tcp
+
+
+def install_peer_filter(
+    cfg: Config, dp: DataPath, underlay: Underlay, stack: contextlib.ExitStack
+) -> PeerFilter | None:
+    """Drop packets from non-peers to the endpoint's ports and protocols in the kernel
+    (``inet sclp_<name>_peers``), removed again by ``stack``.  None (and a one-line
+    warning) when that cannot be set up: the data path still drops them, after
+    reading them."""
+    udp, protocols, tcp = filter_ports(cfg, dp)
+    if not (udp or protocols or tcp):
+        return None
+    try:
+        nft.install_peer_filter(
+            cfg.name,
+            cfg.underlay.local,
+            dp.peers,
+            udp_ports=udp,
+            protocols=protocols,
+            tcp_ports=tcp,
+            ingress_devices=underlay.stt_devices,
+        )
+    except (OSError, ValueError, nft.NftError) as exc:
+        log.warning(
+            "packets from non-peers are dropped in user space, after being read "
+            "(slower): no kernel peer filter: %s",
+            exc,
+        )
+        return None
+    stack.callback(lambda: nft.remove_peer_filter(cfg.name))
+    log.info("kernel peer filter %s: %d peer(s)", nft.peer_filter_table(cfg.name), len(dp.peers))
+    return PeerFilter(cfg.name)

@@ -19,6 +19,15 @@ each other's rules; install and removal are each one atomic ``nft -f`` transacti
 run as a subprocess (nftables' netlink API is not in pyroute2's stable surface); for
 a namespace the subprocess is started from a thread switched into it, which the
 child inherits.
+
+The same module keeps strangers out of user space: ``inet sclp_<name>_peers``
+(:func:`install_peer_filter`) drops, for the endpoint's own underlay ports and
+protocols only, packets whose source is not in its peer sets, at the input hook
+(before any socket gets them; after IP reassembly) and, for STT read by packet
+taps, at the ingress hook of those devices (before the STT ingress drop, which would
+otherwise take the strangers' segments uncounted).  One named counter,
+``not_peer``, counts them (:func:`peer_filter_drops`); :func:`update_peer_set`
+replaces the sets' elements in one transaction.
 """
 
 from __future__ import annotations
@@ -28,19 +37,26 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from sclp.io.netns import run_in_netns
 
 __all__ = [
     "NftError",
+    "install_peer_filter",
     "install_stt_ingress_drop",
     "install_stt_rst_guard",
+    "peer_filter_drops",
+    "peer_filter_table",
+    "peer_set",
+    "remove_peer_filter",
     "remove_stt_ingress_drop",
     "remove_stt_rst_guard",
     "stt_guard_table",
     "stt_ingress_drops",
     "stt_rst_guard_drops",
+    "update_peer_set",
 ]
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_]{1,40}$")
@@ -178,3 +194,148 @@ def _table_counter(family: str, table: str, netns: str | None) -> int:
             if isinstance(counter, dict):
                 drops += int(counter.get("packets", 0))
     return drops
+
+
+# -- the peer filter ----------------------------------------------------------------------
+
+PEER_COUNTER: Final = "not_peer"
+PEER_PRIORITY: Final = -10  # before the filter tables at 0, the STT ingress drop among them
+
+
+def peer_filter_table(name: str) -> str:
+    """The peer filter's table for endpoint ``name``: ``sclp_<name>_peers``."""
+    return f"{stt_guard_table(name)}_peers"
+
+
+def _split_peers(peers: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Sorted IPv4 and IPv6 addresses of ``peers``; ValueError for anything else."""
+    v4: set[str] = set()
+    v6: set[str] = set()
+    for peer in peers:
+        addr = ipaddress.ip_address(peer)
+        (v4 if addr.version == 4 else v6).add(str(addr))
+    return sorted(v4, key=ipaddress.IPv4Address), sorted(v6, key=ipaddress.IPv6Address)
+
+
+def _elements(addresses: list[str]) -> str:
+    return f"elements = {{ {', '.join(addresses)} }}; " if addresses else ""
+
+
+def install_peer_filter(
+    name: str,
+    local: str,
+    peers: Iterable[str],
+    *,
+    udp_ports: Sequence[int] = (),
+    protocols: Sequence[int] = (),
+    tcp_ports: Sequence[int] = (),
+    ingress_devices: Sequence[str] = (),
+    netns: str | None = None,
+) -> str:
+    """Drop packets to ``local`` on ``udp_ports`` (UDP destination ports),
+    ``protocols`` (IP protocol numbers) and ``tcp_ports`` (TCP destination ports)
+    whose source is not one of ``peers``, counting them in the table's ``not_peer``
+    counter.  Table ``inet sclp_<name>_peers`` with the sets ``peers4`` and ``peers6``
+    and a chain on the input hook (priority -10); for each of ``ingress_devices`` also
+    a chain on its ingress hook with the ``tcp_ports`` rule (STT read by packet taps
+    never reaches the input hook).  Replaces an earlier filter of the same ``name``,
+    in one transaction.  Returns the table name.  Raises :class:`NftError` if ``nft``
+    is missing or fails."""
+    for port in (*udp_ports, *tcp_ports):
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range")
+    for proto in protocols:
+        if not 0 <= proto < 256:
+            raise ValueError(f"IP protocol {proto} out of range")
+    for dev in ingress_devices:
+        if not _IFNAME_OK.match(dev):
+            raise ValueError(f"bad interface name {dev!r}")
+    if not (udp_ports or protocols or tcp_ports):
+        raise ValueError("no port or protocol to filter")
+    address = ipaddress.ip_address(local)
+    ip, peer_set = ("ip", "@peers4") if address.version == 4 else ("ip6", "@peers6")
+    v4, v6 = _split_peers(peers)
+    table = peer_filter_table(name)
+    drop = f'{ip} saddr != {peer_set} counter name "{PEER_COUNTER}" drop comment "sclp: not a peer"'
+
+    def rule(match: str) -> str:
+        return f"    {ip} daddr {address} {match} {drop}\n"
+
+    def numbers(values: Sequence[int]) -> str:
+        return f"{{ {', '.join(str(v) for v in sorted(set(values)))} }}"
+
+    tcp = rule(f"tcp dport {numbers(tcp_ports)}") if tcp_ports else ""
+    rules = (
+        (rule(f"udp dport {numbers(udp_ports)}") if udp_ports else "")
+        + (rule(f"meta l4proto {numbers(protocols)}") if protocols else "")
+        + tcp
+    )
+    ingress = "".join(
+        f"  chain ingress_{i} {{\n"
+        f'    type filter hook ingress device "{dev}" priority {PEER_PRIORITY}; '
+        "policy accept;\n"
+        f"{tcp}"
+        "  }\n"
+        for i, dev in enumerate(ingress_devices)
+        if tcp
+    )
+    script = (
+        f"add table inet {table}\n"
+        f"delete table inet {table}\n"
+        f"table inet {table} {{\n"
+        f"  set peers4 {{ type ipv4_addr; {_elements(v4)}}}\n"
+        f"  set peers6 {{ type ipv6_addr; {_elements(v6)}}}\n"
+        f'  counter {PEER_COUNTER} {{ comment "sclp: packets from non-peers"; }}\n'
+        "  chain input {\n"
+        f"    type filter hook input priority {PEER_PRIORITY}; policy accept;\n"
+        f"{rules}"
+        "  }\n"
+        f"{ingress}"
+        "}\n"
+    )
+    _nft(["-f", "-"], script, netns)
+    return table
+
+
+def update_peer_set(name: str, peers: Iterable[str], netns: str | None = None) -> None:
+    """Make ``peers`` the peer sets of endpoint ``name``'s filter (peers found at run
+    time): both sets are emptied and refilled in one transaction, so no packet sees a
+    half-updated set.  Raises :class:`NftError` if there is no such filter."""
+    v4, v6 = _split_peers(peers)
+    table = peer_filter_table(name)
+    script = f"flush set inet {table} peers4\nflush set inet {table} peers6\n"
+    for set_name, addresses in (("peers4", v4), ("peers6", v6)):
+        if addresses:
+            script += f"add element inet {table} {set_name} {{ {', '.join(addresses)} }}\n"
+    _nft(["-f", "-"], script, netns)
+
+
+def remove_peer_filter(name: str, *, netns: str | None = None) -> None:
+    """Remove the peer filter of endpoint ``name``; nothing happens if there is none."""
+    table = peer_filter_table(name)
+    _nft(["-f", "-"], f"add table inet {table}\ndelete table inet {table}\n", netns)
+
+
+def peer_filter_drops(name: str, *, netns: str | None = None) -> int:
+    """How many packets the peer filter of endpoint ``name`` dropped: one ``nft`` call
+    (a few ms).  Raises :class:`NftError` if there is no such filter."""
+    table = peer_filter_table(name)
+    listing = json.loads(_nft(["-j", "list", "counter", "inet", table, PEER_COUNTER], None, netns))
+    for item in listing.get("nftables", []):
+        counter = item.get("counter")
+        if isinstance(counter, dict):
+            return int(counter.get("packets", 0))
+    return 0
+
+
+def peer_set(name: str, *, netns: str | None = None) -> list[str]:
+    """The addresses in the peer sets of endpoint ``name``'s filter (IPv4 first)."""
+    table = peer_filter_table(name)
+    out: list[str] = []
+    for set_name in ("peers4", "peers6"):
+        listing = json.loads(_nft(["-j", "list", "set", "inet", table, set_name], None, netns))
+        for item in listing.get("nftables", []):
+            for elem in item.get("set", {}).get("elem", []):
+                if isinstance(elem, str):
+                    out.append(elem)
+    return out

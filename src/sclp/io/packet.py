@@ -33,8 +33,10 @@ reassembly: the filter passes only non-fragments (STT senders set DF).
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import socket
 import struct
+from collections.abc import Iterable
 from typing import Final, NamedTuple, Self
 
 from sclp.io._mmsg import BatchReceiver, RawBatch
@@ -67,6 +69,7 @@ from sclp.wire.errors import DropReason, MalformedPacket
 
 __all__ = [
     "ETH_P_ALL",
+    "MAX_FILTER_PEERS",
     "PACKET_IGNORE_OUTGOING",
     "BpfInsn",
     "PacketTap",
@@ -93,34 +96,72 @@ class BpfInsn(NamedTuple):
     k: int
 
 
-def stt_filter(local: str, port: int) -> list[BpfInsn]:
+MAX_FILTER_PEERS: Final = 32  # more peers: the filter leaves the source to the caller
+
+
+def stt_filter(local: str, port: int, peers: Iterable[str] | None = None) -> list[BpfInsn]:
     """Accept IPv4 packets (from the network header on, as a ``SOCK_DGRAM`` packet
     socket sees them) that are TCP, not a fragment, addressed to ``local`` and to TCP
-    destination port ``port``; drop everything else."""
+    destination port ``port``, and, with ``peers``, from one of their IPv4 addresses
+    (one comparison each; IPv6 ones are ignored, a tap sees IPv4 only); drop
+    everything else.  Above :data:`MAX_FILTER_PEERS` IPv4 peers the source is not
+    checked here (the caller's peer check still is)."""
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
     dst = int.from_bytes(socket.inet_aton(local), "big")
-    drop = 13  # index of the final "ret 0"
-
-    def to_drop(at: int) -> int:
-        return drop - at - 1
-
-    return [
-        BpfInsn(BPF_LD_B_ABS, 0, 0, 0),  # 0: version/IHL byte
-        BpfInsn(BPF_ALU_AND_K, 0, 0, 0xF0),  # 1
-        BpfInsn(BPF_JMP_JEQ_K, 0, to_drop(2), 0x40),  # 2: IPv4
-        BpfInsn(BPF_LD_B_ABS, 0, 0, 9),  # 3: protocol
-        BpfInsn(BPF_JMP_JEQ_K, 0, to_drop(4), IPPROTO_TCP),  # 4
-        BpfInsn(BPF_LD_H_ABS, 0, 0, 6),  # 5: flags + fragment offset
-        BpfInsn(BPF_JMP_JSET_K, to_drop(6), 0, 0x3FFF),  # 6: MF or an offset: a fragment
-        BpfInsn(BPF_LD_W_ABS, 0, 0, 16),  # 7: destination address
-        BpfInsn(BPF_JMP_JEQ_K, 0, to_drop(8), dst),  # 8
-        BpfInsn(BPF_LDX_B_MSH, 0, 0, 0),  # 9: X = header length
-        BpfInsn(BPF_LD_H_IND, 0, 0, 2),  # 10: TCP destination port
-        BpfInsn(BPF_JMP_JEQ_K, 0, to_drop(11), port),  # 11
-        BpfInsn(BPF_RET_K, 0, 0, _ACCEPT_LEN),  # 12
-        BpfInsn(BPF_RET_K, 0, 0, 0),  # 13: drop
+    sources: list[int] = []
+    if peers is not None:
+        sources = sorted(
+            {
+                int(a)
+                for a in map(ipaddress.ip_address, peers)
+                if isinstance(a, ipaddress.IPv4Address)
+            }
+        )
+        if not sources:
+            return drop_all_filter()
+        if len(sources) > MAX_FILTER_PEERS:
+            sources = []
+    head = [
+        BpfInsn(BPF_LD_B_ABS, 0, 0, 0),  # version/IHL byte
+        BpfInsn(BPF_ALU_AND_K, 0, 0, 0xF0),
+        (BPF_JMP_JEQ_K, 0x40),  # IPv4, else drop
+        BpfInsn(BPF_LD_B_ABS, 0, 0, 9),  # protocol
+        (BPF_JMP_JEQ_K, IPPROTO_TCP),
+        BpfInsn(BPF_LD_H_ABS, 0, 0, 6),  # flags + fragment offset
+        (BPF_JMP_JSET_K, 0x3FFF),  # MF or an offset: a fragment, drop
+        BpfInsn(BPF_LD_W_ABS, 0, 0, 16),  # destination address
+        (BPF_JMP_JEQ_K, dst),
     ]
+    if sources:
+        head.append(BpfInsn(BPF_LD_W_ABS, 0, 0, 12))  # source address
+        for i, src in enumerate(sources):  # a match jumps past the others
+            last = i == len(sources) - 1
+            head.append(
+                BpfInsn(BPF_JMP_JEQ_K, len(sources) - 1 - i, 0, src)
+                if not last
+                else (BPF_JMP_JEQ_K, src)
+            )
+    head += [
+        BpfInsn(BPF_LDX_B_MSH, 0, 0, 0),  # X = header length
+        BpfInsn(BPF_LD_H_IND, 0, 0, 2),  # TCP destination port
+        (BPF_JMP_JEQ_K, port),
+        BpfInsn(BPF_RET_K, 0, 0, _ACCEPT_LEN),
+    ]
+    drop = len(head)  # index of the final "ret 0"
+    program: list[BpfInsn] = []
+    for at, insn in enumerate(head):
+        if isinstance(insn, BpfInsn):
+            program.append(insn)
+            continue
+        code, k = insn  # a test whose failure drops (JSET: whose success drops)
+        to_drop = drop - at - 1
+        if code == BPF_JMP_JSET_K:
+            program.append(BpfInsn(code, to_drop, 0, k))
+        else:
+            program.append(BpfInsn(code, 0, to_drop, k))
+    program.append(BpfInsn(BPF_RET_K, 0, 0, 0))
+    return program
 
 
 def drop_all_filter() -> list[BpfInsn]:
