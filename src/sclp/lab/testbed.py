@@ -7,8 +7,8 @@ carries a random tag so concurrent runs never collide; :meth:`Testbed.close` (al
 called on any failure while building) stops the endpoints and deletes the
 namespaces, which removes every interface in them.
 
-Addresses live only inside these namespaces: 10.77.0.0/24 underlay, 192.168.77.0/24
-overlay.
+Addresses live only inside these namespaces: 10.77.0.0/24 underlay (or
+fd00:77::/64 with ``underlay_family=6``), 192.168.77.0/24 overlay (always IPv4).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from sclp.endpoint.control import ControlError, query, socket_path
 from sclp.io import netns as nsio
 
 UNDERLAY = ("10.77.0.1", "10.77.0.2")
+UNDERLAY6 = ("fd00:77::1", "fd00:77::2")
 OVERLAY = ("192.168.77.1", "192.168.77.2")
 VNI = 42
 
@@ -76,7 +77,12 @@ class Testbed:
     ``faults``: keys of an ``[underlay.faults]`` table (e.g. ``"drop = 0.01"``) for
     both endpoints; ``extra_config`` is inserted before ``[underlay]``, where a
     sub-table of it cannot go (a table of its own such as ``[metrics]`` can);
-    ``env`` is added to the endpoints' environment (e.g. ``NOTIFY_SOCKET``)."""
+    ``env`` is added to the endpoints' environment (e.g. ``NOTIFY_SOCKET``).
+
+    ``underlay_family=6`` gives the underlay veth the IPv6 addresses of
+    :data:`UNDERLAY6` (``/64``, ``nodad``: usable at once) and writes them as the
+    endpoints' ``local`` and ``peers`` (and the kernel VXLAN's ``local``/``remote``);
+    the VMs keep their IPv4 overlay addresses."""
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -92,6 +98,16 @@ class Testbed:
     kernel_offloads: bool = True
     faults: str = ""
     env: dict[str, str] = field(default_factory=dict)  # added to each endpoint's environment
+    underlay_family: int = 4  # 4 or 6: the underlay's IP version
+
+    def __post_init__(self) -> None:
+        if self.underlay_family not in (4, 6):
+            raise ValueError(f"underlay_family must be 4 or 6, not {self.underlay_family!r}")
+
+    @property
+    def underlay(self) -> tuple[str, str]:
+        """The two hosts' underlay addresses (:data:`UNDERLAY` or :data:`UNDERLAY6`)."""
+        return UNDERLAY6 if self.underlay_family == 6 else UNDERLAY
 
     @property
     def hosts(self) -> tuple[str, str]:
@@ -138,9 +154,12 @@ class Testbed:
                     ns.add_address("eth0", f"{addr}/24")
             return
         nsio.create_veth("ul0", self.hosts[0], "ul0", self.hosts[1], mtu=self.underlay_mtu)
-        for host, addr in zip(self.hosts, UNDERLAY, strict=True):
-            with nsio.NetNS(host) as ns:
-                ns.add_address("ul0", f"{addr}/24")
+        if self.underlay_family == 6:
+            self._underlay_v6()
+        else:
+            for host, addr in zip(self.hosts, UNDERLAY, strict=True):
+                with nsio.NetNS(host) as ns:
+                    ns.add_address("ul0", f"{addr}/24")
         if self.protocol == "kernel-vxlan":
             self._build_kernel_vxlan()
             return
@@ -149,10 +168,35 @@ class Testbed:
         for i in range(2):
             self._wait_endpoint(i)
 
+    def _underlay_v6(self, timeout: float = 5.0) -> None:
+        """IPv6 on ``ul0`` in both hosts, without duplicate address detection
+        (``nodad``: the address is usable at once, not "tentative" for a second or
+        two); then wait, with a deadline, until neither address is tentative."""
+        for host, addr in zip(self.hosts, UNDERLAY6, strict=True):
+            with nsio.NetNS(host) as ns:
+                for scope in ("all", "default", "ul0"):
+                    ns.write_sysctl(f"net.ipv6.conf.{scope}.disable_ipv6", 0)
+            self._ip(host, "-6", "address", "add", f"{addr}/64", "dev", "ul0", "nodad")
+        deadline = time.monotonic() + timeout
+        for host in self.hosts:
+            while True:
+                shown = subprocess.run(
+                    ["ip", "-n", host, "-6", "address", "show", "dev", "ul0", "tentative"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                ).stdout
+                if "inet6" not in shown:
+                    break
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"IPv6 on ul0 in {host} still tentative: {shown.strip()}")
+                time.sleep(0.05)
+
     def _build_kernel_vxlan(self) -> None:
         """The reference: Linux's own VXLAN device in each host, bridged to a veth
         leading into the VM namespace (the same shape as a TAP-attached VM)."""
-        mtu = self.vm_mtu or self.underlay_mtu - 50
+        mtu = self.vm_mtu or self.underlay_mtu - (70 if self.underlay_family == 6 else 50)
         for i, (host, vm) in enumerate(zip(self.hosts, self.vms, strict=True)):
             self._ip(
                 host,
@@ -164,9 +208,9 @@ class Testbed:
                 "id",
                 str(VNI),
                 "local",
-                UNDERLAY[i],
+                self.underlay[i],
                 "remote",
-                UNDERLAY[1 - i],
+                self.underlay[1 - i],
                 "dstport",
                 "4789",
                 "nolearning",
@@ -207,7 +251,7 @@ class Testbed:
             f'name = "{self.endpoint_name(i)}"\n'
             f"{self.extra_config}"
             "[underlay]\n"
-            f'local = "{UNDERLAY[i]}"\n'
+            f'local = "{self.underlay[i]}"\n'
             f'namespace = "{self.hosts[i]}"\n'
             f'sclp_carrier = "{self.carrier}"\n'
             f"{faults}"
@@ -218,7 +262,7 @@ class Testbed:
             f'namespace = "{self.vms[i]}"\n'
             f'address = "{OVERLAY[i]}/24"\n'
             f"{mtu}"
-            f'peers = ["{UNDERLAY[1 - i]}"]\n'
+            f'peers = ["{self.underlay[1 - i]}"]\n'
         )
 
     def _start_endpoint(self, i: int) -> None:
