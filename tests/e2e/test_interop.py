@@ -1,8 +1,10 @@
 """Our VXLAN talks to Linux's: an ``sclp run`` endpoint with ``protocol = "vxlan"`` in
 host 1 and a kernel ``vxlan`` device (VNI 42, port 4789) in host 2, bridged to a
-veth into VM 2.  Ping and 20 MiB TCP transfers in both directions must work, which
-checks our RFC 7348 encapsulation, the VM MTU (1450 on a 1500-byte underlay, the
-same as the kernel's) and the software segmentation of TSO frames against an
+veth into VM 2, every device with its default offloads (no ``ethtool``: the kernel
+peer leaves inner checksums partial over its veth underlay).  Ping and 20 MiB TCP
+transfers in both directions must work, which checks our RFC 7348 encapsulation, the
+VM MTU (1450 on a 1500-byte underlay, the same as the kernel's), the software
+segmentation of TSO frames and the delivery of partial inner checksums against an
 independent implementation.
 """
 
@@ -74,13 +76,13 @@ def mixed() -> Iterator[Mixed]:
         _ip(h2, "link", "set", "br0", "up")
         with nsio.NetNS(vms[1]) as ns:
             ns.add_address("eth0", f"{OVERLAY[1]}/24")
-        # A veth "offloads" the inner TCP checksum of the kernel's VXLAN packets to a
-        # NIC that does not exist: the bytes cross with only the pseudo-header sum in
-        # it, which a kernel receiver accepts (CHECKSUM_PARTIAL travels with the skb)
-        # but a user-space receiver cannot know about.  A real NIC fills it in; so
-        # does the kernel once the veth says it cannot.
+        # The kernel peer keeps its default offloads: its underlay veth claims transmit
+        # checksum offload, so the inner TCP/UDP checksums of what vx0 sends arrive
+        # partial (pseudo-header sum only) and our endpoint must hand them to VM 1
+        # with NEEDS_CSUM (datapath._partial_csum).  No ethtool on either side.
         with nsio.NetNS(h2) as ns:
-            ns.set_offloads("ul0", {"tx": False})
+            assert ns.get_offloads("ul0")["tx-checksum-ip-generic"]
+            assert ns.get_offloads("vm0")["tx-checksum-ip-generic"]
         # Host 1: our endpoint, VM MTU left to its default.
         name = topo.endpoint_name("h1")
         endpoint = topo.start_endpoint(

@@ -88,6 +88,20 @@ F_NEEDS_CSUM: Final = 1
 GSO_TCPV6: Final = 4
 FRAME_BUF: Final = 65536 + 256  # a read buffer: headroom + virtio header + any frame
 _TCP_CSUM_OFFSET: Final = 16
+_UDP_CSUM_OFFSET: Final = 6
+# Receive side, classic tunnels: finding a partial inner checksum (see _partial_csum).
+_CLASSIC_TUNNELS: Final = frozenset((VxlanTunnel, GeneveTunnel, NvgreTunnel))
+_CSUM_OFFSET_OF: Final = {6: _TCP_CSUM_OFFSET, 17: _UDP_CSUM_OFFSET}
+_VLAN_TPIDS: Final = frozenset((b"\x81\x00", b"\x88\xa8"))
+_ETHERTYPE_IPV4: Final = b"\x08\x00"
+_ETHERTYPE_IPV6: Final = b"\x86\xdd"
+_U16: Final = struct.Struct("!H")
+# A partial checksum, delivered as a virtio NIC would: NEEDS_CSUM at the L4 header.
+_PARTIAL_VNET: Final = {
+    (l4, off): VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, l4, off)
+    for l4 in range(14, 14 + 4 * 4 + 60 + 1, 2)
+    for off in (_TCP_CSUM_OFFSET, _UDP_CSUM_OFFSET)
+}
 
 COUNTER_NAMES: Final = (
     "tx_frames",
@@ -120,6 +134,7 @@ class Port:
         "max_plain_frame",
         "network",
         "peers",
+        "rx_partial_csum",
         "tunnel",
         "vm_mtu",
         "vni",
@@ -134,6 +149,9 @@ class Port:
         self.vm_mtu = network.mtu or tunnel.default_vm_mtu()
         # A frame longer than this left the sender as a GSO frame (VLAN tag allowed).
         self.max_plain_frame = self.vm_mtu + 18
+        # Classic tunnels may come from a kernel peer that left inner checksums
+        # partial (_partial_csum); SCLP and STT peers are ours and complete them.
+        self.rx_partial_csum = type(tunnel) in _CLASSIC_TUNNELS
         self.counters: Counter[str] = Counter()
 
     @property
@@ -342,7 +360,10 @@ class DataPath:
             return
         port.fdb.learn(bytes(frame[6:12]), src, now)
         if flen <= port.max_plain_frame:
-            out.append(Deliver(port, VNET_NONE, frame))
+            vnet = VNET_NONE
+            if port.rx_partial_csum:
+                vnet = _partial_csum(frame, flen)
+            out.append(Deliver(port, vnet, frame))
             return
         try:
             info = parse_frame(frame)
@@ -410,3 +431,80 @@ class DataPath:
         base["reasm_entries"] = sum(r.entries for r in reasm)
         peers = {str(port.vni): len(port.peers) for port in self.ports.values()}
         return {"counters": dict(sorted(base.items())), "vni": per_vni, "peers": peers}
+
+
+def _partial_csum(frame: memoryview, flen: int) -> bytes:
+    """The virtio-net header for a plain inner frame from a classic tunnel: NEEDS_CSUM
+    at the L4 header when the frame is IPv4/IPv6 TCP or UDP whose checksum field holds
+    exactly the folded pseudo-header sum, else :data:`VNET_NONE`.
+
+    Why: a Linux ``vxlan`` (or ``geneve``, ``gretap``) device whose underlay claims
+    checksum offload — a veth, in its default settings — sends the inner TCP/UDP
+    checksum CHECKSUM_PARTIAL, for a NIC that never comes: the field holds only the
+    pseudo-header sum (``~csum_tcpudp_magic(..., 0)``).  A kernel receiver learns
+    that from the skb; we see bytes.  Handed over as a plain frame, the VM drops it
+    as a bad checksum.  Handed over with NEEDS_CSUM, the VM treats it exactly as a
+    virtio NIC's partial frame: trusted when delivered locally, completed when
+    forwarded.
+
+    Why corrupted traffic is still caught: every frame whose field is anything else
+    — every complete checksum, right or wrong — goes on as VNET_NONE and the VM
+    verifies it as before.  A frame escapes that check only if its field equals the
+    pseudo-header sum.  For a correct complete checksum that happens about once in
+    2**16 frames (the field is ~(pseudo + data), a value spread over 16 bits), and
+    then it is harmless: completing a partial checksum over such a frame rewrites the
+    same value, and the data is right.  For corruption to slip through, it has to hit
+    such a frame, or turn the field (or the addresses/length the pseudo-header sum
+    covers) into exactly that one value out of 65,535: again about 2**-16 of the
+    corrupted frames, on top of the ~2**-16 that the 16-bit Internet checksum misses
+    anyway.  The consequence in those rare cases is what a checksum collision always
+    was: the VM's TCP/UDP accepts the bytes (Ethernet's CRC on each hop and the outer
+    UDP checksum, when the peer sends one, are what catches most damage before).
+
+    UDP's 0 (IPv4: "no checksum") never matches: a pseudo-header sum includes the
+    protocol and length and is never 0 in ones' complement (we fold to 1..0xFFFF, as
+    the kernel does), so such frames go on as VNET_NONE and the VM accepts them
+    unchecked, as it would from any NIC.  IPv4 fragments, IPv6 extension headers,
+    frames shorter than their IP length and everything not TCP/UDP stay VNET_NONE.
+
+    Cost: a few slices and one big-int sum; measured in benchmarks/partial_csum.py."""
+    ethertype = frame[12:14].tobytes()
+    l3 = 14
+    while ethertype in _VLAN_TPIDS and l3 < 14 + 4 * 4:
+        ethertype = frame[l3 + 2 : l3 + 4].tobytes()
+        l3 += 4
+    if ethertype == _ETHERTYPE_IPV4:
+        if flen < l3 + 20:
+            return VNET_NONE
+        vihl = frame[l3]
+        ihl = (vihl & 0x0F) << 2
+        if vihl >> 4 != 4 or ihl < 20 or frame[l3 + 6] & 0x3F or frame[l3 + 7]:
+            return VNET_NONE  # not IPv4, or a fragment (MF / offset)
+        proto = frame[l3 + 9]
+        (total,) = _U16.unpack_from(frame, l3 + 2)
+        l4 = l3 + ihl
+        l4_len = total - ihl
+        addresses = frame[l3 + 12 : l3 + 20]
+        end = l3 + total
+    elif ethertype == _ETHERTYPE_IPV6:
+        if flen < l3 + 40 or frame[l3] >> 4 != 6:
+            return VNET_NONE
+        proto = frame[l3 + 6]
+        (l4_len,) = _U16.unpack_from(frame, l3 + 4)
+        l4 = l3 + 40
+        addresses = frame[l3 + 8 : l3 + 40]
+        end = l4 + l4_len
+    else:
+        return VNET_NONE
+    csum_offset = _CSUM_OFFSET_OF.get(proto)
+    if csum_offset is None or end > flen or l4_len < csum_offset + 2:
+        return VNET_NONE
+    (field,) = _U16.unpack_from(frame, l4 + csum_offset)
+    # Folded ones' complement sum of the pseudo-header (2**16 = 1 mod 0xFFFF): the
+    # addresses' words, the protocol and the L4 length; never 0, as in the kernel.
+    pseudo = int.from_bytes(addresses, "big") % 0xFFFF + proto + l4_len
+    pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+    pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+    if field != pseudo:
+        return VNET_NONE
+    return _PARTIAL_VNET[l4, csum_offset]
