@@ -13,19 +13,21 @@ import contextlib
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sclp.endpoint.control import ControlError, query, socket_path
 from sclp.io import netns as nsio
-from sclp.lab.testbed import Testbed
+from sclp.lab.testbed import Testbed, TestbedError, wait_for_output
 
 TRANSFER_PORT = 9000
 
@@ -54,6 +56,111 @@ with socket.create_connection((addr, port), timeout=timeout) as s, open(path, "r
     s.shutdown(socket.SHUT_WR)
     s.recv(1)
 """
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "condition"
+) -> Any:
+    """Poll ``predicate()`` until it returns something true, and return that; raise
+    AssertionError naming ``what`` if ``timeout`` seconds pass first (the predicate
+    is always tried once more at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: did not happen within {timeout:g} s (last: {value!r})")
+        time.sleep(interval)
+
+
+def wait_for_counters(
+    stats: Callable[[], dict[str, Any]],
+    before: dict[str, int],
+    done: Callable[[dict[str, int]], bool],
+    timeout: float,
+    what: str = "counters",
+) -> dict[str, int]:
+    """Poll the endpoint's counters until ``done(delta(before, now))``; return that
+    delta.  For exact checks after traffic: wait for the packets to be counted (with a
+    deadline), then assert on the figures.  On timeout: AssertionError with the last
+    delta's non-zero entries."""
+    last: dict[str, int] = {}
+
+    def reached() -> bool:
+        nonlocal last
+        last = delta(before, counters(stats()))
+        return done(last)
+
+    try:
+        wait_for(reached, timeout, interval=0.02, what=what)
+    except AssertionError:
+        moved = {k: v for k, v in last.items() if v}
+        raise AssertionError(f"{what}: not reached within {timeout:g} s; moved: {moved}") from None
+    return last
+
+
+def wait_line(
+    proc: subprocess.Popen[Any], expected: str = "ready", timeout: float = 10.0, what: str = ""
+) -> None:
+    """Wait (with a deadline) for ``proc``'s first stdout line to be ``expected``: how
+    every listener a test starts says it is bound.  Reads one byte at a time from the
+    pipe, so nothing after the line is consumed (``communicate()`` still gets it)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    line = b""
+    deadline = time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{what or proc.args}: no {expected!r} within {timeout:g} s")
+        if select.select([fd], [], [], min(left, 0.1))[0]:
+            byte = os.read(fd, 1)
+            if not byte:
+                err = proc.stderr.read() if proc.stderr is not None else ""
+                raise AssertionError(f"{what or proc.args} exited before {expected!r}: {err}")
+            line += byte
+    got = line.decode(errors="replace").strip()
+    if got != expected:
+        raise AssertionError(f"{what or proc.args}: expected {expected!r}, got {got!r}")
+
+
+def wait_iperf3_server(server: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """An ``iperf3 -s --forceflush`` started by a test is listening (deadline)."""
+    try:
+        wait_for_output(server, "Server listening", timeout, what="iperf3 server")
+    except TestbedError as exc:
+        raise AssertionError(str(exc)) from None
+
+
+def child_commands(pid: int) -> dict[int, list[str]]:
+    """The direct children of process ``pid``: child pid -> argv (``ip netns exec``
+    execs its command, so an iperf3 run in a namespace shows as ``iperf3 ...``)."""
+    children: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children[int(entry)] = argv
+    return children
+
+
+def record_figures(path: Path, name: str, values: dict[str, Any]) -> None:
+    """Record a measured figure that depends on CPU share (throughput, loss, timing)
+    instead of asserting on it: one JSON line appended to ``path`` (under the test's
+    tmp dir) and printed (shown by ``pytest -s`` and in a failure's report)."""
+    line = json.dumps({"test": name, **values})
+    with open(path, "a") as out:
+        out.write(line + "\n")
+    print(line)
 
 
 def run_in(
@@ -118,11 +225,7 @@ def tcp_transfer(
         [sys.executable, "-c", _HASH_SERVER, dst_addr, str(TRANSFER_PORT), str(timeout)],
     )
     try:
-        assert server.stdout is not None
-        ready = server.stdout.readline().strip()
-        if ready != "ready":
-            _, err = server.communicate(timeout=5)
-            raise AssertionError(f"hash server did not start: {err.strip()}")
+        wait_line(server, "ready", timeout=10.0, what="hash server")
         client_args = [_FILE_CLIENT, dst_addr, str(TRANSFER_PORT), str(path), str(timeout)]
         run_in(
             src_ns,

@@ -7,16 +7,21 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from sclp.endpoint.control import socket_path
 from sclp.io import netns as nsio
 
+from .helpers import child_commands, wait_for
+
 pytestmark = [pytest.mark.netns]
 
 _TAG = re.compile(r"sclp-([0-9a-f]{6})-vm1")
+
+
+def _iperf3_client(pid: int) -> bool:
+    return any(argv[:2] == ["iperf3", "-c"] for argv in child_commands(pid).values())
 
 
 def _leftovers(tag: str) -> list[str]:
@@ -63,10 +68,17 @@ def test_interrupted_demo_cleans_up() -> None:
             lines.append(line)
             if line.startswith("ping"):
                 break
-        new = {n for n in set(nsio.list_netns()) - before if _TAG.fullmatch(n)}
-        assert len(new) == 1, ("".join(lines), new)
-        tag = _TAG.fullmatch(new.pop()).group(1)  # type: ignore[union-attr]
-        time.sleep(1.0)  # iperf3 is running now
+        # The demo names its VM namespace (other runs may build testbeds meanwhile).
+        found = _TAG.search("".join(lines))
+        assert found, "".join(lines)
+        tag = found.group(1)
+        assert found.group(0) in set(nsio.list_netns()) - before, "".join(lines)
+        # Interrupt while the iperf3 client runs (its server is listening by then).
+        wait_for(
+            lambda: _iperf3_client(proc.pid),
+            timeout=30.0,
+            what="demo's iperf3 client started",
+        )
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     finally:

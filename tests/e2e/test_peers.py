@@ -14,7 +14,6 @@ import secrets
 import socket
 import struct
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -29,7 +28,16 @@ from sclp.wire import stt
 from sclp.wire.checksum import internet_checksum
 from sclp.wire.sclp import Carrier, segment_payload_size
 
-from .helpers import counters, delta, link_mac, popen_in, shut_down, stop
+from .helpers import (
+    counters,
+    delta,
+    link_mac,
+    popen_in,
+    shut_down,
+    stop,
+    wait_for_counters,
+    wait_line,
+)
 
 pytestmark = [pytest.mark.netns]
 
@@ -160,13 +168,19 @@ def test_non_peer_packets_are_dropped_and_counted(testbed: sclp_testbed.Testbed)
     assert len(hostile[2]) == 1  # a small frame: one underlay packet each
     listener = popen_in(vm1, [sys.executable, "-c", _LISTENER, OVERLAY[0], str(LISTEN_PORT)])
     try:
-        assert listener.stdout is not None
-        assert listener.stdout.readline().strip() == "ready"
+        wait_line(listener, "ready", what="UDP listener in VM1")
         before = counters(testbed.stats(0))
 
         for _ in range(HOSTILE_PACKETS):
             send_from(h2, HOSTILE, UNDERLAY[0], *hostile)
-        time.sleep(0.3)
+        # Every hostile packet counted before the genuine one goes out.
+        wait_for_counters(
+            lambda: testbed.stats(0),
+            before,
+            lambda c: c["drop_not_peer"] >= HOSTILE_PACKETS,
+            timeout=10.0,
+            what="hostile packets counted as drop_not_peer",
+        )
         # The control: the same packet from the configured peer's address is accepted.
         send_from(h2, UNDERLAY[1], UNDERLAY[0], *genuine)
 

@@ -34,7 +34,10 @@ from sclp.io.rawip import IPPROTO_TCP, RawIpSocket, source_key
 from sclp.wire.checksum import internet_checksum, ones_sum
 from sclp.wire.errors import DropReason, MalformedPacket
 
+from ..e2e.helpers import wait_for
+
 NsFactory = Callable[[], NetNS]
+SOL_PACKET, PACKET_STATISTICS = 263, 6  # <linux/if_packet.h>
 IP_A, IP_B, IP_B2 = "10.72.0.1", "10.72.0.2", "10.72.0.3"
 DEV_A, DEV_B = "sclppa", "sclppb"
 STT_PORT = 7471
@@ -48,6 +51,22 @@ def veth_pair(netns_factory: NsFactory) -> tuple[NetNS, NetNS]:
     b.add_address(DEV_B, f"{IP_B}/24")
     b.add_address(DEV_B, f"{IP_B2}/24")
     return a, b
+
+
+def _wait_tapped(tap: PacketTap, count: int, timeout: float = 5.0) -> None:
+    """Wait until ``count`` packets have passed ``tap``'s filter (``PACKET_STATISTICS``
+    ``tp_packets``, which reading resets: summed here), so one batch reads them all."""
+    seen = 0
+
+    def all_in() -> bool:
+        nonlocal seen
+        raw = tap.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        packets, drops = struct.unpack("II", raw)
+        assert drops == 0, f"the tap dropped {drops} packets"
+        seen += packets
+        return seen >= count
+
+    wait_for(all_in, timeout, what=f"{count} packets through the tap")
 
 
 def _tcp(src: str, dst: str, dport: int, payload: bytes, flags: int = 0x18) -> bytes:
@@ -266,7 +285,7 @@ def test_packet_tap_batch(veth_pair: tuple[NetNS, NetNS]) -> None:
         assert tap.recv_batch().count == 0
         for seg in segments:
             tx.send_to(seg, IP_B)
-        time.sleep(0.3)
+        _wait_tapped(tap, len(segments))
         assert select.select([tap], [], [], 2.0)[0]
         batch = tap.recv_batch()
     assert batch.count == 5
@@ -299,7 +318,7 @@ def test_packet_tap_flags_headers_ip_input_would_reject(veth_pair: tuple[NetNS, 
     ):
         for pkt in packets:  # Ethernet broadcast: no need to know B's MAC
             raw.sendto(pkt, (DEV_A, 0x0800, 0, 0, b"\xff" * 6))
-        time.sleep(0.3)
+        _wait_tapped(tap, len(packets))
         assert select.select([tap], [], [], 2.0)[0]
         batch = tap.recv_batch()
         assert batch.count == 4

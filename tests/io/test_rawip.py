@@ -17,7 +17,7 @@ import pytest
 
 from sclp.engine.segmenter import Segmenter
 from sclp.io._mmsg import BatchReceiver
-from sclp.io.netns import NetNS, NetnsError, create_veth
+from sclp.io.netns import NetNS, NetnsError, create_veth, run_in_netns
 from sclp.io.nft import (
     NftError,
     _nft,
@@ -35,6 +35,8 @@ from sclp.io.rawip import (
     source_key,
 )
 from sclp.wire.checksum import internet_checksum, ones_sum
+
+from ..e2e.helpers import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 
@@ -152,6 +154,13 @@ def test_packet_over_the_mtu_is_emsgsize(veth_pair: tuple[NetNS, NetNS]) -> None
         assert len(packet) == 1500
 
 
+def _ip_in_delivers(ns: NetNS) -> int:
+    """``Ip: InDelivers`` of /proc/net/snmp in ``ns``."""
+    with run_in_netns(ns.name), open("/proc/thread-self/net/snmp") as f:
+        names, values = [line.split() for line in f if line.startswith("Ip:")][:2]
+    return int(values[names.index("InDelivers")])
+
+
 def test_recv_batch_limits_and_drains(veth_pair: tuple[NetNS, NetNS]) -> None:
     a, b = veth_pair
     with (
@@ -159,8 +168,15 @@ def test_recv_batch_limits_and_drains(veth_pair: tuple[NetNS, NetNS]) -> None:
         RawIpSocket.open(IPPROTO_SCLP, IP_A, netns=a.name) as tx,
     ):
         assert rx.recv_batch() == RawBatch(0, [], [], [], [], [])
+        delivered = _ip_in_delivers(b)
         assert tx.send_strided(b"".join(b"%02d" % i for i in range(10)), 2, IP_B) == 10
-        time.sleep(0.1)
+        # All ten queued before the first read (the kernel counts a raw-only protocol's
+        # packet as delivered after handing it to every raw socket).
+        wait_for(
+            lambda: _ip_in_delivers(b) - delivered >= 10,
+            timeout=5.0,
+            what="10 packets delivered in B",
+        )
         select.select([rx], [], [], 5)
         first = rx.recv_batch(3)
         assert first.count == 3
