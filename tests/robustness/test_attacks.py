@@ -9,8 +9,9 @@ For the three transports that reassemble (SCLP native, SCLP in UDP, STT), with
   attacker needs; see hostile.py), while iperf3 runs between the VMs: the bytes held
   never exceed the cap, the endpoint's RSS grows by a bounded amount, the iperf3
   connection survives and recovers, and the table drains when the flood stops;
-- the same flood from an address that is not a peer: dropped before the table, the
-  iperf3 flow moves in every interval (it only shares the CPU);
+- the same flood from an address that is not a peer: dropped by the kernel's peer
+  filter (sclp.io.nft), so the endpoint's CPU stays near idle, ``drop_not_peer``
+  counts the flood and an iperf3 flow keeps >= 80 % of its throughput;
 - overlapping segments with conflicting bytes: the payload is discarded, never
   spliced (nothing reaches the VM, ``drop_overlap`` counts it), while a consistent
   payload sent right after is delivered.
@@ -21,6 +22,8 @@ Every test ends with the endpoint alive (process running, control socket answeri
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import sys
 import threading
 import time
@@ -92,10 +95,11 @@ def _flood_mode(tb: sclp_testbed.Testbed) -> str:
     return "stt" if tb.protocol == "stt" else FLOOD_MODE[tb.carrier]
 
 
-def _start_flood(tb: sclp_testbed.Testbed, src: str, seconds: float) -> Any:
+def _start_flood(tb: sclp_testbed.Testbed, src: str, seconds: float, nice: int = 0) -> Any:
+    niced = ["nice", "-n", str(nice)] if nice else []
     return popen_in(
         tb.hosts[1],
-        [sys.executable, str(FLOOD), _flood_mode(tb), src, UNDERLAY[0], str(seconds)],
+        [*niced, sys.executable, str(FLOOD), _flood_mode(tb), src, UNDERLAY[0], str(seconds)],
     )
 
 
@@ -244,20 +248,118 @@ def test_first_segment_flood_keeps_memory_under_the_cap(testbed: sclp_testbed.Te
     assert (c["reasm_bytes_held"], c["reasm_entries"]) == (0, 0), c
 
 
-@pytest.mark.timeout(90)
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _not_peer_counted(tb: sclp_testbed.Testbed, before: dict[str, int], at_least: int) -> int:
+    """drop_not_peer of endpoint 0 since ``before``, once it reached ``at_least`` (the
+    kernel's counter is read at most every 5 s) or 7 s passed."""
+    stats = wait_for(
+        lambda: tb.stats(0),
+        lambda s: s["counters"]["drop_not_peer"] - before["drop_not_peer"] >= at_least,
+        timeout=7.0,
+    )
+    return int(stats["counters"]["drop_not_peer"] - before["drop_not_peer"])
+
+
+# The endpoint's CPU while a non-peer floods it alone, as a share of the flood's
+# duration: idle housekeeping only (measured 0.00-0.0x, see docs/security.md).
+NONPEER_CPU_SHARE = 0.15
+# iperf3 during the flood against before it, same run (measured in docs/security.md).
+NONPEER_THROUGHPUT_RATIO = 0.8
+# The flooder runs at nice 19: on this 2-core machine it stands for another host, and
+# at nice 0 its own CPU (one Python process spinning on sendto) would take a third of
+# the CPU the two endpoints and iperf3 share, whatever the endpoint does.
+FLOODER_NICE = 19
+NONPEER_IPERF_SECONDS = 14
+NONPEER_FLOOD_START = 3.5
+NONPEER_FLOOD_SECONDS = 7.0
+
+
+def _split_intervals(
+    report: dict[str, Any], start: float, end: float
+) -> tuple[list[float], list[float]]:
+    """iperf3's interval rates in Mbit/s: those inside [start, end] (the flood) and
+    those outside it, leaving out the first (slow start) and the one after the flood."""
+    inside: list[float] = []
+    outside: list[float] = []
+    for i in report["intervals"]:
+        s = i["sum"]
+        mbps = s["bits_per_second"] / 1e6
+        if s["start"] >= start + 0.49 and s["end"] <= end + 0.01:
+            inside.append(mbps)
+        elif s["start"] >= 0.49 and (s["end"] <= start + 0.01 or s["start"] >= end + 0.49):
+            outside.append(mbps)
+    assert inside and outside, report["intervals"]
+    return inside, outside
+
+
+@pytest.mark.timeout(120)
 def test_flood_from_a_non_peer_never_reaches_the_table(testbed: sclp_testbed.Testbed) -> None:
+    """The kernel's peer filter drops the flood: the endpoint's CPU stays near idle,
+    drop_not_peer counts the flood (the kernel counter), and a TCP flow keeps at least
+    80 % of its throughput before the flood."""
     tb = testbed
-    run = _flood_with_iperf(tb, HOSTILE)
-    _record("nonpeer-flood", tb, run)
-    assert max(s[2] for s in run.samples) == 0  # nothing from the flood was ever held
-    # Each one counted (some may be lost earlier, in a full kernel socket buffer).
-    sent = run.sent["sent"]
-    assert 0.3 * sent <= run.change["drop_not_peer"] <= sent, (run.change, sent)
-    assert run.change["drop_evicted"] == 0, run.change
-    # The legitimate flow keeps going: at most one 0.5 s interval without progress
-    # (a retransmission timeout after a loss in a full socket buffer).
-    stalled = sum(1 for mbps in run.intervals_mbps if mbps <= 0)
-    assert stalled <= 1, run.intervals_mbps
+    pid = tb.endpoints[0].pid
+    stats = assert_alive(tb.endpoints[0], lambda: tb.stats(0))
+    assert stats["peer_filter"]["kernel"], stats["peer_filter"]
+    # 1. The flood alone: what it costs the endpoint.
+    before = counters(stats)
+    cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+    flood = _start_flood(tb, HOSTILE, FLOOD_SECONDS)
+    try:
+        alone = _flood_report(flood)
+    finally:
+        stop(flood)
+    cpu_share = (_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+    counted = _not_peer_counted(tb, before, alone["sent"])
+    # 2. The flood (niced) in the middle of an iperf3 run: its 0.5 s intervals inside
+    # the flood against those outside it (medians: one slow interval from another
+    # process on the two shared cores moves neither).
+    watcher = Watcher(tb)
+    watcher.start()
+    server, client = iperf3_popen(tb.vms[0], tb.vms[1], OVERLAY[1], NONPEER_IPERF_SECONDS)
+    try:
+        t0 = time.monotonic()
+        time.sleep(NONPEER_FLOOD_START)
+        flood = _start_flood(tb, HOSTILE, NONPEER_FLOOD_SECONDS, FLOODER_NICE)
+        try:
+            during_flood = _flood_report(flood)
+        finally:
+            stop(flood)
+        flood_end = time.monotonic() - t0
+    finally:
+        report = iperf3_result(client, server, timeout=NONPEER_IPERF_SECONDS + 20)
+        watcher.stop()
+    samples = watcher.samples
+    inside, outside = _split_intervals(report, NONPEER_FLOOD_START, flood_end)
+    ratio = statistics.median(inside) / statistics.median(outside)
+    record(
+        f"nonpeer-flood[{_case_id((tb.protocol, tb.carrier))}]",
+        {
+            "flood_alone_sent": alone["sent"],
+            "flood_alone_pps": round(alone["sent"] / alone["seconds"]),
+            "endpoint_cpu_share": round(cpu_share, 4),
+            "drop_not_peer": counted,
+            "flood_during_iperf_pps": round(during_flood["sent"] / during_flood["seconds"]),
+            "iperf_outside_median_mbps": round(statistics.median(outside), 1),
+            "iperf_inside_median_mbps": round(statistics.median(inside), 1),
+            "throughput_ratio": round(ratio, 3),
+            "iperf_outside_mbps": [round(v, 1) for v in outside],
+            "iperf_inside_mbps": [round(v, 1) for v in inside],
+        },
+    )
+    assert alone["sent"] > 10_000, alone  # the flood was a flood
+    assert cpu_share <= NONPEER_CPU_SHARE, (cpu_share, alone)
+    # Every packet that reached the underlay device was dropped and counted by the
+    # kernel (the sender's socket may have dropped a few: "errors").
+    assert 0.95 * alone["sent"] <= counted <= alone["sent"], (counted, alone)
+    assert samples and max(s[2] for s in samples) == 0  # nothing was ever held
+    assert ratio >= NONPEER_THROUGHPUT_RATIO, (ratio, inside, outside)
 
 
 def _frame_ending_mid_segment(mac: str, tag: bytes) -> bytes:
