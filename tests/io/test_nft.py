@@ -5,6 +5,7 @@ stranger's address."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
@@ -13,6 +14,10 @@ from collections.abc import Callable
 
 import pytest
 
+from sclp.endpoint import provision
+from sclp.endpoint.config import parse_config
+from sclp.endpoint.datapath import DataPath
+from sclp.io import nft
 from sclp.io.netns import NetNS, create_veth, run_in_netns
 from sclp.io.nft import (
     NftError,
@@ -223,3 +228,43 @@ def test_stt_filter_peer_list_shape() -> None:
     many = [f"10.74.{i // 256}.{i % 256}" for i in range(MAX_FILTER_PEERS + 1)]
     assert stt_filter(LOCAL, STT, many) == plain  # too many: the source is not checked
     assert len(stt_filter(LOCAL, STT, many[:MAX_FILTER_PEERS])) == len(plain) + 33
+
+
+# -- the endpoint's use: ports of its channels, the fallback without nft ------------------
+
+_CONFIG = """
+name = "pf"
+[underlay]
+local = "10.73.0.1"
+mtu = 1500
+sclp_carrier = "udp"
+[[network]]
+vni = 1
+protocol = "vxlan-sclp"
+tap = "tap1"
+peers = ["10.73.0.2"]
+[[network]]
+vni = 2
+protocol = "stt"
+tap = "tap2"
+peers = ["10.73.0.3"]
+"""
+
+
+def test_endpoint_guards_only_its_channels() -> None:
+    cfg = parse_config(_CONFIG)
+    dp = DataPath(cfg, 1500)
+    assert dp.peers == {PEER, STRANGER}
+    assert provision.filter_ports(cfg, dp) == ([7234], [], [STT])
+
+
+def test_endpoint_starts_without_nft(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = parse_config(_CONFIG)
+    monkeypatch.setattr(nft.shutil, "which", lambda _name: None)
+    with contextlib.ExitStack() as stack:
+        got = provision.install_peer_filter(cfg, DataPath(cfg, 1500), provision.Underlay(), stack)
+    assert got is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "user space" in warnings[0], warnings
