@@ -19,7 +19,7 @@ from sclp.io import nft
 from sclp.lab import testbed as sclp_testbed
 from sclp.lab.testbed import OVERLAY, UNDERLAY6
 
-from .helpers import counters, delta, ping, shut_down, tcp_transfer
+from .helpers import counters, delta, ping, run_in, shut_down, tcp_transfer
 
 pytestmark = [pytest.mark.netns]
 
@@ -41,7 +41,7 @@ CLASSIC_OVERHEAD_V6 = {
     "nvgre": 40 + 0 + 8 + 14,
 }
 UNDERLAY_MTU = 1500
-FAULTS = "drop = 0.01\nreorder = 0.01\nseed = 3"
+FAULTS = "drop = 0.01\nreorder = 0.01\ncorrupt = 0.005\nseed = 3"
 
 
 def _case_id(case: tuple[str, str]) -> str:
@@ -108,17 +108,61 @@ def test_tcp_transfer_is_intact(testbed: sclp_testbed.Testbed, payload: tuple[Pa
         assert receiver["rx_packets"] == receiver["rx_frames"], receiver
 
 
+FAULT_CASES = [("vxlan-sclp", "ip"), ("stt", "ip"), ("vxlan-sclp", "udp")]
+
+
+def _udp6_checksum_errors(netns: str) -> int:
+    """``Udp6InCsumErrors`` of ``netns`` (/proc/net/snmp6 as seen from inside it)."""
+    out = run_in(netns, ["cat", "/proc/net/snmp6"]).stdout
+    values = dict(line.split() for line in out.splitlines() if line.strip())
+    return int(values.get("Udp6InCsumErrors", 0))
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("protocol", ["vxlan-sclp", "stt"])
-def test_transfer_with_faults_is_intact(protocol: str, payload: tuple[Path, str]) -> None:
+@pytest.mark.parametrize("case", FAULT_CASES, ids=_case_id)
+def test_transfer_with_faults_is_intact(case: tuple[str, str], payload: tuple[Path, str]) -> None:
+    """Loss, reordering and bit errors on the IPv6 underlay: the transfer is still
+    byte-exact, and each damaged packet is caught where the carrier checks it: by the
+    endpoint's SCLP or STT checksum over the IPv6 pseudo-header, or (UDP carrier,
+    sent by the fault injector's IPv6 raw path) by the receiving kernel's UDP."""
+    protocol, carrier = case
     path, digest = payload
-    with sclp_testbed.Testbed(protocol, carrier="ip", underlay_family=6, faults=FAULTS) as tb:
+    with sclp_testbed.Testbed(protocol, carrier=carrier, underlay_family=6, faults=FAULTS) as tb:
         received, received_digest = tcp_transfer(tb.vms[0], tb.vms[1], OVERLAY[1], path, timeout=60)
         assert received == path.stat().st_size
         assert received_digest == digest
         faults = [tb.stats(i)["faults"] for i in range(2)]
-        # Both directions lost and reordered packets (data one way, ACKs the other).
+        # Both directions lost packets (data one way, ACKs the other).
         assert all(f["fault_dropped"] > 0 for f in faults), faults
         assert faults[0]["fault_reordered"] > 0, faults
+        assert faults[0]["fault_corrupted"] > 0, faults
         assert not any(f["fault_send_errors"] for f in faults), faults
+        receiver = counters(tb.stats(1))
+        if carrier == "ip":
+            assert receiver["drop_bad_checksum"] > 0, receiver
+        else:
+            assert _udp6_checksum_errors(tb.hosts[1]) > 0
+        shut_down(tb)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "case", [("vxlan-sclp", "ip"), ("stt", "ip"), ("geneve-sclp", "udp")], ids=_case_id
+)
+def test_unbatched_receive_is_intact(case: tuple[str, str], payload: tuple[Path, str]) -> None:
+    """The one-packet-per-read receive path (``[tuning] rx_batch = false``) over IPv6:
+    raw IPv6 sockets without the batch columns, plain UDP reads without GRO."""
+    protocol, carrier = case
+    path, digest = payload
+    extra = "[tuning]\nrx_batch = false\n"
+    with sclp_testbed.Testbed(
+        protocol, carrier=carrier, underlay_family=6, extra_config=extra
+    ) as tb:
+        assert ping(tb.vms[0], OVERLAY[1]), tb.log_text(0)
+        received, received_digest = tcp_transfer(tb.vms[0], tb.vms[1], OVERLAY[1], path)
+        assert received == path.stat().st_size
+        assert received_digest == digest
+        receiver = counters(tb.stats(1))
+        drops = {k: v for k, v in receiver.items() if k.startswith("drop_") and v}
+        assert not drops, drops
         shut_down(tb)
