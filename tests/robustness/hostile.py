@@ -33,7 +33,7 @@ from sclp.wire import sclp, stt
 from sclp.wire.checksum import internet_checksum
 from sclp.wire.sclp import Carrier, SclpHeader
 
-from ..e2e.helpers import popen_in, run_in, stop
+from ..e2e.helpers import popen_in, run_in, stop, wait_iperf3_server, wait_line
 
 HOSTILE = "10.77.0.9"
 LISTEN_PORT = 9999
@@ -211,6 +211,8 @@ def send_from(
         for packet in packets:
             sock.sendto(packet, addr)
             if gap:
+                # Pacing on purpose (the subject of the caller): keeps the receiver's
+                # socket buffer from overflowing, so every packet reaches the endpoint.
                 time.sleep(gap)
 
 
@@ -221,9 +223,7 @@ class Listener:
         self.proc = popen_in(
             netns, [sys.executable, "-c", _LISTENER, address, str(LISTEN_PORT), str(idle)]
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
-        assert line == "ready", line + (self.proc.stderr.read() if self.proc.stderr else "")
+        wait_line(self.proc, "ready", what="UDP listener")
 
     def received(self, timeout: float = 20.0) -> list[str]:
         """What arrived, once the sender has been quiet for ``idle`` seconds."""
@@ -266,7 +266,7 @@ def wait_for(
     deadline = time.monotonic() + timeout
     value = probe()
     while not done(value) and time.monotonic() < deadline:
-        time.sleep(step)
+        time.sleep(step)  # polling interval, bounded by the deadline
         value = probe()
     return value
 
@@ -290,8 +290,12 @@ def iperf3_popen(
     client_ns: str, server_ns: str, server_addr: str, seconds: float
 ) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
     """Start an iperf3 server and a client (JSON, 0.5 s intervals); caller ends both."""
-    server = popen_in(server_ns, ["iperf3", "-s", "-1", "-B", server_addr])
-    time.sleep(0.3)
+    server = popen_in(server_ns, ["iperf3", "-s", "-1", "--forceflush", "-B", server_addr])
+    try:
+        wait_iperf3_server(server)
+    except AssertionError:
+        stop(server)
+        raise
     client = popen_in(
         client_ns,
         [

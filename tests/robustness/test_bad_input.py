@@ -23,7 +23,6 @@ from __future__ import annotations
 import random
 import socket
 import struct
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ from sclp.engine.stt import pseudo_sum_for
 from sclp.io import netns as nsio
 from sclp.wire import stt
 
-from ..e2e.helpers import Endpoint, Topology, counters, delta, link_mac
+from ..e2e.helpers import Endpoint, Topology, counters, delta, link_mac, wait_for_counters
 from .hostile import (
     RAW_GRE,
     RAW_SCLP,
@@ -159,7 +158,7 @@ class Case:
     where: tuple[str, int]
     expect: dict[str, int]
     deliver: tuple[int, str] | None = None  # (vni, tag) that must reach the listener
-    wait: float = 0.3
+    wait: float = 0.3  # extra seconds the verdict may take (added to the deadline)
 
 
 def cases(bed: Bed, name: str) -> tuple[Case, list[bytes]]:
@@ -314,6 +313,10 @@ def _check_alive_and_bounded(bed: Bed) -> None:
         assert grown <= CAP // 1024 + RSS_SLACK_KIB, (key, grown)
 
 
+def _moved(change: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in change.items() if v and (k.startswith("drop_") or k == "rx_frames")}
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_bad_input_is_dropped_and_counted(bed: Bed, name: str) -> None:
@@ -325,17 +328,29 @@ def test_bad_input_is_dropped_and_counted(bed: Bed, name: str) -> None:
         listener = Listener(bed.h1, f"192.168.{case.deliver[0]}.1", idle=0.5)
     try:
         send_from(bed.h2, PEER, LOCAL, case.where, packets, gap=0.002)
-        time.sleep(case.wait)
+        # Every packet counted and every expected verdict given (a reassembly timeout
+        # comes case.wait seconds later), then the exact checks below.
+        wait_for_counters(
+            ep.stats,
+            before,
+            lambda c: c["rx_packets"] >= len(packets) and _moved(c) == case.expect,
+            timeout=case.wait + 10.0,
+            what=f"{name}: counters {case.expect}",
+        )
         received = listener.received() if listener else []
     finally:
         if listener:
             listener.close()
     change = delta(before, counters(ep.stats()))
-    moved = {k: v for k, v in change.items() if v and (k.startswith("drop_") or k == "rx_frames")}
+    moved = _moved(change)
     assert moved == case.expect, (moved, change)
     assert change["rx_packets"] == len(packets), change
     assert received == ([case.deliver[1]] if case.deliver else []), received
     _check_alive_and_bounded(bed)
+
+
+def _drops(change: dict[str, int]) -> int:
+    return sum(v for k, v in change.items() if k.startswith("drop_"))
 
 
 def _random_packets(where: tuple[str, int], count: int, seed: int) -> list[bytes]:
@@ -370,9 +385,14 @@ def test_random_bytes_on_every_socket_are_all_counted(
     packets = _random_packets(where, 300, seed=where[1])
     before = counters(ep.stats())
     send_from(bed.h2, PEER, LOCAL, where, packets, gap=0.0005)
-    time.sleep(0.3)
-    change = delta(before, counters(ep.stats()))
-    drops = sum(v for k, v in change.items() if k.startswith("drop_"))
+    change = wait_for_counters(
+        ep.stats,
+        before,
+        lambda c: c["rx_packets"] >= len(packets) and _drops(c) >= len(packets),
+        timeout=10.0,
+        what=f"{len(packets)} random packets received and dropped",
+    )
+    drops = _drops(change)
     assert change["rx_packets"] == len(packets), change
     assert (drops, change["rx_frames"]) == (len(packets), 0), change
     _check_alive_and_bounded(bed)

@@ -15,6 +15,7 @@ held: incomplete payloads time out.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from sclp.lab import testbed as sclp_testbed
 from sclp.lab.testbed import OVERLAY
 
 from ..e2e.helpers import counters, shut_down, tcp_transfer
+from ..e2e.helpers import wait_for as until
 from .hostile import drained, record, snmp, wait_for
 
 pytestmark = [pytest.mark.netns]
@@ -71,6 +73,22 @@ def faulty(request: pytest.FixtureRequest) -> Iterator[sclp_testbed.Testbed]:
         shut_down(tb)
 
 
+def _corrupted_counted(
+    tb: sclp_testbed.Testbed, case: tuple[str, str], udp_before: list[dict[str, int]]
+) -> bool:
+    stats = [tb.stats(i) for i in range(2)]
+    corrupted = sum(s["faults"]["fault_corrupted"] for s in stats)
+    if case in SCLP_NATIVE:
+        return sum(counters(s)["drop_bad_checksum"] for s in stats) >= corrupted
+    if case in IN_UDP:
+        errors = sum(
+            snmp(host)["InCsumErrors"] - before["InCsumErrors"]
+            for host, before in zip(tb.hosts, udp_before, strict=True)
+        )
+        return errors >= corrupted
+    return True
+
+
 @pytest.mark.timeout(120)
 def test_tcp_transfer_is_byte_exact_under_faults(
     faulty: sclp_testbed.Testbed, payload: tuple[Path, str]
@@ -83,6 +101,16 @@ def test_tcp_transfer_is_byte_exact_under_faults(
     received, received_digest = tcp_transfer(tb.vms[0], tb.vms[1], OVERLAY[1], path, timeout=60)
 
     assert (received, received_digest) == (TRANSFER_BYTES, digest)
+    # A damaged packet sent last may still be on its way: wait (bounded) until the
+    # receivers have counted as many as were corrupted; the asserts below report the
+    # figures if they never do.
+    with contextlib.suppress(AssertionError):
+        until(
+            lambda: _corrupted_counted(tb, case, udp_before),
+            timeout=5.0,
+            interval=0.1,
+            what="every corrupted packet counted by a receiver",
+        )
     # Incomplete payloads (a segment was lost) time out: the tables drain.
     stats = [
         wait_for(lambda i=i: tb.stats(i), drained, timeout=REASM_TIMEOUT + 3.0) for i in range(2)
