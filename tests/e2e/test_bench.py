@@ -13,7 +13,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from sclp.lab.bench.goals import compute_ratios
 from sclp.lab.bench.machine import process_cpu_seconds, process_peak_rss_mb
 from sclp.lab.bench.measure import summarise
 from sclp.lab.bench.options import UDP_DATAGRAM_BYTES, BenchOptions
-from tests.e2e.helpers import sclp_cli
+from tests.e2e.helpers import child_commands, sclp_cli, wait_for
 
 RESULT_KEYS = {
     "protocol",
@@ -150,7 +149,19 @@ def test_sigterm_ends_the_run_with_partial_results(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        time.sleep(4)
+        # Interrupt once the first run is measured: when the second run's iperf3
+        # client has started (runs are sequential; the first is in the results then).
+        clients: set[int] = set()
+
+        def second_run_started() -> bool:
+            clients.update(
+                pid
+                for pid, argv in child_commands(proc.pid).items()
+                if argv[:2] == ["iperf3", "-c"]
+            )
+            return len(clients) >= 2
+
+        wait_for(second_run_started, timeout=40.0, what="bench's second iperf3 run started")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
