@@ -5,8 +5,7 @@ over TCP intact (SHA-256), and the endpoints report the IPv6 underlay and, for t
 classic tunnels, the VM MTU for IPv6's 40-byte header.  Three cases run again with
 loss, reordering and bit errors injected on the underlay, three with the unbatched
 receive path, and the classic tunnels with a VM MTU above the default (fragmented
-outer packets; NVGRE's is an expected failure until the endpoint's fix, see
-:data:`NVGRE_V6_PMTU`).
+outer packets).
 
 One testbed per case (module scope), shared by the checks on it.
 """
@@ -173,21 +172,10 @@ def test_unbatched_receive_is_intact(case: tuple[str, str], payload: tuple[Path,
         shut_down(tb)
 
 
-NVGRE_V6_PMTU = (
-    "src/sclp/endpoint/provision.py open_underlay sets IP_PMTUDISC_DONT on the GRE "
-    "socket only for IPv4; over IPv6 it keeps IPV6_PMTUDISC_DO and a packet over the "
-    "path MTU fails with EMSGSIZE instead of being fragmented"
-)
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "protocol",
-    [
-        "vxlan",
-        "geneve",
-        pytest.param("nvgre", marks=pytest.mark.xfail(strict=True, reason=NVGRE_V6_PMTU)),
-    ],
+    ["vxlan", "geneve", "nvgre"],
 )
 def test_vm_mtu_above_default_fragments(protocol: str) -> None:
     """A VM MTU of 1500 over a 1500-byte IPv6 underlay (the classic tunnels allow it):

@@ -28,7 +28,7 @@ from sclp.endpoint.tunnels import Channel
 from sclp.io import netns as nsio
 from sclp.io import nft
 from sclp.io import packet as packet_io
-from sclp.io.linux import IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IPPROTO_GRE, IPPROTO_SCLP
+from sclp.io.linux import IPPROTO_GRE, IPPROTO_SCLP
 from sclp.io.rawip import RawIpSocket
 from sclp.io.tap import TapDevice
 from sclp.io.udp import UdpSocket
@@ -151,9 +151,9 @@ def open_underlay(cfg: Config, dp: DataPath, stack: contextlib.ExitStack) -> Und
         else:
             out.raw[Channel.SCLP] = _raw(IPPROTO_SCLP, local, stack, batch, slot)
     if Channel.GRE in dp.channels:
-        gre = out.raw[Channel.GRE] = _raw(IPPROTO_GRE, local, stack, batch, slot, sums=False)
-        if v4:  # like the UDP tunnels, NVGRE may fragment a VM MTU set above the default
-            gre.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        # No L4 checksum; and like the UDP tunnels, NVGRE may fragment a VM MTU set
+        # above the default (IPv4 and IPv6).
+        out.raw[Channel.GRE] = _raw(IPPROTO_GRE, local, stack, batch, slot, sums=False, df=False)
     if Channel.STT in dp.channels:
         stt_sock = out.raw[Channel.STT] = _raw(socket.IPPROTO_TCP, local, stack, batch, slot)
         install_stt_guard(cfg, stack)
@@ -205,11 +205,15 @@ def _raw(
     batch: int,
     slot: int,
     sums: bool = True,
+    df: bool = True,
 ) -> RawIpSocket:
     """``sums``: the batch's L4 sums, for the tunnels with an L4 checksum (SCLP, STT);
-    GRE has none, and skips their cost."""
+    GRE has none, and skips their cost.  ``df``: don't fragment (the segmenting
+    tunnels size their packets to the path)."""
     try:
-        sock = RawIpSocket.open(protocol, local, batch=batch, slot_size=slot, l4_sums=sums)
+        sock = RawIpSocket.open(
+            protocol, local, batch=batch, slot_size=slot, l4_sums=sums, dont_fragment=df
+        )
     except OSError as exc:
         raise _bind_error(exc, local) from None
     stack.callback(sock.close)

@@ -82,6 +82,7 @@ class RawIpSocket(SocketAdapter):
         slot_size: int = 2048,
         socket_buffer: int = DEFAULT_SOCKET_BUFFER,
         l4_sums: bool = True,
+        dont_fragment: bool = True,
     ) -> None:
         if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_RAW:
             raise ValueError("RawIpSocket needs an AF_INET or AF_INET6 SOCK_RAW socket")
@@ -89,7 +90,7 @@ class RawIpSocket(SocketAdapter):
         self.family = sock.family
         self.protocol = sock.proto
         sock.setblocking(False)
-        set_pmtu_discover(sock, True)
+        set_pmtu_discover(sock, dont_fragment)
         set_socket_buffers(sock, socket_buffer)
         self._rx = BatchReceiver(batch, slot_size, zeroed=l4_sums)
         self._sums = l4_sums
@@ -108,6 +109,7 @@ class RawIpSocket(SocketAdapter):
         slot_size: int = 2048,
         socket_buffer: int = DEFAULT_SOCKET_BUFFER,
         l4_sums: bool = True,
+        dont_fragment: bool = True,
     ) -> Self:
         """A raw socket for IP ``protocol`` (1-254) bound to ``bind_addr`` (IPv6 if it
         contains ':'), created in namespace ``netns`` (None: the calling thread's).
@@ -116,6 +118,8 @@ class RawIpSocket(SocketAdapter):
         bytes (a packet larger than a slot is dropped and counted) are preallocated.
         ``l4_sums=False`` (a tunnel without an L4 checksum, such as GRE) skips the
         per-batch sums and the zeroing of the slots they need; ``l4_sums`` is then 0.
+        ``dont_fragment`` (default) sets DF and makes a send over the path MTU fail with
+        EMSGSIZE; False lets the kernel fragment (IPv4 and IPv6).
         Raises PermissionError without CAP_NET_RAW, OSError with the kernel's errno
         when binding fails (EADDRNOTAVAIL: not a local address)."""
         if not 0 < protocol < 255:
@@ -130,6 +134,7 @@ class RawIpSocket(SocketAdapter):
                 slot_size=slot_size,
                 socket_buffer=socket_buffer,
                 l4_sums=l4_sums,
+                dont_fragment=dont_fragment,
             )
 
     @property
