@@ -257,7 +257,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def _not_peer_counted(tb: sclp_testbed.Testbed, before: dict[str, int], at_least: int) -> int:
     """drop_not_peer of endpoint 0 since ``before``, once it reached ``at_least`` (the
-    kernel's counter is read at most every 5 s) or 7 s passed."""
+    kernel's counter in it may be 0.5 s old) or 7 s passed."""
     stats = wait_for(
         lambda: tb.stats(0),
         lambda s: s["counters"]["drop_not_peer"] - before["drop_not_peer"] >= at_least,

@@ -93,7 +93,7 @@ class Endpoint:
         dp = self.dp = DataPath(cfg, provision.underlay_mtu(cfg))
         control = ControlServer(
             cfg.control_socket,
-            {"stats": self.stats, "health": self.health_report},
+            {"stats": self._requested_stats, "health": self.health_report},
             watch=lambda fd, write, resume: self._runner().watch(fd, lambda _n: resume(), write),
             unwatch=lambda fd: self._runner().unwatch(fd),
         )
@@ -256,17 +256,22 @@ class Endpoint:
         self._stack = contextlib.ExitStack()
         self.peer_filter = None
 
-    def stats(self) -> dict[str, Any]:
-        """What ``sclp stats`` shows (all zero before :meth:`start`)."""
+    def _requested_stats(self) -> dict[str, Any]:
+        """``sclp stats``: the kernel's not-peer counter at most 0.5 s old."""
+        return self.stats(provision.PEER_COUNTER_ON_REQUEST)
+
+    def stats(self, kernel_max_age: float = provision.PEER_COUNTER_REFRESH) -> dict[str, Any]:
+        """What ``sclp stats`` shows (all zero before :meth:`start`); the kernel's
+        not-peer counter in it is at most ``kernel_max_age`` seconds old."""
         dp = self.dp
         report = dp.stats() if dp is not None else {"counters": dict.fromkeys(COUNTER_NAMES, 0)}
         counters = report["counters"]
         for name, value in self.counters.items():
             counters[name] = counters.get(name, 0) + value
         # Dropped by the kernel's peer filter: never received, so not in rx_packets
-        # (docs/security.md); read at most every PEER_COUNTER_REFRESH seconds.
+        # (docs/security.md); nft runs only when the last read is older than allowed.
         pf = self.peer_filter
-        kernel_drops = pf.drops() if pf is not None else 0
+        kernel_drops = pf.drops(kernel_max_age) if pf is not None else 0
         counters["drop_not_peer"] = counters.get("drop_not_peer", 0) + kernel_drops
         return {
             "name": self.cfg.name,

@@ -39,7 +39,8 @@ log = logging.getLogger("sclp")
 
 UDP_PORTS = {Channel.VXLAN: 4789, Channel.GENEVE: 6081}
 RX_SLOTS = 64  # packets per recvmmsg batch
-PEER_COUNTER_REFRESH: Final = 5.0  # seconds: the kernel's not-peer counter is read this often
+PEER_COUNTER_REFRESH: Final = 5.0  # seconds: the loop's snapshots read the kernel counter
+PEER_COUNTER_ON_REQUEST: Final = 0.5  # ... and an ``sclp stats`` request at most this often
 
 
 class EndpointError(Exception):
@@ -286,22 +287,23 @@ def underlay_devices(peers: frozenset[str]) -> list[str]:
 
 class PeerFilter:
     """The kernel's peer filter of one endpoint (:func:`sclp.io.nft.install_peer_filter`)
-    and its drop counter, read with an ``nft`` subprocess (~10 ms) at most every
-    :data:`PEER_COUNTER_REFRESH` seconds: :meth:`drops` is called from the loop, for
-    every stats snapshot (twice a second) and ``sclp stats``."""
+    and its drop counter, read with an ``nft`` subprocess (~10 ms) only when the last
+    read is older than the caller allows: :meth:`drops` is called from the loop, for
+    every stats snapshot (twice a second, :data:`PEER_COUNTER_REFRESH`) and every
+    ``sclp stats`` request (:data:`PEER_COUNTER_ON_REQUEST`)."""
 
     def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.clock = clock
         self._drops = 0
-        self._read_at = clock()  # just installed: 0
+        self._read_at = -float("inf")
         self._failed = False
 
-    def drops(self) -> int:
-        """The packets the kernel dropped as not from a peer, at most
-        :data:`PEER_COUNTER_REFRESH` seconds old (the last value if a read fails)."""
+    def drops(self, max_age: float = PEER_COUNTER_REFRESH) -> int:
+        """The packets the kernel dropped as not from a peer, read at most ``max_age``
+        seconds ago (the last value if a read fails)."""
         now = self.clock()
-        if now - self._read_at >= PEER_COUNTER_REFRESH:
+        if now - self._read_at >= max_age:
             self._read_at = now
             try:
                 self._drops = nft.peer_filter_drops(self.name)
