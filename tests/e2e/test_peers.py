@@ -192,4 +192,6 @@ def test_non_peer_packets_are_dropped_and_counted(testbed: sclp_testbed.Testbed)
     assert received == [f"peer-{tag}"], (received, err, testbed.log_text(0)[-500:])
     change = delta(before, after)
     assert change["drop_not_peer"] == HOSTILE_PACKETS, change
-    assert change["rx_packets"] >= HOSTILE_PACKETS + 1, change
+    # The strangers' packets were dropped by the kernel's peer filter (counted in
+    # drop_not_peer, never received); the peer's one was received.
+    assert change["rx_packets"] >= 1, change

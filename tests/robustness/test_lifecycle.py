@@ -31,7 +31,7 @@ import pytest
 from sclp.endpoint.config import ConfigError, parse_config
 from sclp.endpoint.control import ControlError, query, socket_path
 from sclp.io import netns as nsio
-from sclp.io.nft import stt_guard_table
+from sclp.io.nft import peer_filter_table, stt_guard_table
 from sclp.lab import testbed as sclp_testbed
 from sclp.lab.testbed import OVERLAY
 
@@ -88,7 +88,9 @@ def test_sigterm_under_full_load_exits_fast_and_cleans_up(case: tuple[str, str])
     with sclp_testbed.Testbed(protocol, carrier=carrier) as tb:
         name = tb.endpoint_name(0)
         assert os.path.exists(socket_path(name))
-        assert bool(_sclp_tables(tb.hosts[0])) == (protocol == "stt")
+        tables = _sclp_tables(tb.hosts[0])
+        assert ("inet", peer_filter_table(name)) in tables  # strangers dropped in the kernel
+        assert (("inet", stt_guard_table(name)) in tables) == (protocol == "stt")
         before = counters(tb.stats(0))
         server, client = iperf3_popen(tb.vms[0], tb.vms[1], OVERLAY[1], 10)
         try:
@@ -159,7 +161,7 @@ def test_kill_9_leaves_state_that_the_next_start_cleans() -> None:
 def _kill_and_restart(tb: sclp_testbed.Testbed, name: str) -> None:
     assert ping(tb.vms[0], OVERLAY[1])
     tables = _sclp_tables(tb.hosts[0])
-    assert tables and {t for _, t in tables} == {stt_guard_table(name)}
+    assert {t for _, t in tables} == {stt_guard_table(name), peer_filter_table(name)}
     tb.endpoints[0].kill()
     tb.endpoints[0].wait(timeout=5)
     # What a crash leaves: the socket file and the nftables tables.  The TAP went
