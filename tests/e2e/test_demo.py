@@ -59,6 +59,10 @@ def test_interrupted_demo_cleans_up() -> None:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
+        # A harness started in the background (`cmd &` in a script) ignores SIGINT and
+        # its children inherit that: give the demo the default handler, as a terminal
+        # would, so Ctrl-C is what is tested.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         # Interrupt it once the testbed is up and traffic is flowing.
