@@ -264,7 +264,9 @@ def test_endpoint_starts_without_nft(
     cfg = parse_config(_CONFIG)
     monkeypatch.setattr(nft.shutil, "which", lambda _name: None)
     with contextlib.ExitStack() as stack:
-        got = provision.install_peer_filter(cfg, DataPath(cfg, 1500), provision.Underlay(), stack)
+        got = provision.install_peer_filter(
+            cfg, DataPath(cfg, 1500), provision.UnderlaySockets(), stack
+        )
     assert got is None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "user space" in warnings[0], warnings

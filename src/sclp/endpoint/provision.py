@@ -48,7 +48,7 @@ class EndpointError(Exception):
 
 
 @dataclass
-class Underlay:
+class UnderlaySockets:
     """The underlay sockets: UDP ones with their destination port, raw ones, and the
     receive-only packet taps of STT (when they replace the raw TCP socket's reads)."""
 
@@ -132,13 +132,13 @@ def open_port(port: Port, stack: contextlib.ExitStack) -> TapDevice:
     return tap
 
 
-def open_underlay(cfg: Config, dp: DataPath, stack: contextlib.ExitStack) -> Underlay:
+def open_underlay(cfg: Config, dp: DataPath, stack: contextlib.ExitStack) -> UnderlaySockets:
     """One socket per channel the networks use (plus STT's packet taps)."""
     local = cfg.underlay.local
     v4 = ":" not in local
     batch = RX_SLOTS if cfg.tuning.rx_batch else 1
     slot = dp.underlay.mtu + 64
-    out = Underlay(batch=batch)
+    out = UnderlaySockets(batch=batch)
     for channel, port in UDP_PORTS.items():
         if channel in dp.channels:
             # The classic tunnels may fragment (a VM MTU of 1500 is allowed).
@@ -337,7 +337,7 @@ def filter_ports(cfg: Config, dp: DataPath) -> tuple[list[int], list[int], list[
 
 
 def install_peer_filter(
-    cfg: Config, dp: DataPath, underlay: Underlay, stack: contextlib.ExitStack
+    cfg: Config, dp: DataPath, underlay: UnderlaySockets, stack: contextlib.ExitStack
 ) -> PeerFilter | None:
     """Drop packets from non-peers to the endpoint's ports and protocols in the kernel
     (``inet sclp_<name>_peers``), removed again by ``stack``.  None (and a one-line

@@ -224,17 +224,19 @@ class Runner:
                 handler = handlers.get(fd)
                 if handler is not None:
                     handler(now)
-            deadline = dp.next_deadline()
             if now >= next_tick:
                 dp.expire(now)
                 self.sender.flush(now)
                 for hook in self._tick_hooks:
                     hook(now)
                 next_tick = now + TICK
-            elif deadline is not None and deadline <= now:
-                dp.expire(now)
-            wake = next_tick if deadline is None else min(next_tick, deadline)
-            timeout = max(0.0, wake - now)
+            else:
+                due = dp.next_deadline()
+                if due is not None and due <= now:
+                    dp.expire(now)
+            # The deadline after this round's expiry, so a past one never wakes us twice.
+            due = dp.next_deadline()
+            timeout = max(0.0, (next_tick if due is None else min(next_tick, due)) - now)
 
     def stop(self) -> None:
         self._running = False

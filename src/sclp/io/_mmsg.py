@@ -334,7 +334,6 @@ class BatchReceiver(MmsgReceiver):
         self._slab16 = self._slab8.view(np.uint16).reshape(count, slot_size // 2)
         self._names8 = np.frombuffer(self.names, dtype=np.uint8).reshape(count, SOCKADDR_SPACE)
         self._names32 = self._names8.view(np.uint32)
-        self._index = np.arange(count)
         self._used = 0
         self._zeroed = zeroed
         self.truncated = 0
