@@ -181,6 +181,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench(options)
 
 
+def cmd_guest_build(args: argparse.Namespace) -> int:
+    from sclp.lab.guest import GuestBuildError, accelerator, build, qemu_missing
+    from sclp.lab.guest_image import describe
+
+    try:
+        image = build(args.cache, force=args.force)
+    except GuestBuildError as exc:
+        return _fail(f"guest build: {exc}")
+    for line in describe(image):
+        print(line)
+    if not args.no_probe and qemu_missing() is None:
+        accel, reason = accelerator(image)
+        print(f"accelerator: {accel}" + (f" ({reason})" if reason else ""))
+    return 0
+
+
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     from sclp.selfcheck import run_selfcheck
 
@@ -292,6 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
         "to --plot or FILE.png",
     )
     bench.set_defaults(func=cmd_bench)
+
+    guest = sub.add_parser("guest", help="the lab's virtio-net test guest (QEMU)")
+    guest_sub = guest.add_subparsers(dest="guest_command", metavar="COMMAND", required=True)
+    guest_build = guest_sub.add_parser(
+        "build",
+        help="build the guest kernel and initramfs from Debian packages into a cache "
+        "(skipped when current)",
+    )
+    guest_build.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="cache directory (default $SCLP_GUEST_CACHE or /var/cache/sclp/guest)",
+    )
+    guest_build.add_argument("--force", action="store_true", help="rebuild even when current")
+    guest_build.add_argument(
+        "--no-probe", action="store_true", help="do not find out whether KVM can boot it"
+    )
+    guest_build.set_defaults(func=cmd_guest_build)
 
     check = sub.add_parser(
         "selfcheck", help="segment and reassemble payloads in memory (no root needed)"
