@@ -17,7 +17,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-DEB_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping iperf3 tshark ethtool nftables procps)
+DEB_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping iperf3 tshark ethtool nftables procps
+  qemu-system-x86 busybox-static)  # the last two: the virtio-net test guest (sclp guest build)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,6 +44,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
+# The lab's virtio-net test guest (Debian cloud kernel + busybox initramfs) for the
+# tests in tests/vm; skipped when its cache (/var/cache/sclp/guest or
+# $SCLP_GUEST_CACHE) is current.
+echo "==> guest"; sclp guest build
 
 case "$job" in
   demo)
