@@ -84,7 +84,7 @@ def run(number: int, rounds: int) -> list[dict[str, object]]:
         fns[f"{inner}/check alone"] = partial(_partial_csum, view, len(view))
         for check in (False, True):
             dp = DataPath(parse_config(CONFIG), 1500)
-            dp.ports[42].rx_partial_csum = check
+            dp.networks[42].rx_partial_csum = check
             f = dp.from_udp
             (d,) = f(Channel.VXLAN, PEER, one, DATAGRAM, 0.0)
             assert d.vnet[0] == (check and inner == "partial"), (inner, check)

@@ -76,7 +76,7 @@ def vm_read(frame: bytes, gso_size: int = 0) -> tuple[bytearray, int]:
 
 def vm_mss(dp: DataPath) -> int:
     """The MSS the VM's TCP would choose for its MTU (at most :data:`MSS`)."""
-    return min(MSS, dp.ports[42].vm_mtu - 40)
+    return min(MSS, dp.networks[42].vm_mtu - 40)
 
 
 def packets_of(send: Send) -> list[bytes]:
@@ -129,12 +129,12 @@ def test_a_plain_frame_arrives_whole_and_the_source_is_learned(
 ) -> None:
     a, b = pair(protocol, carrier)
     frame = tcp_frame(b"x" * 300)
-    sends = a.from_vm(a.ports[42], *vm_read(frame), now=0.0)
+    sends = a.from_vm(a.networks[42].ports[0], *vm_read(frame), now=0.0)
     assert [s.peer for s in sends] == [B]
     out = transfer(A, b, sends, gro=gro)
     assert [(d.port.vni, d.vnet, bytes(d.frame)) for d in out] == [(42, VNET_NONE, frame)]
-    assert b.ports[42].fdb.lookup(MAC_A, 0.0).peers == (A,)
-    assert a.ports[42].counters["tx_frames"] == 1
+    assert b.networks[42].fdb.lookup(MAC_A, 0.0).peers == (A,)
+    assert a.networks[42].counters["tx_frames"] == 1
     assert b.stats()["counters"]["rx_packets"] == sends[0].packets
 
 
@@ -147,7 +147,7 @@ def test_a_tso_frame_crosses_as_one_gso_frame_or_as_mss_frames(
     data = random.Random(1).randbytes(60_000)
     frame = tcp_frame(data, partial=True)
     mss = vm_mss(a)
-    sends = a.from_vm(a.ports[42], *vm_read(frame, mss), now=0.0)
+    sends = a.from_vm(a.networks[42].ports[0], *vm_read(frame, mss), now=0.0)
     out = transfer(A, b, sends, sums=sums)
     if protocol in SEGMENTING:
         assert len(out) == 1
@@ -170,7 +170,7 @@ def test_a_tso_frame_crosses_as_one_gso_frame_or_as_mss_frames(
 def test_reordered_and_duplicated_segments_deliver_once(protocol: str, carrier: str) -> None:
     a, b = pair(protocol, carrier)
     frame = tcp_frame(bytes(range(256)) * 100, partial=True)
-    sends = a.from_vm(a.ports[42], *vm_read(frame, vm_mss(a)), now=0.0)
+    sends = a.from_vm(a.networks[42].ports[0], *vm_read(frame, vm_mss(a)), now=0.0)
     rng = random.Random(7)
 
     def shuffle_and_double(packets: list[bytes]) -> list[bytes]:
@@ -189,7 +189,7 @@ def test_reordered_and_duplicated_segments_deliver_once(protocol: str, carrier: 
 def test_a_lost_segment_times_out_and_frees_the_entry(protocol: str, carrier: str) -> None:
     a, b = pair(protocol, carrier)
     frame = tcp_frame(bytes(30_000), partial=True)
-    sends = a.from_vm(a.ports[42], *vm_read(frame, vm_mss(a)), now=0.0)
+    sends = a.from_vm(a.networks[42].ports[0], *vm_read(frame, vm_mss(a)), now=0.0)
     out = transfer(A, b, sends, mangle=lambda p: p[:3] + p[4:], now=0.0)
     if protocol not in SEGMENTING:
         assert len(out) == sum(s.packets for s in sends) - 1
@@ -214,7 +214,7 @@ def test_a_lost_segment_times_out_and_frees_the_entry(protocol: str, carrier: st
 def test_strangers_and_unknown_vnis_are_counted_not_delivered(protocol: str, carrier: str) -> None:
     a, b = pair(protocol, carrier)
     frame = tcp_frame(b"y" * 100)
-    sends = a.from_vm(a.ports[42], *vm_read(frame), now=0.0)
+    sends = a.from_vm(a.networks[42].ports[0], *vm_read(frame), now=0.0)
     assert transfer(C, b, sends) == []
     assert b.stats()["counters"]["drop_not_peer"] == sends[0].packets
     other = DataPath(parse_config(config(B, [A], protocol, carrier).replace("42", "43")), 1500)
@@ -225,18 +225,18 @@ def test_strangers_and_unknown_vnis_are_counted_not_delivered(protocol: str, car
 @pytest.mark.parametrize(("protocol", "carrier"), CASES)
 def test_unknown_destinations_flood_to_every_peer(protocol: str, carrier: str) -> None:
     dp = DataPath(parse_config(config(A, [B, C], protocol, carrier)), 1500)
-    sends = dp.from_vm(dp.ports[42], *vm_read(tcp_frame(b"z" * 64)), now=0.0)
+    sends = dp.from_vm(dp.networks[42].ports[0], *vm_read(tcp_frame(b"z" * 64)), now=0.0)
     assert sorted(str(s.peer) for s in sends) == [B, C]
-    assert dp.ports[42].counters["tx_flooded"] == 1
+    assert dp.networks[42].counters["tx_flooded"] == 1
 
 
 def test_a_frame_over_the_largest_is_dropped_as_oversize() -> None:
     a, _ = pair("vxlan-sclp", "ip")
     buf = bytearray(FRAME_BUF + 100)
-    assert a.from_vm(a.ports[42], buf, VNET_LEN + 65_600, 0.0) == []
-    assert a.ports[42].counters["drop_oversize"] == 1
-    assert a.from_vm(a.ports[42], buf, VNET_LEN + 10, 0.0) == []
-    assert a.ports[42].counters["drop_too_short"] == 1
+    assert a.from_vm(a.networks[42].ports[0], buf, VNET_LEN + 65_600, 0.0) == []
+    assert a.networks[42].counters["drop_oversize"] == 1
+    assert a.from_vm(a.networks[42].ports[0], buf, VNET_LEN + 10, 0.0) == []
+    assert a.networks[42].counters["drop_too_short"] == 1
 
 
 @pytest.mark.parametrize("protocol", ["vxlan-sclp", "stt"])
@@ -246,7 +246,9 @@ def test_level_two_off_delivers_mss_frames(protocol: str) -> None:
         parse_config(config(B, [A], protocol, "udp") + "[tuning]\ndeliver_gso = false\n"), 1500
     )
     data = bytes(range(200)) * 100
-    sends = a.from_vm(a.ports[42], *vm_read(tcp_frame(data, partial=True), MSS), now=0.0)
+    sends = a.from_vm(
+        a.networks[42].ports[0], *vm_read(tcp_frame(data, partial=True), MSS), now=0.0
+    )
     out = transfer(A, b, sends)
     assert len(out) > 1 and all(d.vnet == VNET_NONE for d in out)
     assert b"".join(tcp_payload(bytes(d.frame)) for d in out) == data
@@ -274,11 +276,11 @@ def test_any_tso_frame_in_any_order_arrives_exactly_once(
     a, b = pair(protocol, carrier)
     data = random.Random(seed).randbytes(size)
     frame = tcp_frame(data, partial=True)
-    mss = min(mss, a.ports[42].vm_mtu - 40)
+    mss = min(mss, a.networks[42].vm_mtu - 40)
     gso = mss if len(frame) > 1514 else 0
     if not gso:
         frame = tcp_frame(data)
-    sends = a.from_vm(a.ports[42], *vm_read(frame, gso), now=0.0)
+    sends = a.from_vm(a.networks[42].ports[0], *vm_read(frame, gso), now=0.0)
     rng = random.Random(seed)
     out = transfer(A, b, sends, mangle=lambda p: rng.sample(p, len(p)))
     if protocol in SEGMENTING or not gso:
@@ -451,8 +453,8 @@ def test_a_vlan_tagged_partial_frame_and_non_l4_frames() -> None:
 def test_partial_checksums_over_sclp_are_not_looked_for() -> None:
     """SCLP and STT peers are ours and complete every plain frame's checksum."""
     _, b = pair("vxlan-sclp", "udp")
-    assert not b.ports[42].rx_partial_csum
-    assert all(p.rx_partial_csum for p in pair("nvgre", "ip")[1].ports.values())
+    assert not b.networks[42].rx_partial_csum
+    assert all(p.rx_partial_csum for p in pair("nvgre", "ip")[1].networks.values())
 
 
 @settings(max_examples=200, deadline=None)

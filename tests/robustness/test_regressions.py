@@ -59,12 +59,12 @@ def test_headers_longer_than_the_vm_mtu_are_dropped_not_fatal() -> None:
     frame = ipv6_tcp_frame(ext_len=2048, payload=100)
     assert len(frame) > VM_MTU + 18  # takes the GSO path
     assert receive_vxlan(dp, frame) == []
-    assert dp.ports[42].counters["drop_malformed"] == 1
+    assert dp.networks[42].counters["drop_malformed"] == 1
 
 
 def test_a_large_frame_with_room_for_data_still_goes_out_as_gso() -> None:
     dp = data_path()
-    assert dp.ports[42].vm_mtu == VM_MTU
+    assert dp.networks[42].vm_mtu == VM_MTU
     frame = ipv6_tcp_frame(ext_len=64, payload=4000)
     (out,) = receive_vxlan(dp, frame)
     flags, gso_type, hdr_len, gso_size, csum_start, csum_off = struct.unpack("<BBHHHH", out.vnet)
@@ -109,7 +109,7 @@ def test_stt_gso_frame_with_l4_beyond_255_bytes_is_dropped_not_fatal() -> None:
     ``stt.encode`` raise: STT's L4 Offset field has 8 bits.  Read from the TAP it
     stopped the endpoint; now it is dropped as malformed."""
     dp = data_path("stt")
-    port = dp.ports[42]
+    net = dp.networks[42]
     frame = bytearray(ipv6_tcp_frame(ext_len=256, payload=3000))
     frame[0:6] = b"\xff" * 6  # broadcast: flooded to the peer, no FDB entry needed
     l4 = 14 + 40 + 256
@@ -117,6 +117,6 @@ def test_stt_gso_frame_with_l4_beyond_255_bytes_is_dropped_not_fatal() -> None:
     # NEEDS_CSUM, GSO_TCPV6
     struct.pack_into("<BBHHHH", buf, HEADROOM - VNET_LEN, 1, 4, l4 + 20, 1400, l4, 16)
     buf[HEADROOM : HEADROOM + len(frame)] = frame
-    assert dp.from_vm(port, buf, VNET_LEN + len(frame), 0.0) == []
-    assert port.counters["tx_frames"] == 1
-    assert port.counters["drop_malformed"] == 1
+    assert dp.from_vm(net.ports[0], buf, VNET_LEN + len(frame), 0.0) == []
+    assert net.counters["tx_frames"] == 1
+    assert net.counters["drop_malformed"] == 1

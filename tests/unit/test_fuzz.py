@@ -420,11 +420,11 @@ def _runner(dp: DataPath) -> Iterator[Runner]:
     """A runner whose VM ports are datagram socket pairs (what it writes, a frame per
     ``writev``, is read back and checked: a 10-byte virtio header, then the frame)."""
     runner = Runner(dp, UnderlaySender({}, {}, Counter()), lambda: 0.0)
-    pairs = {vni: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for vni in dp.ports}
+    pairs = {name: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for name in dp.ports}
     try:
-        for vni, (mine, _) in pairs.items():
+        for name, (mine, _) in pairs.items():
             mine.setblocking(False)
-            runner._tap_fds[vni] = mine.fileno()
+            dp.ports[name].fd = mine.fileno()
         yield runner
         for _, theirs in pairs.values():
             theirs.setblocking(False)
@@ -546,10 +546,10 @@ def test_endpoint_receive_steps_never_raise(
                 segment = bytearray(_with_tcp_checksum(bytes(segment)))
             runner._deliver(dp.from_ip(Channel.STT, PEER, memoryview(segment), now, None))
         else:
-            port = dp.ports.get(vni)
-            if port is not None:
+            net = dp.networks.get(vni)
+            if net is not None:
                 out: list[Deliver] = []
-                dp._deliver_port(port, PEER, view, mss, now, out)
+                dp._deliver_net(net, PEER, view, mss, now, out)
                 runner._deliver(out)
     assert dp.reassembler.bytes_held <= 300000
     assert dp.stt_reassembler.bytes_held <= 300000
@@ -595,10 +595,10 @@ def test_endpoint_transmit_step_counts_and_shapes_every_frame(
         csum_field,
     )
     buf[HEADROOM : HEADROOM + len(frame)] = frame
-    port = dp.ports[vni]
-    before = sum(port.counters.values())
-    sends = dp.from_vm(port, buf, VNET_LEN + len(frame), 0.0)
-    assert sum(port.counters.values()) > before  # counted as sent or as dropped
+    net = dp.networks[vni]
+    before = sum(net.counters.values())
+    sends = dp.from_vm(net.ports[0], buf, VNET_LEN + len(frame), 0.0)
+    assert sum(net.counters.values()) > before  # counted as sent or as dropped
     for s in sends:
         assert s.packets == -(-len(s.data) // s.stride)
         if s.packets > 1:  # a GSO / sendmmsg buffer: every packet fits the path

@@ -8,6 +8,7 @@ else for bad input.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import re
 import tomllib
@@ -40,6 +41,8 @@ SCLP_PROTOCOLS = tuple(p.value for p in Protocol if p.is_sclp)
 CARRIERS = tuple(c.value for c in Carrier)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+# An attach pattern: interface-name characters and fnmatch's * ? [ ] ! (no '/').
+_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,64}$")
 
 
 class ConfigError(Exception):
@@ -116,16 +119,23 @@ class StaticEntry:
 class Network:
     vni: int
     protocol: Protocol
-    tap: str
+    tap: str | None  # the TAP this endpoint creates and owns, if any
     peers: tuple[str, ...]
     namespace: str | None = None
     address: str | None = None
     mtu: int | None = None
     static: tuple[StaticEntry, ...] = ()
+    # Shell-style patterns of existing interfaces (a QEMU/libvirt TAP, a container's
+    # veth) that become ports of this network when they appear (docs/vms.md).
+    attach: tuple[str, ...] = ()
 
     @property
     def is_sclp(self) -> bool:
         return self.protocol.is_sclp
+
+    def attaches(self, ifname: str) -> bool:
+        """Does ``ifname`` match one of this network's ``attach`` patterns?"""
+        return any(fnmatch.fnmatchcase(ifname, pattern) for pattern in self.attach)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,11 +376,20 @@ def _network(n: _Reader) -> Network:
         raise n.fail(
             "protocol", f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}"
         )
-    tap = n.get("tap", str, hint='add tap = "tap42"')
-    if not _IFNAME_RE.match(tap):
+    tap = n.get("tap", str, None)
+    if tap is not None and not _IFNAME_RE.match(tap):
         raise n.fail(
             "tap", f"{tap!r} is not a valid interface name (1-15 characters, no spaces or '/')"
         )
+    attach = tuple(_pattern(n, p) for p in n.get("attach", list, []))
+    if tap is None and not attach:
+        raise ConfigError(
+            f'{n.where}tap: missing; add tap = "tap42" (a TAP the endpoint creates) '
+            'or attach = ["vnet*"] (existing interfaces, docs/vms.md), or both'
+        )
+    if tap is None and (n.table.get("namespace") or n.table.get("address")):
+        key = "namespace" if n.table.get("namespace") else "address"
+        raise n.fail(key, "applies to the network's own tap; add tap = ... or remove it")
     peers_raw = n.get("peers", list, [])
     peers = tuple(_ip(n, "peers", p) if isinstance(p, str) else _bad_peer(n, p) for p in peers_raw)
     address = n.get("address", str, None)
@@ -400,9 +419,20 @@ def _network(n: _Reader) -> Network:
         address=address,
         mtu=mtu,
         static=tuple(static),
+        attach=attach,
     )
     n.check_unknown()
     return network
+
+
+def _pattern(n: _Reader, value: object) -> str:
+    if not isinstance(value, str) or not _PATTERN_RE.match(value):
+        raise n.fail(
+            "attach",
+            f"{value!r} is not an interface name or shell-style pattern; "
+            'write attach = ["vnet*", "ct-web0"]',
+        )
+    return value
 
 
 def _bad_peer(n: _Reader, value: object) -> str:
@@ -424,12 +454,13 @@ def _check_unique(networks: list[Network]) -> None:
             raise ConfigError(
                 f"network[{index}].vni: {net.vni} appears twice; each [[network]] needs its own VNI"
             )
-        if net.tap in seen_tap:
+        if net.tap is not None and net.tap in seen_tap:
             raise ConfigError(
                 f"network[{index}].tap: {net.tap!r} appears twice; give each network its own TAP"
             )
         seen_vni.add(net.vni)
-        seen_tap.add(net.tap)
+        if net.tap is not None:
+            seen_tap.add(net.tap)
 
 
 def load_config(path: str | Path) -> Config:

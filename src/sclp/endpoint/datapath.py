@@ -21,12 +21,22 @@ The shape follows aioquic's connection: the runner calls
 No sockets, no system calls, no clock: ``now`` is passed in, so two data paths wired
 back to back in memory are the unit test of the whole endpoint (tests/endpoint/).
 
+Ports (docs/vms.md): a network (VNI) has any number of local ports — the TAP the
+endpoint owns, interfaces it attached (a QEMU/libvirt TAP, a container's veth) — added
+and removed while it runs (:meth:`DataPath.add_port`, :meth:`DataPath.remove_port`).
+The VNI's FDB learns MACs behind ports as well as behind peers, so a frame between
+two local ports is switched here and never touches the underlay (it comes back from
+:meth:`DataPath.from_vm` as a :class:`Deliver`, its GSO header as the VM left it);
+a broadcast reaches the other local ports and every peer; a frame from a peer goes
+to the port of its destination MAC, or to every local port when that is unknown.
+
 Inner checksums (sclp-spec §6): a frame that fits the VM's MTU crosses the tunnel
 with a complete L4 checksum (the sender finishes a partial one); a GSO frame keeps
 the partial checksum the sending VM left (pseudo-header sum) and the receiver hands
 it to its VM as NEEDS_CSUM, as a virtio NIC with TSO would.
 
-Counters: per VNI in :attr:`Port.counters`, endpoint-wide in
+Counters: per VNI in :attr:`VirtualNetwork.counters` (frames in and out per port in
+:attr:`VmPort.counters`), endpoint-wide in
 :attr:`DataPath.counters`, and in the reassemblers' ``drops``; every loss is a
 :class:`~sclp.wire.errors.DropReason`.  The runner adds the ones only I/O can see
 (TX_BUSY, TAP_BUSY, TAP_ERROR) and the frames it did deliver (``rx_frames``).
@@ -37,6 +47,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import Counter
+from collections.abc import Hashable
 from typing import Any, Final, NamedTuple
 
 from sclp.endpoint.config import Config, Network
@@ -61,7 +72,7 @@ from sclp.engine.reassembler import Reassembler
 from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttReassembler, SttSegmenter, pseudo_sum_for
 from sclp.engine.table import ReassemblyTable, TableEntry
-from sclp.engine.tso import complete_checksum, segment_tcp_frame
+from sclp.engine.tso import complete_checksum, segment_tcp_frame, split_gso_frame
 from sclp.switch.fdb import Fdb
 from sclp.wire import stt
 from sclp.wire.checksum import Buffer
@@ -76,7 +87,8 @@ __all__ = [
     "VNET_LEN",
     "DataPath",
     "Deliver",
-    "Port",
+    "VirtualNetwork",
+    "VmPort",
 ]
 
 # virtio_net_hdr (without num_buffers): flags, gso_type, hdr_len, gso_size, csum_start,
@@ -87,6 +99,9 @@ VNET_NONE: Final = bytes(VNET_LEN)
 F_NEEDS_CSUM: Final = 1
 GSO_TCPV6: Final = 4
 FRAME_BUF: Final = 65536 + 256  # a read buffer: headroom + virtio header + any frame
+# The largest frame a VM port can hand over: an IP packet of 65,535 bytes behind an
+# Ethernet header and a VLAN tag (sclp.io.tap.MAX_FRAME_LEN).
+MAX_PORT_FRAME: Final = 65_535 + 18
 _TCP_CSUM_OFFSET: Final = 16
 _UDP_CSUM_OFFSET: Final = 6
 # Receive side, classic tunnels: finding a partial inner checksum (see _partial_csum).
@@ -109,6 +124,9 @@ _PARTIAL_VNET: Final = {
 COUNTER_NAMES: Final = (
     "tx_frames",
     "rx_frames",
+    "tx_local",
+    "tx_filtered",
+    "tx_split",
     "tx_packets",
     "rx_packets",
     "tx_bytes",
@@ -120,21 +138,23 @@ COUNTER_NAMES: Final = (
 
 
 class Deliver(NamedTuple):
-    """Write ``vnet`` (a virtio-net header) then ``frame`` to ``port``'s VM.
+    """Write ``vnet`` (a virtio-net header) then ``frame`` to ``port``.
     ``frame`` may be a view into the buffer the packet was received in."""
 
-    port: Port
+    port: VmPort
     vnet: bytes
     frame: Buffer
 
 
-class Port:
-    """One virtual network on this endpoint: its tunnel, its FDB, its counters."""
+class VirtualNetwork:
+    """One virtual network (VNI) on this endpoint: its tunnel, its FDB (peers and
+    local ports), its counters."""
 
     __slots__ = (
         "counters",
         "fdb",
         "max_plain_frame",
+        "max_tunnel_frame",
         "network",
         "peers",
         "rx_partial_csum",
@@ -152,6 +172,8 @@ class Port:
         self.vm_mtu = network.mtu or tunnel.default_vm_mtu()
         # A frame longer than this left the sender as a GSO frame (VLAN tag allowed).
         self.max_plain_frame = self.vm_mtu + 18
+        # The largest frame the tunnel carries whole; longer GSO frames are split.
+        self.max_tunnel_frame = tunnel.max_vm_frame()
         # Classic tunnels may come from a kernel peer that left inner checksums
         # partial (_partial_csum); SCLP and STT peers are ours and complete them.
         self.rx_partial_csum = type(tunnel) in _CLASSIC_TUNNELS
@@ -160,6 +182,32 @@ class Port:
     @property
     def protocol(self) -> str:
         return self.tunnel.protocol.value
+
+    @property
+    def ports(self) -> tuple[VmPort, ...]:
+        return self.fdb.ports  # type: ignore[return-value]
+
+
+class VmPort:
+    """One local port of a network: the TAP the endpoint owns (``owned``) or an
+    interface it attached.  ``fd`` is the runner's, for the write of each delivery;
+    ``counters`` are this port's frames and bytes each way."""
+
+    __slots__ = ("counters", "fd", "name", "net", "owned")
+
+    def __init__(self, name: str, net: VirtualNetwork, owned: bool) -> None:
+        self.name = name
+        self.net = net
+        self.owned = owned
+        self.fd = -1
+        self.counters: Counter[str] = Counter()
+
+    @property
+    def vni(self) -> int:
+        return self.net.vni
+
+    def __repr__(self) -> str:
+        return f"VmPort({self.name!r}, vni={self.net.vni})"
 
 
 class DataPath:
@@ -189,50 +237,135 @@ class DataPath:
         )
         self.reassembler = Reassembler(cfg.underlay.sclp_carrier, table=self.reassembly)
         self.stt_reassembler = SttReassembler(table=self.reassembly)
-        self.ports: dict[int, Port] = {}
+        self.networks: dict[int, VirtualNetwork] = {}
+        self.ports: dict[str, VmPort] = {}  # by interface name
         for net in cfg.networks:
             tunnel = tunnel_for(net.protocol, net.vni, self.underlay, segmenter, stt_segmenter)
             fdb = Fdb(net.peers, lim.fdb_aging, lim.fdb_max_entries)
             for entry in net.static:
                 fdb.add_static(entry.mac, entry.peer)
-            self.ports[net.vni] = Port(net, tunnel, fdb)
+            self.networks[net.vni] = VirtualNetwork(net, tunnel, fdb)
+            if net.tap is not None:
+                self.add_port(net.tap, net.vni, owned=True)
         self.peers: frozenset[str] = frozenset(p for n in cfg.networks for p in n.peers)
         self._peer_packed = {p: ipaddress.ip_address(p).packed for p in self.peers}
-        self.channels: frozenset[Channel] = frozenset(p.tunnel.channel for p in self.ports.values())
+        self.channels: frozenset[Channel] = frozenset(
+            n.tunnel.channel for n in self.networks.values()
+        )
+
+    # -- ports -----------------------------------------------------------------------------
+
+    def add_port(self, name: str, vni: int, *, owned: bool = False) -> VmPort:
+        """A local port ``name`` joins network ``vni``; raises ValueError if a port of
+        that name exists or the VNI is not served."""
+        if name in self.ports:
+            raise ValueError(f"{name} is already a port of vni {self.ports[name].vni}")
+        net = self.networks.get(vni)
+        if net is None:
+            raise ValueError(f"vni {vni} is not a network of this endpoint")
+        port = self.ports[name] = VmPort(name, net, owned)
+        net.fdb.add_port(port)
+        return port
+
+    def remove_port(self, port: VmPort) -> int:
+        """``port`` leaves its network; returns how many FDB entries went with it."""
+        self.ports.pop(port.name, None)
+        return port.net.fdb.remove_port(port)
+
+    def port_for(self, ifname: str) -> VirtualNetwork | None:
+        """The network whose ``attach`` patterns take ``ifname`` (the first in the
+        file), or None; the networks' own TAPs are never attached."""
+        if any(n.network.tap == ifname for n in self.networks.values()):
+            return None
+        for net in self.networks.values():
+            if net.network.attaches(ifname):
+                return net
+        return None
 
     # -- VM -> underlay ------------------------------------------------------------------
 
-    def from_vm(self, port: Port, buf: bytearray, size: int, now: float) -> list[Send]:
-        """A frame read from ``port``'s VM: ``size`` bytes at ``buf[HEADROOM -
+    def from_vm(self, port: VmPort, buf: bytearray, size: int, now: float) -> list[Send | Deliver]:
+        """A frame read from VM port ``port``: ``size`` bytes at ``buf[HEADROOM -
         VNET_LEN:]``, the virtio-net header first.  The headroom in front may be
-        overwritten.  Returns the packets to send (none when dropped and counted)."""
-        counters = port.counters
+        overwritten.  Returns the packets to send to peers and the frames for other
+        local ports (none when dropped and counted), to be carried out before the next
+        read into ``buf``."""
+        net = port.net
+        counters = net.counters
         if size <= VNET_LEN + 14:
             counters[DropReason.TOO_SHORT.counter] += 1
             return []
         flen = size - VNET_LEN
         counters["tx_frames"] += 1
         counters["tx_bytes"] += flen
-        if flen > MAX_VM_FRAME:
+        pc = port.counters
+        pc["tx_frames"] += 1
+        pc["tx_bytes"] += flen
+        if flen > MAX_PORT_FRAME:
             counters[DropReason.OVERSIZE.counter] += 1
             return []
-        flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET.unpack_from(
-            buf, HEADROOM - VNET_LEN
-        )
-        dest = port.fdb.lookup(bytes(buf[HEADROOM : HEADROOM + 6]), now)
+        fdb = net.fdb
+        fdb.learn(bytes(buf[HEADROOM + 6 : HEADROOM + 12]), port, now)
+        dest = fdb.lookup(bytes(buf[HEADROOM : HEADROOM + 6]), now)
+        local = dest.ports
+        if local:
+            return self._switch(port, buf, flen, dest.peers, local, now)
         if not dest.peers:
             counters[DropReason.NO_ROUTE.counter] += 1
             return []
         if dest.flooded:
             counters["tx_flooded"] += 1
+        return self._encapsulate(net, buf, flen, dest.peers)  # type: ignore[return-value]
+
+    def _switch(
+        self,
+        port: VmPort,
+        buf: bytearray,
+        flen: int,
+        peers: tuple[Hashable, ...],
+        local: tuple[Hashable, ...],
+        now: float,
+    ) -> list[Send | Deliver]:
+        """A frame for other local ports (and peers, when flooded): the local ports get
+        it as it came, GSO header included, without touching the underlay."""
+        net = port.net
+        counters = net.counters
+        others = [p for p in local if p is not port]
+        if not others and not peers:
+            counters["tx_filtered"] += 1  # its destination is behind the port it came from
+            return []
+        vnet = bytes(buf[HEADROOM - VNET_LEN : HEADROOM])
+        out: list[Send | Deliver] = []
+        if peers:
+            counters["tx_flooded"] += 1
+            out.extend(self._encapsulate(net, buf, flen, peers))
+            if buf[HEADROOM - VNET_LEN] & F_NEEDS_CSUM and buf[HEADROOM - VNET_LEN + 1] == GSO_NONE:
+                vnet = VNET_NONE  # _encapsulate completed the checksum in place
+        frame = memoryview(buf)[HEADROOM : HEADROOM + flen]
+        counters["tx_local"] += len(others)
+        out.extend(Deliver(p, vnet, frame) for p in others)  # type: ignore[arg-type]
+        return out
+
+    def _encapsulate(
+        self, net: VirtualNetwork, buf: bytearray, flen: int, peers: tuple[Hashable, ...]
+    ) -> list[Send]:
+        counters = net.counters
+        flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET.unpack_from(
+            buf, HEADROOM - VNET_LEN
+        )
         try:
             if gso_type == GSO_NONE:
                 gso_size = 0
                 if flags & F_NEEDS_CSUM:
                     frame = memoryview(buf)[HEADROOM : HEADROOM + flen]
                     complete_checksum(frame, csum_start, csum_offset)
+            elif flen > net.max_tunnel_frame:
+                return self._split(net, buf, flen, gso_size, csum_start, gso_type, peers)
+            if flen > net.max_tunnel_frame:
+                counters[DropReason.OVERSIZE.counter] += 1
+                return []
             vm = VmFrame(buf, flen, gso_size, csum_start, gso_type)
-            sends = port.tunnel.transmit(vm, dest.peers)
+            sends = net.tunnel.transmit(vm, peers)
         except MalformedPacket as exc:
             counters[exc.reason.counter] += 1
             return []
@@ -241,6 +374,32 @@ class DataPath:
             return []
         for send in sends:
             counters["tx_packets"] += send.packets
+        return sends
+
+    def _split(
+        self,
+        net: VirtualNetwork,
+        buf: bytearray,
+        flen: int,
+        gso_size: int,
+        csum_start: int,
+        gso_type: int,
+        peers: tuple[Hashable, ...],
+    ) -> list[Send]:
+        """A GSO frame longer than the tunnel carries (from an attached port, whose
+        sender's ``gso_max_size`` we do not set): cut into GSO frames that fit, at
+        segment boundaries, one copy.  Raises MalformedPacket / ValueError."""
+        frame = memoryview(buf)[HEADROOM : HEADROOM + flen]
+        l3 = parse_frame(frame).l3_offset
+        parts = split_gso_frame(frame, gso_size, net.max_tunnel_frame, HEADROOM, l3)
+        net.counters["tx_split"] += 1
+        sends: list[Send] = []
+        for part in parts:
+            vm = VmFrame(part, len(part) - HEADROOM, gso_size, csum_start, gso_type)
+            for send in net.tunnel.transmit(vm, peers):
+                # A tunnel may reuse one buffer for every frame: own each part's copy.
+                sends.append(send._replace(data=bytes(send.data)))
+                net.counters["tx_packets"] += send.packets
         return sends
 
     # -- underlay -> VM ------------------------------------------------------------------
@@ -318,11 +477,11 @@ class DataPath:
         except MalformedPacket as exc:
             self.counters[exc.reason.counter] += 1
             return
-        port = self.ports.get(vni)
-        if port is None or type(port.tunnel) is not tunnel:
+        net = self.networks.get(vni)
+        if net is None or type(net.tunnel) is not tunnel:
             self.counters[DropReason.UNKNOWN_VNI.counter] += 1
             return
-        self._deliver_port(port, src, memoryview(payload)[inner_offset:], mss, now, out)
+        self._deliver_net(net, src, memoryview(payload)[inner_offset:], mss, now, out)
 
     def _stt_segment(
         self, src: str, segment: memoryview, now: float, l4_sum: int | None, out: list[Deliver]
@@ -348,25 +507,39 @@ class DataPath:
         if frame is not None:
             self._decapsulate(SttTunnel, src, frame, now, out)
 
-    def _deliver_port(
-        self, port: Port, src: str, frame: memoryview, mss: int, now: float, out: list[Deliver]
+    def _deliver_net(
+        self,
+        net: VirtualNetwork,
+        src: str,
+        frame: memoryview,
+        mss: int,
+        now: float,
+        out: list[Deliver],
     ) -> None:
-        """One decapsulated inner frame for ``port`` (as a GSO frame when it is larger
-        than the VM's MTU), after the peer check and learning."""
-        counters = port.counters
-        if src not in port.peers:
+        """One decapsulated inner frame for network ``net`` (as a GSO frame when it is
+        larger than the VM's MTU), after the peer check and learning: to the port of
+        its destination MAC, else to every local port."""
+        counters = net.counters
+        if src not in net.peers:
             counters[DropReason.NOT_PEER.counter] += 1
             return
         flen = len(frame)
         if flen < 14:
             counters[DropReason.TOO_SHORT.counter] += 1
             return
-        port.fdb.learn(bytes(frame[6:12]), src, now)
-        if flen <= port.max_plain_frame:
+        fdb = net.fdb
+        fdb.learn(bytes(frame[6:12]), src, now)
+        ports: tuple[Hashable, ...] = fdb.ports
+        if len(ports) > 1:
+            ports = fdb.lookup(bytes(frame[:6]), now).ports or ports
+        elif not ports:
+            counters[DropReason.NO_ROUTE.counter] += 1  # every port of the VNI is gone
+            return
+        if flen <= net.max_plain_frame:
             vnet = VNET_NONE
-            if port.rx_partial_csum:
+            if net.rx_partial_csum:
                 vnet = _partial_csum(frame, flen)
-            out.append(Deliver(port, vnet, frame))
+            out.extend(Deliver(p, vnet, frame) for p in ports)  # type: ignore[arg-type]
             return
         try:
             info = parse_frame(frame)
@@ -374,11 +547,11 @@ class DataPath:
             counters[exc.reason.counter] += 1
             return
         if not info.tcp_header_len:
-            out.append(Deliver(port, VNET_NONE, frame))
+            out.extend(Deliver(p, VNET_NONE, frame) for p in ports)  # type: ignore[arg-type]
             return
         l4 = info.l4_offset
         if not mss:
-            mss = port.vm_mtu - (l4 - info.l3_offset) - info.tcp_header_len
+            mss = net.vm_mtu - (l4 - info.l3_offset) - info.tcp_header_len
         if mss <= 0:  # headers longer than the VM's MTU (e.g. IPv6 extensions)
             counters[DropReason.MALFORMED.counter] += 1
             return
@@ -388,19 +561,20 @@ class DataPath:
             except MalformedPacket as exc:
                 counters[exc.reason.counter] += 1
                 return
-            out.extend(Deliver(port, VNET_NONE, seg) for seg in segments)
+            for p in ports:
+                out.extend(Deliver(p, VNET_NONE, seg) for seg in segments)  # type: ignore[arg-type]
             return
         gso = GSO_TCPV4 if info.ip_version == 4 else GSO_TCPV6
         vnet = VNET.pack(F_NEEDS_CSUM, gso, l4 + info.tcp_header_len, mss, l4, _TCP_CSUM_OFFSET)
-        out.append(Deliver(port, vnet, frame))
+        out.extend(Deliver(p, vnet, frame) for p in ports)  # type: ignore[arg-type]
 
     # -- timers and state ----------------------------------------------------------------
 
     def expire(self, now: float) -> None:
         """Time out incomplete payloads and age FDB entries."""
         self.reassembly.expire(now)
-        for port in self.ports.values():
-            port.fdb.expire(now)
+        for net in self.networks.values():
+            net.fdb.expire(now)
 
     def next_deadline(self) -> float | None:
         """The earliest ``now`` at which :meth:`expire` has reassembly work to do
@@ -409,18 +583,20 @@ class DataPath:
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``counters`` (every name in :data:`COUNTER_NAMES`, totals over
-        the VNIs, the endpoint's own and the reassemblers'), ``vni`` (per VNI) and
-        ``peers`` (how many peers each VNI has)."""
+        the VNIs, the endpoint's own and the reassemblers'), ``vni`` (per VNI, with
+        its ports), ``ports`` (frames and bytes per port) and ``peers`` (how many
+        peers each VNI has)."""
         totals: Counter[str] = Counter()
         per_vni: dict[str, Any] = {}
-        for port in self.ports.values():
-            totals.update(port.counters)
-            per_vni[str(port.vni)] = {
-                "protocol": port.protocol,
-                "tap": port.network.tap,
-                "vm_mtu": port.vm_mtu,
-                "fdb_entries": len(port.fdb),
-                **dict(sorted(port.counters.items())),
+        for net in self.networks.values():
+            totals.update(net.counters)
+            per_vni[str(net.vni)] = {
+                "protocol": net.protocol,
+                "tap": net.network.tap,
+                "ports": [p.name for p in net.ports],
+                "vm_mtu": net.vm_mtu,
+                "fdb_entries": len(net.fdb),
+                **dict(sorted(net.counters.items())),
             }
         totals.update(self.counters)
         reasm = (self.reassembler, self.stt_reassembler)
@@ -432,8 +608,24 @@ class DataPath:
         base["reasm_complete"] = sum(r.completed for r in reasm)
         base["reasm_bytes_held"] = sum(r.bytes_held for r in reasm)
         base["reasm_entries"] = sum(r.entries for r in reasm)
-        peers = {str(port.vni): len(port.peers) for port in self.ports.values()}
-        return {"counters": dict(sorted(base.items())), "vni": per_vni, "peers": peers}
+        peers = {str(net.vni): len(net.peers) for net in self.networks.values()}
+        ports = {
+            name: {
+                "vni": port.vni,
+                "kind": "tap" if port.owned else "attached",
+                **{k: port.counters[k] for k in _PORT_COUNTERS},
+            }
+            for name, port in sorted(self.ports.items())
+        }
+        return {
+            "counters": dict(sorted(base.items())),
+            "vni": per_vni,
+            "ports": ports,
+            "peers": peers,
+        }
+
+
+_PORT_COUNTERS: Final = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes")
 
 
 def _partial_csum(frame: memoryview, flen: int) -> bytes:

@@ -26,8 +26,9 @@ from typing import Any
 from sclp.endpoint import provision, service
 from sclp.endpoint.config import Config, ConfigError, load_config
 from sclp.endpoint.control import ControlServer
-from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, Port
+from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork
 from sclp.endpoint.faults import FaultInjector
+from sclp.endpoint.ports import AttachedPorts
 from sclp.endpoint.provision import EndpointError
 from sclp.endpoint.runner import FaultySender, Runner, UnderlaySender
 from sclp.endpoint.tunnels import Channel
@@ -69,14 +70,15 @@ class Endpoint:
         self.runner: Runner | None = None
         # The kernel's filter of non-peers (None: they are dropped in user space).
         self.peer_filter: provision.PeerFilter | None = None
+        self.attached: AttachedPorts | None = None  # hot-plugged ports (attach = [...])
         faults = cfg.underlay.faults
         self._faults = FaultInjector(faults) if faults.enabled else None
         self._stack = contextlib.ExitStack()
         self._started_at = 0.0
 
     @property
-    def ports(self) -> dict[int, Port]:
-        return self.dp.ports if self.dp is not None else {}
+    def networks(self) -> dict[int, VirtualNetwork]:
+        return self.dp.networks if self.dp is not None else {}
 
     def start(self) -> None:
         try:
@@ -98,7 +100,7 @@ class Endpoint:
             unwatch=lambda fd: self._runner().unwatch(fd),
         )
         stack.callback(control.close)
-        taps = [(port, provision.open_port(port, stack)) for port in dp.ports.values()]
+        taps = [(port, provision.open_tap(port, stack)) for port in list(dp.ports.values())]
         sockets = provision.open_underlay(cfg, dp, stack)
         self.peer_filter = provision.install_peer_filter(cfg, dp, sockets, stack)
         self._sockets = [
@@ -122,7 +124,15 @@ class Endpoint:
         if cfg.metrics.listen is not None:
             self._start_metrics(cfg.metrics.listen)
         for port, tap in taps:
-            runner.add_tap(port, tap)
+            runner.add_port(port, tap)
+        attached = AttachedPorts(cfg.name, dp, runner)
+        if attached.wanted:
+            try:
+                attached.start()
+            except OSError as exc:
+                raise EndpointError(f"watching interfaces for attach: {exc}") from None
+            self.attached = attached
+            stack.callback(attached.close)
         for channel, (usock, _port) in sockets.udp.items():
             runner.add_udp(channel, usock, sockets.batch)
         for channel, rsock in sockets.raw_receive.items():
@@ -136,8 +146,9 @@ class Endpoint:
             cfg.underlay.local,
             dp.underlay.mtu,
             ", ".join(
-                f"vni {p.vni} {p.protocol} tap {p.network.tap} mtu {p.vm_mtu}"
-                for p in dp.ports.values()
+                f"vni {n.vni} {n.protocol} mtu {n.vm_mtu} ports "
+                f"{','.join(p.name for p in n.ports) or '(none yet)'}"
+                for n in dp.networks.values()
             ),
         )
 
@@ -177,7 +188,7 @@ class Endpoint:
                 self._notifier.close()
 
     def _summary(self) -> str:
-        return ", ".join(f"vni {p.vni} {p.protocol}" for p in self.ports.values())
+        return ", ".join(f"vni {n.vni} {n.protocol}" for n in self.networks.values())
 
     def _request_reload(self) -> None:
         self._reload_requested = True  # handled on the next tick, in the loop
@@ -229,13 +240,14 @@ class Endpoint:
         age = self.clock() - self._last_tick
         if age > HEALTH_TICK_AGE:
             return False, f"event loop stalled or stopped (last tick {age:.1f} s ago)"
-        closed = [t.name for t in runner.taps() if t.closed]
+        readers = runner.port_readers()
+        closed = [r.name for r in readers if r.closed]
         if closed:
-            return False, f"TAP closed: {', '.join(closed)}"
+            return False, f"port closed: {', '.join(closed)}"
         if any(sock.fileno() < 0 for sock in self._sockets):
             return False, "an underlay socket is closed"
         return True, (
-            f"loop alive, {len(runner.taps())} TAP(s) and {len(self._sockets)} underlay "
+            f"loop alive, {len(readers)} VM port(s) and {len(self._sockets)} underlay "
             f"socket(s) open, {self._summary()}"
         )
 
@@ -255,6 +267,7 @@ class Endpoint:
             log.warning("cleanup step failed: %s", exc)
         self._stack = contextlib.ExitStack()
         self.peer_filter = None
+        self.attached = None
 
     def _requested_stats(self) -> dict[str, Any]:
         """``sclp stats``: the kernel's not-peer counter at most 0.5 s old."""
@@ -284,6 +297,7 @@ class Endpoint:
             },
             "counters": dict(sorted(counters.items())),
             "vni": report.get("vni", {}),
+            "ports": report.get("ports", {}),
             "peers": report.get("peers", {}),
             "faults": self._faults.counters() if self._faults else None,
             "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from sclp.endpoint.config import Config
-from sclp.endpoint.datapath import DataPath, Port
+from sclp.endpoint.datapath import DataPath, VmPort
 from sclp.endpoint.tunnels import Channel
 from sclp.io import netns as nsio
 from sclp.io import nft
@@ -95,10 +95,12 @@ def underlay_mtu(cfg: Config) -> int:
     )
 
 
-def open_port(port: Port, stack: contextlib.ExitStack) -> TapDevice:
-    """The TAP of ``port``'s network, with its MTU, largest TSO frame, namespace and
+def open_tap(port: VmPort, stack: contextlib.ExitStack) -> TapDevice:
+    """The TAP ``port`` of its network, with its MTU, largest TSO frame, namespace and
     address; removed again by ``stack``."""
-    net = port.network
+    net = port.net.network
+    vm_mtu = port.net.vm_mtu
+    assert net.tap is not None and port.owned
     try:
         tap = TapDevice.open(net.tap, vnet_hdr=True, offloads=True)
     except OSError as exc:
@@ -106,7 +108,7 @@ def open_port(port: Port, stack: contextlib.ExitStack) -> TapDevice:
     stack.callback(tap.close)
     try:
         with nsio.NetNS(None) as here:
-            here.set_link(net.tap, gso_max_size=port.tunnel.max_vm_frame())
+            here.set_link(net.tap, gso_max_size=port.net.max_tunnel_frame)
         if net.namespace:
             if not nsio.netns_exists(net.namespace):
                 raise EndpointError(
@@ -120,10 +122,10 @@ def open_port(port: Port, stack: contextlib.ExitStack) -> TapDevice:
                         f"{net.namespace!r} (vni {net.vni}); choose another tap name "
                         "or remove that interface"
                     )
-            nsio.move_link(net.tap, None, net.namespace, address=net.address, mtu=port.vm_mtu)
+            nsio.move_link(net.tap, None, net.namespace, address=net.address, mtu=vm_mtu)
         else:
             with nsio.NetNS(None) as here:
-                here.set_link(net.tap, mtu=port.vm_mtu)
+                here.set_link(net.tap, mtu=vm_mtu)
                 if net.address:
                     here.add_address(net.tap, net.address)
                 here.set_link(net.tap, up=True)

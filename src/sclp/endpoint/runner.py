@@ -7,7 +7,9 @@ with one ``now`` per wake-up, and carries out what comes back — the
 :class:`~sclp.endpoint.tunnels.Send`\\ s through an :class:`UnderlaySender` (or a
 :class:`FaultySender` around it), the :class:`~sclp.endpoint.datapath.Deliver`\\ ies
 with one ``writev`` each.  Handlers drain their descriptor up to a budget and return,
-so no descriptor starves the others.
+so no descriptor starves the others.  VM ports come and go while the loop runs
+(:meth:`Runner.add_port`, :meth:`Runner.remove_port`): a TAP the endpoint owns and an
+attached interface's packet socket are read and written the same way.
 
 The way of a frame from the VM to the wire: ``TapDevice.read_into`` →
 ``DataPath.from_vm`` → ``Tunnel.transmit`` → ``UnderlaySender.send`` →
@@ -17,6 +19,7 @@ The way of a frame from the VM to the wire: ``TapDevice.read_into`` →
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -24,14 +27,13 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
-from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET_LEN, DataPath, Deliver, Port
+from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET_LEN, DataPath, Deliver, VmPort
 from sclp.endpoint.faults import FaultInjector
 from sclp.endpoint.tunnels import Channel, Send
 from sclp.io import packet as packet_io
 from sclp.io.rawip import RawIpSocket, source_key
-from sclp.io.tap import TapDevice
 from sclp.io.udp import UdpSocket
 from sclp.logs import RateLimited
 from sclp.wire.errors import DropReason, MalformedPacket
@@ -45,6 +47,20 @@ TICK: Final = 0.1  # seconds between housekeeping rounds (FDB aging, fault relea
 # window, with a summary of what was left out (sclp.logs.RateLimited); errors are rare,
 # so reading the clock for them costs nothing on the paths that work.
 WARNINGS: Final = RateLimited(log, interval=10.0, burst=5)
+
+
+class PortReader(Protocol):
+    """What the runner reads a VM port with: a :class:`~sclp.io.tap.TapDevice` or an
+    :class:`~sclp.io.attach.AttachedPort` (both take the virtio-net header first)."""
+
+    name: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    def fileno(self) -> int: ...
+
+    def read_into(self, buf: bytearray | memoryview, offset: int = 0) -> int: ...
 
 
 class UnderlaySender:
@@ -151,8 +167,7 @@ class Runner:
         self.rx_batch = rx_batch
         self._epoll = select.epoll()
         self._handlers: dict[int, Callable[[float], None]] = {}
-        self._taps: dict[int, TapDevice] = {}  # by VNI
-        self._tap_fds: dict[int, int] = {}  # by VNI, for the write of every delivery
+        self._ports: dict[str, PortReader] = {}  # by port name
         self._tap_buf = bytearray(FRAME_BUF)
         self._tap_view = memoryview(self._tap_buf)
         self._rx_view = memoryview(bytearray(FRAME_BUF))  # one-by-one reads
@@ -170,17 +185,26 @@ class Runner:
         if self._handlers.pop(fd, None) is not None:
             self._epoll.unregister(fd)
 
-    def taps(self) -> list[TapDevice]:
-        return list(self._taps.values())
+    def port_readers(self) -> list[PortReader]:
+        return list(self._ports.values())
 
     def on_tick(self, hook: Callable[[float], None]) -> None:
         """Call ``hook(now)`` every :data:`TICK` seconds."""
         self._tick_hooks.append(hook)
 
-    def add_tap(self, port: Port, tap: TapDevice) -> None:
-        self._taps[port.vni] = tap
-        self._tap_fds[port.vni] = tap.fileno()
-        self.watch(tap.fileno(), lambda now: self._on_tap(port, tap, now))
+    def add_port(self, port: VmPort, reader: PortReader) -> None:
+        """Serve ``port`` (already in the data path) through ``reader``."""
+        port.fd = reader.fileno()
+        self._ports[port.name] = reader
+        self.watch(port.fd, lambda now: self._on_port(port, reader, now))
+
+    def remove_port(self, port: VmPort) -> None:
+        """Stop reading ``port``; deliveries to it are counted as errors until the
+        data path forgets it (the caller does that first)."""
+        self._ports.pop(port.name, None)
+        if port.fd >= 0:
+            self.unwatch(port.fd)
+        port.fd = -1
 
     def add_udp(self, channel: Channel, sock: UdpSocket, batch: int) -> None:
         """Watch ``sock``, whose ``recv_batch`` returns up to ``batch`` buffers; with
@@ -246,17 +270,31 @@ class Runner:
 
     # -- handlers ------------------------------------------------------------------------
 
-    def _on_tap(self, port: Port, tap: TapDevice, now: float) -> None:
+    def _on_port(self, port: VmPort, reader: PortReader, now: float) -> None:
         buf = self._tap_buf
         view = self._tap_view
         from_vm = self.dp.from_vm
         send = self.sender.send
+        deliver = self._deliver
         for _ in range(TAP_BUDGET):
-            size = tap.read_into(view, HEADROOM - VNET_LEN)
+            try:
+                size = reader.read_into(view, HEADROOM - VNET_LEN)
+            except OSError as exc:  # an attached interface went down or away
+                WARNINGS.warning(
+                    ("port", port.name, exc.errno),
+                    "reading port %s failed: %s",
+                    port.name,
+                    exc,
+                    now=now,
+                )
+                return
             if not size:
                 return
-            for s in from_vm(port, buf, size, now):
-                send(s, now)
+            for out in from_vm(port, buf, size, now):
+                if type(out) is Deliver:
+                    deliver((out,))
+                else:
+                    send(out, now)  # type: ignore[arg-type]
 
     def _on_udp(self, channel: Channel, sock: UdpSocket, batch: int, now: float) -> None:
         dp = self.dp
@@ -348,26 +386,33 @@ class Runner:
                 self._deliver(out)
 
     def _deliver(self, out: Sequence[Deliver]) -> None:
-        """Write each frame to its VM, counting what was delivered and what not."""
-        fds = self._tap_fds
+        """Write each frame to its VM port, counting what was delivered and what not."""
         writev = os.writev  # TapDevice.writev without its Python frame: once per frame
         for port, vnet, frame in out:
-            counters = port.counters
             try:
-                writev(fds[port.vni], (vnet, frame))
+                writev(port.fd, (vnet, frame))
             except BlockingIOError:
-                counters[DropReason.TAP_BUSY.counter] += 1
+                port.net.counters[DropReason.TAP_BUSY.counter] += 1
                 continue
             except OSError as exc:
-                counters[DropReason.TAP_ERROR.counter] += 1
+                if exc.errno == errno.ENOBUFS:  # a packet socket's device queue is full
+                    port.net.counters[DropReason.TAP_BUSY.counter] += 1
+                    continue
+                port.net.counters[DropReason.TAP_ERROR.counter] += 1
                 WARNINGS.warning(
-                    ("tap", port.vni, exc.errno),
-                    "writing a %d-byte frame to VNI %d failed: %s",
+                    ("tap", port.name, exc.errno),
+                    "writing a %d-byte frame to port %s (vni %d) failed: %s",
                     len(frame),
+                    port.name,
                     port.vni,
                     exc,
                     now=time.monotonic(),
                 )
                 continue
+            size = len(frame)
+            counters = port.net.counters
             counters["rx_frames"] += 1
-            counters["rx_bytes"] += len(frame)
+            counters["rx_bytes"] += size
+            counters = port.counters
+            counters["rx_frames"] += 1
+            counters["rx_bytes"] += size

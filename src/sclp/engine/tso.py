@@ -264,3 +264,75 @@ def complete_checksum(
         csum = 0xFFFF
     struct.pack_into("!H", frame, field, csum)
     return csum
+
+
+def split_gso_frame(
+    frame: Buffer, mss: int, max_frame: int, headroom: int = 0, l3_offset: int = ETH_HLEN
+) -> list[bytearray]:
+    """Cut one TCP GSO frame (a virtio NEEDS_CSUM super-frame, payload cut at ``mss``
+    by whoever segments it) into GSO frames of at most ``max_frame`` bytes each, every
+    one a whole number of ``mss`` segments but the last.
+
+    For a tunnel whose payload limit is below the frame a VM or container may send
+    (a guest's TSO frames reach ~65,549 bytes; an endpoint-owned TAP is kept below the
+    limit by its ``gso_max_size``, an attached interface is not).  Each part gets the
+    headers with: IPv4 total length, ID advanced by the segments before it and header
+    checksum; IPv6 payload length; TCP sequence number; FIN and PSH only on the last
+    part, CWR only on the first; and the TCP checksum field set to the pseudo-header
+    sum of the part, as NEEDS_CSUM expects.  Each returned buffer starts with
+    ``headroom`` zero bytes.  Raises :class:`MalformedPacket` for frames
+    :func:`parse_tcp_frame` refuses, ValueError when not even one segment fits.
+    """
+    layout = parse_tcp_frame(frame, l3_offset)
+    hlen = layout.header_len
+    per_part = (max_frame - hlen) // mss if mss > 0 else 0
+    if per_part < 1:
+        raise ValueError(f"a {mss}-byte segment does not fit in {max_frame} bytes")
+    view = memoryview(frame)
+    l3, l4 = layout.l3_offset, layout.l4_offset
+    tcp_hlen = hlen - l4
+    payload = view[hlen : layout.end]
+    plen = len(payload)
+    chunk = per_part * mss
+    seq0, ack, doff_byte, flags0, window, _ = _TCP_MUTABLE.unpack_from(
+        view, l4 + _TCP_MUTABLE_OFFSET
+    )
+    middle = flags0 & ~(_LAST_ONLY | _FIRST_ONLY)
+    is_v4 = layout.ip_version == 4
+    if is_v4:
+        _, ident0, frag, ttl, proto, _ = _IPV4_MUTABLE.unpack_from(view, l3 + _IPV4_MUTABLE_OFFSET)
+        template = bytearray(view[l3:l4])
+        _IPV4_MUTABLE.pack_into(template, _IPV4_MUTABLE_OFFSET, 0, 0, frag, ttl, proto, 0)
+        ip_base = ones_sum(template)
+        addr_sum = ones_sum(view[l3 + 12 : l3 + 20])
+    else:
+        ident0 = frag = ttl = proto = ip_base = 0
+        addr_sum = ones_sum(view[l3 + 8 : l3 + 40])
+    parts: list[bytearray] = []
+    for index, offset in enumerate(range(0, max(plen, 1), chunk)):
+        size = min(chunk, plen - offset)
+        part = bytearray(headroom)
+        part += view[:hlen]
+        part += payload[offset : offset + size]
+        flags = middle
+        if index == 0:
+            flags |= flags0 & _FIRST_ONLY
+        if offset + size >= plen:
+            flags |= flags0 & _LAST_ONLY
+        seq = (seq0 + offset) & 0xFFFFFFFF
+        tcp_len = tcp_hlen + size
+        pseudo = _fold(addr_sum + IPPROTO_TCP + tcp_len)
+        _TCP_MUTABLE.pack_into(
+            part, headroom + l4 + _TCP_MUTABLE_OFFSET, seq, ack, doff_byte, flags, window, pseudo
+        )
+        if is_v4:
+            total = (l4 - l3) + tcp_len
+            ident = (ident0 + offset // mss) & 0xFFFF
+            ip_csum = ~_fold(ip_base + total + ident) & 0xFFFF
+            _IPV4_MUTABLE.pack_into(
+                part, headroom + l3 + _IPV4_MUTABLE_OFFSET, total, ident, frag, ttl, proto, ip_csum
+            )
+        else:
+            _IPV6_PLEN.pack_into(part, headroom + l3 + _IPV6_PLEN_OFFSET, tcp_len)
+        parts.append(part)
+    return parts

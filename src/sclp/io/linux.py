@@ -47,6 +47,7 @@ UDP_GRO: Final = 104  # receive coalescing; a cmsg gives the segment size (Linux
 ETH_P_ALL: Final = 0x0003
 
 # -- include/uapi/linux/if_packet.h: packet socket options (level SOL_PACKET) ------------
+PACKET_VNET_HDR: Final = 15  # a virtio_net_hdr before each frame read and written
 PACKET_IGNORE_OUTGOING: Final = 23  # Linux 4.20
 
 # -- include/uapi/linux/filter.h, bpf_common.h: classic BPF opcodes ----------------------

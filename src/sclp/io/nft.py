@@ -339,3 +339,55 @@ def peer_set(name: str, *, netns: str | None = None) -> list[str]:
                 if isinstance(elem, str):
                     out.append(elem)
     return out
+
+
+# -- the guard of attached ports ------------------------------------------------------------
+
+
+def port_guard_table(name: str) -> str:
+    """The table of endpoint ``name``'s attached ports: ``netdev sclp_<name>_ports``."""
+    return f"{stt_guard_table(name)}_ports"
+
+
+def install_port_guard(name: str, ifname: str, ifindex: int, *, netns: str | None = None) -> str:
+    """Drop every frame arriving on the attached port ``ifname`` at its ``netdev``
+    ingress hook, so the host's own stack never answers or routes a VM's traffic (ARP
+    for the host's addresses, IPv6 neighbour discovery, packets to the underlay); the
+    endpoint's packet socket took its copy before the hook (:mod:`sclp.io.attach`).
+    One chain per port (``port_<ifindex>``) in :func:`port_guard_table`, created with
+    the table when needed.  Returns the chain's name.  Raises :class:`NftError`."""
+    if not _IFNAME_OK.match(ifname):
+        raise ValueError(f"bad interface name {ifname!r}")
+    table = port_guard_table(name)
+    chain = f"port_{int(ifindex)}"
+    script = (
+        f"add table netdev {table}\n"
+        f"add chain netdev {table} {chain}\n"
+        f"delete chain netdev {table} {chain}\n"
+        f"table netdev {table} {{\n"
+        f"  chain {chain} {{\n"
+        f'    type filter hook ingress device "{ifname}" priority 0; policy accept;\n'
+        f'    counter drop comment "sclp: the VM port {ifname} is switched by a packet socket"\n'
+        "  }\n"
+        "}\n"
+    )
+    _nft(["-f", "-"], script, netns)
+    return chain
+
+
+def remove_port_guard(name: str, ifindex: int, *, netns: str | None = None) -> None:
+    """Remove the chain of one port (the interface may be gone already)."""
+    table = port_guard_table(name)
+    chain = f"port_{int(ifindex)}"
+    script = (
+        f"add table netdev {table}\n"
+        f"add chain netdev {table} {chain}\n"
+        f"delete chain netdev {table} {chain}\n"
+    )
+    _nft(["-f", "-"], script, netns)
+
+
+def remove_port_guards(name: str, *, netns: str | None = None) -> None:
+    """Remove the whole table of endpoint ``name``'s port guards, if any."""
+    table = port_guard_table(name)
+    _nft(["-f", "-"], f"add table netdev {table}\ndelete table netdev {table}\n", netns)

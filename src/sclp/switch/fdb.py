@@ -2,10 +2,13 @@
 
 Strategy: one :class:`Fdb` per virtual network (VNI), so isolation between VNIs is
 structural: a lookup in one table can never return a peer learned in another.  A
-MAC maps to a *peer* (an opaque hashable, the underlay address of the remote NVE).
-Learning only happens from frames that arrived from a configured peer; the caller
-checks that before calling :meth:`Fdb.learn` (``NOT_PEER`` drops happen earlier),
-and :meth:`Fdb.learn` refuses peers it does not know as a second line of defence.
+MAC lives behind a *peer* (the underlay address of a remote NVE) or a local *port*
+(a VM's TAP or attached interface on this host); both are opaque hashables, and the
+table knows which is which, so a lookup says whether a frame stays on this host.
+Learning only happens from frames that arrived from a configured peer or a port of
+this VNI; the caller checks that before calling :meth:`Fdb.learn` (``NOT_PEER``
+drops happen earlier), and :meth:`Fdb.learn` refuses the unknown as a second line of
+defence.
 
 Time is passed in (``now``, seconds); nothing here reads a clock.  The table is
 bounded: past ``max_entries`` the least recently refreshed dynamic entry goes.
@@ -30,17 +33,19 @@ class LearnResult(enum.Enum):
     MOVED = "moved"  # the MAC now lives behind another peer
     STATIC = "static"  # a static entry wins; nothing learned
     MULTICAST_SOURCE = "multicast_source"  # a group address never is a source
-    NOT_PEER = "not_peer"
+    NOT_PEER = "not_peer"  # neither a peer nor a port of this VNI
     EVICTED_OLDEST = "evicted_oldest"  # learned, and the oldest entry made room
 
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """Where a frame goes: ``peers`` (one for a known unicast MAC, all of the VNI's
-    peers when flooding) and whether it was a flood."""
+    """Where a frame goes: ``peers`` and local ``ports`` (the one of a known unicast
+    MAC, or all of the VNI's when flooding) and whether it was a flood.  The caller
+    leaves out the port a frame came in on."""
 
     peers: tuple[Hashable, ...]
     flooded: bool
+    ports: tuple[Hashable, ...] = ()
 
 
 def is_group_mac(mac: bytes) -> bool:
@@ -49,7 +54,9 @@ def is_group_mac(mac: bytes) -> bool:
 
 
 class Fdb:
-    """The forwarding table of one VNI."""
+    """The forwarding table of one VNI.  Lookups return shared :class:`Destination`
+    objects (one per place, one for the flood), so the per-frame path allocates
+    nothing."""
 
     def __init__(
         self,
@@ -57,28 +64,68 @@ class Fdb:
         aging: float = DEFAULT_AGING,
         max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
-        self.peers: tuple[Hashable, ...] = tuple(dict.fromkeys(peers))
-        self._peer_set = frozenset(self.peers)
         self.aging = aging
         self.max_entries = max_entries
-        # mac -> (peer, last seen); order = least recently refreshed first
+        # mac -> (peer or port, last seen); order = least recently refreshed first
         self._dynamic: OrderedDict[bytes, tuple[Hashable, float]] = OrderedDict()
         self._static: dict[bytes, Hashable] = {}
+        self.peers: tuple[Hashable, ...] = ()
+        self.ports: tuple[Hashable, ...] = ()
+        self._dest: dict[Hashable, Destination] = {}
+        self._flood = Destination((), flooded=True)
+        self._set_places(tuple(dict.fromkeys(peers)), ())
 
     def __len__(self) -> int:
         return len(self._dynamic) + len(self._static)
 
+    def _set_places(self, peers: tuple[Hashable, ...], ports: tuple[Hashable, ...]) -> None:
+        self.peers, self.ports = peers, ports
+        self._peer_set = frozenset(peers)
+        self._port_set = frozenset(ports)
+        self._flood = Destination(peers, flooded=True, ports=ports)
+        self._dest = {p: Destination((p,), flooded=False) for p in peers}
+        self._dest.update((p, Destination((), flooded=False, ports=(p,))) for p in ports)
+
     def is_peer(self, peer: Hashable) -> bool:
         return peer in self._peer_set
+
+    def is_port(self, port: Hashable) -> bool:
+        return port in self._port_set
+
+    def add_port(self, port: Hashable) -> None:
+        """A local port joins the VNI: it gets floods, and MACs can be learned on it."""
+        if port not in self._port_set:
+            self._set_places(self.peers, (*self.ports, port))
+
+    def remove_port(self, port: Hashable) -> int:
+        """A local port leaves: no more floods to it, and every MAC learned on it is
+        forgotten; returns how many."""
+        self._set_places(self.peers, tuple(p for p in self.ports if p != port))
+        return self._forget(port)
+
+    def set_peers(self, peers: Iterable[Hashable]) -> int:
+        """Replace the flooding peers; MACs learned behind a peer that is gone are
+        forgotten (returns how many).  Static entries stay."""
+        new = tuple(dict.fromkeys(peers))
+        gone = self._peer_set - set(new)
+        self._set_places(new, self.ports)
+        return sum(self._forget(p) for p in gone)
+
+    def _forget(self, place: Hashable) -> int:
+        stale = [mac for mac, (where, _) in self._dynamic.items() if where == place]
+        for mac in stale:
+            del self._dynamic[mac]
+        return len(stale)
 
     def add_static(self, mac: bytes, peer: Hashable) -> None:
         """Pin ``mac`` behind ``peer`` (which need not be a flooding peer)."""
         self._static[bytes(mac)] = peer
         self._dynamic.pop(bytes(mac), None)
 
-    def learn(self, mac: bytes, peer: Hashable, now: float) -> LearnResult:
-        """Record that ``mac`` was seen as a source behind ``peer`` at ``now``."""
-        if peer not in self._peer_set:
+    def learn(self, mac: bytes, where: Hashable, now: float) -> LearnResult:
+        """Record that ``mac`` was seen as a source behind the peer or local port
+        ``where`` at ``now``."""
+        if where not in self._peer_set and where not in self._port_set:
             return LearnResult.NOT_PEER
         if is_group_mac(mac):
             return LearnResult.MULTICAST_SOURCE
@@ -86,28 +133,28 @@ class Fdb:
             return LearnResult.STATIC
         old = self._dynamic.get(mac)
         if old is not None:
-            self._dynamic[mac] = (peer, now)
+            self._dynamic[mac] = (where, now)
             self._dynamic.move_to_end(mac)
-            return LearnResult.REFRESHED if old[0] == peer else LearnResult.MOVED
+            return LearnResult.REFRESHED if old[0] == where else LearnResult.MOVED
         mac = bytes(mac)
-        self._dynamic[mac] = (peer, now)
+        self._dynamic[mac] = (where, now)
         if len(self._dynamic) > self.max_entries:
             self._dynamic.popitem(last=False)
             return LearnResult.EVICTED_OLDEST
         return LearnResult.NEW
 
     def lookup(self, mac: bytes, now: float) -> Destination:
-        """Where a frame to ``mac`` goes: its peer, or a flood to every peer."""
+        """Where a frame to ``mac`` goes: its peer or port, or a flood to all."""
         if not is_group_mac(mac):
             peer = self._static.get(mac)
             if peer is not None:
-                return Destination((peer,), flooded=False)
+                return self._dest.get(peer) or Destination((peer,), flooded=False)
             entry = self._dynamic.get(mac)
             if entry is not None:
                 if now - entry[1] <= self.aging:
-                    return Destination((entry[0],), flooded=False)
+                    return self._dest[entry[0]]
                 del self._dynamic[mac]
-        return Destination(self.peers, flooded=True)
+        return self._flood
 
     def expire(self, now: float) -> int:
         """Remove dynamic entries not refreshed within ``aging``; return how many."""
@@ -121,7 +168,7 @@ class Fdb:
         return removed
 
     def entries(self) -> list[tuple[bytes, Hashable, bool]]:
-        """(mac, peer, static) for every entry, static ones first."""
+        """(mac, peer or port, static) for every entry, static ones first."""
         out: list[tuple[bytes, Hashable, bool]] = [(m, p, True) for m, p in self._static.items()]
         out.extend((m, p, False) for m, (p, _) in self._dynamic.items())
         return out

@@ -1,0 +1,205 @@
+"""Attached ports and hot-plug: existing interfaces become VM ports while the endpoint
+runs (docs/vms.md).
+
+A network's ``attach`` patterns name interfaces that another program creates and
+owns — QEMU or libvirt the TAP of a guest, a container runtime the host side of a
+veth pair — in the namespace the endpoint runs in.  :class:`AttachedPorts` keeps the
+data path's ports in step with the interfaces that exist:
+
+- at start, every matching interface is attached;
+- a link notification (:class:`~sclp.io.links.LinkWatch`, read by the loop) for a new
+  matching interface attaches it within the same wake-up; one for an interface that
+  is gone (deleted, moved to another namespace, renamed) detaches it and flushes the
+  FDB entries learned on it;
+- the other ports and the underlay are never touched, and each change is one log line.
+
+Attaching an interface: its MTU becomes the network's VM MTU and it is brought up (as
+for the TAPs the endpoint owns), an :class:`~sclp.io.attach.AttachedPort` packet
+socket with virtio-net headers reads and writes it, and the port guard
+(:func:`sclp.io.nft.install_port_guard`) keeps the host's own stack away from its
+frames.  A problem with one interface is a warning about that interface, never a
+stop: the endpoint keeps serving the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sclp.endpoint.datapath import DataPath, VirtualNetwork, VmPort
+from sclp.io import netns as nsio
+from sclp.io import nft
+from sclp.io.attach import AttachedPort
+from sclp.io.links import LinkEvent, LinkWatch, current_links
+
+log = logging.getLogger("sclp")
+
+
+class PortHost(Protocol):
+    """What :class:`AttachedPorts` needs from the runner: watch a descriptor, and
+    serve or stop serving a port (:class:`~sclp.endpoint.runner.Runner` is one)."""
+
+    def watch(self, fd: int, handler: Callable[[float], None], write: bool = False) -> None: ...
+
+    def unwatch(self, fd: int) -> None: ...
+
+    def add_port(self, port: VmPort, reader: AttachedPort) -> None: ...
+
+    def remove_port(self, port: VmPort) -> None: ...
+
+
+@dataclass
+class _Attached:
+    port: VmPort
+    sock: AttachedPort
+    ifindex: int
+    guarded: bool
+
+
+class AttachedPorts:
+    """The attached ports of one endpoint, following the interfaces that come and go."""
+
+    def __init__(self, name: str, dp: DataPath, host: PortHost, *, guard: bool = True) -> None:
+        self.name = name  # the endpoint's, for its nftables table
+        self.dp = dp
+        self.host = host
+        self.guard = guard
+        self.attached: dict[str, _Attached] = {}
+        self._watch: LinkWatch | None = None
+        self._guard_failed = False
+        self._failed: dict[str, int] = {}  # name -> ifindex whose attach failed (no retry)
+
+    @property
+    def wanted(self) -> bool:
+        """Does any network attach interfaces?"""
+        return any(net.network.attach for net in self.dp.networks.values())
+
+    def start(self) -> None:
+        """Subscribe to link notifications, then attach what exists (in that order,
+        so an interface created in between is not missed).  Raises OSError."""
+        self._watch = LinkWatch.open()
+        self.host.watch(self._watch.fileno(), self._on_events)
+        self._resync()
+
+    def close(self) -> None:
+        """Detach every port (the interfaces stay: they are not ours) and unsubscribe."""
+        for name in list(self.attached):
+            self._detach(name, "endpoint stopping", quiet=True)
+        if self._watch is not None:
+            self.host.unwatch(self._watch.fileno())
+            self._watch.close()
+            self._watch = None
+        if self.guard:
+            with contextlib.suppress(OSError, ValueError, nft.NftError):
+                nft.remove_port_guards(self.name)
+
+    # -- events --------------------------------------------------------------------------
+
+    def _on_events(self, now: float) -> None:
+        assert self._watch is not None
+        events, lost = self._watch.drain()
+        for event in events:
+            self._on_event(event)
+        if lost:
+            log.warning("link notifications were lost; re-reading the interface list")
+            self._resync()
+
+    def _on_event(self, event: LinkEvent) -> None:
+        name, index, present = event
+        # A known index under another name: renamed, so the old port is gone.
+        for old, entry in list(self.attached.items()):
+            if entry.ifindex == index and (old != name or not present):
+                self._detach(old, "renamed" if present else "interface gone")
+        if present and name not in self.attached:
+            self._consider(name, index)
+        if not present:
+            self._failed.pop(name, None)
+
+    def _resync(self) -> None:
+        links = current_links()
+        for name, entry in list(self.attached.items()):
+            if links.get(entry.ifindex) != name:
+                self._detach(name, "interface gone")
+        for index, name in sorted(links.items()):
+            if name not in self.attached:
+                self._consider(name, index)
+
+    def _consider(self, name: str, index: int) -> None:
+        net = self.dp.port_for(name)
+        if net is None or self._failed.get(name) == index:
+            return
+        if name in self.dp.ports:  # a TAP of ours, or a name taken by another port
+            return
+        try:
+            self._attach(name, index, net)
+        except (OSError, nsio.NetnsError, ValueError) as exc:
+            self._failed[name] = index
+            log.warning(
+                "cannot attach %s to vni %d: %s; fix it and re-create the interface",
+                name,
+                net.vni,
+                exc,
+            )
+
+    # -- attach and detach ---------------------------------------------------------------
+
+    def _attach(self, name: str, index: int, net: VirtualNetwork) -> None:
+        with nsio.NetNS(None) as here:
+            here.set_link(name, mtu=net.vm_mtu, up=True)
+        sock = AttachedPort.open(name)
+        try:
+            guarded = self._install_guard(name, sock.ifindex)
+            port = self.dp.add_port(name, net.vni)
+        except BaseException:
+            sock.close()
+            raise
+        self.host.add_port(port, sock)
+        self.attached[name] = _Attached(port, sock, sock.ifindex, guarded)
+        log.info(
+            "attached %s (ifindex %d) to vni %d %s, mtu %d%s",
+            name,
+            sock.ifindex,
+            net.vni,
+            net.protocol,
+            net.vm_mtu,
+            "" if guarded else ", host stack not guarded",
+        )
+
+    def _install_guard(self, name: str, ifindex: int) -> bool:
+        if not self.guard:
+            return False
+        try:
+            nft.install_port_guard(self.name, name, ifindex)
+        except (OSError, ValueError, nft.NftError) as exc:
+            if not self._guard_failed:
+                log.warning(
+                    "attached ports: the host's stack also sees their frames "
+                    "(no nftables ingress drop): %s",
+                    exc,
+                )
+            self._guard_failed = True
+            return False
+        return True
+
+    def _detach(self, name: str, why: str, *, quiet: bool = False) -> None:
+        entry = self.attached.pop(name)
+        self.host.remove_port(entry.port)
+        flushed = self.dp.remove_port(entry.port)
+        entry.sock.close()
+        if entry.guarded:
+            try:
+                nft.remove_port_guard(self.name, entry.ifindex)
+            except (OSError, ValueError, nft.NftError) as exc:
+                log.warning("removing the port guard of %s failed: %s", name, exc)
+        if not quiet:
+            log.info(
+                "detached %s from vni %d: %s, %d FDB entr%s flushed",
+                name,
+                entry.port.vni,
+                why,
+                flushed,
+                "y" if flushed == 1 else "ies",
+            )
