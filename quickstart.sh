@@ -17,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-DEB_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping iperf3 tshark ethtool nftables procps
+DEB_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping iperf3 tshark ethtool nftables procps tinc
   qemu-system-x86 busybox-static)  # the last two: the virtio-net test guest (sclp guest build)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from sclp.cli import build_parser
+from sclp.lab import tinc
 from sclp.lab.bench.configs import (
     QUICK_LABELS,
     REFERENCES,
@@ -26,10 +28,13 @@ from sclp.lab.bench.configs import (
     all_configs,
     select_configs,
 )
+from sclp.lab.bench.floor import COPY_BYTES, measure_copy_floor, vs_floor
 from sclp.lab.bench.goals import compute_ratios
 from sclp.lab.bench.machine import process_cpu_seconds, process_peak_rss_mb
-from sclp.lab.bench.measure import summarise
+from sclp.lab.bench.measure import steps_per_config, summarise
 from sclp.lab.bench.options import UDP_DATAGRAM_BYTES, BenchOptions
+from sclp.lab.bench.tables import TABLE_COLUMNS, copy_floor_text, table_rows
+from sclp.lab.bench.udprate import QUICK_SEARCH, RateBisection, RateSearch
 from tests.e2e.helpers import child_commands, sclp_cli, wait_for
 
 RESULT_KEYS = {
@@ -43,29 +48,52 @@ RESULT_KEYS = {
     "retransmits",
     "frames_per_gb_rx_vm",
     "cpu_s_per_gb",
+    "cpu_per_gb_vs_floor",
     "rss_mb_peak",
 }
-MACHINE_KEYS = {"cpu_model", "nproc", "kernel", "python", "numpy", "date"}
-RATIO_KEYS = {
-    "sclp_udp_vs_vxlan_adjusted",
-    "sclp_udp_vs_kernel_vxlan",
+MACHINE_KEYS = {
+    "cpu_model",
+    "nproc",
+    "kernel",
+    "python",
+    "numpy",
+    "date",
+    "copy_64k_us",
+    "copy_floor_s_per_gb",
+}
+GOAL_KEYS = {
+    "sclp_udp_cpu_vs_copy_floor",
     "sclp_ip_vs_vxlan",
+    "sclp_ip_vs_tinc",
     "stt_vs_sclp_ip",
+    "sclp_udp_vs_vxlan_adjusted",
     "frames_per_gb_vxlan_vs_sclp_udp",
     "frames_per_gb_vxlan_vs_sclp_ip",
-    "vxlan_vs_kernel_vxlan_no_offloads",
     "rss_mb_peak_max",
 }
+REPORTED_KEYS = {
+    "sclp_ip_cpu_vs_copy_floor",
+    "tinc_cpu_vs_copy_floor",
+    "sclp_udp_vs_tinc",
+    "sclp_udp_vs_kernel_vxlan",
+    "sclp_ip_vs_kernel_vxlan",
+    "vxlan_vs_kernel_vxlan_no_offloads",
+}
+RATIO_KEYS = GOAL_KEYS | REPORTED_KEYS
 # Measurable by --quick (both sides are in it).
 QUICK_RATIOS = {
+    "sclp_udp_cpu_vs_copy_floor",
     "sclp_udp_vs_vxlan_adjusted",
-    "sclp_udp_vs_kernel_vxlan",
     "frames_per_gb_vxlan_vs_sclp_udp",
     "rss_mb_peak_max",
+    "tinc_cpu_vs_copy_floor",
+    "sclp_udp_vs_tinc",
+    "sclp_udp_vs_kernel_vxlan",
 }
+TINC_INSTALLED = shutil.which("tincd", path=os.environ.get("PATH", "") + ":/usr/sbin") is not None
 
 
-def _check_measured(r: dict[str, Any], repeat: int) -> None:
+def _check_measured(r: dict[str, Any], repeat: int, floor: float) -> None:
     where = f"{r['label']} {r['transport']}"
     assert len(r["gbps_runs"]) == repeat, where
     assert all(g > 0 for g in r["gbps_runs"]), where
@@ -80,27 +108,47 @@ def _check_measured(r: dict[str, Any], repeat: int) -> None:
         assert r["retransmits"] is None, where
         assert 0 <= r["loss_percent"] <= 100, where
         assert r["udp_datagram_bytes"] == UDP_DATAGRAM_BYTES, where
+        # The runs offer the highest rate that lost under 1 % in the search.
+        search = r["udp_rate_search"]
+        assert search["found"] and 1 <= len(search["probes"]) <= QUICK_SEARCH.max_runs, where
+        assert search["probes"][0]["offered_gbps"] is None, where  # the unlimited probe
+        passing = [p for p in search["probes"] if p["loss_percent"] < 1.0]
+        assert passing, where
+        if search["unlimited"]:
+            assert r["offered_gbps"] is None and len(search["probes"]) == 1, where
+        else:
+            assert r["offered_gbps"] == max(p["offered_gbps"] or 0 for p in passing), where
+            assert all(run["offered_gbps"] == r["offered_gbps"] for run in r["runs"]), where
     if r["protocol"] in REFERENCES:
         assert r["cpu_s_per_gb"] is None and r["rss_mb_peak"] is None, where
+        assert r["cpu_per_gb_vs_floor"] is None, where
     else:
         assert r["cpu_s_per_gb"] > 0, where
+        # The multiple of the floor is computed from the same run's floor.
+        assert r["cpu_per_gb_vs_floor"] == pytest.approx(r["cpu_s_per_gb"] / floor), where
         assert 1 < r["rss_mb_peak"] < 4096, where
 
 
 @pytest.mark.netns
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 def test_quick_bench_writes_complete_json_chart_and_page(tmp_path: Path) -> None:
     report_path, chart, page = tmp_path / "b.json", tmp_path / "b.png", tmp_path / "r.md"
     args = ["bench", "--quick", "--json", str(report_path), "--plot", str(chart)]
-    result = sclp_cli(*args, "--markdown", str(page), timeout=180)
+    result = sclp_cli(*args, "--markdown", str(page), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sclp bench: VM1 → VM2" in result.stdout
+    assert "copy floor: one 64 KiB copy" in result.stdout
 
     report = json.loads(report_path.read_text())
     assert report["interrupted"] is False
     assert set(report["machine"]) >= MACHINE_KEYS
     assert report["machine"]["nproc"] >= 1
     assert report["options"]["duration_s"] == 1 and report["options"]["repeat"] == 1
+    floor = report["copy_floor_s_per_gb"]
+    assert floor > 0 and report["machine"]["copy_floor_s_per_gb"] == floor
+    assert report["copy_floor"]["floor_s_per_gb"] == floor
+    assert floor == pytest.approx(4 * report["copy_floor"]["one_copy_s_per_gb"])
+    assert report["copy_floor"]["aliased_copy_us"] > 0
 
     results = report["results"]
     seen = [(r["label"], r["transport"]) for r in results]
@@ -111,29 +159,56 @@ def test_quick_bench_writes_complete_json_chart_and_page(tmp_path: Path) -> None
         if "error" in r:
             assert r["error"] and r["gbps_median"] is None and r["gbps_runs"] == []
         else:
-            _check_measured(r, repeat=1)
+            _check_measured(r, repeat=1, floor=floor)
     # The references, a classic tunnel and SCLP must work; the ablation knob belongs
-    # to the endpoint and may be refused, which is then a reported failure.
+    # to the endpoint and may be refused, which is then a reported failure.  tinc
+    # works where its package is installed (quickstart.sh installs it), and names
+    # the package where not.
     for r in results:
-        if r["ablation"] is None:
+        if r["protocol"] == "tinc" and not TINC_INSTALLED:
+            assert "apt-get install tinc" in r["error"]
+        elif r["ablation"] is None:
             assert "error" not in r, f"{r['label']} {r['transport']}: {r['error']}"
-    assert {r["protocol"] for r in results} >= {"veth", "kernel-vxlan", "vxlan", "vxlan-sclp"}
+    assert {r["protocol"] for r in results} >= {
+        "veth",
+        "kernel-vxlan",
+        "vxlan",
+        "vxlan-sclp",
+        "tinc",
+    }
     assert [r["ablation"] for r in results if r["ablation"]] == ["no-level2", "no-level2"]
 
     ratios = report["ratios"]
     assert set(ratios) == RATIO_KEYS
     for key, entry in ratios.items():
         assert {"value", "goal", "holds", "of"} <= set(entry), key
-        if key in QUICK_RATIOS:
-            assert entry["value"] > 0 and isinstance(entry["holds"], bool), key
+        if key in QUICK_RATIOS and (TINC_INSTALLED or "tinc" not in key):
+            assert entry["value"] > 0, key
+            if key in GOAL_KEYS:
+                assert isinstance(entry["holds"], bool) and entry["goal"], key
+            else:
+                assert entry["holds"] is None and entry["goal"] is None, key
         else:
             assert entry["value"] is None and entry["holds"] is None, key
+    # The ratios are computed from this run's figures.
+    tcp = {r["label"]: r for r in results if r["transport"] == "tcp"}
+    assert ratios["sclp_udp_cpu_vs_copy_floor"]["value"] == pytest.approx(
+        tcp["vxlan-sclp/udp"]["cpu_s_per_gb"] / floor
+    )
+    assert ratios["sclp_udp_vs_vxlan_adjusted"]["value"] == pytest.approx(
+        tcp["vxlan-sclp/udp"]["gbps_median"] / tcp["vxlan"]["gbps_median"]
+    )
+    if TINC_INSTALLED:
+        assert ratios["sclp_udp_vs_tinc"]["value"] == pytest.approx(
+            tcp["vxlan-sclp/udp"]["gbps_median"] / tcp["tinc"]["gbps_median"]
+        )
 
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert chart.stat().st_size > 10_000
     text = page.read_text()
     assert report["command"] in text and "![sclp bench chart](b.png)" in text
     assert "[b.json](b.json)" in text
+    assert "| copy_floor_s_per_gb |" in text and "CPU × floor" in text
 
 
 @pytest.mark.netns
@@ -185,12 +260,13 @@ def test_sigterm_ends_the_run_with_partial_results(tmp_path: Path) -> None:
 def test_every_configuration_has_a_unique_label_that_selects_it() -> None:
     configs = all_configs()
     labels = [c.label for c in configs]
-    assert len(set(labels)) == len(labels) == 18
+    assert len(set(labels)) == len(labels) == 19
     for c in configs:
         assert c in select_configs([c.label])
     assert {c.protocol for c in configs} == {
         "veth",
         "kernel-vxlan",
+        "tinc",
         "vxlan",
         "geneve",
         "nvgre",
@@ -221,6 +297,89 @@ def test_quick_configs_are_the_documented_few() -> None:
     assert BenchOptions(quick=True).seconds == 1 and BenchOptions(quick=True).repeats == 1
     assert BenchOptions().seconds == 10 and BenchOptions().repeats == 3
     assert BenchOptions(quick=True, duration=4).seconds == 4
+    assert BenchOptions(quick=True).udp_search == QUICK_SEARCH
+    assert "tinc" in QUICK_LABELS and "tinc" in [c.label for c in all_configs()]
+    # The progress bar counts the search's probes too.
+    assert steps_per_config(("tcp", "udp"), 3, QUICK_SEARCH) == 6 + QUICK_SEARCH.max_runs
+    assert steps_per_config(("tcp",), 3, QUICK_SEARCH) == 3
+
+
+def test_tinc_is_a_reference_whose_daemons_are_measured() -> None:
+    cfg = BenchConfig("tinc")
+    assert cfg.is_reference and cfg.has_endpoints
+    assert not BenchConfig("kernel-vxlan").has_endpoints
+    assert cfg.testbed().vm_interface == "eth0"
+    conf = tinc.tinc_conf(0)
+    assert "Mode = switch\n" in conf and "ConnectTo = h2\n" in conf
+    assert "ConnectTo" not in tinc.tinc_conf(1)
+    host = tinc.host_conf("10.77.0.2", 1468)
+    for line in ("Cipher = none", "Digest = none", "PMTUDiscovery = no", "PMTU = 1468"):
+        assert line + "\n" in host
+    # 1500 - IPv4 20 - UDP 8 - tinc's seqno 4 = 1468 per frame; the VM gets 14 less.
+    assert tinc.path_mtu(1500, 4) == 1468 and tinc.vm_mtu(1500, 4) == 1454
+    assert tinc.vm_mtu(1500, 6) == 1434
+
+
+@pytest.mark.skipif(not TINC_INSTALLED, reason="tinc is not installed")
+def test_tinc_configs_have_keys_and_each_other_s_host_file(tmp_path: Path) -> None:
+    dirs = tinc.write_configs(tmp_path, ("10.77.0.1", "10.77.0.2"), 1468)
+    for confdir in dirs:
+        assert "-----BEGIN RSA PRIVATE KEY" in (confdir / "rsa_key.priv").read_text()
+        for name in ("h1", "h2"):
+            text = (confdir / "hosts" / name).read_text()
+            assert "Cipher = none" in text and "BEGIN RSA PUBLIC KEY" in text
+    command = tinc.tincd_command(dirs[0], tmp_path / "h1.pid")
+    assert "-D" in command and f"--pidfile={tmp_path / 'h1.pid'}" in command
+
+
+def test_tinc_missing_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(RuntimeError, match=r"^tincd is not installed \(apt-get install tinc\)$"):
+        tinc.tincd_path()
+
+
+def test_copy_floor_is_four_64k_copies_measured_here() -> None:
+    floor = measure_copy_floor(trials=3)
+    assert len(floor.trials_s_per_gb) == 3 and floor.one_copy_s_per_gb > 0
+    assert floor.floor_s_per_gb == pytest.approx(4 * floor.one_copy_s_per_gb)
+    assert floor.one_copy_us == pytest.approx(floor.one_copy_s_per_gb * COPY_BYTES / 1e3)
+    doc = floor.as_json()
+    assert doc["copies_per_frame"] == 4 and doc["aliased_copy_us"] > 0
+    assert doc["buffer_set_bytes"] > 1 << 20  # beyond a core's L2
+    assert vs_floor(2.0, 0.5) == 4.0
+    assert vs_floor(None, 0.5) is None and vs_floor(1.0, None) is None
+
+
+def test_udp_rate_search_bisects_to_the_highest_rate_under_the_loss_limit() -> None:
+    search = RateSearch(probe_seconds=1, probes=4)
+    b = RateBisection(search)
+    # Unlimited: 4 Gbit/s sent, 1 arrived (75 % lost): the first offer is 0.95 Gbit/s.
+    offer = b.record(None, 4e9, 1e9, 75.0)
+    assert offer == pytest.approx(0.95e9)
+    offer = b.record(offer, 0.95e9, 0.95e9, 0.2)  # passes: the lower bound rises
+    assert offer == pytest.approx((0.95e9 + 4e9) / 2)
+    assert offer is not None
+    offer = b.record(offer, offer, 1.2e9, 50.0)  # fails: the upper bound falls
+    assert offer == pytest.approx((0.95e9 + 2.475e9) / 2)
+    assert offer is not None
+    offer = b.record(offer, offer, offer, 0.5)  # passes
+    assert offer == pytest.approx((1.7125e9 + 2.475e9) / 2)
+    assert b.record(offer, offer, offer * 0.9, 10.0) is None  # fails; the search is spent
+    assert len(b.probes) == search.max_runs == 5
+    doc = b.as_json()
+    assert doc["found"] and not doc["unlimited"]
+    assert doc["offered_gbps"] == pytest.approx(1.7125)
+    # Losing under the limit at an unlimited rate ends the search at once.
+    fast = RateBisection(search)
+    assert fast.record(None, 3e9, 2.99e9, 0.4) is None
+    assert fast.as_json()["unlimited"] and fast.as_json()["offered_gbps"] is None
+    # Every probe losing: no rate found.
+    lossy = RateBisection(RateSearch(probe_seconds=1, probes=2))
+    offer = lossy.record(None, 2e9, 1e9, 50.0)
+    while offer is not None:
+        offer = lossy.record(offer, offer, offer / 2, 50.0)
+    assert lossy.as_json()["found"] is False and lossy.best is None
+    assert len(lossy.probes) == 3
 
 
 def test_ablation_passes_the_tuning_table_to_the_endpoints() -> None:
@@ -246,27 +405,34 @@ def _run(gbps: float, gigabytes: float, frames: int, cpu: float | None) -> dict[
 
 def test_summary_divides_by_the_gigabytes_received() -> None:
     runs = [_run(3.0, 1.0, 1000, 2.0), _run(5.0, 3.0, 3000, 6.0), _run(4.0, 0.0, 0, 0.0)]
-    r = summarise(BenchConfig("stt"), "tcp", runs, 1500, 40.5, None)
+    r = summarise(BenchConfig("stt"), "tcp", runs, 1500, 40.5, None, copy_floor_s_per_gb=0.5)
     assert r["gbps_median"] == 4.0 and r["gbps_runs"] == [3.0, 5.0, 4.0]
     assert r["frames_per_gb_rx_vm"] == pytest.approx(1000.0)
     assert r["cpu_s_per_gb"] == pytest.approx(2.0)
+    assert r["cpu_per_gb_vs_floor"] == pytest.approx(4.0)
     assert r["retransmits"] == 6 and r["rss_mb_peak"] == 40.5 and "error" not in r
     ref = summarise(BenchConfig("veth"), "udp", runs[:1], 1500, None, None, 1200)
     assert ref["cpu_s_per_gb"] == pytest.approx(2.0)  # whatever was measured is kept
     assert ref["rss_mb_peak"] is None and ref["retransmits"] is None
     assert ref["loss_percent"] == 5.0 and ref["udp_datagram_bytes"] == 1200
+    assert ref["cpu_per_gb_vs_floor"] is None  # no floor given
+    assert ref["udp_rate_search"] is None and ref["offered_gbps"] is None
     failed = summarise(BenchConfig("vxlan"), "tcp", [], 1450, None, "boom")
     assert failed["error"] == "boom" and failed["gbps_median"] is None
     assert failed["frames_per_gb_rx_vm"] is None and failed["retransmits"] is None
 
 
-def _result(label: str, gbps: float, frames: float, rss: float | None = 50.0) -> dict[str, Any]:
+def _result(
+    label: str, gbps: float, frames: float, rss: float | None = 50.0, vs_floor: float = 2.0
+) -> dict[str, Any]:
     return {
         "label": label,
         "transport": "tcp",
         "ablation": "no-level1" if "no-level" in label else None,
+        "reference": label in ("kernel-vxlan", "kernel-vxlan/no-offloads", "tinc"),
         "gbps_median": gbps,
         "frames_per_gb_rx_vm": frames,
+        "cpu_per_gb_vs_floor": vs_floor,
         "rss_mb_peak": rss,
     }
 
@@ -276,22 +442,32 @@ def test_ratios_follow_the_issue_goals() -> None:
         _result("vxlan", 1.0, 50_000),
         _result("kernel-vxlan", 10.0, 20_000, None),
         _result("kernel-vxlan/no-offloads", 2.0, 20_000, None),
-        _result("vxlan-sclp/udp", 4.5, 2_000),
-        _result("vxlan-sclp/ip", 2.0, 3_000, 160.0),
+        _result("tinc", 1.0, 20_000, 500.0, vs_floor=9.0),  # a reference's RSS never counts
+        _result("vxlan-sclp/udp", 6.5, 2_000, vs_floor=1.4),
+        _result("vxlan-sclp/ip", 3.0, 3_000, 160.0),
         _result("vxlan-sclp/ip/no-level1", 100.0, 1),  # an ablation never counts
-        _result("stt", 2.6, 3_000),
+        _result("stt", 3.9, 3_000),
     ]
     ratios = compute_ratios(results)
-    assert ratios["sclp_udp_vs_vxlan_adjusted"]["value"] == pytest.approx(4.5)
-    assert ratios["sclp_udp_vs_vxlan_adjusted"]["holds"] is True
-    assert ratios["sclp_udp_vs_kernel_vxlan"]["holds"] is False  # 0.45 < 0.5
-    assert ratios["sclp_ip_vs_vxlan"]["holds"] is False  # 2.0 < 2.5
+    assert set(ratios) == RATIO_KEYS
+    assert ratios["sclp_udp_cpu_vs_copy_floor"]["value"] == pytest.approx(1.4)
+    assert ratios["sclp_udp_cpu_vs_copy_floor"]["goal"] == "<= 1.5"
+    assert ratios["sclp_udp_cpu_vs_copy_floor"]["holds"] is True
+    assert ratios["sclp_udp_vs_vxlan_adjusted"]["value"] == pytest.approx(6.5)
+    assert ratios["sclp_udp_vs_vxlan_adjusted"]["holds"] is True  # >= 6
+    assert ratios["sclp_ip_vs_vxlan"]["holds"] is False  # 3.0 < 3.4
+    assert ratios["sclp_ip_vs_tinc"]["value"] == pytest.approx(3.0)
+    assert ratios["sclp_ip_vs_tinc"]["holds"] is True  # >= 2.5
     assert ratios["stt_vs_sclp_ip"]["value"] == pytest.approx(1.3)
     assert ratios["stt_vs_sclp_ip"]["holds"] is False  # above 1.25
     assert ratios["frames_per_gb_vxlan_vs_sclp_udp"]["value"] == pytest.approx(25.0)
     assert ratios["frames_per_gb_vxlan_vs_sclp_ip"]["holds"] is False  # 16.7
+    # Reported figures: a value, no goal.
+    for key in REPORTED_KEYS:
+        assert ratios[key]["goal"] is None and ratios[key]["holds"] is None, key
+    assert ratios["sclp_udp_vs_kernel_vxlan"]["value"] == pytest.approx(0.65)
+    assert ratios["tinc_cpu_vs_copy_floor"]["value"] == pytest.approx(9.0)
     assert ratios["vxlan_vs_kernel_vxlan_no_offloads"]["value"] == pytest.approx(0.5)
-    assert ratios["vxlan_vs_kernel_vxlan_no_offloads"]["holds"] is None
     assert ratios["rss_mb_peak_max"] == {
         "value": 160.0,
         "goal": "< 150",
@@ -301,6 +477,24 @@ def test_ratios_follow_the_issue_goals() -> None:
     # A side not measured, or a zero denominator, leaves the goal unknown.
     empty = compute_ratios([_result("vxlan", 0.0, 0, None), _result("stt", 1.0, 1, None)])
     assert all(entry["value"] is None and entry["holds"] is None for entry in empty.values())
+
+
+def test_tables_show_the_floor_and_the_multiple() -> None:
+    floor = measure_copy_floor(trials=1)
+    r = summarise(
+        BenchConfig("vxlan-sclp", "udp"),
+        "tcp",
+        [_run(3.0, 1.0, 1000, 2.0)],
+        1500,
+        40.0,
+        None,
+        copy_floor_s_per_gb=floor.floor_s_per_gb,
+    )
+    report = {"results": [r], "copy_floor": floor.as_json()}
+    (row,) = table_rows(report)
+    assert row[TABLE_COLUMNS.index("CPU × floor")] == f"{2.0 / floor.floor_s_per_gb:,.1f}"
+    assert "four copies per frame" in copy_floor_text(report)
+    assert copy_floor_text({"results": []}) == "copy floor: not measured"
 
 
 def test_command_line_reproduces_the_options() -> None:

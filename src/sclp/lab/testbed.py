@@ -2,7 +2,8 @@
 
 Four namespaces: two "hosts" joined by a veth pair (the underlay) and two "VMs",
 each reached from its host through a TAP owned by an ``sclp run`` endpoint (or, for
-the reference, a kernel VXLAN device, or a bare veth between the VMs).  Every name
+the references, a kernel VXLAN device, a ``tincd`` in switch mode, or a bare veth
+between the VMs).  Every name
 carries a random tag so concurrent runs never collide; :meth:`Testbed.close` (also
 called on any failure while building) stops the endpoints and deletes the
 namespaces, which removes every interface in them.
@@ -68,7 +69,7 @@ def wait_for_output(
 
 @dataclass
 class Testbed:
-    """``protocol``: an sclp protocol, ``"kernel-vxlan"`` or ``"veth"``.
+    """``protocol``: an sclp protocol, ``"kernel-vxlan"``, ``"tinc"`` or ``"veth"``.
 
     ``kernel_offloads=False`` (kernel VXLAN only) turns TSO and GSO off on the
     sender's ``vx0`` (``ethtool -K vx0 tso off gso off`` in host 1): the kernel's
@@ -120,7 +121,7 @@ class Testbed:
     @property
     def vm_interface(self) -> str:
         """The VM's interface: the endpoint's TAP, or the veth end for the references."""
-        return "eth0" if self.protocol in ("veth", "kernel-vxlan") else "tap0"
+        return "eth0" if self.protocol in ("veth", "kernel-vxlan", "tinc") else "tap0"
 
     def endpoint_name(self, i: int) -> str:
         return f"tb{self.tag}h{i + 1}"
@@ -162,6 +163,9 @@ class Testbed:
                     ns.add_address("ul0", f"{addr}/24")
         if self.protocol == "kernel-vxlan":
             self._build_kernel_vxlan()
+            return
+        if self.protocol == "tinc":
+            self._build_tinc()
             return
         for i in range(2):
             self._start_endpoint(i)
@@ -224,6 +228,73 @@ class Testbed:
                 ns.add_address("eth0", f"{OVERLAY[i]}/24")
         if not self.kernel_offloads:
             self._kernel_offloads_off(self.hosts[0])
+
+    def _build_tinc(self, timeout: float = 15.0) -> None:
+        """The user-space reference: ``tincd`` 1.0 in switch mode in each host (see
+        :mod:`sclp.lab.tinc`), its TAP bridged to a veth leading into the VM like the
+        kernel VXLAN's; the daemons are :attr:`endpoints` (their CPU is measured,
+        they are stopped with SIGTERM by :meth:`close`).  Returns once VM1 pings VM2."""
+        from sclp.lab import tinc
+
+        assert self.workdir is not None
+        try:
+            confdirs = tinc.write_configs(
+                self.workdir,
+                self.underlay,
+                tinc.path_mtu(self.underlay_mtu, self.underlay_family),
+            )
+        except RuntimeError as exc:
+            raise TestbedError(str(exc)) from None
+        mtu = self.vm_mtu or tinc.vm_mtu(self.underlay_mtu, self.underlay_family)
+        for i, (host, vm) in enumerate(zip(self.hosts, self.vms, strict=True)):
+            log = open(self.workdir / f"h{i + 1}.log", "wb")  # noqa: SIM115 - the child's
+            cmd = tinc.tincd_command(confdirs[i], self.workdir / f"tinc-h{i + 1}.pid")
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", host, *cmd],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            log.close()
+            self.endpoints.append(proc)
+            self._ip(host, "link", "add", "br0", "type", "bridge")
+            nsio.create_veth("vm0", host, "eth0", vm, mtu=mtu)
+            with nsio.NetNS(vm) as ns:
+                ns.add_address("eth0", f"{OVERLAY[i]}/24")
+        deadline = time.monotonic() + timeout
+        for i, host in enumerate(self.hosts):
+            while not self._has_link(host, tinc.INTERFACE):
+                if self.endpoints[i].poll() is not None:
+                    tail = " | ".join(self.log_text(i).strip().splitlines()[-3:])
+                    raise TestbedError(f"tincd in {host} exited: {tail}")
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"tincd made no {tinc.INTERFACE} in {host}")
+                time.sleep(0.05)
+            for dev in (tinc.INTERFACE, "vm0"):
+                self._ip(host, "link", "set", dev, "master", "br0", "mtu", str(mtu), "up")
+            self._ip(host, "link", "set", "br0", "up")
+        # The daemons connect, exchange keys and learn MACs: wait for the first reply.
+        while self.run_in(
+            self.vms[0], ["ping", "-c", "1", "-W", "1", OVERLAY[1]], timeout=10, check=False
+        ).returncode:
+            for i, proc in enumerate(self.endpoints):
+                if proc.poll() is not None:
+                    tail = " | ".join(self.log_text(i).strip().splitlines()[-3:])
+                    raise TestbedError(f"tincd h{i + 1} exited: {tail}")
+            if time.monotonic() > deadline:
+                raise TestbedError(f"VM1 cannot reach VM2 through tinc within {timeout:.0f} s")
+
+    @staticmethod
+    def _has_link(netns: str, name: str) -> bool:
+        return (
+            subprocess.run(
+                ["ip", "-n", netns, "link", "show", name],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            ).returncode
+            == 0
+        )
 
     def _kernel_offloads_off(self, host: str) -> None:
         if shutil.which("ethtool") is None:

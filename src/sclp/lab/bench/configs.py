@@ -1,7 +1,8 @@
 """Which testbeds ``sclp bench`` measures: :class:`BenchConfig` and the full,
 ``--protocols`` and ``--quick`` selections.
 
-Why apart: the list of configurations (references, classic tunnels at two VM MTUs,
+Why apart: the list of configurations (references: a veth, the kernel's VXLAN,
+tinc 1.0 in switch mode; classic tunnels at two VM MTUs,
 STT, SCLP per carrier, the pre-reassembly ablation) is what a reader of the results
 table needs to find, and what the CLI checks ``--protocols`` against before anything
 is built.
@@ -15,7 +16,8 @@ from typing import Final
 
 from sclp.lab.testbed import Testbed
 
-REFERENCES: Final = ("veth", "kernel-vxlan")
+REFERENCES: Final = ("veth", "kernel-vxlan")  # kernel paths: no process to measure
+USER_SPACE_REFERENCES: Final = ("tinc",)  # a C tunnel daemon per host: its CPU is measured
 CLASSIC: Final = ("vxlan", "geneve", "nvgre")
 SCLP_PROTOCOLS: Final = ("vxlan-sclp", "geneve-sclp")
 CARRIERS: Final = ("ip", "udp")
@@ -27,15 +29,13 @@ ABLATIONS: Final = {
     "no-level2": "[tuning]\ndeliver_gso = false\n",  # reassembled frame -> MSS-sized frames
 }
 
-# 1400 B of UDP payload + 28 B of IPv4/UDP headers fits the smallest VM MTU measured
-# (1450: VXLAN and Geneve adjusted to a 1500 B underlay), so no configuration
-
 QUICK_LABELS: Final = (
     "veth",
     "kernel-vxlan",
     "vxlan",
     "vxlan-sclp/udp",
     "vxlan-sclp/udp/no-level2",
+    "tinc",
 )
 
 
@@ -69,11 +69,13 @@ class BenchConfig:
 
     @property
     def is_reference(self) -> bool:
-        return self.protocol in REFERENCES
+        """Not ours: the kernel's paths and tinc."""
+        return self.protocol in REFERENCES or self.protocol in USER_SPACE_REFERENCES
 
     @property
     def has_endpoints(self) -> bool:
-        return not self.is_reference
+        """Processes whose CPU and RSS are measured: our endpoints, or tinc's daemons."""
+        return self.protocol not in REFERENCES
 
     def testbed(self) -> Testbed:
         return Testbed(
@@ -86,12 +88,14 @@ class BenchConfig:
 
 
 def all_configs() -> list[BenchConfig]:
-    """Every configuration of a full run, in table order: references, classic
-    tunnels (VM MTU 1500 then adjusted), STT, SCLP per carrier, then the ablation."""
+    """Every configuration of a full run, in table order: references (tinc among
+    them), classic tunnels (VM MTU 1500 then adjusted), STT, SCLP per carrier, then
+    the ablation."""
     configs = [
         BenchConfig("veth"),
         BenchConfig("kernel-vxlan"),
         BenchConfig("kernel-vxlan", kernel_offloads=False),
+        BenchConfig("tinc"),
     ]
     for protocol in CLASSIC:
         configs += [BenchConfig(protocol, vm_mtu=UNADJUSTED_MTU), BenchConfig(protocol)]

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sclp.lab.bench.configs import BenchConfig
+from sclp.lab.bench.floor import vs_floor
 from sclp.lab.bench.machine import process_cpu_seconds, process_peak_rss_mb
 from sclp.lab.bench.options import UDP_DATAGRAM_BYTES
+from sclp.lab.bench.udprate import RateBisection, RateSearch
 from sclp.lab.testbed import Testbed, TestbedError
 
 GB: Final = 1e9  # bytes; "per GB" figures use decimal gigabytes, like Gbit/s
@@ -42,12 +44,20 @@ def _endpoint_cpu(tb: Testbed) -> float:
         raise
 
 
-def measure_run(tb: Testbed, transport: str, seconds: int, udp_length: int) -> dict[str, Any]:
-    """One iperf3 run VM1 → VM2 and the figures around it (one ``runs`` entry)."""
+def measure_run(
+    tb: Testbed, transport: str, seconds: int, udp_length: int, bitrate: float | None = None
+) -> dict[str, Any]:
+    """One iperf3 run VM1 → VM2 and the figures around it (one ``runs`` entry).
+    ``bitrate``: the UDP rate offered, bit/s (None: unlimited, ``-b 0``)."""
     udp = transport == "udp"
     cpu_before = _endpoint_cpu(tb) if tb.endpoints else None
     vm_before = tb.vm_link_counters(1)
-    report = tb.iperf3(seconds, udp=udp, extra=["-l", str(udp_length)] if udp else None)
+    report = tb.iperf3(
+        seconds,
+        udp=udp,
+        bitrate="0" if bitrate is None else str(round(bitrate)),
+        extra=["-l", str(udp_length)] if udp else None,
+    )
     cpu_after = _endpoint_cpu(tb) if tb.endpoints else None
     vm_after = tb.vm_link_counters(1)
     end = report["end"]
@@ -59,6 +69,8 @@ def measure_run(tb: Testbed, transport: str, seconds: int, udp_length: int) -> d
         "gbps": float(received["bits_per_second"]) / 1e9,
         "bytes_received": int(received["bytes"]),
         "bytes_sent": int(sent["bytes"]),
+        "sent_gbps": float(sent["bits_per_second"]) / 1e9,
+        "offered_gbps": (bitrate / 1e9 if bitrate is not None else None) if udp else None,
         "retransmits": None if udp else int(sent.get("retransmits", 0)),
         "lost_percent": float(received.get("lost_percent", 0.0)) if udp else None,
         "lost_packets": int(received.get("lost_packets", 0)) if udp else None,
@@ -85,12 +97,18 @@ def summarise(
     rss_mb_peak: float | None,
     error: str | None,
     udp_length: int = UDP_DATAGRAM_BYTES,
+    copy_floor_s_per_gb: float | None = None,
+    rate_search: RateBisection | None = None,
 ) -> dict[str, Any]:
-    """The ``results`` entry of one configuration and transport."""
+    """The ``results`` entry of one configuration and transport;
+    ``cpu_per_gb_vs_floor`` is its ``cpu_s_per_gb`` over the run's four-copy floor
+    (None without a floor or without endpoint CPU); a UDP entry carries its rate
+    search (``udp_rate_search``, ``offered_gbps``: None for unlimited)."""
     gbps = [r["gbps"] for r in runs]
     gigabytes = sum(r["bytes_received"] for r in runs) / GB
     frames = sum(r["vm_rx_packets"] for r in runs)
     cpu = [r["endpoint_cpu_s"] for r in runs if r["endpoint_cpu_s"] is not None]
+    cpu_s_per_gb = sum(cpu) / gigabytes if cpu and gigabytes > 0 else None
     result: dict[str, Any] = {
         "label": cfg.label,
         "protocol": cfg.protocol,
@@ -105,7 +123,8 @@ def summarise(
         "gbps_runs": gbps,
         "retransmits": sum(r["retransmits"] for r in runs) if runs and transport == "tcp" else None,
         "frames_per_gb_rx_vm": frames / gigabytes if gigabytes > 0 else None,
-        "cpu_s_per_gb": sum(cpu) / gigabytes if cpu and gigabytes > 0 else None,
+        "cpu_s_per_gb": cpu_s_per_gb,
+        "cpu_per_gb_vs_floor": vs_floor(cpu_s_per_gb, copy_floor_s_per_gb),
         "rss_mb_peak": rss_mb_peak if cfg.has_endpoints else None,
         "runs": runs,
     }
@@ -113,6 +132,9 @@ def summarise(
         losses = [r["lost_percent"] for r in runs]
         result["loss_percent"] = statistics.median(losses) if losses else None
         result["udp_datagram_bytes"] = udp_length
+        search = rate_search.as_json() if rate_search is not None else None
+        result["udp_rate_search"] = search
+        result["offered_gbps"] = search["offered_gbps"] if search is not None else None
     if error is not None:
         result["error"] = error
     return result
@@ -129,6 +151,7 @@ class _Measurement:
     vm_mtu: int | None = None
     rss_mb_peak: float | None = None
     interrupted: bool = False
+    searches: dict[str, RateBisection] = field(default_factory=dict)
 
 
 class BenchInterrupted(KeyboardInterrupt):
@@ -140,6 +163,37 @@ class BenchInterrupted(KeyboardInterrupt):
         self.results = results
 
 
+def _search_udp_rate(
+    tb: Testbed,
+    label: str,
+    search: RateSearch,
+    udp_length: int,
+    progress: Callable[[str, int], None],
+    bisection: RateBisection,
+) -> None:
+    """The probes of :mod:`.udprate`'s search, recorded in ``bisection``; every
+    probe is one progress step (a search that ends early counts the rest as done)."""
+    offered: float | None = None
+    done = 0
+    try:
+        while True:
+            what = f"{label} udp rate {done + 1}/{search.max_runs}"
+            progress(what, 0)
+            try:
+                run = measure_run(tb, "udp", search.probe_seconds, udp_length, offered)
+            finally:
+                progress(what, 1)
+                done += 1
+            offered = bisection.record(
+                offered, run["sent_gbps"] * 1e9, run["gbps"] * 1e9, run["lost_percent"]
+            )
+            if offered is None:
+                return
+    finally:
+        for _ in range(search.max_runs - done):
+            progress(f"{label} udp rate (done)", 1)
+
+
 def measure_config(
     cfg: BenchConfig,
     transports: Sequence[str],
@@ -147,15 +201,20 @@ def measure_config(
     repeat: int,
     udp_length: int,
     progress: Callable[[str, int], None],
+    search: RateSearch | None = None,
+    copy_floor_s_per_gb: float | None = None,
 ) -> list[dict[str, Any]]:
     """Build ``cfg``'s testbed, measure every transport ``repeat`` times, tear it
-    down; one ``results`` entry per transport.  Never raises for a failing
-    configuration (the entries carry ``error``); Ctrl-C becomes
-    :class:`BenchInterrupted` with what was measured, after the testbed is removed.
-    ``progress(what, 0)`` announces each iperf3 run, ``progress(what, 1)`` counts one
-    done or skipped."""
+    down; one ``results`` entry per transport.  With ``search``, UDP first searches
+    the highest offered rate that loses under 1 % (:mod:`.udprate`) and its
+    ``repeat`` runs offer that rate; without, they offer an unlimited rate.
+    Never raises for a failing configuration (the entries carry ``error``); Ctrl-C
+    becomes :class:`BenchInterrupted` with what was measured, after the testbed is
+    removed.  ``progress(what, 0)`` announces each iperf3 run, ``progress(what, 1)``
+    counts one done or skipped (:func:`steps_per_config` of them in all)."""
     m = _Measurement(runs={t: [] for t in transports}, vm_mtu=cfg.vm_mtu)
     pending = {t: repeat for t in transports}
+    unsearched = search is not None and "udp" in transports
 
     def note_rss(tb: Testbed) -> None:
         for proc in tb.endpoints:
@@ -172,12 +231,26 @@ def measure_config(
                 raise TestbedError("VM1 cannot ping VM2 through the tunnel")
             for transport in transports:
                 try:
+                    rate: float | None = None
+                    if transport == "udp" and search is not None:
+                        bisection = m.searches["udp"] = RateBisection(search)
+                        unsearched = False
+                        _search_udp_rate(tb, cfg.label, search, udp_length, progress, bisection)
+                        note_rss(tb)
+                        if bisection.best is None:
+                            lowest = min(p["offered_gbps"] or 0.0 for p in bisection.probes)
+                            raise TestbedError(
+                                f"no offered UDP rate lost under {search.loss_limit_percent:g} % "
+                                f"(lowest tried: {lowest:.3f} Gbit/s)"
+                            )
+                        best = bisection.best["offered_gbps"]
+                        rate = best * 1e9 if best is not None else None
                     while pending[transport]:
                         what = f"{cfg.label} {transport} {repeat - pending[transport] + 1}/{repeat}"
                         progress(what, 0)
                         pending[transport] -= 1
                         try:
-                            run = measure_run(tb, transport, seconds, udp_length)
+                            run = measure_run(tb, transport, seconds, udp_length, rate)
                         finally:
                             progress(what, 1)
                         m.runs[transport].append(run)
@@ -200,11 +273,32 @@ def measure_config(
         for transport in transports:
             for _ in range(pending[transport]):
                 progress(f"{cfg.label} {transport} (skipped)", 1)
+        if unsearched and search is not None:
+            for _ in range(search.max_runs):
+                progress(f"{cfg.label} udp rate (skipped)", 1)
     results = [
-        summarise(cfg, t, m.runs[t], m.vm_mtu, m.rss_mb_peak, m.errors.get(t), udp_length)
+        summarise(
+            cfg,
+            t,
+            m.runs[t],
+            m.vm_mtu,
+            m.rss_mb_peak,
+            m.errors.get(t),
+            udp_length,
+            copy_floor_s_per_gb,
+            m.searches.get(t),
+        )
         for t in transports
         if m.runs[t] or not m.interrupted
     ]
     if m.interrupted:
         raise BenchInterrupted(results)
     return results
+
+
+def steps_per_config(transports: Sequence[str], repeat: int, search: RateSearch | None) -> int:
+    """The progress steps :func:`measure_config` counts for one configuration."""
+    steps = len(transports) * repeat
+    if search is not None and "udp" in transports:
+        steps += search.max_runs
+    return steps

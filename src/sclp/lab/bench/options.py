@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from sclp.lab.bench.configs import BenchConfig, all_configs, quick_configs, select_configs
+from sclp.lab.bench.udprate import FULL_SEARCH, QUICK_SEARCH, RateSearch
 
 TRANSPORTS: Final = ("tcp", "udp")
 
@@ -63,6 +64,11 @@ class BenchOptions:
         if self.markdown_path is not None:
             return self.markdown_path.with_suffix(".png")
         return None
+
+    @property
+    def udp_search(self) -> RateSearch:
+        """How the UDP rate is searched: short with ``quick``."""
+        return QUICK_SEARCH if self.quick else FULL_SEARCH
 
     def configs(self) -> list[BenchConfig]:
         if self.protocols is not None:

@@ -15,15 +15,16 @@ from typing import Any, Final
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sclp.lab.bench.floor import measure_copy_floor
 from sclp.lab.bench.goals import compute_ratios
 from sclp.lab.bench.machine import machine_description
-from sclp.lab.bench.measure import BenchInterrupted, measure_config
+from sclp.lab.bench.measure import BenchInterrupted, measure_config, steps_per_config
 from sclp.lab.bench.options import BenchOptions
 from sclp.lab.bench.plot import write_plot
 from sclp.lab.bench.report import markdown_report, write_json
 from sclp.lab.bench.tables import render_tables
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2: copy floor, cpu_per_gb_vs_floor, UDP rate search, tinc
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -36,6 +37,13 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
     ends the run early with ``interrupted`` set.  Writes nothing."""
     console = console or Console(stderr=True)
     configs = options.configs()
+    search = options.udp_search if "udp" in options.transports else None
+    # Before any testbed exists: the copy floor wants a quiet machine.
+    floor = measure_copy_floor()
+    machine = machine_description()
+    machine["copy_64k_us"] = floor.one_copy_us
+    machine["copy_64k_us_4k_aliased"] = floor.as_json()["aliased_copy_us"]
+    machine["copy_floor_s_per_gb"] = floor.floor_s_per_gb
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "command": options.command_line(),
@@ -44,23 +52,31 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
             "repeat": options.repeats,
             "transports": list(options.transports),
             "udp_datagram_bytes": options.udp_length,
-            "udp_bitrate": "unlimited (iperf3 -u -b 0)",
+            "udp_bitrate": search.describe() if search is not None else None,
             "quick": options.quick,
             "configurations": [c.label for c in configs],
         },
-        "machine": machine_description(),
+        "machine": machine,
+        "copy_floor_s_per_gb": floor.floor_s_per_gb,
+        "copy_floor": floor.as_json(),
         "units": {
             "gbps": "Gbit/s received by iperf3 in VM2 (1e9 bit/s)",
             "frames_per_gb_rx_vm": "rx_packets of VM2's interface per 1e9 bytes received",
-            "cpu_s_per_gb": "utime+stime of both sclp run processes per 1e9 bytes received",
+            "cpu_s_per_gb": "utime+stime of both endpoint processes (sclp run, or tincd) "
+            "per 1e9 bytes received",
+            "copy_floor_s_per_gb": "CPU s of four 64 KiB memory copies per 1e9 bytes, "
+            "measured at the start of the run (see copy_floor.method)",
+            "cpu_per_gb_vs_floor": "cpu_s_per_gb / copy_floor_s_per_gb",
             "rss_mb_peak": "largest VmHWM of the two endpoints, 2^20 bytes",
             "retransmits": "TCP retransmits summed over the runs",
             "loss_percent": "median iperf3 UDP loss over the runs",
+            "offered_gbps": "UDP rate offered by the runs (-b): the highest that lost under "
+            "1 % in the search; null: unlimited",
         },
         "results": [],
         "interrupted": False,
     }
-    steps = len(configs) * len(options.transports) * options.repeats
+    steps = len(configs) * steps_per_config(options.transports, options.repeats, search)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     progress = Progress(
         TextColumn("[bold]{task.description:<36}"),
@@ -86,6 +102,8 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
                     options.repeats,
                     options.udp_length,
                     advance,
+                    search,
+                    floor.floor_s_per_gb,
                 )
                 report["results"] += results
                 for r in results:

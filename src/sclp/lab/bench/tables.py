@@ -29,10 +29,11 @@ TABLE_COLUMNS: Final = (
     "TCP Gbit/s",
     "TCP runs",
     "retr.",
-    "UDP Gbit/s",
+    "UDP Gbit/s <1% loss",
     "UDP loss %",
     "VM frames/GB",
     "CPU s/GB",
+    "CPU × floor",
     "RSS MB",
     "note",
 )
@@ -66,11 +67,27 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
                 fmt(udp.get("loss_percent"), 1),
                 fmt(tcp.get("frames_per_gb_rx_vm"), 0),
                 fmt(tcp.get("cpu_s_per_gb")),
+                fmt(tcp.get("cpu_per_gb_vs_floor"), 1),
                 fmt(first.get("rss_mb_peak"), 0),
                 note,
             ]
         )
     return rows
+
+
+def copy_floor_text(report: dict[str, Any]) -> str:
+    """One line: the run's copy floor and what it is made of."""
+    floor = report.get("copy_floor")
+    if not floor:
+        return "copy floor: not measured"
+    aliased = floor.get("aliased_copy_us")
+    return (
+        f"copy floor: one 64 KiB copy {floor['one_copy_us']:.2f} µs "
+        f"({floor['one_copy_gb_per_s']:.1f} GB/s"
+        + (f"; 4K-aliased {aliased:.1f} µs" if aliased is not None else "")
+        + f"), four copies per frame = {floor['floor_s_per_gb']:.3f} CPU s/GB; "
+        "'CPU × floor' is CPU s/GB over that"
+    )
 
 
 def ratio_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -87,6 +104,7 @@ def render_tables(report: dict[str, Any], console: Console) -> None:
         style = "dim" if row[-1] == "reference" else ("red" if row[-1] else None)
         table.add_row(*row[:-1], row[-1][:60], style=style)
     console.print(table)
+    console.print(copy_floor_text(report))
     goals = Table("goal", "value", "target", "holds", "of", title="goals")
     for row in ratio_rows(report):
         goals.add_row(*row, style={"NO": "red", "yes": "green"}.get(row[3]))
