@@ -55,6 +55,7 @@ __all__ = [
     "Guest",
     "GuestBuildError",
     "GuestError",
+    "GuestImage",
     "accelerator",
     "build",
     "qemu_missing",
