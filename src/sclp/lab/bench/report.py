@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sclp.lab.bench.tables import TABLE_COLUMNS, fmt, ratio_rows, table_rows
+from sclp.lab.bench.tables import TABLE_COLUMNS, copy_floor_text, fmt, ratio_rows, table_rows
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
@@ -55,10 +55,19 @@ def markdown_report(
         "",
         f"iperf3 VM1 → VM2 for {options['duration_s']} s, {options['repeat']} run(s) per "
         f"transport and configuration; UDP with {options['udp_datagram_bytes']} B datagrams "
-        f"at an unlimited rate (`iperf3 -u -b 0 -l {options['udp_datagram_bytes']}`). "
+        f"(`-l {options['udp_datagram_bytes']}`) offered at the highest rate that lost under "
+        "1 % in a short search per configuration "
+        f"({options.get('udp_bitrate') or 'no search'}); the UDP loss column is what the "
+        "runs at that rate lost. "
         "Frames/GB: packets counted on the receiving VM's interface per GB received; "
-        "CPU s/GB: user + system time of both `sclp run` processes per GB received "
-        "(kernel references: –); RSS: the endpoints' peak (VmHWM).",
+        "CPU s/GB: user + system time of both endpoint processes (`sclp run`, or `tincd` "
+        "for tinc) per GB received (kernel references: –); CPU × floor: that over the "
+        "cost of four 64 KiB memory copies per frame (TAP read, socket send, socket "
+        "receive, TAP write) measured on this machine at the start of the run; RSS: the "
+        "endpoints' peak (VmHWM). tinc is Debian's tinc 1.0 in switch mode without "
+        "cipher or digest.",
+        "",
+        copy_floor_text(report) + ".",
         "",
         "## Machine",
         "",

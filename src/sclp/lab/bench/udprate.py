@@ -6,16 +6,18 @@ reports what survived 90 % loss, which measures the queue, not the tunnel.  The
 question a user asks is "how fast can I send without losing packets", so:
 
 1. **One probe at an unlimited rate.**  Losing under the limit there, the tunnel keeps
-   up with everything the sending VM can produce: that is the figure (the veth
-   reference, usually).  Otherwise it gives two bounds: the rate the sender reached
-   (an upper bound for any useful offer) and the rate that arrived (a good first
-   guess of the capacity).
-2. **Bisection on the offered rate** (``iperf3 -u -b RATE``), starting at the rate that
-   arrived under overload: a probe losing under the limit raises the lower bound,
-   one losing more lowers the upper bound, the next probe is offered half-way.
-   ``probes`` probes of ``probe_seconds`` each bound the search in time (1 + probes
-   short iperf3 runs per configuration); five halvings bring the bounds within about
-   3 % of the sender's rate.
+   up with everything the sending VM can produce: that is the figure.  Otherwise it
+   gives the rate that arrived under overload, a good first guess of the capacity,
+   and the search's ceiling: twice that rate (a receiver in overload may deliver
+   less than it could at a lower offer, but not half), or the rate the sender
+   reached if lower.
+2. **Bisection on the offered rate** (``iperf3 -u -b RATE``), starting at 95 % of the
+   rate that arrived under overload: a probe losing under the limit raises the lower
+   bound, one losing more lowers the upper bound, the next probe is offered
+   half-way.  ``probes`` probes of ``probe_seconds`` each bound the search in time
+   (1 + probes short iperf3 runs per configuration: 4 × 1 s with ``--quick``,
+   6 × 2 s otherwise); five probes bring the bounds within about 6 % of the
+   overload rate.
 3. The highest rate that lost under the limit is then measured ``--repeat`` times for
    ``--duration`` seconds like TCP (those runs are the UDP figure, their loss is
    reported as measured, even if a longer run loses a little more than the probe).
@@ -31,6 +33,7 @@ from typing import Any, Final
 
 LOSS_LIMIT_PERCENT: Final = 1.0
 FIRST_GUESS: Final = 0.95  # of the rate that arrived under overload
+CEILING: Final = 2.0  # the rates searched: up to twice what arrived under overload
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +92,11 @@ class RateBisection:
             if passed:
                 self.best = probe
                 return None
-            self.high = sent_bps
+            self.high = min(sent_bps, CEILING * received_bps)
             guess = FIRST_GUESS * received_bps
             # A receiver that got (almost) nothing: start half-way to what was sent.
             offered = guess if guess > 0.01 * sent_bps else sent_bps / 2
+            self.high = max(self.high, offered)
         else:
             if passed:
                 if offered_bps > self.low:
