@@ -64,6 +64,10 @@ STATS: dict[str, Any] = {
             "drop_oversize": 1,
         },
     },
+    "ports": {
+        "tap42": {"vni": 42, "kind": "tap", "tx_frames": 4, "tx_bytes": 4000},
+        "vnet7": {"vni": 42, "kind": "attached", "tx_frames": 6, "rx_frames": 20},
+    },
     "faults": None,
     "peers": {"42": 1, "43": 2},
 }
@@ -163,6 +167,20 @@ def test_per_vni_counters_and_gauges(server: MetricsServer, fake: Fake) -> None:
     assert "sclp_faults_total" not in names(s)  # fault injection off
     for process in ("process_resident_memory_bytes", "process_cpu_seconds_total"):
         assert process in names(s)
+
+
+def test_per_port_counters_name_the_port_its_vni_and_kind(
+    server: MetricsServer, fake: Fake
+) -> None:
+    fake.stats = copy.deepcopy(STATS)
+    fake.stats["vni"]["43"]["tap"] = None  # a network with attached ports only
+    s = scrape(server)
+    port = {"vni": "42", "kind": "attached", "port": "vnet7"}
+    assert value(s, "sclp_port_tx_frames_total", **port) == 6
+    assert value(s, "sclp_port_rx_frames_total", **port) == 20
+    assert value(s, "sclp_port_rx_bytes_total", **port) == 0  # absent key: 0
+    assert value(s, "sclp_port_tx_bytes_total", vni="42", kind="tap", port="tap42") == 4000
+    assert value(s, "sclp_vni_info", vni="43", protocol="vxlan", tap="") == 1
 
 
 def test_drops_by_vni_and_reason_with_the_endpoint_wide_rest(

@@ -23,11 +23,15 @@ Families (every ``sclp_*`` one has the label ``endpoint``, the endpoint's name):
 ``sclp_uptime_seconds``               gauge
 ``sclp_underlay_mtu``                 gauge
 ``sclp_{tx,rx}_frames_total``         counters per ``vni``: frames read from /
-                                      written to the TAP
+                                      written to its VM ports
 ``sclp_{tx,rx}_bytes_total``          counters per ``vni``: their bytes
 ``sclp_{tx,rx}_packets_total``        counters per ``vni``: underlay packets
 ``sclp_tx_flooded_total``             counter per ``vni``: frames replicated to
                                       all peers (broadcast / unknown unicast)
+``sclp_tx_local_total``               counter per ``vni``: frames switched to
+                                      another local port
+``sclp_port_{tx,rx}_{frames,bytes}``  counters per VM ``port`` (labels ``vni``,
+                                      ``kind``: tap or attached)
 ``sclp_drops_total``                  counter per ``vni`` and ``reason``
 ``sclp_reassembly_complete_total``    counter: payloads reassembled
 ``sclp_reassembly_entries``           gauge: incomplete payloads held
@@ -76,13 +80,20 @@ Health = Callable[[], tuple[bool, str]]
 
 # Per-VNI counters: (key in the stats, family name without _total, help).
 TRAFFIC: Final = (
-    ("tx_frames", "sclp_tx_frames", "Frames read from the VM's TAP."),
-    ("rx_frames", "sclp_rx_frames", "Frames written to the VM's TAP."),
-    ("tx_bytes", "sclp_tx_bytes", "Bytes of the frames read from the TAP."),
-    ("rx_bytes", "sclp_rx_bytes", "Bytes of the frames written to the TAP."),
+    ("tx_frames", "sclp_tx_frames", "Frames read from the VNI's VM ports."),
+    ("rx_frames", "sclp_rx_frames", "Frames written to the VNI's VM ports."),
+    ("tx_bytes", "sclp_tx_bytes", "Bytes of the frames read from the VM ports."),
+    ("rx_bytes", "sclp_rx_bytes", "Bytes of the frames written to the VM ports."),
     ("tx_packets", "sclp_tx_packets", "Underlay packets sent."),
     ("rx_packets", "sclp_rx_packets", "Underlay packets received (dropped ones included)."),
     ("tx_flooded", "sclp_tx_flooded", "Frames replicated to every peer of the VNI."),
+    ("tx_local", "sclp_tx_local", "Frames switched to another local port of the VNI."),
+)
+PORT_TRAFFIC: Final = (
+    ("tx_frames", "sclp_port_tx_frames", "Frames read from the VM port."),
+    ("rx_frames", "sclp_port_rx_frames", "Frames written to the VM port."),
+    ("tx_bytes", "sclp_port_tx_bytes", "Bytes read from the VM port."),
+    ("rx_bytes", "sclp_port_rx_bytes", "Bytes written to the VM port."),
 )
 _DROP: Final = "drop_"
 _HTTP_TIMEOUT: Final = 10.0  # a client that sends nothing for this long is dropped
@@ -184,13 +195,15 @@ def _families(stats: Mapping[str, Any], default_name: str) -> list[Metric]:
             out.append(metric)
 
     vni_info = InfoMetricFamily(
-        "sclp_vni", "A VNI's encapsulation and TAP.", labels=["endpoint", "vni", "protocol", "tap"]
+        "sclp_vni",
+        "A VNI's encapsulation and the TAP it owns.",
+        labels=["endpoint", "vni", "protocol", "tap"],
     )
     vm_mtu = GaugeMetricFamily("sclp_vm_mtu", "VM-facing MTU.", labels=["endpoint", "vni"])
     fdb = GaugeMetricFamily("sclp_fdb_entries", "MAC table entries.", labels=["endpoint", "vni"])
     for vni, entry in vnis.items():
         vni_info.add_metric(
-            [ep, vni, str(entry.get("protocol", "")), str(entry.get("tap", ""))], {}
+            [ep, vni, str(entry.get("protocol", "")), str(entry.get("tap") or "")], {}
         )
         vm_mtu.add_metric([ep, vni], _num(entry.get("vm_mtu")))
         fdb.add_metric([ep, vni], _num(entry.get("fdb_entries")))
@@ -201,6 +214,14 @@ def _families(stats: Mapping[str, Any], default_name: str) -> list[Metric]:
         for vni, count in peers_of.items():
             peers.add_metric([ep, str(vni)], _num(count))
         out.append(peers)
+
+    ports: Mapping[str, Mapping[str, Any]] = stats.get("ports") or {}
+    for key, family, doc in PORT_TRAFFIC:
+        counter = CounterMetricFamily(family, doc, labels=["endpoint", "port", "vni", "kind"])
+        for name, entry in ports.items():
+            labels = [ep, name, str(entry.get("vni", "")), str(entry.get("kind", ""))]
+            counter.add_metric(labels, _num(entry.get(key, 0)))
+        out.append(counter)
 
     faults: Mapping[str, Any] | None = stats.get("faults")
     if faults:
