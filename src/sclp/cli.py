@@ -105,7 +105,21 @@ def _print_stats(stats: dict[str, object]) -> None:
     for vni, values in per_vni.items():
         t = Table("counter", "value", title=f"vni {vni}")
         for key, value in values.items():
-            t.add_row(key, str(value))
+            shown = ", ".join(value) or "(none)" if isinstance(value, list) else str(value)
+            t.add_row(key, shown)
+        console.print(t)
+    ports = stats.get("ports") or {}
+    assert isinstance(ports, dict)
+    if ports:
+        t = Table("port", "vni", "kind", "tx frames", "tx bytes", "rx frames", "rx bytes")
+        t.title = "VM ports"
+        for name, p in ports.items():
+            t.add_row(
+                name,
+                str(p["vni"]),
+                p["kind"],
+                *(str(p[k]) for k in ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes")),
+            )
         console.print(t)
 
 
