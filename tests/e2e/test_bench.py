@@ -137,7 +137,7 @@ def test_quick_bench_writes_complete_json_chart_and_page(tmp_path: Path) -> None
     result = sclp_cli(*args, "--markdown", str(page), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sclp bench: VM1 → VM2" in result.stdout
-    assert "copy floor: one 64 KiB copy" in result.stdout
+    assert "Copy floor: one 64 KiB copy" in result.stdout
 
     report = json.loads(report_path.read_text())
     assert report["interrupted"] is False
@@ -499,7 +499,7 @@ def test_tables_show_the_floor_and_the_multiple() -> None:
     (row,) = table_rows(report)
     assert row[TABLE_COLUMNS.index("CPU × floor")] == f"{2.0 / floor.floor_s_per_gb:,.1f}"
     assert "four copies per frame" in copy_floor_text(report)
-    assert copy_floor_text({"results": []}) == "copy floor: not measured"
+    assert copy_floor_text({"results": []}) == "Copy floor: not measured"
 
 
 def test_command_line_reproduces_the_options() -> None:

@@ -79,10 +79,10 @@ def copy_floor_text(report: dict[str, Any]) -> str:
     """One line: the run's copy floor and what it is made of."""
     floor = report.get("copy_floor")
     if not floor:
-        return "copy floor: not measured"
+        return "Copy floor: not measured"
     aliased = floor.get("aliased_copy_us")
     return (
-        f"copy floor: one 64 KiB copy {floor['one_copy_us']:.2f} µs "
+        f"Copy floor: one 64 KiB copy {floor['one_copy_us']:.2f} µs "
         f"({floor['one_copy_gb_per_s']:.1f} GB/s"
         + (f"; 4K-aliased {aliased:.1f} µs" if aliased is not None else "")
         + f"), four copies per frame = {floor['floor_s_per_gb']:.3f} CPU s/GB; "

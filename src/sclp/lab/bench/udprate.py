@@ -52,9 +52,9 @@ class RateSearch:
 
     def describe(self) -> str:
         return (
-            f"highest offered rate losing < {self.loss_limit_percent:g} %: one unlimited "
-            f"probe, then up to {self.probes} bisection probes of {self.probe_seconds} s "
-            "(iperf3 -u -b RATE)"
+            f"one unlimited probe, then up to {self.probes} bisection probes of "
+            f"{self.probe_seconds} s; the highest offered rate losing "
+            f"< {self.loss_limit_percent:g} % is measured"
         )
 
 
