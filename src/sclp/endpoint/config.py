@@ -110,6 +110,20 @@ class Metrics:
 
 
 @dataclass(frozen=True, slots=True)
+class Cluster:
+    """The cluster registry (``[cluster]``, docs/cluster.md): etcd endpoints (URLs),
+    the key prefix, the lease TTL in seconds, and optional TLS files.  ``None`` in
+    :attr:`Config.cluster` when the table is absent: peers come from the file only."""
+
+    etcd: tuple[str, ...]
+    prefix: str = "/sclp"
+    lease_ttl: int = 10
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StaticEntry:
     mac: bytes
     peer: str
@@ -147,6 +161,7 @@ class Config:
     control_dir: str = "/run/sclp"
     tuning: Tuning = field(default_factory=Tuning)
     metrics: Metrics = field(default_factory=Metrics)
+    cluster: Cluster | None = None
 
     @property
     def control_socket(self) -> str:
@@ -345,6 +360,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     listen = m.get("listen", str, None)
     metrics = Metrics(listen=None if listen is None else _listen(m, "listen", listen))
     m.check_unknown()
+    cluster = _cluster(_Reader(top.get("cluster", dict, {}), "cluster.", lines, "[cluster]"))
 
     raw_networks = top.get("network", list, hint="add at least one [[network]] table")
     if not raw_networks:
@@ -364,6 +380,44 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         control_dir=control_dir,
         tuning=tuning,
         metrics=metrics,
+        cluster=cluster,
+    )
+
+
+_PREFIX_RE = re.compile(r"^/[A-Za-z0-9_./-]{0,100}$")
+
+
+def _cluster(c: _Reader) -> Cluster | None:
+    if not c.table:
+        return None
+    urls = c.get("etcd", list, hint='add etcd = ["http://127.0.0.1:2379"]')
+    if not urls:
+        raise c.fail("etcd", 'empty; add at least one, e.g. etcd = ["http://127.0.0.1:2379"]')
+    for url in urls:
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s]+(:\d+)?/?", url):
+            raise c.fail("etcd", f'{url!r} is not an etcd URL like "http://10.0.0.5:2379"')
+    prefix = c.get("prefix", str, "/sclp").rstrip("/") or "/"
+    if not _PREFIX_RE.match(prefix):
+        raise c.fail("prefix", f'{prefix!r} is not a key prefix like "/sclp"')
+    ttl = c.get("lease_ttl", int, 10)
+    if not 2 <= ttl <= 3600:
+        raise c.fail("lease_ttl", f"{ttl} s is out of range; use 2..3600")
+    files = {key: c.get(key, str, None) for key in ("ca", "cert", "key")}
+    if (files["cert"] is None) != (files["key"] is None):
+        raise c.fail("cert" if files["cert"] is None else "key", "give both cert and key")
+    for key, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise c.fail(key, f"{path} is not a readable file")
+    if any(files.values()) and not all(u.startswith("https://") for u in urls):
+        raise c.fail("etcd", "TLS files are given, so use https:// URLs")
+    c.check_unknown()
+    return Cluster(
+        etcd=tuple(u.rstrip("/") for u in urls),
+        prefix=prefix,
+        lease_ttl=ttl,
+        ca=files["ca"],
+        cert=files["cert"],
+        key=files["key"],
     )
 
 
