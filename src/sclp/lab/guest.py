@@ -28,6 +28,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -63,6 +64,8 @@ __all__ = [
 
 QEMU: Final = "qemu-system-x86_64"
 KVM_PROBE_SECONDS: Final = 8.0  # a working KVM boots the probe in about one second
+# Console lines that say why a boot failed (shown even when a backtrace follows).
+_TELLING: Final = re.compile(r"Kernel panic|sclp-guest:|error|fail|Unable|not syncing", re.I)
 
 
 class GuestError(Exception):
@@ -224,16 +227,28 @@ class Guest:
     def console_path(self) -> Path | None:
         return self.workdir / "console.log" if self.workdir else None
 
-    def console_tail(self, lines: int = 8) -> str:
+    def console_tail(self, lines: int = 5) -> str:
         """The last ``lines`` lines of the guest's console and QEMU's own errors."""
         if self.workdir is None:
             return ""
-        text = ""
+        texts = {}
         for name in ("console.log", "qemu.err"):
-            with contextlib.suppress(OSError):
-                text += (self.workdir / name).read_text(errors="replace")
-        tail = [line for line in text.splitlines() if line.strip()][-lines:]
-        return " | ".join(tail)
+            try:
+                texts[name] = (self.workdir / name).read_text(errors="replace")
+            except OSError:
+                texts[name] = ""
+        console = [line.strip() for line in texts["console.log"].splitlines() if line.strip()]
+        # A panic's cause sits above its backtrace: keep the telling lines too.
+        telling = [line for line in console if _TELLING.search(line)][-3:]
+        tail = console[-lines:]
+        shown = [line for line in telling if line not in tail] + tail
+        qemu = [
+            line.strip()
+            for line in texts["qemu.err"].splitlines()
+            if line.strip() and "info: QEMU waiting for connection" not in line
+        ]
+        out = "console: " + (" | ".join(shown) or "(empty)")
+        return out + (f"; qemu: {' | '.join(qemu[-3:])}" if qemu else "")
 
     def _qemu_args(self, accel: str) -> list[str]:
         assert self.workdir is not None and self._image is not None
@@ -353,7 +368,7 @@ class Guest:
             if left <= 0:
                 raise GuestError(
                     f"guest {self.name}: nothing within {timeout:g} s while {doing}; "
-                    f"console: {self.console_tail()}"
+                    f"{self.console_tail()}"
                 )
             self._chan.settimeout(min(left, 0.5))
             try:
@@ -361,9 +376,15 @@ class Guest:
             except TimeoutError:
                 self._check_alive(doing)
                 continue
-            if not chunk:
+            if not chunk:  # QEMU is exiting (a panic, a power-off): say how it ended
+                assert self.proc is not None
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=5)
                 self._check_alive(doing)
-                raise GuestError(f"guest {self.name}: command channel closed while {doing}")
+                raise GuestError(
+                    f"guest {self.name}: command channel closed while {doing}: "
+                    f"{self.console_tail()}"
+                )
             self._buffer += chunk
         head, _, self._buffer = self._buffer.partition(needle)
         return head

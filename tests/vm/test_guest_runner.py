@@ -1,0 +1,62 @@
+"""The guest runner itself: commands with status, output and a time limit the guest
+enforces, and a boot that fails ends as one clear error with the console's last
+lines, within a bounded time."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+
+from sclp.io import netns as nsio
+from sclp.lab.guest import Guest, GuestError, GuestImage
+
+
+@pytest.fixture
+def netns() -> object:
+    name = f"sclp-{secrets.token_hex(3)}-g"
+    nsio.create_netns(name).close()
+    try:
+        yield name
+    finally:
+        nsio.delete_netns(name)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(90)
+def test_commands_status_output_and_time_limit(guest_image: GuestImage, netns: str) -> None:
+    with Guest("cmd", netns, "tapc", "192.168.79.1/24", mtu=1400, image=guest_image) as guest:
+        guest.wait_ready()
+        shown = guest.run("cat /sys/class/net/eth0/mtu; ip -4 addr show eth0").output
+        assert shown.splitlines()[0] == "1400" and "192.168.79.1/24" in shown
+        assert guest.run("echo out; echo err >&2; exit 3", check=False).returncode == 3
+        with pytest.raises(GuestError, match="exited 3: out\nerr"):
+            guest.run("echo out; echo err >&2; exit 3")
+        started = time.monotonic()
+        with pytest.raises(GuestError, match="killed after its time limit"):
+            guest.run("sleep 30", timeout=1)
+        assert time.monotonic() - started < 10
+        # The channel serves on after a killed command, binary-safe input included.
+        assert guest.run("printf '%s' \"$(echo 'a b\n c' | wc -l)\"").output == "2"
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(90)
+def test_failed_boot_is_one_clear_error(
+    guest_image: GuestImage, netns: str, tmp_path: Path
+) -> None:
+    """A broken initramfs: the kernel panics, QEMU exits (``panic=-1``,
+    ``-no-reboot``) and the error carries the console's last lines."""
+    broken = tmp_path / "initramfs.gz"
+    broken.write_bytes(b"not an archive" * 100)
+    image = dataclasses.replace(guest_image, initrd=broken)
+    started = time.monotonic()
+    with (
+        pytest.raises(GuestError, match=r"(?s)QEMU exited.*while booting.*Kernel panic"),
+        Guest("broken", netns, "tapb", image=image) as guest,
+    ):
+        guest.wait_ready(timeout=60)
+    assert time.monotonic() - started < 60
