@@ -353,27 +353,29 @@ def test_copy_floor_is_four_64k_copies_measured_here() -> None:
 def test_udp_rate_search_bisects_to_the_highest_rate_under_the_loss_limit() -> None:
     search = RateSearch(probe_seconds=1, probes=4)
     b = RateBisection(search)
-    # Unlimited: 4 Gbit/s sent, 1 arrived (75 % lost): the first offer is 0.95 Gbit/s,
-    # the ceiling twice what arrived.
+    # Unlimited: 4 Gbit/s sent, 1 arrived (75 % lost): the first offer is 0.95 Gbit/s.
     offer = b.record(None, 4e9, 1e9, 75.0)
-    assert offer == pytest.approx(0.95e9) and b.high == 2e9
-    offer = b.record(offer, 0.95e9, 0.95e9, 0.2)  # passes: the lower bound rises
-    assert offer == pytest.approx((0.95e9 + 2e9) / 2)
+    assert offer == pytest.approx(0.95e9)
+    offer = b.record(offer, 0.95e9, 0.95e9, 0.2)  # passes, nothing lost yet: grow by half
+    assert offer == pytest.approx(1.425e9)
     assert offer is not None
-    offer = b.record(offer, offer, 1.2e9, 50.0)  # fails: the upper bound falls
-    assert offer == pytest.approx((0.95e9 + 1.475e9) / 2)
+    offer = b.record(offer, offer, 1.2e9, 50.0)  # fails: bisection from now on
+    assert offer == pytest.approx((0.95e9 + 1.425e9) / 2)
     assert offer is not None
     offer = b.record(offer, offer, offer, 0.5)  # passes
-    assert offer == pytest.approx((1.2125e9 + 1.475e9) / 2)
+    assert offer == pytest.approx((1.1875e9 + 1.425e9) / 2)
     assert b.record(offer, offer, offer * 0.9, 10.0) is None  # fails; the search is spent
     assert len(b.probes) == search.max_runs == 5
     doc = b.as_json()
     assert doc["found"] and not doc["unlimited"]
-    assert doc["offered_gbps"] == pytest.approx(1.2125)
-    # A sender slower than twice the overload rate is the ceiling.
-    slow = RateBisection(search)
-    slow.record(None, 1.5e9, 1e9, 30.0)
-    assert slow.high == 1.5e9
+    assert doc["offered_gbps"] == pytest.approx(1.1875)
+    # Growth stops at the sender's rate, and the search with it.
+    capped = RateBisection(search)
+    offer = capped.record(None, 1.2e9, 1e9, 30.0)
+    offer = capped.record(offer, offer, offer, 0.0)
+    assert offer == pytest.approx(1.2e9)
+    assert capped.record(offer, offer, offer, 0.0) is None
+    assert capped.as_json()["offered_gbps"] == pytest.approx(1.2)
     # Losing under the limit at an unlimited rate ends the search at once.
     fast = RateBisection(search)
     assert fast.record(None, 3e9, 2.99e9, 0.4) is None

@@ -20,8 +20,9 @@ METHOD: Final = """\
 - **TCP Gbit/s**: what iperf3 in VM2 received, median of the runs; retr.: TCP
   retransmits summed over them.
 - **UDP Gbit/s**: the runs offer the highest rate that lost under 1 % in a short search
-  per configuration ({udp_search}). The bisection on `iperf3 -u -b RATE` starts at
-  what arrived under overload and stays below twice that. An
+  per configuration ({udp_search}). The search on `iperf3 -u -b RATE` starts at
+  what arrived under overload, raises the offer by half while no probe loses, then
+  bisects. An
   unlimited rate floods the sending VM's TAP queue and measures that queue (90 % loss),
   not the tunnel. The loss column is what the runs at the found rate lost, which can
   exceed the probe's on a busy machine.
