@@ -7,7 +7,10 @@ endpoints however fast they are: TAP read and socket send on the sending host,
 socket receive and TAP write on the receiving one.  So each configuration's endpoint
 CPU seconds per GB are reported as a multiple of four 64 KB copies measured in the
 same run (``cpu_per_gb_vs_floor``); 1.0 would be an endpoint that does nothing but
-the four copies.
+the four copies.  It is a floor, not a target an endpoint can reach: the kernel's
+own work around two of the copies (UDP GSO send and GRO receive over a veth, no
+tunnel code at all) costs 2–3 times the four copies on this machine kind
+(``benchmarks/socket_floor.py``), before any TAP I/O.
 
 How the copy is measured (:func:`measure_copy_floor`), and why so:
 

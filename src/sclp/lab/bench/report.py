@@ -35,7 +35,10 @@ METHOD: Final = """\
   socket receive and TAP write on the other), measured at the start of the run on this
   machine: median of 11 trials of `memoryview` copies over 8 MiB of buffers (more
   than a core's L2 cache), thread CPU time. Absolute Gbit/s belong to the machine;
-  this multiple is what the endpoint's design decides. The destination is placed 2 KiB
+  this multiple is what the endpoint's design decides. It is a floor, not a reachable
+  target: the kernel's UDP GSO send and GRO receive over a veth alone, with no tunnel,
+  cost 2–3 times it on this machine kind (`benchmarks/socket_floor.py`). The
+  destination is placed 2 KiB
   from the source modulo 4 KiB: a copy whose destination lies a few bytes after its
   source modulo 4 KiB (4K aliasing) runs about ten times slower on this CPU; that
   figure is in the machine table (`copy_64k_us_4k_aliased`).
