@@ -1,0 +1,454 @@
+"""etcd v3 through its JSON gateway: KV, leases and transactions with failover between
+the configured URLs, and a watch stream of our own.
+
+Why this client.  ``etcd3gw`` (OpenStack) speaks etcd's HTTP/JSON gateway with
+``requests``: no gRPC, no protobuf version to pin, and it is maintained.  We use it for
+the unary calls (range, put, txn, lease grant/keep-alive/revoke), one client per URL,
+each request bounded by a timeout.  Its watch we do not use: measured against etcd
+3.4.23, an ``etcd3gw`` 2.7.0 watch never recovers from an etcd restart (its reader
+thread dies on the final error chunk and the iterator blocks forever), and with no read
+timeout a silently partitioned member leaves it hanging.  :class:`WatchStream` is a
+small HTTP/1.1 client for the gateway's streaming ``/v3/watch``: a socket the caller
+can ``select()`` on next to its timers (so one thread does all the I/O), a start
+revision to resume from, ``progress_notify`` so that an idle stream still carries a
+message every interval (etcd's ``--experimental-watch-progress-notify-interval``),
+and the ``hasleader`` requirement so that a member that loses its leader cancels the
+watch instead of going quiet.  The caller treats silence longer than its read timeout
+as a dead member.  The gRPC clients (``etcd3``, unmaintained since 2020, and its
+forks) would add grpcio and a protobuf pin to an endpoint that has neither.
+
+Failover: :class:`Etcd` sends each request to its current URL; a connection failure
+or timeout moves it to the next URL and retries there, once round the list, before
+raising :class:`EtcdUnavailableError`.  etcd 3.4 or later (the ``/v3/`` gateway path).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import etcd3gw
+import requests
+from etcd3gw import exceptions as etcd3gw_exceptions
+
+API = "/v3/"
+REQUEST_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 1.0
+
+
+class EtcdError(Exception):
+    """etcd refused a request, or could not be reached; the message is one line."""
+
+
+class EtcdUnavailableError(EtcdError):
+    """No configured etcd URL answered (connection refused, timed out, no leader)."""
+
+
+class LeaseNotFoundError(EtcdError):
+    """The lease expired or was revoked: its keys are gone."""
+
+
+def _b64(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """The end of the key range that holds every key starting with ``prefix``."""
+    end = bytearray(prefix)
+    while end and end[-1] == 0xFF:
+        end.pop()
+    if not end:
+        return b"\0"  # every key
+    end[-1] += 1
+    return bytes(end)
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+def _kv(item: dict[str, Any]) -> KeyValue:
+    return KeyValue(
+        key=_unb64(item["key"]).decode("utf-8", "replace"),
+        value=_unb64(item.get("value", "")),
+        create_revision=int(item.get("create_revision", 0)),
+        mod_revision=int(item.get("mod_revision", 0)),
+        lease=int(item.get("lease", 0)),
+    )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an etcd URL like http://10.0.0.5:2379")
+        return cls(url.rstrip("/"), parts.scheme, parts.hostname, parts.port or 2379)
+
+
+def _one_line(exc: BaseException) -> str:
+    detail = getattr(exc, "detail_text", None)
+    text = str(detail or exc or exc.__class__.__name__)
+    try:
+        message = json.loads(text).get("message")
+        if isinstance(message, str):
+            text = message
+    except (ValueError, AttributeError):
+        pass
+    return " ".join(text.split())[:300]
+
+
+class Etcd:
+    """A synchronous etcd client over several URLs (one etcd cluster).  Not
+    thread-safe: one thread uses it (the agent's, or the CLI's)."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        if not urls:
+            raise ValueError("no etcd URL given")
+        self.endpoints = [Endpoint.parse(u) for u in urls]
+        self.ca, self.cert, self.key = ca, cert, key
+        self.timeout = timeout
+        self._clients: list[Any] = []
+        for ep in self.endpoints:
+            session = requests.Session()
+            if ca is not None:
+                session.verify = ca
+            if cert is not None and key is not None:
+                session.cert = (cert, key)
+            self._clients.append(
+                etcd3gw.Etcd3Client(
+                    host=ep.host,
+                    port=ep.port,
+                    protocol=ep.scheme,
+                    timeout=timeout,
+                    api_path=API,
+                    session=session,
+                )
+            )
+        self.current = 0
+
+    @property
+    def url(self) -> str:
+        return self.endpoints[self.current].url
+
+    def fail_over(self) -> None:
+        """Use the next URL from now on (after a failure not seen by a request)."""
+        self.current = (self.current + 1) % len(self.endpoints)
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.session.close()
+
+    def _post(self, path: str, body: dict[str, Any], *, one_url: bool = False) -> Any:
+        """POST ``body`` to ``path`` at the current URL, failing over on connection
+        errors; the decoded JSON answer.  A request etcd answers with an error raises
+        EtcdError (LeaseNotFoundError for a missing lease) without failing over."""
+        errors = []
+        attempts = 1 if one_url else len(self.endpoints)
+        for _ in range(attempts):
+            client = self._clients[self.current]
+            try:
+                return client.post(client.get_url(path), json=body)
+            except (
+                etcd3gw_exceptions.ConnectionFailedError,
+                etcd3gw_exceptions.ConnectionTimeoutError,
+                etcd3gw_exceptions.InternalServerError,
+                requests.RequestException,
+            ) as exc:
+                errors.append(f"{self.url}: {_one_line(exc)}")
+                if not one_url:
+                    self.fail_over()
+            except etcd3gw_exceptions.Etcd3Exception as exc:
+                text = _one_line(exc)
+                if "lease not found" in text:
+                    raise LeaseNotFoundError(text) from None
+                raise EtcdError(f"{self.url}: {text}") from None
+            except ValueError as exc:  # a body that is not JSON
+                raise EtcdError(f"{self.url}: bad answer: {exc}") from None
+        raise EtcdUnavailableError("; ".join(errors))
+
+    # -- KV ------------------------------------------------------------------------
+
+    def range_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix`` and the store's revision of that read."""
+        raw = prefix.encode()
+        answer = self._post(
+            "kv/range", {"key": _b64(raw), "range_end": _b64(prefix_range_end(raw))}
+        )
+        revision = int(answer["header"]["revision"])
+        return [_kv(item) for item in answer.get("kvs", [])], revision
+
+    def get(self, key: str) -> KeyValue | None:
+        answer = self._post("kv/range", {"key": _b64(key)})
+        kvs = answer.get("kvs", [])
+        return _kv(kvs[0]) if kvs else None
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Put ``key`` (under ``lease`` if not 0); the new revision."""
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return int(self._post("kv/put", body)["header"]["revision"])
+
+    def delete(self, key: str) -> int:
+        return int(self._post("kv/deleterange", {"key": _b64(key)})["header"]["revision"])
+
+    def put_unless_taken(self, key: str, value: bytes, lease: int) -> KeyValue | None:
+        """Put ``key`` under ``lease`` if it does not exist or is already under that
+        lease; otherwise leave it and return the key as it is (someone else's)."""
+        k = _b64(key)
+        put = {"request_put": {"key": k, "value": _b64(value), "lease": str(lease)}}
+        for compare in (
+            {"key": k, "target": "LEASE", "result": "EQUAL", "lease": str(lease)},
+            {"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"},
+        ):
+            answer = self._post(
+                "kv/txn",
+                {
+                    "compare": [compare],
+                    "success": [put],
+                    "failure": [{"request_range": {"key": k}}],
+                },
+            )
+            if answer.get("succeeded"):
+                return None
+        taken = answer.get("responses", [{}])[0].get("response_range", {}).get("kvs", [])
+        if not taken:  # deleted between the two transactions: try again later
+            return KeyValue(key, b"", 0, 0, 0)
+        return _kv(taken[0])
+
+    # -- leases ----------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        return int(self._post("lease/grant", {"TTL": str(ttl), "ID": "0"})["ID"])
+
+    def keep_alive(self, lease: int) -> int:
+        """Refresh ``lease``; its TTL in seconds.  LeaseNotFoundError when it is gone."""
+        answer = self._post("lease/keepalive", {"ID": str(lease)})
+        ttl = int(answer.get("result", {}).get("TTL", -1))
+        if ttl <= 0:
+            raise LeaseNotFoundError(f"lease {lease:x} has expired")
+        return ttl
+
+    def revoke(self, lease: int) -> None:
+        """Revoke ``lease`` (its keys go at once); one attempt at the current URL."""
+        self._post("kv/lease/revoke", {"ID": str(lease)}, one_url=True)
+
+    def time_to_live(self, lease: int) -> tuple[int, int]:
+        """(granted TTL, remaining TTL) of ``lease``; remaining is -1 if it is gone."""
+        answer = self._post("kv/lease/timetolive", {"ID": str(lease)})
+        return int(answer.get("grantedTTL", 0)), int(answer.get("TTL", -1))
+
+    # -- watch ----------------------------------------------------------------------
+
+    def watch(self, prefix: str, start_revision: int) -> WatchStream:
+        """A watch of every key under ``prefix`` from ``start_revision``, at the
+        current URL (no failover here: the caller fails over on any error)."""
+        raw = prefix.encode()
+        request = {
+            "create_request": {
+                "key": _b64(raw),
+                "range_end": _b64(prefix_range_end(raw)),
+                "start_revision": str(start_revision),
+                "progress_notify": True,
+            }
+        }
+        return WatchStream(
+            self.endpoints[self.current], request, self._ssl_context(), CONNECT_TIMEOUT
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.endpoints[self.current].scheme != "https":
+            return None
+        context = ssl.create_default_context(cafile=self.ca)
+        if self.cert is not None and self.key is not None:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    deleted: bool
+    kv: KeyValue
+
+
+@dataclass
+class WatchMessage:
+    """One response of the watch stream: its revision and events, or that the
+    watch was created, or cancelled (``compact_revision`` > 0: resync needed)."""
+
+    revision: int
+    events: list[WatchEvent]
+    created: bool = False
+    canceled: bool = False
+    compact_revision: int = 0
+    reason: str = ""
+
+
+class WatchStream:
+    """The gateway's streaming ``POST /v3/watch`` on a socket of our own.
+
+    Connecting sends the request and reads the response headers (bounded by
+    ``timeout``).  Then the owner ``select()``s on :meth:`fileno` and calls
+    :meth:`read` when it is readable; :meth:`read` never blocks for long (the socket
+    has a short timeout) and raises :class:`EtcdUnavailableError` when the stream ends or
+    breaks.  The owner closes it."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        request: dict[str, Any],
+        context: ssl.SSLContext | None,
+        timeout: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self._buffer = bytearray()  # body bytes not yet split into lines
+        self._raw = bytearray()  # chunked transfer bytes not yet decoded
+        self._ended = False
+        try:
+            sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+        except OSError as exc:
+            raise EtcdUnavailableError(f"{endpoint.url}: watch: {exc}") from None
+        try:
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=endpoint.host)
+            body = json.dumps(request).encode()
+            host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+            head = (
+                f"POST {API}watch HTTP/1.1\r\nHost: {host}:{endpoint.port}\r\n"
+                "Content-Type: application/json\r\nGrpc-Metadata-Hasleader: true\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body)
+            self._sock = sock
+            self._read_headers(time.monotonic() + timeout)
+        except (OSError, EtcdError) as exc:
+            sock.close()
+            if isinstance(exc, EtcdError):
+                raise
+            raise EtcdUnavailableError(f"{endpoint.url}: watch: {exc}") from None
+        sock.settimeout(0.5)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _recv(self) -> bytes:
+        data = self._sock.recv(65536)
+        if not data:
+            raise EtcdUnavailableError(f"{self.endpoint.url}: watch stream closed")
+        return data
+
+    def _read_headers(self, deadline: float) -> None:
+        while b"\r\n\r\n" not in self._raw:
+            if time.monotonic() > deadline or len(self._raw) > 65536:
+                raise EtcdUnavailableError(f"{self.endpoint.url}: watch: no answer")
+            self._sock.settimeout(max(0.01, deadline - time.monotonic()))
+            self._raw += self._recv()
+        head, _, rest = bytes(self._raw).partition(b"\r\n\r\n")
+        self._raw = bytearray(rest)
+        lines = head.decode("latin-1").split("\r\n")
+        status = lines[0].split(" ", 2)
+        if len(status) < 2 or status[1] != "200":
+            raise EtcdUnavailableError(f"{self.endpoint.url}: watch: {lines[0]}")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
+        if headers.get("transfer-encoding", "").lower() != "chunked":
+            raise EtcdUnavailableError(f"{self.endpoint.url}: watch: answer not chunked")
+
+    def read(self) -> list[WatchMessage]:
+        """Read what has arrived (call when the socket is readable) and return the
+        complete messages in it (maybe none)."""
+        try:
+            self._raw += self._recv()
+            pending = getattr(self._sock, "pending", None)
+            while pending is not None and pending():
+                self._raw += self._recv()
+        except TimeoutError:
+            pass  # a TLS record not complete yet: the rest comes with the next read
+        except OSError as exc:
+            raise EtcdUnavailableError(f"{self.endpoint.url}: watch: {exc}") from None
+        self._dechunk()
+        messages = []
+        while b"\n" in self._buffer:
+            line, _, rest = bytes(self._buffer).partition(b"\n")
+            self._buffer = bytearray(rest)
+            if line.strip():
+                messages.append(self._message(line))
+        if self._ended:
+            raise EtcdUnavailableError(f"{self.endpoint.url}: watch stream ended")
+        return messages
+
+    def _dechunk(self) -> None:
+        while True:
+            size_end = self._raw.find(b"\r\n")
+            if size_end < 0:
+                return
+            try:
+                size = int(bytes(self._raw[:size_end]).split(b";")[0], 16)
+            except ValueError:
+                raise EtcdUnavailableError(f"{self.endpoint.url}: watch: bad chunk") from None
+            if size == 0:
+                self._ended = True
+                return
+            if len(self._raw) < size_end + 2 + size + 2:
+                return
+            start = size_end + 2
+            self._buffer += self._raw[start : start + size]
+            del self._raw[: start + size + 2]
+
+    def _message(self, line: bytes) -> WatchMessage:
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            raise EtcdUnavailableError(f"{self.endpoint.url}: watch: bad message") from None
+        if "error" in answer or "result" not in answer:
+            error = answer.get("error", {})
+            text = error.get("message") if isinstance(error, dict) else error
+            raise EtcdUnavailableError(f"{self.endpoint.url}: watch: {text or 'error'}")
+        result = answer["result"]
+        header = result.get("header", {})
+        events = [
+            WatchEvent(deleted=e.get("type") == "DELETE", kv=_kv(e["kv"]))
+            for e in result.get("events", [])
+        ]
+        return WatchMessage(
+            revision=int(header.get("revision", 0)),
+            events=events,
+            created=bool(result.get("created")),
+            canceled=bool(result.get("canceled")),
+            compact_revision=int(result.get("compact_revision", 0)),
+            reason=str(result.get("cancel_reason", "")),
+        )
