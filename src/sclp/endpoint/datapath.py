@@ -47,7 +47,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any, Final, NamedTuple
 
 from sclp.endpoint.config import Config, Network
@@ -237,21 +237,58 @@ class DataPath:
         )
         self.reassembler = Reassembler(cfg.underlay.sclp_carrier, table=self.reassembly)
         self.stt_reassembler = SttReassembler(table=self.reassembly)
+        self._segmenters = (segmenter, stt_segmenter)
         self.networks: dict[int, VirtualNetwork] = {}
         self.ports: dict[str, VmPort] = {}  # by interface name
+        self.peers: frozenset[str] = frozenset()
+        self._peer_packed: dict[str, bytes] = {}
+        self.channels: frozenset[Channel] = frozenset()
         for net in cfg.networks:
-            tunnel = tunnel_for(net.protocol, net.vni, self.underlay, segmenter, stt_segmenter)
-            fdb = Fdb(net.peers, lim.fdb_aging, lim.fdb_max_entries)
-            for entry in net.static:
-                fdb.add_static(entry.mac, entry.peer)
-            self.networks[net.vni] = VirtualNetwork(net, tunnel, fdb)
-            if net.tap is not None:
-                self.add_port(net.tap, net.vni, owned=True)
-        self.peers: frozenset[str] = frozenset(p for n in cfg.networks for p in n.peers)
+            self.add_network(net)
+
+    # -- networks and peers (configuration, SIGHUP, the cluster registry) -----------------
+
+    def add_network(self, network: Network) -> VirtualNetwork:
+        """Serve ``network`` (its TAP, if it has one, becomes a port); raises
+        ValueError if its VNI is served already."""
+        if network.vni in self.networks:
+            raise ValueError(f"vni {network.vni} is served already")
+        lim = self.cfg.limits
+        tunnel = tunnel_for(network.protocol, network.vni, self.underlay, *self._segmenters)
+        fdb = Fdb(network.peers, lim.fdb_aging, lim.fdb_max_entries)
+        for entry in network.static:
+            fdb.add_static(entry.mac, entry.peer)
+        net = self.networks[network.vni] = VirtualNetwork(network, tunnel, fdb)
+        if network.tap is not None:
+            self.add_port(network.tap, network.vni, owned=True)
+        self._refresh()
+        return net
+
+    def remove_network(self, vni: int) -> VirtualNetwork:
+        """Stop serving ``vni``: its ports leave with it (the caller closes what it
+        opened for them).  Returns the network; KeyError if not served."""
+        net = self.networks.pop(vni)
+        for port in net.ports:
+            self.ports.pop(port.name, None)
+        self._refresh()
+        return net
+
+    def set_peers(self, vni: int, peers: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
+        """Replace the peers of ``vni`` (MACs behind a peer that left are forgotten);
+        returns (joined, left)."""
+        net = self.networks[vni]
+        new = frozenset(peers)
+        joined, left = new - net.peers, net.peers - new
+        if joined or left:
+            net.peers = new
+            net.fdb.set_peers(sorted(new))
+            self._refresh()
+        return joined, left
+
+    def _refresh(self) -> None:
+        self.peers = frozenset(p for n in self.networks.values() for p in n.peers)
         self._peer_packed = {p: ipaddress.ip_address(p).packed for p in self.peers}
-        self.channels: frozenset[Channel] = frozenset(
-            n.tunnel.channel for n in self.networks.values()
-        )
+        self.channels = frozenset(n.tunnel.channel for n in self.networks.values())
 
     # -- ports -----------------------------------------------------------------------------
 
@@ -594,6 +631,7 @@ class DataPath:
                 "protocol": net.protocol,
                 "tap": net.network.tap,
                 "ports": [p.name for p in net.ports],
+                "peers": sorted(net.peers),
                 "vm_mtu": net.vm_mtu,
                 "fdb_entries": len(net.fdb),
                 **dict(sorted(net.counters.items())),

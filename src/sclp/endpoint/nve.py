@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
+import queue
 import signal
 import socket
 import time
@@ -23,15 +25,19 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from sclp.endpoint import provision, service
-from sclp.endpoint.config import Config, ConfigError, load_config
+from sclp.endpoint import provision, reconcile, service
+from sclp.endpoint.config import Config, ConfigError, Network, load_config
 from sclp.endpoint.control import ControlServer
-from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork
+from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork, VmPort
 from sclp.endpoint.faults import FaultInjector
 from sclp.endpoint.ports import AttachedPorts
 from sclp.endpoint.provision import EndpointError
 from sclp.endpoint.runner import FaultySender, Runner, UnderlaySender
 from sclp.endpoint.tunnels import Channel
+from sclp.io import nft
+from sclp.io import packet as packet_io
+from sclp.io.tap import TapDevice
+from sclp.wire.stt import STT_PORT
 
 __all__ = ["Endpoint", "EndpointError"]
 
@@ -39,6 +45,7 @@ log = logging.getLogger("sclp")
 
 PUBLISH_INTERVAL = 0.5  # seconds between stats snapshots for the metrics thread
 HEALTH_TICK_AGE = 2.0  # a loop that has not ticked for this long is unhealthy
+MAC_PUBLISH_INTERVAL = 1.0  # seconds between checks of the MACs to announce
 
 
 class Endpoint:
@@ -71,6 +78,17 @@ class Endpoint:
         # The kernel's filter of non-peers (None: they are dropped in user space).
         self.peer_filter: provision.PeerFilter | None = None
         self.attached: AttachedPorts | None = None  # hot-plugged ports (attach = [...])
+        self._underlay: provision.UnderlaySockets | None = None
+        self._network_stacks: dict[int, contextlib.ExitStack] = {}  # owned TAPs by VNI
+        # The cluster registry (None without [cluster]): its agent's views reach the loop
+        # through a queue and a pipe; peers it found per VNI, member names by address.
+        self.agent: Any = None
+        self._views: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._discovered: dict[int, frozenset[str]] = {}
+        self._member_names: dict[str, str] = {}
+        self._conflicts: set[str] = set()
+        self._published: dict[int, frozenset[bytes]] = {}
+        self._published_macs_at = -math.inf
         faults = cfg.underlay.faults
         self._faults = FaultInjector(faults) if faults.enabled else None
         self._stack = contextlib.ExitStack()
@@ -100,14 +118,11 @@ class Endpoint:
             unwatch=lambda fd: self._runner().unwatch(fd),
         )
         stack.callback(control.close)
-        taps = [(port, provision.open_tap(port, stack)) for port in list(dp.ports.values())]
-        sockets = provision.open_underlay(cfg, dp, stack)
+        stack.callback(self._close_network_stacks)
+        taps = [(port, self._open_tap(port)) for port in list(dp.ports.values())]
+        sockets = self._underlay = provision.open_underlay(cfg, dp, stack)
         self.peer_filter = provision.install_peer_filter(cfg, dp, sockets, stack)
-        self._sockets = [
-            *(u.sock for u, _port in sockets.udp.values()),
-            *(r.sock for r in sockets.raw.values()),
-            *(t.sock for t in sockets.stt_taps),
-        ]
+        self._list_sockets()
         if self._faults is not None:
             sender: UnderlaySender = FaultySender(
                 sockets.udp, sockets.raw, self.counters, self._faults
@@ -125,14 +140,10 @@ class Endpoint:
             self._start_metrics(cfg.metrics.listen)
         for port, tap in taps:
             runner.add_port(port, tap)
-        attached = AttachedPorts(cfg.name, dp, runner)
-        if attached.wanted:
-            try:
-                attached.start()
-            except OSError as exc:
-                raise EndpointError(f"watching interfaces for attach: {exc}") from None
-            self.attached = attached
-            stack.callback(attached.close)
+        if any(n.attach for n in cfg.networks):
+            self._start_attached()
+        if cfg.cluster is not None:
+            self._start_cluster()
         for channel, (usock, _port) in sockets.udp.items():
             runner.add_udp(channel, usock, sockets.batch)
         for channel, rsock in sockets.raw_receive.items():
@@ -151,6 +162,38 @@ class Endpoint:
                 for n in dp.networks.values()
             ),
         )
+
+    def _open_tap(self, port: VmPort) -> TapDevice:
+        """The owned TAP of ``port``, closed with its network (or the endpoint)."""
+        stack = self._network_stacks.setdefault(port.vni, contextlib.ExitStack())
+        return provision.open_tap(port, stack)
+
+    def _close_network_stacks(self) -> None:
+        stacks, self._network_stacks = self._network_stacks, {}
+        for stack in stacks.values():
+            stack.close()
+
+    def _list_sockets(self) -> None:
+        sockets = self._underlay
+        assert sockets is not None
+        self._sockets = [
+            *(u.sock for u, _port in sockets.udp.values()),
+            *(r.sock for r in sockets.raw.values()),
+            *(t.sock for t in sockets.stt_taps),
+        ]
+
+    def _datapath(self) -> DataPath:
+        assert self.dp is not None, "the endpoint is not started"
+        return self.dp
+
+    def _start_attached(self) -> None:
+        attached = AttachedPorts(self.cfg.name, self._datapath(), self._runner())
+        try:
+            attached.start()
+        except OSError as exc:
+            raise EndpointError(f"watching interfaces for attach: {exc}") from None
+        self.attached = attached
+        self._stack.callback(attached.close)
 
     def _runner(self) -> Runner:
         assert self.runner is not None, "the control socket is served only by a running loop"
@@ -203,10 +246,14 @@ class Endpoint:
         if self._reload_requested:
             self._reload_requested = False
             self._reload()
+        if self.agent is not None and now - self._published_macs_at >= MAC_PUBLISH_INTERVAL:
+            self._published_macs_at = now
+            self._publish_macs()
 
     def _reload(self) -> None:
-        """SIGHUP: re-read the configuration.  Applying a changed one to the running
-        data path is not implemented yet: say so in one line and keep forwarding."""
+        """SIGHUP: re-read the configuration and reconcile the running endpoint to it
+        (:mod:`sclp.endpoint.reconcile`): networks added, removed or re-created, peers
+        replaced, the rest untouched; one log line per change."""
         if self._notifier is not None:
             self._notifier.notify("RELOADING=1")
         try:
@@ -220,15 +267,209 @@ class Endpoint:
                 return
             if new == self.cfg:
                 log.info("SIGHUP: %s re-read, unchanged", self.config_path)
-            else:
-                log.warning(
-                    "SIGHUP: %s changed, but this version applies a configuration only at "
-                    "start; restart the endpoint to apply it (still running the previous one)",
-                    self.config_path,
-                )
+                return
+            self.apply_config(new)
         finally:
             if self._notifier is not None:
                 self._notifier.notify("READY=1")
+
+    def apply_config(self, new: Config) -> None:
+        """Make the running endpoint serve ``new``'s networks; other changed settings
+        are logged as needing a restart.  Call it from the loop (or before run)."""
+        for key in reconcile.restart_needed(self.cfg, new):
+            log.warning("reload: [%s] changed; restart the endpoint to apply it", key)
+        current = {n.vni: n for n in self.cfg.networks}
+        plan = reconcile.plan_networks(current, {n.vni: n for n in new.networks})
+        serving = dict(current)
+        for vni in plan.remove:
+            self._remove_network(vni, "removed from the configuration")
+            del serving[vni]
+        for net in plan.recreate:
+            self._remove_network(net.vni, "changed in the configuration, re-creating it")
+            del serving[net.vni]
+        for net in (*plan.add, *plan.recreate):
+            if self._add_network(net):
+                serving[net.vni] = net
+        dp = self._datapath()
+        for net in plan.peers:
+            dp.networks[net.vni].network = net
+            serving[net.vni] = net
+        self.cfg = dataclasses.replace(
+            self.cfg, networks=tuple(serving[n.vni] for n in new.networks if n.vni in serving)
+        )
+        if self.attached is not None:
+            self.attached.rescan()
+        elif any(n.attach for n in self.cfg.networks):
+            self._start_attached()
+        self._sync_peers()
+        if plan.empty:
+            log.info("reload: networks unchanged")
+
+    def _add_network(self, net: Network) -> bool:
+        dp, runner = self._datapath(), self._runner()
+        vnet = dp.add_network(net)
+        sockets = self._underlay
+        assert sockets is not None
+        try:
+            channel = vnet.tunnel.channel
+            if channel not in sockets.udp and channel not in sockets.raw:
+                provision.open_channel(self.cfg, dp, channel, sockets, self._stack)
+                if channel in sockets.udp:
+                    runner.add_udp(channel, sockets.udp[channel][0], sockets.batch)
+                if channel in sockets.raw_receive:
+                    runner.add_raw(channel, sockets.raw_receive[channel], sockets.batch)
+                for ptap in sockets.stt_taps if channel is Channel.STT else ():
+                    runner.add_raw(Channel.STT, ptap, sockets.batch)
+                runner.sender.add_channels()
+                self._list_sockets()
+                self._install_peer_filter()
+            for port in vnet.ports:
+                runner.add_port(port, self._open_tap(port))
+        except (EndpointError, OSError) as exc:
+            log.error("reload: vni %d not added: %s", net.vni, exc)
+            for port in vnet.ports:
+                runner.remove_port(port)
+            dp.remove_network(net.vni)
+            stack = self._network_stacks.pop(net.vni, None)
+            if stack is not None:
+                stack.close()
+            return False
+        log.info(
+            "vni %d added: %s, mtu %d, ports %s",
+            net.vni,
+            vnet.protocol,
+            vnet.vm_mtu,
+            ",".join(p.name for p in vnet.ports) or "(attach only)",
+        )
+        return True
+
+    def _remove_network(self, vni: int, why: str) -> None:
+        dp, runner = self._datapath(), self._runner()
+        if self.attached is not None:
+            self.attached.detach_network(vni, "its network was removed")
+        for port in dp.networks[vni].ports:
+            runner.remove_port(port)
+        dp.remove_network(vni)
+        stack = self._network_stacks.pop(vni, None)
+        if stack is not None:
+            stack.close()
+        log.info("vni %d %s", vni, why)
+
+    def _install_peer_filter(self) -> None:
+        """(Re)install the kernel's peer filter for the channels now open."""
+        assert self._underlay is not None
+        self.peer_filter = provision.install_peer_filter(
+            self.cfg, self._datapath(), self._underlay, self._stack
+        )
+
+    def _sync_peers(self) -> None:
+        """Give every network the peers it should have now (the file's and the
+        cluster's); one log line per peer that joins or leaves a VNI."""
+        dp = self._datapath()
+        names = self._member_names
+        changed = False
+        for vni, vnet in dp.networks.items():
+            want = reconcile.wanted_peers(vnet.network, self._discovered, self.cfg.underlay.local)
+            joined, left = dp.set_peers(vni, want)
+            for peer in sorted(joined):
+                log.info("vni %d: peer %s%s joined", vni, peer, _named(names, peer))
+            for peer in sorted(left):
+                log.info("vni %d: peer %s%s left", vni, peer, _named(names, peer))
+            changed = changed or bool(joined or left)
+        if not changed:
+            return
+        self._runner().refresh_peers()
+        if self.peer_filter is not None:
+            try:
+                self.peer_filter.update(dp.peers)
+            except (OSError, ValueError, nft.NftError) as exc:
+                log.warning("updating the kernel's peer filter failed: %s", exc)
+        if self._underlay is not None and self._underlay.stt_taps:
+            program = packet_io.stt_filter(self.cfg.underlay.local, STT_PORT, sorted(dp.peers))
+            for ptap in self._underlay.stt_taps:
+                packet_io.attach_filter(ptap.sock, program)
+
+    # -- the cluster registry ------------------------------------------------------------
+
+    def _start_cluster(self) -> None:
+        import importlib
+
+        ClusterAgent = importlib.import_module("sclp.cluster.agent").ClusterAgent  # noqa: N806
+        Member = importlib.import_module("sclp.cluster.model").Member  # noqa: N806
+
+        cluster = self.cfg.cluster
+        assert cluster is not None
+        me = Member(
+            name=self.cfg.name,
+            address=self.cfg.underlay.local,
+            carrier=self.cfg.underlay.sclp_carrier.value,
+            sclp_udp_port=self.cfg.underlay.sclp_udp_port,
+            networks={n.vni: n.protocol.value for n in self.cfg.networks},
+        )
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stack.callback(os.close, read_fd)
+        self._stack.callback(os.close, write_fd)
+
+        def on_view(view: Any) -> None:  # the agent's thread
+            self._views.put(view)
+            with contextlib.suppress(BlockingIOError):
+                os.write(write_fd, b"v")
+
+        def drain(now: float) -> None:  # the loop
+            with contextlib.suppress(BlockingIOError):
+                while os.read(read_fd, 4096):
+                    pass
+            view = None
+            while not self._views.empty():
+                view = self._views.get_nowait()
+            if view is not None:
+                self._apply_view(view)
+
+        agent = ClusterAgent(
+            cluster.etcd,
+            cluster.prefix,
+            cluster.lease_ttl,
+            me,
+            on_view,
+            ca=cluster.ca,
+            cert=cluster.cert,
+            key=cluster.key,
+        )
+        self._runner().watch(read_fd, drain)
+        agent.start()
+        self.agent = agent
+        self._stack.callback(agent.stop)
+        log.info(
+            "cluster: registering %s at %s under %s (lease %d s)",
+            self.cfg.name,
+            ", ".join(cluster.etcd),
+            cluster.prefix,
+            cluster.lease_ttl,
+        )
+
+    def _apply_view(self, view: Any) -> None:
+        """A new state of the cluster (in the loop): peers, remote MACs, conflicts."""
+        self._member_names = {m.address: name for name, m in view.members.items()}
+        self._discovered = {vni: frozenset(peers) for vni, peers in view.peers.items()}
+        self._sync_peers()
+        for vni, vnet in self._datapath().networks.items():
+            vnet.fdb.set_remote(dict(view.macs.get(vni, {})))
+        for line in view.conflicts:
+            if line not in self._conflicts:
+                log.error("cluster: %s", line)
+                self.counters["cluster_conflicts"] += 1
+        self._conflicts = set(view.conflicts)
+
+    def _publish_macs(self) -> None:
+        """Tell the cluster which MACs live behind this host's ports, per VNI, when
+        that changed (every tick at most once a second)."""
+        if self.agent is None:
+            return
+        for vni, vnet in self._datapath().networks.items():
+            macs = vnet.fdb.local_macs()
+            if self._published.get(vni) != macs:
+                self._published[vni] = macs
+                self.agent.publish_macs(vni, macs)
 
     def health(self) -> tuple[bool, str]:
         """Is the endpoint serving?  The loop ticked within HEALTH_TICK_AGE seconds, and
@@ -255,6 +496,13 @@ class Endpoint:
         ok, detail = self.health()
         return {"name": self.cfg.name, "ok": ok, "detail": detail}
 
+    def _cluster_stats(self) -> dict[str, Any] | None:
+        if self.agent is None:
+            return None
+        status: dict[str, Any] = dict(self.agent.status())
+        status["conflicts_now"] = sorted(self._conflicts)
+        return status
+
     def stop(self) -> None:
         if self.runner is not None:
             self.runner.stop()
@@ -268,6 +516,7 @@ class Endpoint:
         self._stack = contextlib.ExitStack()
         self.peer_filter = None
         self.attached = None
+        self.agent = None
 
     def _requested_stats(self) -> dict[str, Any]:
         """``sclp stats``: the kernel's not-peer counter at most 0.5 s old."""
@@ -300,5 +549,11 @@ class Endpoint:
             "ports": report.get("ports", {}),
             "peers": report.get("peers", {}),
             "faults": self._faults.counters() if self._faults else None,
+            "cluster": self._cluster_stats(),
             "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},
         }
+
+
+def _named(names: dict[str, str], address: str) -> str:
+    name = names.get(address)
+    return f" ({name})" if name else ""

@@ -80,6 +80,8 @@ class AttachedPorts:
     def start(self) -> None:
         """Subscribe to link notifications, then attach what exists (in that order,
         so an interface created in between is not missed).  Raises OSError."""
+        if self._watch is not None:
+            return
         self._watch = LinkWatch.open()
         self.host.watch(self._watch.fileno(), self._on_events)
         self._resync()
@@ -95,6 +97,17 @@ class AttachedPorts:
         if self.guard:
             with contextlib.suppress(OSError, ValueError, nft.NftError):
                 nft.remove_port_guards(self.name)
+
+    def rescan(self) -> None:
+        """Attach what now matches (the networks changed: SIGHUP)."""
+        self._failed.clear()
+        self._resync()
+
+    def detach_network(self, vni: int, why: str) -> None:
+        """Detach every port of ``vni`` (the network is going away)."""
+        for name, entry in list(self.attached.items()):
+            if entry.port.vni == vni:
+                self._detach(name, why)
 
     # -- events --------------------------------------------------------------------------
 

@@ -136,38 +136,52 @@ def open_tap(port: VmPort, stack: contextlib.ExitStack) -> TapDevice:
 
 def open_underlay(cfg: Config, dp: DataPath, stack: contextlib.ExitStack) -> UnderlaySockets:
     """One socket per channel the networks use (plus STT's packet taps)."""
-    local = cfg.underlay.local
-    v4 = ":" not in local
     batch = RX_SLOTS if cfg.tuning.rx_batch else 1
-    slot = dp.underlay.mtu + 64
     out = UnderlaySockets(batch=batch)
-    for channel, port in UDP_PORTS.items():
-        if channel in dp.channels:
-            # The classic tunnels may fragment (a VM MTU of 1500 is allowed).
-            sock = _udp(local, port, channel.value, stack, batch, gro=True, df=False)
-            out.udp[channel] = (sock, port)
-    if Channel.SCLP in dp.channels:
+    for channel in sorted(dp.channels, key=lambda c: c.value):
+        open_channel(cfg, dp, channel, out, stack)
+    return out
+
+
+def open_channel(
+    cfg: Config,
+    dp: DataPath,
+    channel: Channel,
+    out: UnderlaySockets,
+    stack: contextlib.ExitStack,
+) -> None:
+    """Open the socket(s) of ``channel`` into ``out`` (nothing if open already): at
+    start, and when a network added at run time needs a channel no other uses."""
+    if channel in out.udp or channel in out.raw:
+        return
+    local = cfg.underlay.local
+    batch = out.batch
+    slot = dp.underlay.mtu + 64
+    if channel in UDP_PORTS:
+        # The classic tunnels may fragment (a VM MTU of 1500 is allowed).
+        port = UDP_PORTS[channel]
+        sock = _udp(local, port, channel.value, stack, batch, gro=True, df=False)
+        out.udp[channel] = (sock, port)
+    elif channel is Channel.SCLP:
         if cfg.underlay.sclp_carrier is Carrier.UDP:
             port = cfg.underlay.sclp_udp_port
             carrier = _udp(local, port, "SCLP UDP carrier", stack, batch, cfg.tuning.rx_batch, True)
             out.udp[Channel.SCLP] = (carrier, port)
         else:
             out.raw[Channel.SCLP] = _raw(IPPROTO_SCLP, local, stack, batch, slot)
-    if Channel.GRE in dp.channels:
+    elif channel is Channel.GRE:
         # No L4 checksum; and like the UDP tunnels, NVGRE may fragment a VM MTU set
         # above the default (IPv4 and IPv6).
         out.raw[Channel.GRE] = _raw(IPPROTO_GRE, local, stack, batch, slot, sums=False, df=False)
-    if Channel.STT in dp.channels:
+    elif channel is Channel.STT:
         stt_sock = out.raw[Channel.STT] = _raw(socket.IPPROTO_TCP, local, stack, batch, slot)
         install_stt_guard(cfg, stack)
-        if v4:
+        if ":" not in local and dp.peers:
             out.stt_taps = open_stt_taps(cfg, dp, stt_sock, stack, batch, slot)
             if out.stt_taps:
                 out.stt_devices = underlay_devices(dp.peers)
-    for channel, rsock in out.raw.items():
-        if channel is not Channel.STT or not out.stt_taps:
-            out.raw_receive[channel] = rsock
-    return out
+    if channel in out.raw and (channel is not Channel.STT or not out.stt_taps):
+        out.raw_receive[channel] = out.raw[channel]
 
 
 def _udp(

@@ -79,10 +79,17 @@ class UnderlaySender:
         self.raw = raw
         self.counters = counters
         self._send: dict[Channel, Callable[[Send], None]] = {}
-        for channel, (sock, port) in udp.items():
-            self._send[channel] = self._udp_sender(sock, port)
-        for channel, rsock in raw.items():
-            self._send[channel] = self._raw_sender(rsock)
+        self.add_channels()
+
+    def add_channels(self) -> None:
+        """Send on every socket of :attr:`udp` and :attr:`raw` (call again after a
+        channel was opened at run time)."""
+        for channel, (sock, port) in self.udp.items():
+            if channel not in self._send:
+                self._send[channel] = self._udp_sender(sock, port)
+        for channel, rsock in self.raw.items():
+            if channel not in self._send:
+                self._send[channel] = self._raw_sender(rsock)
 
     def send(self, s: Send, now: float) -> None:
         self._send[s.channel](s)
@@ -187,6 +194,10 @@ class Runner:
 
     def port_readers(self) -> list[PortReader]:
         return list(self._ports.values())
+
+    def refresh_peers(self) -> None:
+        """The data path's peers changed (SIGHUP, the cluster registry)."""
+        self._peer_of = {source_key(p): p for p in self.dp.peers}
 
     def on_tick(self, hook: Callable[[float], None]) -> None:
         """Call ``hook(now)`` every :data:`TICK` seconds."""

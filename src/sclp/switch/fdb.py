@@ -69,6 +69,9 @@ class Fdb:
         # mac -> (peer or port, last seen); order = least recently refreshed first
         self._dynamic: OrderedDict[bytes, tuple[Hashable, float]] = OrderedDict()
         self._static: dict[bytes, Hashable] = {}
+        # Announced by the cluster registry: where other hosts say their VMs' MACs are.
+        # Consulted after what traffic taught us, so a VM that moved is found at once.
+        self._remote: dict[bytes, Hashable] = {}
         self.peers: tuple[Hashable, ...] = ()
         self.ports: tuple[Hashable, ...] = ()
         self._dest: dict[Hashable, Destination] = {}
@@ -76,7 +79,7 @@ class Fdb:
         self._set_places(tuple(dict.fromkeys(peers)), ())
 
     def __len__(self) -> int:
-        return len(self._dynamic) + len(self._static)
+        return len(self._dynamic) + len(self._static) + len(self._remote)
 
     def _set_places(self, peers: tuple[Hashable, ...], ports: tuple[Hashable, ...]) -> None:
         self.peers, self.ports = peers, ports
@@ -109,6 +112,7 @@ class Fdb:
         new = tuple(dict.fromkeys(peers))
         gone = self._peer_set - set(new)
         self._set_places(new, self.ports)
+        self._remote = {m: p for m, p in self._remote.items() if p not in gone}
         return sum(self._forget(p) for p in gone)
 
     def _forget(self, place: Hashable) -> int:
@@ -116,6 +120,16 @@ class Fdb:
         for mac in stale:
             del self._dynamic[mac]
         return len(stale)
+
+    def set_remote(self, macs: dict[bytes, Hashable]) -> None:
+        """Replace the MACs announced by other hosts (``mac -> peer``); entries whose
+        peer is not a flooding peer of this VNI are ignored."""
+        self._remote = {bytes(m): p for m, p in macs.items() if p in self._peer_set}
+
+    def local_macs(self) -> frozenset[bytes]:
+        """The MACs learned behind this host's own ports (what this host announces)."""
+        ports = self._port_set
+        return frozenset(mac for mac, (where, _) in self._dynamic.items() if where in ports)
 
     def add_static(self, mac: bytes, peer: Hashable) -> None:
         """Pin ``mac`` behind ``peer`` (which need not be a flooding peer)."""
@@ -144,7 +158,8 @@ class Fdb:
         return LearnResult.NEW
 
     def lookup(self, mac: bytes, now: float) -> Destination:
-        """Where a frame to ``mac`` goes: its peer or port, or a flood to all."""
+        """Where a frame to ``mac`` goes: its peer or port (static entries first, then
+        what traffic taught us, then what other hosts announced), or a flood to all."""
         if not is_group_mac(mac):
             peer = self._static.get(mac)
             if peer is not None:
@@ -154,6 +169,10 @@ class Fdb:
                 if now - entry[1] <= self.aging:
                     return self._dest[entry[0]]
                 del self._dynamic[mac]
+            if self._remote:
+                peer = self._remote.get(mac)
+                if peer is not None:
+                    return self._dest[peer]
         return self._flood
 
     def expire(self, now: float) -> int:
