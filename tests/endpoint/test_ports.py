@@ -306,3 +306,36 @@ def test_an_attached_ports_oversize_gso_frame_is_split_and_arrives_intact(
     got = transfer(A, b, sends(out))
     data = b"".join(bytes(d.frame)[54:] for d in got)
     assert data == payload
+
+
+# -- peers and networks at run time (SIGHUP, the cluster registry) -----------------------------
+
+
+def test_cluster_announced_macs_stop_floods_but_traffic_learned_wins() -> None:
+    fdb = Fdb(["10.0.0.2", "10.0.0.3"])
+    port = object()
+    fdb.add_port(port)
+    fdb.set_remote({MAC_A: "10.0.0.2", MAC_B: "10.0.0.9"})  # .9 is no peer: ignored
+    assert fdb.lookup(MAC_A, 0.0).peers == ("10.0.0.2",) and not fdb.lookup(MAC_A, 0.0).flooded
+    assert fdb.lookup(MAC_B, 0.0).flooded
+    fdb.learn(MAC_A, "10.0.0.3", 1.0)  # the VM moved before the registry knew
+    assert fdb.lookup(MAC_A, 1.0).peers == ("10.0.0.3",)
+    fdb.learn(MAC_C, port, 1.0)
+    assert fdb.local_macs() == {MAC_C}
+    fdb.set_peers(["10.0.0.3"])  # .2 left: its announcements go with it
+    fdb.set_remote({MAC_B: "10.0.0.3"})
+    assert fdb.lookup(MAC_B, 2.0).peers == ("10.0.0.3",)
+
+
+def test_networks_and_peers_change_while_running() -> None:
+    dp = host()
+    assert dp.set_peers(42, ["10.9.0.2", "10.9.0.7"]) == (frozenset({"10.9.0.7"}), frozenset())
+    assert "10.9.0.7" in dp.peers and dp.networks[42].fdb.peers == ("10.9.0.2", "10.9.0.7")
+    assert dp.set_peers(42, ["10.9.0.2", "10.9.0.7"]) == (frozenset(), frozenset())
+    removed = dp.remove_network(42)
+    assert removed.vni == 42 and "t42" not in dp.ports and 42 not in dp.networks
+    assert "10.9.0.7" not in dp.peers
+    again = dp.add_network(removed.network)
+    assert [p.name for p in again.ports] == ["t42"] and dp.networks[42] is again
+    with pytest.raises(ValueError, match="served already"):
+        dp.add_network(removed.network)
