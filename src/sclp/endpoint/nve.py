@@ -302,6 +302,8 @@ class Endpoint:
         elif any(n.attach for n in self.cfg.networks):
             self._start_attached()
         self._sync_peers()
+        if self.agent is not None:
+            self.agent.set_member(self._member())  # the VNIs it announces
         if plan.empty:
             log.info("reload: networks unchanged")
 
@@ -392,20 +394,11 @@ class Endpoint:
     # -- the cluster registry ------------------------------------------------------------
 
     def _start_cluster(self) -> None:
-        import importlib
-
-        ClusterAgent = importlib.import_module("sclp.cluster.agent").ClusterAgent  # noqa: N806
-        Member = importlib.import_module("sclp.cluster.model").Member  # noqa: N806
+        from sclp.cluster.agent import ClusterAgent
 
         cluster = self.cfg.cluster
         assert cluster is not None
-        me = Member(
-            name=self.cfg.name,
-            address=self.cfg.underlay.local,
-            carrier=self.cfg.underlay.sclp_carrier.value,
-            sclp_udp_port=self.cfg.underlay.sclp_udp_port,
-            networks={n.vni: n.protocol.value for n in self.cfg.networks},
-        )
+        me = self._member()
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stack.callback(os.close, read_fd)
         self._stack.callback(os.close, write_fd)
@@ -447,11 +440,25 @@ class Endpoint:
             cluster.lease_ttl,
         )
 
+    def _member(self) -> Any:
+        """This endpoint as the cluster registry lists it."""
+        from sclp.cluster.model import Member
+
+        return Member(
+            name=self.cfg.name,
+            address=self.cfg.underlay.local,
+            carrier=self.cfg.underlay.sclp_carrier.value,
+            sclp_udp_port=self.cfg.underlay.sclp_udp_port,
+            networks={n.vni: n.protocol.value for n in self.cfg.networks},
+        )
+
     def _apply_view(self, view: Any) -> None:
         """A new state of the cluster (in the loop): peers, remote MACs, conflicts."""
-        self._member_names = {m.address: name for name, m in view.members.items()}
+        names = {m.address: name for name, m in view.members.items()}
+        self._member_names.update(names)  # a member that left is still named in its line
         self._discovered = {vni: frozenset(peers) for vni, peers in view.peers.items()}
         self._sync_peers()
+        self._member_names = names
         for vni, vnet in self._datapath().networks.items():
             vnet.fdb.set_remote(dict(view.macs.get(vni, {})))
         for line in view.conflicts:

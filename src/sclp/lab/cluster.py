@@ -1,0 +1,375 @@
+"""Many hosts that find each other through etcd, in network namespaces: the lab of the
+cluster demo (``sclp demo --hosts N``), its end-to-end tests and its scaling benchmark.
+
+Layout (every name carries a random tag, so concurrent runs never collide):
+
+- ``sclp-<tag>-sw``: the underlay, one Linux bridge that every host and etcd plug into
+  (10.81.0.0/16: host *i* at 10.81.<i // 250>.<i % 250 + 1>, etcd at 10.81.255.1);
+- ``sclp-<tag>-etcd``: a single-node etcd from Debian's ``etcd-server`` (data in a
+  temporary directory), or none when the caller gives its own cluster;
+- ``sclp-<tag>-h<i>``: host *i*, running ``sclp run`` with a ``[cluster]`` table and no
+  ``peers`` at all; ``sclp-<tag>-vm<i>``: its VM, behind the TAP the endpoint owns,
+  192.168.82.<i + 1> on VNI 42.
+
+:meth:`ClusterLab.close` (also on a failure while building) stops the endpoints and
+etcd and deletes the namespaces, which removes every interface in them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sclp.endpoint.control import ControlError, query, socket_path
+from sclp.io import netns as nsio
+
+ETCD_ADDRESS = "10.81.255.1"
+ETCD_URL = f"http://{ETCD_ADDRESS}:2379"
+VNI = 42
+OVERLAY_NET = "192.168.82"
+# Below the cluster client's read timeout, so a silent partition is noticed.
+PROGRESS_NOTIFY = "2s"
+
+
+class LabError(Exception):
+    """Building or driving the cluster lab failed; the message says where."""
+
+
+def host_address(i: int) -> str:
+    return f"10.81.{i // 250}.{i % 250 + 1}"
+
+
+def vm_address(i: int) -> str:
+    return f"{OVERLAY_NET}.{i + 1}"
+
+
+def etcd_binary() -> str:
+    path = shutil.which("etcd") or "/usr/bin/etcd"
+    if not os.access(path, os.X_OK):
+        raise LabError("etcd is not installed (apt-get install etcd-server)")
+    return path
+
+
+@dataclass
+class Host:
+    index: int
+    netns: str
+    vm: str
+    name: str
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return host_address(self.index)
+
+    def stats(self, control_dir: str) -> dict[str, Any]:
+        stats: dict[str, Any] = query(socket_path(self.name, control_dir))
+        return stats
+
+
+@dataclass
+class ClusterLab:
+    """``hosts`` endpoints on one underlay with a single-node etcd; ``protocol`` of VNI
+    42, ``lease_ttl`` of their registrations.  ``etcd_urls``: use that cluster
+    instead of starting one (it must be reachable from the hosts' namespaces)."""
+
+    hosts: int = 3
+    protocol: str = "vxlan-sclp"
+    carrier: str = "udp"
+    lease_ttl: int = 5
+    etcd_urls: tuple[str, ...] = ()
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sclp-cl-")))
+    control_dir: str = ""
+    members: list[Host] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    etcd: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.control_dir:
+            self.control_dir = str(self.workdir / "run")
+        if not self.etcd_urls:
+            self.etcd_urls = (ETCD_URL,)
+
+    def __enter__(self) -> ClusterLab:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- building ------------------------------------------------------------------------
+
+    def _netns(self, role: str) -> str:
+        name = f"sclp-{self.tag}-{role}"
+        nsio.create_netns(name).close()
+        self.namespaces.append(name)
+        with nsio.NetNS(name) as ns:
+            ns.set_link("lo", up=True)
+        return name
+
+    @property
+    def switch(self) -> str:
+        return f"sclp-{self.tag}-sw"
+
+    def build(self) -> None:
+        switch = self._netns("sw")
+        with nsio.NetNS(switch) as ns:
+            ns.ipr.link("add", ifname="br0", kind="bridge")
+            ns.set_link("br0", up=True)
+        if self.etcd_urls == (ETCD_URL,):
+            self._start_etcd()
+        for _ in range(self.hosts):
+            self.add_host()
+        self.wait_full_mesh()
+
+    def _plug(self, netns: str, port: str, address: str) -> None:
+        """A veth from ``netns`` (eth0, ``address``/16) to the underlay bridge."""
+        nsio.create_veth(port, self.switch, "eth0", netns)
+        with nsio.NetNS(self.switch) as sw:
+            sw.ipr.link("set", index=sw.link_index(port), master=sw.link_index("br0"))
+        with nsio.NetNS(netns) as ns:
+            ns.add_address("eth0", f"{address}/16")
+
+    def _start_etcd(self, timeout: float = 15.0) -> None:
+        binary = etcd_binary()
+        ns = f"sclp-{self.tag}-etcd"
+        if ns not in self.namespaces:
+            self._netns("etcd")
+            self._plug(ns, "etcd0", ETCD_ADDRESS)
+        data = self.workdir / "etcd"
+        peer = f"http://{ETCD_ADDRESS}:2380"
+        log = open(self.workdir / "etcd.log", "wb")  # noqa: SIM115 - the child's
+        self.etcd = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                binary,
+                "--name=lab",
+                f"--data-dir={data}",
+                f"--listen-client-urls={ETCD_URL}",
+                f"--advertise-client-urls={ETCD_URL}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=lab={peer}",
+                f"--experimental-watch-progress-notify-interval={PROGRESS_NOTIFY}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self._etcd_healthy(ns):
+            if self.etcd.poll() is not None:
+                tail = (self.workdir / "etcd.log").read_text(errors="replace")[-400:]
+                raise LabError(f"etcd exited: {tail}")
+            if time.monotonic() > deadline:
+                raise LabError(f"etcd was not healthy within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _etcd_healthy(netns: str) -> bool:
+        url = f"{ETCD_URL}/health"
+        with (
+            nsio.run_in_netns(netns),
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(url, timeout=1) as reply,
+        ):
+            return bool(json.loads(reply.read()).get("health") == "true")
+        return False
+
+    def config_text(self, host: Host) -> str:
+        urls = ", ".join(f'"{u}"' for u in self.etcd_urls)
+        return (
+            f'name = "{host.name}"\n'
+            f'control_dir = "{self.control_dir}"\n'
+            "[underlay]\n"
+            f'local = "{host.address}"\n'
+            f'namespace = "{host.netns}"\n'
+            f'sclp_carrier = "{self.carrier}"\n'
+            "[cluster]\n"
+            f"etcd = [{urls}]\n"
+            f"lease_ttl = {self.lease_ttl}\n"
+            "[[network]]\n"
+            f"vni = {VNI}\n"
+            f'protocol = "{self.protocol}"\n'
+            'tap = "tap42"\n'
+            f'namespace = "{host.vm}"\n'
+            f'address = "{vm_address(host.index)}/24"\n'
+        )
+
+    def add_host(self, timeout: float = 15.0) -> Host:
+        """One more host (and its VM), its endpoint started; returns it once its
+        control socket answers (not once the others have found it)."""
+        i = len(self.members)
+        netns, vm = self._netns(f"h{i}"), self._netns(f"vm{i}")
+        self._plug(netns, f"p{i}", host_address(i))
+        with nsio.NetNS(vm) as ns:
+            ns.write_sysctl("net.ipv6.conf.all.disable_ipv6", 1)
+        name = f"cl{self.tag}h{i}"
+        host = Host(i, netns, vm, name, self.workdir / f"{name}.toml", self.workdir / f"{name}.log")
+        host.config.write_text(self.config_text(host))
+        self.members.append(host)
+        self.start(host, timeout)
+        return host
+
+    def start(self, host: Host, timeout: float = 15.0) -> None:
+        log = open(host.log, "ab")  # noqa: SIM115 - the child's
+        host.proc = subprocess.Popen(
+            [sys.executable, "-m", "sclp", "run", "--config", str(host.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if host.proc.poll() is not None:
+                raise LabError(f"endpoint {host.name} exited: {self.log_tail(host)}")
+            with contextlib.suppress(ControlError, OSError, ValueError):
+                host.stats(self.control_dir)
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"endpoint {host.name} did not come up within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def log_tail(self, host: Host, lines: int = 5) -> str:
+        try:
+            text = host.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+    # -- observing -----------------------------------------------------------------------
+
+    def alive(self) -> list[Host]:
+        return [h for h in self.members if h.proc is not None and h.proc.poll() is None]
+
+    def peers(self, host: Host) -> set[str]:
+        """The peers ``host``'s endpoint has on VNI 42 now."""
+        try:
+            return set(host.stats(self.control_dir)["vni"][str(VNI)]["peers"])
+        except (ControlError, OSError, ValueError, KeyError):
+            return set()
+
+    def converged(self) -> bool:
+        """Every live host has exactly the other live hosts as peers."""
+        alive = self.alive()
+        addresses = {h.address for h in alive}
+        return all(self.peers(h) == addresses - {h.address} for h in alive)
+
+    def wait_converged(self, timeout: float) -> float:
+        """Seconds until :meth:`converged`; raises LabError after ``timeout``."""
+        start = time.monotonic()
+        while not self.converged():
+            if time.monotonic() - start > timeout:
+                detail = {h.name: sorted(self.peers(h)) for h in self.alive()}
+                raise LabError(f"no full mesh within {timeout:.0f} s: {detail}")
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    def wait_full_mesh(self, timeout: float = 30.0) -> float:
+        return self.wait_converged(timeout)
+
+    def ping(self, src: Host, dst: Host, count: int = 1, wait: float = 2.0) -> bool:
+        result = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                src.vm,
+                "ping",
+                "-c",
+                str(count),
+                "-i",
+                "0.2",
+                "-W",
+                str(wait),
+                vm_address(dst.index),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=count * (wait + 0.2) + 10,
+            check=False,
+        )
+        return result.returncode == 0
+
+    def all_pairs(self, hosts: list[Host] | None = None) -> dict[tuple[int, int], bool]:
+        """Ping every ordered pair of (live) hosts' VMs, a few in parallel."""
+        chosen = hosts if hosts is not None else self.alive()
+        pairs = [(a, b) for a in chosen for b in chosen if a is not b]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(lambda ab: self.ping(*ab), pairs))
+        return {(a.index, b.index): ok for (a, b), ok in zip(pairs, results, strict=True)}
+
+    # -- failures ------------------------------------------------------------------------
+
+    def kill(self, host: Host) -> None:
+        """``kill -9`` the host's endpoint: no goodbye to etcd, its lease must expire."""
+        if host.proc is not None and host.proc.poll() is None:
+            host.proc.send_signal(signal.SIGKILL)
+            host.proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_path(host.name, self.control_dir))
+
+    def restart_etcd(self) -> None:
+        """Stop etcd (SIGTERM) and start it again on the same data."""
+        if self.etcd is None:
+            raise LabError("this lab uses an etcd it did not start")
+        self.etcd.terminate()
+        self.etcd.wait(timeout=10)
+        self._start_etcd()
+
+    # -- tearing down --------------------------------------------------------------------
+
+    def stop_endpoints(self, timeout: float = 5.0) -> list[int]:
+        for host in self.members:
+            if host.proc is not None and host.proc.poll() is None:
+                host.proc.send_signal(signal.SIGTERM)
+        codes = []
+        for host in self.members:
+            if host.proc is None:
+                continue
+            try:
+                codes.append(host.proc.wait(timeout=timeout))
+            except subprocess.TimeoutExpired:
+                host.proc.kill()
+                codes.append(host.proc.wait())
+        return codes
+
+    def close(self) -> None:
+        self.stop_endpoints()
+        if self.etcd is not None and self.etcd.poll() is None:
+            self.etcd.terminate()
+            try:
+                self.etcd.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.etcd.kill()
+                self.etcd.wait()
+        for name in reversed(self.namespaces):
+            with contextlib.suppress(nsio.NetnsError, OSError):
+                nsio.delete_netns(name)
+        self.namespaces.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
