@@ -4,9 +4,11 @@ cluster demo (``sclp demo --hosts N``), its end-to-end tests and its scaling ben
 Layout (every name carries a random tag, so concurrent runs never collide):
 
 - ``sclp-<tag>-sw``: the underlay, one Linux bridge that every host and etcd plug into
-  (10.81.0.0/16: host *i* at 10.81.<i // 250>.<i % 250 + 1>, etcd at 10.81.255.1);
-- ``sclp-<tag>-etcd``: a single-node etcd from Debian's ``etcd-server`` (data in a
-  temporary directory), or none when the caller gives its own cluster;
+  (10.81.0.0/16: host *i* at 10.81.<i // 250>.<i % 250 + 1>, etcd member *k* at
+  10.81.255.<k + 1>);
+- ``sclp-<tag>-etcd<k>``: the members of an etcd cluster from Debian's
+  ``etcd-server`` (one by default; data in a temporary directory), or none when the
+  caller gives its own cluster;
 - ``sclp-<tag>-h<i>``: host *i*, running ``sclp run`` with a ``[cluster]`` table and no
   ``peers`` at all; ``sclp-<tag>-vm<i>``: its VM, behind the TAP the endpoint owns,
   192.168.82.<i + 1> on VNI 42.
@@ -38,9 +40,16 @@ from sclp.io import netns as nsio
 
 ETCD_ADDRESS = "10.81.255.1"
 ETCD_URL = f"http://{ETCD_ADDRESS}:2379"
+
+
+def etcd_address(i: int) -> str:
+    """Member ``i`` of the lab's etcd cluster (member 0 is :data:`ETCD_ADDRESS`)."""
+    return f"10.81.255.{i + 1}"
+
+
 VNI = 42
 OVERLAY_NET = "192.168.82"
-# Below the cluster client's read timeout, so a silent partition is noticed.
+# Below a third of the cluster client's read timeout, so a silent partition is noticed.
 PROGRESS_NOTIFY = "2s"
 
 
@@ -84,27 +93,33 @@ class Host:
 
 @dataclass
 class ClusterLab:
-    """``hosts`` endpoints on one underlay with a single-node etcd; ``protocol`` of VNI
-    42, ``lease_ttl`` of their registrations.  ``etcd_urls``: use that cluster
-    instead of starting one (it must be reachable from the hosts' namespaces)."""
+    """``hosts`` endpoints on one underlay with an etcd cluster of ``etcd_members``
+    (one by default); ``protocol`` of VNI 42, ``lease_ttl`` of their registrations.
+    ``etcd_urls``: use that cluster instead of starting one (it must be reachable
+    from the hosts' namespaces)."""
 
     hosts: int = 3
     protocol: str = "vxlan-sclp"
     carrier: str = "udp"
     lease_ttl: int = 5
     etcd_urls: tuple[str, ...] = ()
+    etcd_members: int = 1
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sclp-cl-")))
     control_dir: str = ""
     members: list[Host] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
-    etcd: subprocess.Popen[bytes] | None = None
+    etcds: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    own_etcd: bool = False
 
     def __post_init__(self) -> None:
         if not self.control_dir:
             self.control_dir = str(self.workdir / "run")
         if not self.etcd_urls:
-            self.etcd_urls = (ETCD_URL,)
+            self.own_etcd = True
+            self.etcd_urls = tuple(
+                f"http://{etcd_address(i)}:2379" for i in range(self.etcd_members)
+            )
 
     def __enter__(self) -> ClusterLab:
         try:
@@ -136,8 +151,11 @@ class ClusterLab:
         with nsio.NetNS(switch) as ns:
             ns.ipr.link("add", ifname="br0", kind="bridge")
             ns.set_link("br0", up=True)
-        if self.etcd_urls == (ETCD_URL,):
-            self._start_etcd()
+        if self.own_etcd:
+            for i in range(self.etcd_members):
+                self._start_etcd(i, wait=False)
+            for i in range(self.etcd_members):
+                self._wait_etcd(i)
         for _ in range(self.hosts):
             self.add_host()
         self.wait_full_mesh()
@@ -150,57 +168,95 @@ class ClusterLab:
         with nsio.NetNS(netns) as ns:
             ns.add_address("eth0", f"{address}/16")
 
-    def _start_etcd(self, timeout: float = 15.0) -> None:
+    def _start_etcd(self, i: int, *, wait: bool = True, new: bool = True) -> None:
+        """Member ``i`` of the lab's etcd cluster, in namespace ``etcd<i>``."""
         binary = etcd_binary()
-        ns = f"sclp-{self.tag}-etcd"
+        ns = f"sclp-{self.tag}-etcd{i}"
         if ns not in self.namespaces:
-            self._netns("etcd")
-            self._plug(ns, "etcd0", ETCD_ADDRESS)
-        data = self.workdir / "etcd"
-        peer = f"http://{ETCD_ADDRESS}:2380"
-        log = open(self.workdir / "etcd.log", "wb")  # noqa: SIM115 - the child's
-        self.etcd = subprocess.Popen(
+            self._netns(f"etcd{i}")
+            self._plug(ns, f"etcd{i}", etcd_address(i))
+        client, peer = f"http://{etcd_address(i)}:2379", f"http://{etcd_address(i)}:2380"
+        initial = ",".join(f"e{k}=http://{etcd_address(k)}:2380" for k in range(self.etcd_members))
+        log = open(self.workdir / f"etcd{i}.log", "ab")  # noqa: SIM115 - the child's
+        self.etcds[i] = subprocess.Popen(
             [
                 "ip",
                 "netns",
                 "exec",
                 ns,
                 binary,
-                "--name=lab",
-                f"--data-dir={data}",
-                f"--listen-client-urls={ETCD_URL}",
-                f"--advertise-client-urls={ETCD_URL}",
+                f"--name=e{i}",
+                f"--data-dir={self.workdir / f'etcd{i}'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
                 f"--listen-peer-urls={peer}",
                 f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=lab={peer}",
+                f"--initial-cluster={initial}",
+                f"--initial-cluster-state={'new' if new else 'existing'}",
+                f"--initial-cluster-token=sclp-{self.tag}",
                 f"--experimental-watch-progress-notify-interval={PROGRESS_NOTIFY}",
+                "--heartbeat-interval=100",
+                "--election-timeout=1000",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         log.close()
+        if wait:
+            self._wait_etcd(i)
+
+    def _wait_etcd(self, i: int, timeout: float = 20.0) -> None:
+        ns = f"sclp-{self.tag}-etcd{i}"
         deadline = time.monotonic() + timeout
-        while not self._etcd_healthy(ns):
-            if self.etcd.poll() is not None:
-                tail = (self.workdir / "etcd.log").read_text(errors="replace")[-400:]
-                raise LabError(f"etcd exited: {tail}")
+        while not self.etcd_healthy(i):
+            if self.etcds[i].poll() is not None:
+                text = (self.workdir / f"etcd{i}.log").read_text(errors="replace")
+                raise LabError(f"etcd member {i} in {ns} exited: {text[-400:]}")
             if time.monotonic() > deadline:
-                raise LabError(f"etcd was not healthy within {timeout:.0f} s")
+                raise LabError(f"etcd member {i} was not healthy within {timeout:.0f} s")
             time.sleep(0.05)
 
-    @staticmethod
-    def _etcd_healthy(netns: str) -> bool:
-        url = f"{ETCD_URL}/health"
-        with (
-            nsio.run_in_netns(netns),
-            contextlib.suppress(OSError, ValueError),
-            urllib.request.urlopen(url, timeout=1) as reply,
-        ):
-            return bool(json.loads(reply.read()).get("health") == "true")
-        return False
+    def etcd_healthy(self, i: int) -> bool:
+        return self._etcd_post(i, "/health", None) is not None
 
-    def config_text(self, host: Host) -> str:
+    def _etcd_post(self, i: int, path: str, body: dict[str, Any] | None) -> Any:
+        """One request to member ``i`` from inside its namespace; None on failure."""
+        url = f"http://{etcd_address(i)}:2379{path}"
+        data = None if body is None else json.dumps(body).encode()
+        with (
+            nsio.run_in_netns(f"sclp-{self.tag}-etcd{i}"),
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(url, data=data, timeout=1) as reply,
+        ):
+            answer = json.loads(reply.read())
+            if path == "/health":
+                return answer if answer.get("health") == "true" else None
+            return answer
+        return None
+
+    def etcd_leader(self) -> int:
+        """The index of the etcd member that leads now; raises LabError if none."""
+        for i in self.etcds:
+            status = self._etcd_post(i, "/v3/maintenance/status", {})
+            if status and status.get("leader") == status.get("header", {}).get("member_id"):
+                return i
+        raise LabError("no etcd member says it leads")
+
+    def stop_etcd(self, i: int) -> None:
+        proc = self.etcds[i]
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    def restart_etcd(self, i: int = 0) -> None:
+        """Stop etcd member ``i`` (SIGTERM) and start it again on its data."""
+        if not self.own_etcd:
+            raise LabError("this lab uses an etcd it did not start")
+        self.stop_etcd(i)
+        self._start_etcd(i, new=False)
+
+    def config_text(self, host: Host, protocol: str | None = None) -> str:
         urls = ", ".join(f'"{u}"' for u in self.etcd_urls)
         return (
             f'name = "{host.name}"\n'
@@ -214,15 +270,16 @@ class ClusterLab:
             f"lease_ttl = {self.lease_ttl}\n"
             "[[network]]\n"
             f"vni = {VNI}\n"
-            f'protocol = "{self.protocol}"\n'
+            f'protocol = "{protocol or self.protocol}"\n'
             'tap = "tap42"\n'
             f'namespace = "{host.vm}"\n'
             f'address = "{vm_address(host.index)}/24"\n'
         )
 
-    def add_host(self, timeout: float = 15.0) -> Host:
+    def add_host(self, timeout: float = 15.0, protocol: str | None = None) -> Host:
         """One more host (and its VM), its endpoint started; returns it once its
-        control socket answers (not once the others have found it)."""
+        control socket answers (not once the others have found it).  ``protocol``:
+        another encapsulation for its VNI 42 than the lab's (a misconfiguration)."""
         i = len(self.members)
         netns, vm = self._netns(f"h{i}"), self._netns(f"vm{i}")
         self._plug(netns, f"p{i}", host_address(i))
@@ -230,7 +287,7 @@ class ClusterLab:
             ns.write_sysctl("net.ipv6.conf.all.disable_ipv6", 1)
         name = f"cl{self.tag}h{i}"
         host = Host(i, netns, vm, name, self.workdir / f"{name}.toml", self.workdir / f"{name}.log")
-        host.config.write_text(self.config_text(host))
+        host.config.write_text(self.config_text(host, protocol))
         self.members.append(host)
         self.start(host, timeout)
         return host
@@ -334,14 +391,6 @@ class ClusterLab:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path(host.name, self.control_dir))
 
-    def restart_etcd(self) -> None:
-        """Stop etcd (SIGTERM) and start it again on the same data."""
-        if self.etcd is None:
-            raise LabError("this lab uses an etcd it did not start")
-        self.etcd.terminate()
-        self.etcd.wait(timeout=10)
-        self._start_etcd()
-
     # -- tearing down --------------------------------------------------------------------
 
     def stop_endpoints(self, timeout: float = 5.0) -> list[int]:
@@ -361,13 +410,14 @@ class ClusterLab:
 
     def close(self) -> None:
         self.stop_endpoints()
-        if self.etcd is not None and self.etcd.poll() is None:
-            self.etcd.terminate()
-            try:
-                self.etcd.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.etcd.kill()
-                self.etcd.wait()
+        for proc in self.etcds.values():
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         for name in reversed(self.namespaces):
             with contextlib.suppress(nsio.NetnsError, OSError):
                 nsio.delete_netns(name)
