@@ -158,6 +158,7 @@ class EtcdCluster:
         ports = [(free_port(), free_port()) for _ in range(size)]
         initial = ",".join(f"e{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.members = [
             EtcdMember(f"e{i}", root / f"e{i}", c, p, initial, root / f"e{i}.log", tls)
             for i, (c, p) in enumerate(ports)
@@ -295,13 +296,17 @@ class Agents:
         ttl: int = 3,
         start: bool = True,
         tls: Tls | None = None,
+        label: str | None = None,
     ) -> ClusterAgent:
+        """A new agent for endpoint ``name``; its views and the agent are filed under
+        ``label`` (default: the name)."""
+        label = label or name
         me = Member(name, address, carrier, port, networks or {42: "vxlan-sclp"})
-        self.views[name] = []
+        self.views[label] = []
 
         def on_view(view: ClusterView) -> None:
             with self.lock:
-                self.views[name].append(view)
+                self.views[label].append(view)
 
         agent = ClusterAgent(
             urls,
@@ -314,7 +319,7 @@ class Agents:
             cert=tls.cert if tls else None,
             key=tls.key if tls else None,
         )
-        self.agents[name] = agent
+        self.agents[label] = agent
         if start:
             agent.start()
         return agent
@@ -327,6 +332,10 @@ class Agents:
     def peers(self, name: str, vni: int = 42) -> frozenset[str]:
         view = self.view(name)
         return view.peers.get(vni, frozenset()) if view else frozenset()
+
+    def macs(self, name: str, vni: int = 42) -> dict[bytes, str]:
+        view = self.view(name)
+        return dict(view.macs.get(vni, {})) if view else {}
 
     def members(self, name: str) -> set[str]:
         view = self.view(name)

@@ -296,7 +296,14 @@ class ClusterAgent:
         if self._registered == me or self._lease is None:
             return
         key = member_key(self._prefix, me.name)
-        taken = self._etcd.put_unless_taken(key, me.to_json(), self._lease)
+        try:
+            taken = self._etcd.put_unless_taken(key, me.to_json(), self._lease)
+        except LeaseNotFoundError:
+            log.warning("cluster: lease %x expired; registering again", self._lease)
+            self._lost_lease()
+            self._new_lease()
+            assert self._lease is not None
+            taken = self._etcd.put_unless_taken(key, me.to_json(), self._lease)
         if taken is None:
             if self._duplicate is not None:
                 log.info("cluster: name %s is free again; registered", me.name)
