@@ -148,8 +148,14 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sclp.lab.demo import run_demo
+    from sclp.lab.demo import run_cluster_demo, run_demo
 
+    if os.geteuid() != 0:
+        return _fail("sclp demo needs root (network namespaces); run it with sudo")
+    if args.hosts is not None:
+        if args.hosts < 3:
+            return _fail("--hosts: give 3 or more (without it: the two-host demo)", EXIT_USAGE)
+        return run_cluster_demo(args.hosts, protocol=args.protocol, carrier=args.carrier)
     return int(run_demo(protocol=args.protocol, carrier=args.carrier, seconds=args.seconds))
 
 
@@ -273,6 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--carrier", default="ip", choices=("ip", "udp"), help="SCLP carrier")
     demo.add_argument("--seconds", type=int, default=5, help="iperf3 duration (default 5)")
+    demo.add_argument(
+        "--hosts",
+        type=int,
+        metavar="N",
+        help="N >= 3 hosts that find each other through etcd (Debian's etcd-server, started "
+        "in its own namespace), a VM on each, no peers in any file: all-pairs ping",
+    )
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser(

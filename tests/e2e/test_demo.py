@@ -92,3 +92,34 @@ def test_interrupted_demo_cleans_up() -> None:
     assert proc.returncode == 130, "".join(lines) + rest
     assert "interrupted" in rest
     assert not _leftovers(tag)
+
+
+@pytest.mark.timeout(120)
+def test_cluster_demo_shows_all_pairs_and_cleans_up() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sclp", "demo", "--hosts", "3"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 hosts registered in etcd" in result.stdout
+    assert result.stdout.count(" ok ") == 6  # every ordered pair of the 3 VMs
+    assert "demo OK" in result.stdout
+    found = re.search(r"cl([0-9a-f]{6})h0", result.stdout)
+    assert found, result.stdout
+    assert not [n for n in nsio.list_netns() if n.startswith(f"sclp-{found.group(1)}-")]
+
+
+def test_cluster_demo_wants_three_hosts_or_more() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sclp", "demo", "--hosts", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2 and "--hosts: give 3 or more" in result.stderr
