@@ -53,3 +53,15 @@ def transfer(src: Guest, dst: Guest, dst_addr: str, size: int, timeout: float = 
     received = dst.run("wc -c < /tmp/rx; sha256sum < /tmp/rx", timeout=30).output.split()
     assert int(received[0]) == size, f"received {received[0]} of {size} bytes"
     assert received[1] == sent, "the received data's SHA-256 differs from the sent data's"
+
+
+def tcp_in_csum_errors(guest: Guest) -> int:
+    """TCP segments the guest's stack dropped for a bad checksum (``InCsumErrors``
+    of ``Tcp:`` in ``/proc/net/snmp``)."""
+    lines = [
+        line.split()
+        for line in guest.run("cat /proc/net/snmp", timeout=10).output.splitlines()
+        if line.startswith("Tcp:")
+    ]
+    names, values = lines[0], lines[1]
+    return int(values[names.index("InCsumErrors")])

@@ -17,7 +17,7 @@ from sclp.lab.guest import GuestImage
 from sclp.lab.guest_testbed import GUEST_TAP, GuestTestbed
 from sclp.lab.testbed import OVERLAY, VNI
 from tests.e2e.helpers import record_figures
-from tests.vm.helpers import offloads, rx_counters, transfer
+from tests.vm.helpers import offloads, rx_counters, tcp_in_csum_errors, transfer
 
 TRANSFER_BYTES = 8 << 20
 ETHERNET_HEADER = 14
@@ -59,10 +59,14 @@ def test_guests_over_the_overlay(
 
         guest_before = rx_counters(tb.guests[1])
         port_before = tb.stats(1)["ports"][GUEST_TAP]
+        csum_before = tcp_in_csum_errors(tb.guests[1])
+        split_before = tb.stats(0)["counters"].get("tx_split", 0)
         transfer(tb.guests[0], tb.guests[1], OVERLAY[1], TRANSFER_BYTES)
         report = tb.iperf3(seconds=3)
         guest_after = rx_counters(tb.guests[1])
         port_after = tb.stats(1)["ports"][GUEST_TAP]
+        csum_errors = tcp_in_csum_errors(tb.guests[1]) - csum_before
+        splits = tb.stats(0)["counters"].get("tx_split", 0) - split_before
         packets = guest_after[0] - guest_before[0]
         received = guest_after[1] - guest_before[1]
         frames = port_after["rx_frames"] - port_before["rx_frames"]
@@ -80,6 +84,8 @@ def test_guests_over_the_overlay(
                 "endpoint_frames_to_guest": frames,
                 "iperf3_gbit_s": round(report["end"]["sum_received"]["bits_per_second"] / 1e9, 3),
                 "retransmits": report["end"]["sum_sent"].get("retransmits"),
+                "sender_tx_split": splits,
+                "receiver_tcp_in_csum_errors": csum_errors,
             },
         )
         largest_plain = mtu + ETHERNET_HEADER
@@ -91,3 +97,11 @@ def test_guests_over_the_overlay(
             assert handed / frames > 2 * largest_plain, (frames, handed)
         else:
             assert received / packets <= largest_plain, (packets, received)
+        if csum_errors and splits and carrier == "udp":
+            # Known endpoint bug, reported: in the UDP carrier (payload limit below a
+            # guest's 64 KB TSO frames) the sender splits the guest's GSO frames
+            # (tx_split), and the receiving guest drops about one TCP segment per
+            # split for a bad checksum; TCP retransmits them.  The IP carrier splits
+            # nothing and sees none.
+            pytest.xfail(f"{csum_errors} TCP checksum errors in the receiver, {splits} splits")
+        assert csum_errors == 0, f"the receiving guest dropped {csum_errors} bad TCP checksums"
