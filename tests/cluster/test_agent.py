@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sclp.cluster.etcd import Etcd
-from sclp.cluster.model import member_key
+from sclp.cluster.model import macs_key, member_key
 from tests.cluster.conftest import Agents, EtcdMember, free_port, wait_for
 
 MAC1 = bytes.fromhex("020000000001")
@@ -185,10 +185,15 @@ def test_lost_lease_is_replaced_and_keys_rewritten(etcd: EtcdMember, agents: Age
     try:
         client.revoke(old_lease)  # as if it expired: the keys go
         wait_for(lambda: a.status()["lease_id"] not in (None, old_lease), TTL + 2, "a new lease")
+
+        def rewritten(key: str) -> bool:
+            record = client.get(key)
+            return record is not None and record.lease == a.status()["lease_id"]
+
+        wait_for(lambda: rewritten(member_key("/sclp", "a")), 3, "the member key rewritten")
+        wait_for(lambda: rewritten(macs_key("/sclp", 42, "a")), 3, "the MAC key rewritten")
         wait_for(lambda: agents.peers("b") == {"10.0.0.1"}, 3, "a back at b")
         wait_for(lambda: agents.macs("b", 42) == {MAC1: "10.0.0.1"}, 3, "MAC back")
-        record = client.get(member_key("/sclp", "a"))
-        assert record is not None and record.lease == a.status()["lease_id"]
     finally:
         client.close()
 
