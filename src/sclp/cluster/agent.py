@@ -373,6 +373,11 @@ class ClusterAgent:
             self._write_macs(now)
         if self._view_dirty and now >= self._view_at + VIEW_INTERVAL:
             self._emit_view(now)
+        if self._watch is not None and self._watch.endpoint.url != self._etcd.url:
+            # A request failed over to another member: move the watch there too.
+            log.info("cluster: watch follows the failover to %s", self._etcd.url)
+            self._close_watch()
+            self._set_status(endpoint=self._etcd.url)
 
     def _apply(self, message: WatchMessage) -> None:
         if message.canceled:
