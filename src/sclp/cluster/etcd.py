@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import ssl
 import time
@@ -118,7 +119,35 @@ def _one_line(exc: BaseException) -> str:
             text = message
     except (ValueError, AttributeError):
         pass
+    # requests' messages bury the cause in reprs: keep the cause.
+    for pattern, fmt in (
+        (r"\[Errno -?\d+\] ([^'\"\)]+)", "{}"),
+        (r"\[SSL: [A-Z_]+\] ([^'\"(]+)", "TLS: {}"),
+        (r"(SSLV3_ALERT_[A-Z_]+|TLSV1_ALERT_[A-Z_]+)", "TLS: {}"),
+        (r"(Read timed out|Connection aborted|RemoteDisconnected[^'\"]*)", "{}"),
+        (r"(timed out)", "{}"),
+    ):
+        found = re.search(pattern, text)
+        if found and ("Pool(" in text or "Max retries" in text or "Connection" in text):
+            return fmt.format(found.group(1).strip().rstrip(".").lower())
     return " ".join(text.split())[:300]
+
+
+class _Session(requests.Session):
+    """A requests session whose CA file wins over ``REQUESTS_CA_BUNDLE`` and
+    ``CURL_CA_BUNDLE`` (requests lets those override a session's ``verify``)."""
+
+    def __init__(self, ca: str | None) -> None:
+        super().__init__()
+        self._ca = ca
+        if ca is not None:
+            self.verify = ca
+
+    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        settings: dict[str, Any] = super().merge_environment_settings(*args, **kwargs)
+        if self._ca is not None:
+            settings["verify"] = self._ca
+        return settings
 
 
 class Etcd:
@@ -141,9 +170,7 @@ class Etcd:
         self.timeout = timeout
         self._clients: list[Any] = []
         for ep in self.endpoints:
-            session = requests.Session()
-            if ca is not None:
-                session.verify = ca
+            session = _Session(ca)
             if cert is not None and key is not None:
                 session.cert = (cert, key)
             self._clients.append(
