@@ -376,7 +376,10 @@ class DataPath:
         if peers:
             counters["tx_flooded"] += 1
             out.extend(self._encapsulate(net, buf, flen, peers))
-            if buf[HEADROOM - VNET_LEN] & F_NEEDS_CSUM and buf[HEADROOM - VNET_LEN + 1] == GSO_NONE:
+            partial = buf[HEADROOM - VNET_LEN] & F_NEEDS_CSUM
+            if partial and (
+                buf[HEADROOM - VNET_LEN + 1] == GSO_NONE or flen <= net.max_plain_frame
+            ):
                 vnet = VNET_NONE  # _encapsulate completed the checksum in place
         frame = memoryview(buf)[HEADROOM : HEADROOM + flen]
         counters["tx_local"] += len(others)
@@ -398,6 +401,13 @@ class DataPath:
                     complete_checksum(frame, csum_start, csum_offset)
             elif flen > net.max_tunnel_frame:
                 return self._split(net, buf, flen, gso_size, csum_start, gso_type, peers)
+            elif flen <= net.max_plain_frame:
+                # A "GSO" frame of one segment: the receiver hands a frame that fits the
+                # MTU to its VM as a plain one, so its checksum must be complete (§6).
+                complete_checksum(
+                    memoryview(buf)[HEADROOM : HEADROOM + flen], csum_start, csum_offset
+                )
+                gso_size, gso_type = 0, GSO_NONE
             if flen > net.max_tunnel_frame:
                 counters[DropReason.OVERSIZE.counter] += 1
                 return []
@@ -432,7 +442,12 @@ class DataPath:
         net.counters["tx_split"] += 1
         sends: list[Send] = []
         for part in parts:
-            vm = VmFrame(part, len(part) - HEADROOM, gso_size, csum_start, gso_type)
+            plen = len(part) - HEADROOM
+            vm = VmFrame(part, plen, gso_size, csum_start, gso_type)
+            if plen <= net.max_plain_frame:  # one segment left: goes as a plain frame
+                view = memoryview(part)[HEADROOM:]
+                complete_checksum(view, csum_start, _TCP_CSUM_OFFSET)
+                vm = VmFrame(part, plen, 0, csum_start, GSO_NONE)
             for send in net.tunnel.transmit(vm, peers):
                 # A tunnel may reuse one buffer for every frame: own each part's copy.
                 sends.append(send._replace(data=bytes(send.data)))
