@@ -108,6 +108,18 @@ def _print_stats(stats: dict[str, object]) -> None:
             shown = ", ".join(value) or "(none)" if isinstance(value, list) else str(value)
             t.add_row(key, shown)
         console.print(t)
+    cluster = stats.get("cluster")
+    if isinstance(cluster, dict):
+        state = (
+            "connected to " + str(cluster.get("endpoint"))
+            if cluster.get("connected")
+            else "not connected"
+        )
+        console.print(
+            f"cluster: {state}, {cluster.get('members')} members, revision "
+            f"{cluster.get('revision')}, conflicts {cluster.get('conflicts', 0)}, "
+            f"last error: {cluster.get('last_error') or 'none'}"
+        )
     ports = stats.get("ports") or {}
     assert isinstance(ports, dict)
     if ports:
