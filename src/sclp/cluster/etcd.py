@@ -124,6 +124,7 @@ def _one_line(exc: BaseException) -> str:
         (r"\[Errno -?\d+\] ([^'\"\)]+)", "{}"),
         (r"\[SSL: [A-Z_]+\] ([^'\"(]+)", "TLS: {}"),
         (r"(SSLV3_ALERT_[A-Z_]+|TLSV1_ALERT_[A-Z_]+)", "TLS: {}"),
+        (r"SSL\w*Error\(\d+, '([^'(]+)", "TLS: {}"),
         (r"(Read timed out|Connection aborted|RemoteDisconnected[^'\"]*)", "{}"),
         (r"(timed out)", "{}"),
     ):
