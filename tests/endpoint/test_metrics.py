@@ -174,6 +174,7 @@ def test_per_port_counters_name_the_port_its_vni_and_kind(
 ) -> None:
     fake.stats = copy.deepcopy(STATS)
     fake.stats["vni"]["43"]["tap"] = None  # a network with attached ports only
+    fake.stats["cluster"] = {"connected": True, "members": 5, "revision": 77, "conflicts": 1}
     s = scrape(server)
     port = {"vni": "42", "kind": "attached", "port": "vnet7"}
     assert value(s, "sclp_port_tx_frames_total", **port) == 6
@@ -181,6 +182,8 @@ def test_per_port_counters_name_the_port_its_vni_and_kind(
     assert value(s, "sclp_port_rx_bytes_total", **port) == 0  # absent key: 0
     assert value(s, "sclp_port_tx_bytes_total", vni="42", kind="tap", port="tap42") == 4000
     assert value(s, "sclp_vni_info", vni="43", protocol="vxlan", tap="") == 1
+    assert value(s, "sclp_cluster_connected") == 1 and value(s, "sclp_cluster_members") == 5
+    assert value(s, "sclp_cluster_conflicts") == 1
 
 
 def test_drops_by_vni_and_reason_with_the_endpoint_wide_rest(

@@ -41,6 +41,8 @@ Families (every ``sclp_*`` one has the label ``endpoint``, the endpoint's name):
 ``sclp_fdb_entries``                  gauge per ``vni``
 ``sclp_peers``                        gauge per ``vni`` (when the stats have
                                       ``peers``)
+``sclp_cluster_{connected,members,...}`` gauges: the registry's state, with
+                                      ``[cluster]`` (``revision``, ``conflicts``)
 ``sclp_faults_total``                 counter per ``kind`` (fault injection on)
 ====================================  ========================================
 
@@ -222,6 +224,19 @@ def _families(stats: Mapping[str, Any], default_name: str) -> list[Metric]:
             labels = [ep, name, str(entry.get("vni", "")), str(entry.get("kind", ""))]
             counter.add_metric(labels, _num(entry.get(key, 0)))
         out.append(counter)
+
+    cluster: Mapping[str, Any] | None = stats.get("cluster")
+    if cluster:
+        for key, family, doc in (
+            ("connected", "sclp_cluster_connected", "1 while the registry (etcd) answers."),
+            ("members", "sclp_cluster_members", "Members in the registry's view."),
+            ("revision", "sclp_cluster_revision", "The registry's last revision seen."),
+            ("conflicts", "sclp_cluster_conflicts", "Mismatches in the view now."),
+        ):
+            gauge = GaugeMetricFamily(family, doc, labels=["endpoint"])
+            raw = cluster.get(key)
+            gauge.add_metric([ep], float(raw) if isinstance(raw, bool) else _num(raw))
+            out.append(gauge)
 
     faults: Mapping[str, Any] | None = stats.get("faults")
     if faults:
