@@ -19,6 +19,7 @@ etcd and deletes the namespaces, which removes every interface in them.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -65,6 +66,15 @@ def vm_address(i: int) -> str:
     return f"{OVERLAY_NET}.{i + 1}"
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    """The end of etcd's range of every key that starts with ``prefix`` (ASCII)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 def etcd_binary() -> str:
     path = shutil.which("etcd") or "/usr/bin/etcd"
     if not os.access(path, os.X_OK):
@@ -81,6 +91,7 @@ class Host:
     config: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    spawned_at: float = 0.0  # time.monotonic() when its endpoint process was started
 
     @property
     def address(self) -> str:
@@ -243,6 +254,59 @@ class ClusterLab:
                 return i
         raise LabError("no etcd member says it leads")
 
+    def etcd_get(self, i: int, path: str) -> str | None:
+        """GET ``path`` (``/metrics``, ``/version``) from member ``i``; None on failure."""
+        with (
+            nsio.run_in_netns(f"sclp-{self.tag}-etcd{i}"),
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(f"http://{etcd_address(i)}:2379{path}", timeout=2) as reply,
+        ):
+            text: str = reply.read().decode(errors="replace")
+            return text
+        return None
+
+    def etcd_count(self, key_prefix: str, i: int = 0) -> int:
+        """How many keys start with ``key_prefix`` (a ``count_only`` range at member
+        ``i``); raises LabError when it does not answer."""
+        body = {
+            "key": _b64(key_prefix),
+            "range_end": _b64(_prefix_end(key_prefix)),
+            "count_only": True,
+        }
+        answer = self._etcd_post(i, "/v3/kv/range", body)
+        if answer is None:
+            raise LabError(f"etcd member {i} did not answer a range of {key_prefix}")
+        return int(answer.get("count", 0))
+
+    def etcd_usage(self, prefix: str = "/sclp", i: int = 0) -> dict[str, int]:
+        """What the registry costs etcd (member ``i``): ``keys`` under ``prefix`` (a
+        ``count_only`` range), ``members`` and ``macs`` (keys under its ``members/``
+        and ``macs/``), ``key_bytes`` and ``value_bytes`` summed over those keys,
+        ``db_size`` and ``db_size_in_use`` (bytes of the backend file) and the
+        ``revision``.  Raises LabError when member ``i`` does not answer."""
+        base = prefix.rstrip("/")
+
+        def count(sub: str) -> int:
+            return self.etcd_count(f"{base}/{sub}", i)
+
+        key = f"{base}/"
+        body = {"key": _b64(key), "range_end": _b64(_prefix_end(key))}
+        listing = self._etcd_post(i, "/v3/kv/range", body)
+        status = self._etcd_post(i, "/v3/maintenance/status", {})
+        if listing is None or status is None:
+            raise LabError(f"etcd member {i} did not answer a range or its status")
+        kvs = listing.get("kvs", [])
+        return {
+            "keys": count(""),
+            "members": count("members/"),
+            "macs": count("macs/"),
+            "key_bytes": sum(len(base64.b64decode(kv["key"])) for kv in kvs),
+            "value_bytes": sum(len(base64.b64decode(kv.get("value", ""))) for kv in kvs),
+            "db_size": int(status.get("dbSize", 0)),
+            "db_size_in_use": int(status.get("dbSizeInUse", 0)),
+            "revision": int(status.get("header", {}).get("revision", 0)),
+        }
+
     def stop_etcd(self, i: int) -> None:
         proc = self.etcds[i]
         if proc.poll() is None:
@@ -280,6 +344,24 @@ class ClusterLab:
         """One more host (and its VM), its endpoint started; returns it once its
         control socket answers (not once the others have found it).  ``protocol``:
         another encapsulation for its VNI 42 than the lab's (a misconfiguration)."""
+        host = self.prepare_host(protocol)
+        self.start(host, timeout)
+        return host
+
+    def add_hosts(self, count: int, timeout: float = 60.0) -> list[Host]:
+        """``count`` more hosts whose endpoints start all at once (not one after the
+        other); returns them once every control socket answers, within ``timeout``."""
+        hosts = [self.prepare_host() for _ in range(count)]
+        for host in hosts:
+            self.spawn(host)
+        deadline = time.monotonic() + timeout
+        for host in hosts:
+            self.wait_up(host, max(0.0, deadline - time.monotonic()))
+        return hosts
+
+    def prepare_host(self, protocol: str | None = None) -> Host:
+        """One more host's namespaces, underlay port and configuration; its endpoint
+        is not started (:meth:`spawn`, :meth:`start`)."""
         i = len(self.members)
         netns, vm = self._netns(f"h{i}"), self._netns(f"vm{i}")
         self._plug(netns, f"p{i}", host_address(i))
@@ -289,11 +371,17 @@ class ClusterLab:
         host = Host(i, netns, vm, name, self.workdir / f"{name}.toml", self.workdir / f"{name}.log")
         host.config.write_text(self.config_text(host, protocol))
         self.members.append(host)
-        self.start(host, timeout)
         return host
 
     def start(self, host: Host, timeout: float = 15.0) -> None:
+        """:meth:`spawn` the endpoint and :meth:`wait_up` for it."""
+        self.spawn(host)
+        self.wait_up(host, timeout)
+
+    def spawn(self, host: Host) -> None:
+        """Start the host's ``sclp run`` and return at once."""
         log = open(host.log, "ab")  # noqa: SIM115 - the child's
+        host.spawned_at = time.monotonic()
         host.proc = subprocess.Popen(
             [sys.executable, "-m", "sclp", "run", "--config", str(host.config)],
             stdout=log,
@@ -301,13 +389,22 @@ class ClusterLab:
             stdin=subprocess.DEVNULL,
         )
         log.close()
+
+    def is_up(self, host: Host) -> bool:
+        """The host's endpoint answers on its control socket; LabError if it exited."""
+        if host.proc is None or host.proc.poll() is not None:
+            raise LabError(f"endpoint {host.name} exited: {self.log_tail(host)}")
+        try:
+            host.stats(self.control_dir)
+        except (ControlError, OSError, ValueError):
+            return False
+        return True
+
+    def wait_up(self, host: Host, timeout: float = 15.0) -> None:
+        """Return once the spawned endpoint answers; LabError if it exits or stays
+        silent for ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        while True:
-            if host.proc.poll() is not None:
-                raise LabError(f"endpoint {host.name} exited: {self.log_tail(host)}")
-            with contextlib.suppress(ControlError, OSError, ValueError):
-                host.stats(self.control_dir)
-                return
+        while not self.is_up(host):
             if time.monotonic() > deadline:
                 raise LabError(f"endpoint {host.name} did not come up within {timeout:.0f} s")
             time.sleep(0.05)
