@@ -13,6 +13,7 @@ import pytest
 
 from sclp.io import netns as nsio
 from sclp.lab.guest import Guest, GuestError, GuestImage
+from tests.e2e.helpers import sclp_cli
 
 
 @pytest.fixture
@@ -60,3 +61,24 @@ def test_failed_boot_is_one_clear_error(
     ):
         guest.wait_ready(timeout=60)
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_guest_build_command_finds_the_cache_current(guest_image: GuestImage) -> None:
+    """``sclp guest build`` (run by quickstart.sh every time) does no work when the
+    cache is current and says which accelerator guests will get.  Run twice: the
+    first may rebuild if Debian published a newer kernel since the cache was made."""
+    for _ in range(2):
+        result = sclp_cli("guest", "build", "--cache", str(guest_image.cache), timeout=25)
+        assert result.returncode == 0, result.stderr
+    assert "is current" in result.stdout and f"kernel:    {guest_image.kernel}" in result.stdout
+    assert "accelerator: " in result.stdout
+
+
+def test_guest_build_command_error_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = sclp_cli("guest", "build", "--cache", str(blocker / "cache"), timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("sclp: error: guest build:")

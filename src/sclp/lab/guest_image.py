@@ -275,6 +275,11 @@ def build(
 
 
 def _build_locked(directory: Path, force: bool, log: Callable[[str], None]) -> GuestImage:
+    for tool in ("apt-get", "apt-cache", "dpkg-deb", "ldd"):
+        if shutil.which(tool) is None:
+            raise GuestBuildError(
+                f"{tool} is missing: the guest is built from Debian packages, on Debian"
+            )
     files = _host_files()
     key = _inputs_key(files)
     manifest_path = directory / "manifest.json"
