@@ -229,6 +229,39 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """The cluster registry as etcd holds it (docs/cluster.md)."""
+    from sclp.cluster.etcd import EtcdError
+    from sclp.cluster.report import render, snapshot
+
+    urls: list[str] = []
+    prefix, tls = args.prefix, {"ca": args.ca, "cert": args.cert, "key": args.key}
+    if args.config:
+        from sclp.endpoint.config import ConfigError, load_config
+
+        try:
+            cluster = load_config(args.config).cluster
+        except ConfigError as exc:
+            return _fail(str(exc))
+        if cluster is None:
+            return _fail(f"{args.config} has no [cluster] table; add one or give --etcd URL")
+        urls, prefix = list(cluster.etcd), prefix or cluster.prefix
+        tls = {k: tls[k] or getattr(cluster, k) for k in tls}
+    if args.etcd:
+        urls = [u.strip() for u in args.etcd.split(",") if u.strip()]
+    if not urls:
+        return _fail("say where etcd is: --config FILE or --etcd URL[,URL]", EXIT_USAGE)
+    try:
+        snap = snapshot(urls, prefix or "/sclp", **tls)
+    except (EtcdError, ValueError) as exc:
+        return _fail(f"etcd: {exc}")
+    if args.json:
+        print(json.dumps(snap, indent=2))
+    else:
+        print("\n".join(render(snap)))
+    return 0
+
+
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     from sclp.selfcheck import run_selfcheck
 
@@ -376,6 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-probe", action="store_true", help="do not find out whether KVM can boot it"
     )
     guest_build.set_defaults(func=cmd_guest_build)
+
+    cluster = sub.add_parser(
+        "cluster", help="list the members of the cluster registry on etcd, their leases"
+    )
+    cluster.add_argument("--config", "-c", metavar="FILE.toml", help="take [cluster] from it")
+    cluster.add_argument("--etcd", metavar="URL[,URL]", help="etcd client URLs")
+    cluster.add_argument("--prefix", help="key prefix (default /sclp or the config's)")
+    cluster.add_argument("--ca", metavar="FILE", help="CA to verify etcd (https)")
+    cluster.add_argument("--cert", metavar="FILE", help="client certificate")
+    cluster.add_argument("--key", metavar="FILE", help="client certificate's key")
+    cluster.add_argument("--json", action="store_true", help="print JSON")
+    cluster.set_defaults(func=cmd_cluster)
 
     check = sub.add_parser(
         "selfcheck", help="segment and reassemble payloads in memory (no root needed)"
