@@ -48,12 +48,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sclp.cluster.agent import VIEW_INTERVAL
+from sclp.cluster.model import Member, build_view, encode_macs, macs_key, member_key
 from sclp.lab.cluster import VNI, ClusterLab, Host, LabError
 
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 IDLE_WINDOW = 10.0  # seconds of quiet over which CPU is measured
 POLL = 0.05  # seconds between convergence sweeps
-MEMBERS = "/sclp/members/"  # the lab's endpoints register under the default prefix
+PREFIX = "/sclp"  # the lab's endpoints register under the default prefix
+MEMBERS = f"{PREFIX}/members/"
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -214,6 +217,7 @@ def idle_window(lab: ClusterLab, hosts: list[Host]) -> dict[str, Any]:
 
 def measure(n: int, ttl: int, parallel: bool) -> dict[str, Any]:
     result: dict[str, Any] = {
+        "loadavg_before": os.getloadavg(),
         "hosts": n,
         "lease_ttl_s": ttl,
         "start": "parallel" if parallel else "rolling",
@@ -252,7 +256,47 @@ def measure(n: int, ttl: int, parallel: bool) -> dict[str, Any]:
         result["death_lease_expired_s"] = round(death["etcd_at"] - killed_at, 3)
         result["death_slack_s"] = round(death["done_at"] - killed_at - ttl, 3)
         result["death_poll_resolution_s"] = round(death["resolution_s"], 3)
+        result["loadavg_after"] = os.getloadavg()
     return result
+
+
+# -- the endpoint's share of a change, in memory ------------------------------------------
+
+
+def view_cost(n: int, macs_per_host: int, repeat: int = 5) -> dict[str, float]:
+    """Seconds one endpoint spends in :func:`build_view` over a registry of ``n``
+    members on VNI 42 with ``macs_per_host`` MACs each (the agent rebuilds the whole
+    view after every change it hears, coalesced to one per 0.1 s): best of ``repeat``."""
+    members = [
+        Member(
+            f"h{i}",
+            f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+            "udp",
+            7234,
+            {VNI: "vxlan-sclp"},
+        )
+        for i in range(n)
+    ]
+    kvs: dict[str, tuple[bytes, int]] = {}
+    for i, member in enumerate(members):
+        kvs[member_key(PREFIX, member.name)] = (member.to_json(), 2 * i + 1)
+        macs = [
+            bytes([2, 0, i >> 16 & 255, i >> 8 & 255, i & 255, k]) for k in range(macs_per_host)
+        ]
+        kvs[macs_key(PREFIX, VNI, member.name)] = (encode_macs(macs), 2 * i + 2)
+    best = float("inf")
+    for _ in range(repeat):
+        began = time.perf_counter()
+        view = build_view(PREFIX, kvs, 2 * n, members[0])
+        best = min(best, time.perf_counter() - began)
+    assert len(view.peers[VNI]) == n - 1
+    return {
+        "members": n,
+        "macs_per_host": macs_per_host,
+        "keys": len(kvs),
+        "value_bytes": sum(len(v) for v, _ in kvs.values()),
+        "build_view_s": best,
+    }
 
 
 # -- report --------------------------------------------------------------------------------
@@ -326,6 +370,73 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+VIEW_SIZES = ((4, 1), (8, 1), (16, 1), (32, 1), (100, 1), (1000, 1), (1000, 16))
+
+
+def print_view_costs(costs: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="one endpoint's build_view per change heard (in memory)")
+    for column in ("members", "MACs/host", "keys", "value bytes", "build_view ms", "CPU at 10/s"):
+        table.add_column(column, justify="right")
+    for c in costs:
+        table.add_row(
+            str(c["members"]),
+            str(c["macs_per_host"]),
+            str(c["keys"]),
+            str(c["value_bytes"]),
+            f"{1000 * c['build_view_s']:.2f}",
+            f"{100 * c['build_view_s'] / VIEW_INTERVAL:.1f} %",
+        )
+    Console(width=max(Console().width, 100)).print(table)
+
+
+def plot(results: list[dict[str, Any]], path: str) -> None:
+    """Two panels over N: convergence times; per-host RSS and idle CPU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return
+    ns = [r["hosts"] for r in ok]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for key, label in (
+        ("mesh_from_first_s", "full mesh, from the first start"),
+        ("mesh_from_last_s", "full mesh, from the last start"),
+        ("join_s", "one more host joins (from its start)"),
+        ("death_s", "one host SIGKILLed (gone everywhere)"),
+    ):
+        left.plot(ns, [r[key] for r in ok], marker="o", label=label)
+    left.axhline(ok[0]["lease_ttl_s"], color="grey", linestyle=":", label="lease TTL")
+    left.set_xscale("log", base=2)
+    left.set_yscale("log")
+    left.set_xticks(ns, [str(n) for n in ns])
+    left.set_xlabel("hosts")
+    left.set_ylabel("seconds")
+    left.legend(fontsize=7)
+    left.set_title("convergence", fontsize=9)
+    rss = [r["idle"]["endpoint_rss_bytes"]["median"] / 2**20 for r in ok]
+    cpu = [100 * r["idle"]["endpoint_cpu_per_s"]["median"] for r in ok]
+    right.plot(ns, rss, marker="o", color="tab:blue", label="endpoint RSS (MiB, median)")
+    right.set_xscale("log", base=2)
+    right.set_xticks(ns, [str(n) for n in ns])
+    right.set_xlabel("hosts")
+    right.set_ylabel("MiB", color="tab:blue")
+    right.set_ylim(0, max(rss) * 1.3)
+    twin = right.twinx()
+    twin.plot(ns, cpu, marker="s", color="tab:red", label="idle CPU (%, median)")
+    twin.set_ylabel("% of a core", color="tab:red")
+    twin.set_ylim(0, max(cpu) * 1.5 or 1)
+    right.set_title("per endpoint, idle", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -333,6 +444,10 @@ def main() -> int:
     )
     parser.add_argument("--ttl", type=int, default=5, help="lease TTL in seconds (default 5)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the curves (needs sclp[plot])")
+    parser.add_argument(
+        "--load", metavar="FILE", help="report a JSON file written before; run nothing"
+    )
     parser.add_argument(
         "--start",
         choices=("rolling", "parallel"),
@@ -340,6 +455,14 @@ def main() -> int:
         help="start hosts one after the other (default) or all at once",
     )
     args = parser.parse_args()
+    if args.load:
+        payload = json.loads(Path(args.load).read_text())
+        print_table(payload["results"])
+        if payload.get("view_cost"):
+            print_view_costs(payload["view_cost"])
+        if args.plot:
+            plot(payload["results"], args.plot)
+        return 0
     sizes = [int(x) for x in args.hosts.split(",") if x.strip()]
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -350,7 +473,10 @@ def main() -> int:
         "loadavg_at_start": os.getloadavg(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "vni": VNI,
+        "start": args.start,
     }
+    costs = [view_cost(n, m) for n, m in VIEW_SIZES]
+    payload = {"meta": meta, "results": results, "view_cost": costs}
     with sigterm_as_interrupt():
         for n in sizes:
             began = time.monotonic()
@@ -363,9 +489,11 @@ def main() -> int:
             print(f"N={n}: {json.dumps(result)}", file=sys.stderr, flush=True)
             results.append(result)
             if args.json:  # after every N, so a long run leaves what it measured
-                payload = {"meta": meta, "results": results}
                 Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     print_table(results)
+    print_view_costs(costs)
+    if args.plot:
+        plot(results, args.plot)
     return 1 if any("error" in r for r in results) else 0
 
 
