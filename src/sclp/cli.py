@@ -183,12 +183,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.protocols is not None:
         protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
         try:
-            select_configs(protocols)
+            select_configs(protocols, args.vms)
         except ValueError as exc:
             return _fail(f"--protocols: {exc}", EXIT_USAGE)
-    transports = tuple(t.strip() for t in args.transports.split(",") if t.strip())
-    if not transports or set(transports) - {"tcp", "udp"}:
-        return _fail("--transports: give tcp, udp or tcp,udp", EXIT_USAGE)
+    transports: tuple[str, ...] = ()
+    if args.transports is not None:
+        transports = tuple(t.strip() for t in args.transports.split(",") if t.strip())
+        if not transports or set(transports) - {"tcp", "udp"}:
+            return _fail("--transports: give tcp, udp or tcp,udp", EXIT_USAGE)
     for flag, value, low in (("--duration", args.duration, 1), ("--repeat", args.repeat, 1)):
         if value is not None and value < low:
             return _fail(f"{flag}: must be at least {low}", EXIT_USAGE)
@@ -209,6 +211,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         json_path=Path(args.json) if args.json else None,
         plot_path=Path(args.plot) if args.plot else None,
         markdown_path=Path(args.markdown) if args.markdown else None,
+        vms=args.vms,
     )
     return bench(options)
 
@@ -344,7 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
         "First it measures this machine's copy floor (four 64 KiB memory copies per "
         "frame) and reports every endpoint's CPU per GB as a multiple of it. "
         "UDP is offered at the highest rate that loses under 1 %, found by a short "
-        "bisection per configuration (1 + 5 probes of 2 s, or 1 + 3 of 1 s with --quick).",
+        "bisection per configuration (1 + 5 probes of 2 s, or 1 + 3 of 1 s with --quick). "
+        "With --vms qemu the VMs are two QEMU guests with virtio-net NICs (the image of "
+        "`sclp guest build`; KVM when it boots them, else TCG, named in the output), one "
+        "behind each endpoint, iperf3 inside them, TCP only by default; the reference is "
+        "the guests' TAPs on a Linux bridge without a tunnel (configuration 'bridge'), "
+        "and each tunnel is reported as a ratio to it, since under TCG the guests' "
+        "emulated CPUs bound every figure.",
     )
     bench.add_argument(
         "--protocols",
@@ -353,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
         "kernel-vxlan, kernel-vxlan/no-offloads, tinc, vxlan, vxlan/mtu1500, geneve, nvgre, "
         "stt, "
         "vxlan-sclp/ip, vxlan-sclp/udp, geneve-sclp/udp, vxlan-sclp/udp/no-level1, ... "
-        "(default: all)",
+        "(default: all); with --vms: bridge and our tunnels without the ablations "
+        "(default: bridge, vxlan, vxlan-sclp/ip, vxlan-sclp/udp)",
     )
     bench.add_argument(
         "--duration", type=int, metavar="S", help="seconds per iperf3 run (default 10)"
@@ -365,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs per transport (default 3); UDP's runs follow its rate search",
     )
     bench.add_argument(
-        "--transports", default="tcp,udp", metavar="LIST", help="tcp, udp or tcp,udp (default)"
+        "--transports",
+        metavar="LIST",
+        help="tcp, udp or tcp,udp (default; tcp with --vms)",
     )
     bench.add_argument(
         "--udp-length",
@@ -378,7 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="smoke run: 1 s x 1 of veth, kernel-vxlan, vxlan, vxlan-sclp/udp, one "
-        "ablation and tinc, with a 4-probe UDP rate search (about a minute)",
+        "ablation and tinc, with a 4-probe UDP rate search (about a minute); with --vms: "
+        "1 s x 1 of the default set (two guest boots per configuration)",
+    )
+    bench.add_argument(
+        "--vms",
+        choices=("qemu",),
+        help="the VMs are real QEMU guests (needs qemu-system-x86 and `sclp guest build`)",
     )
     bench.add_argument("--json", metavar="FILE", help="write every raw figure as JSON")
     bench.add_argument(

@@ -5,19 +5,24 @@ Why apart: the list of configurations (references: a veth, the kernel's VXLAN,
 tinc 1.0 in switch mode; classic tunnels at two VM MTUs,
 STT, SCLP per carrier, the pre-reassembly ablation) is what a reader of the results
 table needs to find, and what the CLI checks ``--protocols`` against before anything
-is built.
+is built.  With ``--vms qemu`` the VMs are QEMU guests
+(:class:`~sclp.lab.guest_testbed.GuestTestbed`): the reference is then the guests'
+TAPs on a Linux bridge (``bridge``), the kernel and tinc references do not apply,
+and every one of our tunnels but the ablations can be measured.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from sclp.lab.testbed import Testbed
 
 REFERENCES: Final = ("veth", "kernel-vxlan")  # kernel paths: no process to measure
 USER_SPACE_REFERENCES: Final = ("tinc",)  # a C tunnel daemon per host: its CPU is measured
+GUEST_REFERENCES: Final = ("bridge",)  # --vms: both guests' TAPs on one Linux bridge
+VM_KINDS: Final = ("qemu",)  # --vms
 CLASSIC: Final = ("vxlan", "geneve", "nvgre")
 SCLP_PROTOCOLS: Final = ("vxlan-sclp", "geneve-sclp")
 CARRIERS: Final = ("ip", "udp")
@@ -37,19 +42,23 @@ QUICK_LABELS: Final = (
     "vxlan-sclp/udp/no-level2",
     "tinc",
 )
+# --vms qemu, with or without --quick (each configuration boots two guests).
+GUEST_LABELS: Final = ("bridge", "vxlan", "vxlan-sclp/ip", "vxlan-sclp/udp")
 
 
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
     """One testbed to measure.  ``vm_mtu=None`` is the endpoint's default (adjusted to
     avoid fragmentation for the classic tunnels); ``kernel_offloads`` only matters
-    for ``kernel-vxlan``."""
+    for ``kernel-vxlan``.  ``vms="qemu"``: the VMs are QEMU guests (the label does
+    not change; a run is either all guests or all namespaces)."""
 
     protocol: str
     carrier: str | None = None
     vm_mtu: int | None = None
     ablation: str | None = None
     kernel_offloads: bool = True
+    vms: str | None = None
 
     @property
     def label(self) -> str:
@@ -69,15 +78,24 @@ class BenchConfig:
 
     @property
     def is_reference(self) -> bool:
-        """Not ours: the kernel's paths and tinc."""
-        return self.protocol in REFERENCES or self.protocol in USER_SPACE_REFERENCES
+        """Not ours: the kernel's paths, tinc and the guests' bridge."""
+        return self.protocol in (*REFERENCES, *USER_SPACE_REFERENCES, *GUEST_REFERENCES)
 
     @property
     def has_endpoints(self) -> bool:
         """Processes whose CPU and RSS are measured: our endpoints, or tinc's daemons."""
-        return self.protocol not in REFERENCES
+        return self.protocol not in (*REFERENCES, *GUEST_REFERENCES)
 
     def testbed(self) -> Testbed:
+        if self.vms == "qemu":
+            from sclp.lab.guest_testbed import GuestTestbed
+
+            return GuestTestbed(
+                protocol=self.protocol,
+                carrier=self.carrier or "ip",
+                vm_mtu=self.vm_mtu,
+                extra_config=ABLATIONS[self.ablation] if self.ablation else "",
+            )
         return Testbed(
             protocol=self.protocol,
             carrier=self.carrier or "ip",
@@ -107,13 +125,23 @@ def all_configs() -> list[BenchConfig]:
     return configs
 
 
-def select_configs(names: Sequence[str]) -> list[BenchConfig]:
+def guest_configs() -> list[BenchConfig]:
+    """Every configuration ``--vms qemu`` can measure, in table order: the bridge
+    reference, then each of our tunnels of :func:`all_configs` (the kernel's VXLAN,
+    the veth and tinc have no place for a QEMU guest's TAP).  Not the ablations:
+    they take the endpoint apart, which the namespace bench measures without two
+    guest boots per configuration."""
+    ours = [c for c in all_configs() if not c.is_reference and c.ablation is None]
+    return [replace(c, vms="qemu") for c in [BenchConfig("bridge"), *ours]]
+
+
+def select_configs(names: Sequence[str], vms: str | None = None) -> list[BenchConfig]:
     """The configurations named by ``--protocols``, in table order.  A name selects
     the configuration with that label and every variant below it: ``vxlan`` is
     ``vxlan`` and ``vxlan/mtu1500``; ``vxlan-sclp/udp`` includes its ablations;
     ``kernel-vxlan`` both kernel references.  Raises ValueError naming an unknown
-    name and the known labels."""
-    configs = all_configs()
+    name and the known labels (of :func:`guest_configs` with ``vms``)."""
+    configs = guest_configs() if vms else all_configs()
     chosen: set[BenchConfig] = set()
     for raw in names:
         name = raw.strip().strip("/")
@@ -122,7 +150,8 @@ def select_configs(names: Sequence[str]) -> list[BenchConfig]:
         found = [c for c in configs if c.label == name or c.label.startswith(name + "/")]
         if not found:
             known = ", ".join(c.label for c in configs)
-            raise ValueError(f"unknown configuration {raw!r}; known: {known}")
+            where = f" with --vms {vms}" if vms else ""
+            raise ValueError(f"unknown configuration {raw!r}{where}; known: {known}")
         chosen.update(found)
     return [c for c in configs if c in chosen]
 
@@ -130,3 +159,9 @@ def select_configs(names: Sequence[str]) -> list[BenchConfig]:
 def quick_configs() -> list[BenchConfig]:
     by_label = {c.label: c for c in all_configs()}
     return [by_label[label] for label in QUICK_LABELS]
+
+
+def default_guest_configs() -> list[BenchConfig]:
+    """``--vms qemu`` without ``--protocols`` (with or without ``--quick``)."""
+    by_label = {c.label: c for c in guest_configs()}
+    return [by_label[label] for label in GUEST_LABELS]

@@ -4,7 +4,10 @@ testbed measured over every transport, and the per-configuration summary.
 Around every iperf3 run VM1 → VM2 we read the figures that explain a throughput:
 the CPU time of both ``sclp run`` processes per GB received, the receiving VM
 interface's ``rx_packets`` per GB (the frames the VM had to handle) and the
-endpoints' peak RSS.  Why apart: this is the only part that drives a live testbed;
+endpoints' peak RSS.  With QEMU guests as the VMs (``--vms qemu``) the guest's own
+NIC counts its frames, the receiving endpoint's port counters say what it handed
+the guest, and each result names the accelerator and the guests' boot times.
+Why apart: this is the only part that drives a live testbed;
 a failing configuration becomes a result with ``error`` here, never a crash.
 """
 
@@ -20,7 +23,8 @@ from sclp.lab.bench.floor import vs_floor
 from sclp.lab.bench.machine import process_cpu_seconds, process_peak_rss_mb
 from sclp.lab.bench.options import UDP_DATAGRAM_BYTES
 from sclp.lab.bench.udprate import RateBisection, RateSearch
-from sclp.lab.testbed import Testbed, TestbedError
+from sclp.lab.guest_testbed import GuestTestbed
+from sclp.lab.testbed import VNI, Testbed, TestbedError
 
 GB: Final = 1e9  # bytes; "per GB" figures use decimal gigabytes, like Gbit/s
 
@@ -44,6 +48,17 @@ def _endpoint_cpu(tb: Testbed) -> float:
         raise
 
 
+def _port_to_vm(tb: Testbed) -> dict[str, int] | None:
+    """The receiving endpoint's counters of its one port on the VNI (``rx_frames``,
+    ``rx_bytes``: what it handed VM2); None without endpoints or with several ports."""
+    if not tb.endpoints or tb.protocol == "tinc":
+        return None
+    ports = [p for p in tb.stats(1).get("ports", {}).values() if int(p.get("vni", VNI)) == VNI]
+    if len(ports) != 1:
+        return None
+    return {"rx_frames": int(ports[0]["rx_frames"]), "rx_bytes": int(ports[0]["rx_bytes"])}
+
+
 def measure_run(
     tb: Testbed, transport: str, seconds: int, udp_length: int, bitrate: float | None = None
 ) -> dict[str, Any]:
@@ -52,6 +67,7 @@ def measure_run(
     udp = transport == "udp"
     cpu_before = _endpoint_cpu(tb) if tb.endpoints else None
     vm_before = tb.vm_link_counters(1)
+    port_before = _port_to_vm(tb)
     report = tb.iperf3(
         seconds,
         udp=udp,
@@ -60,6 +76,7 @@ def measure_run(
     )
     cpu_after = _endpoint_cpu(tb) if tb.endpoints else None
     vm_after = tb.vm_link_counters(1)
+    port_after = _port_to_vm(tb)
     end = report["end"]
     received = end.get("sum_received") or end["sum"]
     sent = end.get("sum_sent") or end["sum"]
@@ -79,11 +96,16 @@ def measure_run(
         "vm_rx_packets": vm_after["rx_packets"] - vm_before["rx_packets"],
         "vm_rx_bytes": vm_after["rx_bytes"] - vm_before["rx_bytes"],
         "vm_rx_dropped": vm_after["rx_dropped"] - vm_before["rx_dropped"],
+        "endpoint_frames_to_vm": None,
+        "endpoint_bytes_to_vm": None,
         "iperf3_sender_cpu_percent": cpu_util.get("host_total"),
         "iperf3_receiver_cpu_percent": cpu_util.get("remote_total"),
     }
     if cpu_before is not None and cpu_after is not None:
         run["endpoint_cpu_s"] = cpu_after - cpu_before
+    if port_before is not None and port_after is not None:
+        run["endpoint_frames_to_vm"] = port_after["rx_frames"] - port_before["rx_frames"]
+        run["endpoint_bytes_to_vm"] = port_after["rx_bytes"] - port_before["rx_bytes"]
     if run["bytes_received"] <= 0:
         raise TestbedError(f"iperf3 {transport}: VM2 received nothing")
     return run
@@ -99,16 +121,25 @@ def summarise(
     udp_length: int = UDP_DATAGRAM_BYTES,
     copy_floor_s_per_gb: float | None = None,
     rate_search: RateBisection | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``results`` entry of one configuration and transport;
     ``cpu_per_gb_vs_floor`` is its ``cpu_s_per_gb`` over the run's four-copy floor
     (None without a floor or without endpoint CPU); a UDP entry carries its rate
-    search (``udp_rate_search``, ``offered_gbps``: None for unlimited)."""
+    search (``udp_rate_search``, ``offered_gbps``: None for unlimited).
+    ``vm_rx_bytes_per_frame``: bytes per frame on VM2's interface (a GSO frame
+    handed over whole is one frame of up to 64 KB); ``endpoint_bytes_per_frame_to_vm``
+    the same from the receiving endpoint's port counters.  ``extra`` (the guests'
+    accelerator and boot times) is added as it is."""
     gbps = [r["gbps"] for r in runs]
     gigabytes = sum(r["bytes_received"] for r in runs) / GB
     frames = sum(r["vm_rx_packets"] for r in runs)
     cpu = [r["endpoint_cpu_s"] for r in runs if r["endpoint_cpu_s"] is not None]
     cpu_s_per_gb = sum(cpu) / gigabytes if cpu and gigabytes > 0 else None
+    vm_bytes = sum(r.get("vm_rx_bytes", 0) for r in runs)
+    handed = [r for r in runs if r.get("endpoint_frames_to_vm")]
+    port_frames = sum(r["endpoint_frames_to_vm"] for r in handed)
+    port_bytes = sum(r["endpoint_bytes_to_vm"] for r in handed)
     result: dict[str, Any] = {
         "label": cfg.label,
         "protocol": cfg.protocol,
@@ -123,6 +154,8 @@ def summarise(
         "gbps_runs": gbps,
         "retransmits": sum(r["retransmits"] for r in runs) if runs and transport == "tcp" else None,
         "frames_per_gb_rx_vm": frames / gigabytes if gigabytes > 0 else None,
+        "vm_rx_bytes_per_frame": vm_bytes / frames if frames > 0 else None,
+        "endpoint_bytes_per_frame_to_vm": port_bytes / port_frames if port_frames else None,
         "cpu_s_per_gb": cpu_s_per_gb,
         "cpu_per_gb_vs_floor": vs_floor(cpu_s_per_gb, copy_floor_s_per_gb),
         "rss_mb_peak": rss_mb_peak if cfg.has_endpoints else None,
@@ -135,6 +168,8 @@ def summarise(
         search = rate_search.as_json() if rate_search is not None else None
         result["udp_rate_search"] = search
         result["offered_gbps"] = search["offered_gbps"] if search is not None else None
+    if extra:
+        result.update(extra)
     if error is not None:
         result["error"] = error
     return result
@@ -152,6 +187,7 @@ class _Measurement:
     rss_mb_peak: float | None = None
     interrupted: bool = False
     searches: dict[str, RateBisection] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class BenchInterrupted(KeyboardInterrupt):
@@ -226,6 +262,9 @@ def measure_config(
 
     try:
         with cfg.testbed() as tb:
+            if isinstance(tb, GuestTestbed):
+                m.extra["accelerator"] = tb.accelerator
+                m.extra["guest_boot_s"] = [g.boot_seconds for g in tb.guests]
             m.vm_mtu = tb.vm_link_counters(1)["mtu"]
             if tb.ping(3).returncode != 0:
                 raise TestbedError("VM1 cannot ping VM2 through the tunnel")
@@ -287,6 +326,7 @@ def measure_config(
             udp_length,
             copy_floor_s_per_gb,
             m.searches.get(t),
+            m.extra,
         )
         for t in transports
         if m.runs[t] or not m.interrupted

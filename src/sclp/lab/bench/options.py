@@ -12,10 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from sclp.lab.bench.configs import BenchConfig, all_configs, quick_configs, select_configs
+from sclp.lab.bench.configs import (
+    BenchConfig,
+    all_configs,
+    default_guest_configs,
+    quick_configs,
+    select_configs,
+)
 from sclp.lab.bench.udprate import FULL_SEARCH, QUICK_SEARCH, RateSearch
 
 TRANSPORTS: Final = ("tcp", "udp")
+GUEST_TRANSPORTS: Final = ("tcp",)  # --vms: UDP only when asked (its rate search is long)
 
 
 # 1400 B of UDP payload + 28 B of IPv4/UDP headers fits the smallest VM MTU measured
@@ -32,17 +39,27 @@ QUICK_REPEAT: Final = 1
 @dataclass(frozen=True, slots=True)
 class BenchOptions:
     """What ``sclp bench`` was asked to do; ``None`` duration/repeat: the defaults
-    (10 s × 3, or 1 s × 1 with ``quick``)."""
+    (10 s × 3, or 1 s × 1 with ``quick``); no ``transports``: TCP and UDP, or TCP
+    alone with ``vms``.  ``vms="qemu"``: QEMU guests as the VMs."""
 
     protocols: tuple[str, ...] | None = None
     duration: int | None = None
     repeat: int | None = None
-    transports: tuple[str, ...] = TRANSPORTS
+    transports: tuple[str, ...] = ()
     udp_length: int = UDP_DATAGRAM_BYTES
     quick: bool = False
     json_path: Path | None = None
     plot_path: Path | None = None
     markdown_path: Path | None = None
+    vms: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.transports:
+            object.__setattr__(self, "transports", self.default_transports)
+
+    @property
+    def default_transports(self) -> tuple[str, ...]:
+        return GUEST_TRANSPORTS if self.vms else TRANSPORTS
 
     @property
     def seconds(self) -> int:
@@ -72,12 +89,16 @@ class BenchOptions:
 
     def configs(self) -> list[BenchConfig]:
         if self.protocols is not None:
-            return select_configs(self.protocols)
+            return select_configs(self.protocols, self.vms)
+        if self.vms:
+            return default_guest_configs()
         return quick_configs() if self.quick else all_configs()
 
     def command_line(self) -> str:
         """The ``sclp bench`` command that reproduces this run."""
         args = ["sclp", "bench"]
+        if self.vms:
+            args += ["--vms", self.vms]
         if self.quick:
             args.append("--quick")
         if self.protocols is not None:
@@ -86,7 +107,7 @@ class BenchOptions:
             args += ["--duration", str(self.duration)]
         if self.repeat is not None:
             args += ["--repeat", str(self.repeat)]
-        if self.transports != TRANSPORTS:
+        if self.transports != self.default_transports:
             args += ["--transports", ",".join(self.transports)]
         if self.udp_length != UDP_DATAGRAM_BYTES:
             args += ["--udp-length", str(self.udp_length)]

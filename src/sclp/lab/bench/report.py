@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from sclp.lab.bench.tables import TABLE_COLUMNS, copy_floor_text, fmt, ratio_rows, table_rows
+from sclp.lab.bench.tables import (
+    copy_floor_text,
+    fmt,
+    guests_text,
+    ratio_rows,
+    table_columns,
+    table_rows,
+)
 
 # The page's "Method" section: how each column is measured and why.
 METHOD: Final = """\
@@ -48,7 +55,18 @@ METHOD: Final = """\
   `tincd` in its host namespace with its own pid file, its TAP bridged to the VM's veth
   like the kernel VXLAN's. A C tunnel that moves one packet per system call.
 - **Goals** are issue 12's; ratios to the kernel's VXLAN are reported, not goals (they
-  measure the machine's kernel as much as our code)."""
+  measure the machine's kernel as much as our code).
+- **Real guests** (`sclp bench --vms qemu`): the same comparison with two QEMU guests
+  (virtio-net, the test guest of `sclp guest build`, KVM when it boots them, else TCG;
+  the run names the accelerator) as the VMs, one behind each endpoint, which adopts
+  QEMU's TAP by pattern; iperf3 runs inside the guests, TCP only unless `--transports`
+  asks for UDP. Two fresh guests per configuration, booted with that configuration's
+  VM MTU. Under TCG the guests' emulated CPUs bound every figure, so each tunnel is
+  reported against a reference in the same run: both guests' TAPs on a Linux bridge,
+  no tunnel (`× bridge`). Guest rx B/frame: bytes per frame on the receiving guest's
+  NIC (GSO frames handed over whole are up to 64 KB); the receiving endpoint's port
+  counters give the same from its side. No kernel VXLAN, veth or tinc reference and
+  no ablations there; default set: bridge, vxlan, vxlan-sclp/ip, vxlan-sclp/udp."""
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
@@ -81,8 +99,11 @@ def markdown_report(
 
     machine = report["machine"]
     options = report["options"]
+    guests = [guests_text(report), ""] if report.get("vms") else []
+    if report.get("caveat"):
+        guests += [f"**{report['caveat']}**", ""]
     parts = [
-        "# Benchmark results",
+        "# Benchmark results" + (" with QEMU guests" if report.get("vms") else ""),
         "",
         "The paper's evaluation on this machine, produced by",
         "",
@@ -92,6 +113,7 @@ def markdown_report(
         f"transport and configuration, UDP with {options['udp_datagram_bytes']} B datagrams "
         f"(`-l {options['udp_datagram_bytes']}`). " + copy_floor_text(report) + ".",
         "",
+        *guests,
         "## Method",
         "",
         METHOD.format(udp_search=options.get("udp_bitrate") or "no search"),
@@ -102,7 +124,7 @@ def markdown_report(
         "",
         "## Results",
         "",
-        _md_table(TABLE_COLUMNS, table_rows(report)),
+        _md_table(table_columns(report), table_rows(report)),
         "",
         "## Goals",
         "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from types import FrameType
 from typing import Any, Final
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sclp.lab.bench.floor import measure_copy_floor
-from sclp.lab.bench.goals import compute_ratios
+from sclp.lab.bench.goals import GUEST_GOALS, add_bridge_ratios, compute_ratios
 from sclp.lab.bench.machine import machine_description
 from sclp.lab.bench.measure import BenchInterrupted, measure_config, steps_per_config
 from sclp.lab.bench.options import BenchOptions
@@ -24,7 +25,44 @@ from sclp.lab.bench.plot import write_plot
 from sclp.lab.bench.report import markdown_report, write_json
 from sclp.lab.bench.tables import render_tables
 
-SCHEMA_VERSION: Final = 2  # 2: copy floor, cpu_per_gb_vs_floor, UDP rate search, tinc
+# 2: copy floor, cpu_per_gb_vs_floor, UDP rate search, tinc
+# 3: --vms qemu (vms, accelerator, guest_kernel; gbps_vs_bridge), bytes per frame
+SCHEMA_VERSION: Final = 3
+TCG_CAVEAT: Final = (
+    "Under TCG (QEMU's emulation, no KVM) the guests' emulated CPUs are the "
+    "bottleneck: every figure is bound by them, so compare each tunnel with the bridge "
+    "between the same guests in this run, not with the namespace bench."
+)
+
+
+class BenchSetupError(Exception):
+    """The run cannot start (no QEMU, no guest image); one line saying what to do."""
+
+
+def guest_setup(vms: str) -> dict[str, Any]:
+    """What a ``--vms`` run needs before anything is built: QEMU and the built
+    guest image; the accelerator the guests will run under (probed once per image
+    and host kernel) and the guest's kernel.  Raises :class:`BenchSetupError`."""
+    from sclp.lab.guest import accelerator, qemu_missing
+    from sclp.lab.guest_image import cache_dir, load_image
+
+    if vms != "qemu":
+        raise BenchSetupError(f"--vms: only qemu is supported, not {vms!r}")
+    missing = qemu_missing()
+    if missing is not None:
+        raise BenchSetupError(f"--vms qemu: {missing}")
+    image = load_image()
+    if image is None:
+        raise BenchSetupError(
+            f"--vms qemu: no guest image in {cache_dir()}: build it with `sclp guest build`"
+        )
+    accel, reason = accelerator(image)
+    return {
+        "vms": vms,
+        "accelerator": accel,
+        "accelerator_reason": reason,
+        "guest_kernel": image.kernel_package,
+    }
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -34,9 +72,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str, Any]:
     """Measure every configuration of ``options``; return the report (the JSON
     document).  A failing configuration is a result with ``error``; Ctrl-C/SIGTERM
-    ends the run early with ``interrupted`` set.  Writes nothing."""
+    ends the run early with ``interrupted`` set.  Writes nothing.  Raises
+    :class:`BenchSetupError` when ``--vms`` cannot run here."""
     console = console or Console(stderr=True)
     configs = options.configs()
+    guests = guest_setup(options.vms) if options.vms else None
     search = options.udp_search if "udp" in options.transports else None
     # Before any testbed exists: the copy floor wants a quiet machine.
     floor = measure_copy_floor()
@@ -47,6 +87,7 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "command": options.command_line(),
+        "vms": None,
         "options": {
             "duration_s": options.seconds,
             "repeat": options.repeats,
@@ -68,6 +109,11 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
             "measured at the start of the run (see copy_floor.method)",
             "cpu_per_gb_vs_floor": "cpu_s_per_gb / copy_floor_s_per_gb",
             "rss_mb_peak": "largest VmHWM of the two endpoints, 2^20 bytes",
+            "vm_rx_bytes_per_frame": "rx_bytes / rx_packets of VM2's interface (a GSO frame "
+            "handed over whole is one packet of up to 64 KB)",
+            "endpoint_bytes_per_frame_to_vm": "bytes per frame the receiving endpoint handed "
+            "VM2 (its port counters)",
+            "gbps_vs_bridge": "--vms: gbps_median over the bridge reference's in the same run",
             "retransmits": "TCP retransmits summed over the runs",
             "loss_percent": "median iperf3 UDP loss over the runs",
             "offered_gbps": "UDP rate offered by the runs (-b): the highest that lost under "
@@ -76,6 +122,9 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
         "results": [],
         "interrupted": False,
     }
+    if guests is not None:
+        report.update(guests)
+        report["caveat"] = TCG_CAVEAT if guests["accelerator"] == "tcg" else None
     steps = len(configs) * steps_per_config(options.transports, options.repeats, search)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     progress = Progress(
@@ -118,16 +167,25 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
     finally:
         signal.signal(signal.SIGTERM, previous)
     report["machine"]["loadavg_end"] = list(os.getloadavg())
-    report["ratios"] = compute_ratios(report["results"])
+    if options.vms:
+        add_bridge_ratios(report["results"])
+        report["ratios"] = compute_ratios(report["results"], GUEST_GOALS)
+    else:
+        report["ratios"] = compute_ratios(report["results"])
     return report
 
 
 def bench(options: BenchOptions) -> int:
     """``sclp bench``: run, print the tables, write the requested files.  Exit status
     0 when the run completed (failed configurations are results, marked in the table
-    and the JSON), 130 when interrupted."""
+    and the JSON), 130 when interrupted, 1 when it could not start (one line on
+    stderr: QEMU or the guest image missing for ``--vms``)."""
     progress_console = Console(stderr=True)
-    report = run_bench(options, progress_console)
+    try:
+        report = run_bench(options, progress_console)
+    except BenchSetupError as exc:
+        print(f"sclp: error: {exc}", file=sys.stderr)
+        return 1
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # a log file gets the whole table, unwrapped

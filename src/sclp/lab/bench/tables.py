@@ -37,6 +37,33 @@ TABLE_COLUMNS: Final = (
     "RSS MB",
     "note",
 )
+# --vms qemu: the bridge ratio and the bytes per frame the guest received; UDP
+# columns only when UDP was measured.
+GUEST_TABLE_COLUMNS: Final = (
+    "configuration",
+    "VM MTU",
+    "TCP Gbit/s",
+    "TCP runs",
+    "retr.",
+    "× bridge",
+    "guest rx B/frame",
+    "endpoint B/frame to guest",
+    "VM frames/GB",
+    "CPU s/GB",
+    "CPU × floor",
+    "RSS MB",
+    "note",
+)
+GUEST_UDP_COLUMNS: Final = ("UDP Gbit/s <1% loss", "UDP loss %")
+
+
+def table_columns(report: dict[str, Any]) -> tuple[str, ...]:
+    """The columns of :func:`table_rows` for this report."""
+    if not report.get("vms"):
+        return TABLE_COLUMNS
+    if "udp" in report["options"]["transports"]:
+        return (*GUEST_TABLE_COLUMNS[:6], *GUEST_UDP_COLUMNS, *GUEST_TABLE_COLUMNS[6:])
+    return GUEST_TABLE_COLUMNS
 
 
 def by_label(report: dict[str, Any]) -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
@@ -47,7 +74,10 @@ def by_label(report: dict[str, Any]) -> Iterator[tuple[str, dict[str, dict[str, 
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    """One row per configuration (TCP and UDP side by side), as text."""
+    """One row per configuration (TCP and UDP side by side), as text, in the columns
+    of :func:`table_columns`."""
+    if report.get("vms"):
+        return _guest_rows(report)
     rows = []
     for label, by_transport in by_label(report):
         tcp, udp = by_transport.get("tcp", {}), by_transport.get("udp", {})
@@ -75,6 +105,53 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _guest_rows(report: dict[str, Any]) -> list[list[str]]:
+    udp_measured = "udp" in report["options"]["transports"]
+    rows = []
+    for label, by_transport in by_label(report):
+        tcp, udp = by_transport.get("tcp", {}), by_transport.get("udp", {})
+        first = tcp or udp
+        errors = {f"{t}: {r['error']}" for t, r in by_transport.items() if "error" in r}
+        note = "reference" if first.get("reference") else ""
+        if errors:
+            note = "FAILED " + "; ".join(sorted(errors))
+        row = [
+            label,
+            fmt(first.get("vm_mtu")),
+            fmt(tcp.get("gbps_median"), 3),
+            " ".join(f"{g:.3f}" for g in tcp.get("gbps_runs", [])) or "–",
+            fmt(tcp.get("retransmits")),
+            fmt(tcp.get("gbps_vs_bridge")),
+        ]
+        if udp_measured:
+            row += [fmt(udp.get("gbps_median"), 3), fmt(udp.get("loss_percent"), 1)]
+        row += [
+            fmt(tcp.get("vm_rx_bytes_per_frame"), 0),
+            fmt(tcp.get("endpoint_bytes_per_frame_to_vm"), 0),
+            fmt(tcp.get("frames_per_gb_rx_vm"), 0),
+            fmt(tcp.get("cpu_s_per_gb")),
+            fmt(tcp.get("cpu_per_gb_vs_floor"), 1),
+            fmt(first.get("rss_mb_peak"), 0),
+            note,
+        ]
+        rows.append(row)
+    return rows
+
+
+def guests_text(report: dict[str, Any]) -> str:
+    """One line for a ``--vms`` run: the guests, their accelerator and kernel."""
+    if not report.get("vms"):
+        return ""
+    accel = report.get("accelerator") or "?"
+    why = f" ({report['accelerator_reason']})" if report.get("accelerator_reason") else ""
+    return (
+        f"VMs: two {report['vms'].upper()} guests with virtio-net NICs, accelerator "
+        f"{accel}{why}, guest kernel {report.get('guest_kernel') or '?'}; one guest behind "
+        "each endpoint, iperf3 inside the guests; reference: the guests' TAPs on a Linux "
+        "bridge, no tunnel"
+    )
+
+
 def copy_floor_text(report: dict[str, Any]) -> str:
     """One line: the run's copy floor and what it is made of."""
     floor = report.get("copy_floor")
@@ -99,13 +176,21 @@ def ratio_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def render_tables(report: dict[str, Any], console: Console) -> None:
-    table = Table(*TABLE_COLUMNS, title="sclp bench: VM1 → VM2")
+    title = "sclp bench: VM1 → VM2" + (f" ({report['vms']} guests)" if report.get("vms") else "")
+    table = Table(*table_columns(report), title=title)
     for row in table_rows(report):
         style = "dim" if row[-1] == "reference" else ("red" if row[-1] else None)
         table.add_row(*row[:-1], row[-1][:60], style=style)
     console.print(table)
+    if report.get("vms"):
+        console.print(guests_text(report), markup=False, highlight=False)
+        if report.get("caveat"):
+            console.print(f"[yellow]{report['caveat']}[/]")
     console.print(copy_floor_text(report))
-    goals = Table("goal", "value", "target", "holds", "of", title="goals")
+    title = (
+        "ratios (reported; the goals are the namespace bench's)" if report.get("vms") else "goals"
+    )
+    goals = Table("goal", "value", "target", "holds", "of", title=title)
     for row in ratio_rows(report):
         goals.add_row(*row, style={"NO": "red", "yes": "green"}.get(row[3]))
     console.print(goals)
