@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import math
 import os
-import queue
 import signal
 import socket
 import time
@@ -25,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from sclp.cluster.model import ClusterView
 from sclp.endpoint import provision, reconcile, service
 from sclp.endpoint.config import Config, ConfigError, Network, load_config
 from sclp.endpoint.control import ControlServer
@@ -32,6 +32,7 @@ from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork, VmPo
 from sclp.endpoint.faults import FaultInjector
 from sclp.endpoint.ports import AttachedPorts
 from sclp.endpoint.provision import EndpointError
+from sclp.endpoint.registry import RegistryLink
 from sclp.endpoint.runner import FaultySender, Runner, UnderlaySender
 from sclp.endpoint.tunnels import Channel
 from sclp.io import nft
@@ -82,12 +83,9 @@ class Endpoint:
         self._network_stacks: dict[int, contextlib.ExitStack] = {}  # owned TAPs by VNI
         # The cluster registry (None without [cluster]): its agent's views reach the loop
         # through a queue and a pipe; peers it found per VNI, member names by address.
-        self.agent: Any = None
-        self._views: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.registry: RegistryLink | None = None
         self._discovered: dict[int, frozenset[str]] = {}
         self._member_names: dict[str, str] = {}
-        self._conflicts: set[str] = set()
-        self._published: dict[int, frozenset[bytes]] = {}
         self._published_macs_at = -math.inf
         faults = cfg.underlay.faults
         self._faults = FaultInjector(faults) if faults.enabled else None
@@ -143,7 +141,7 @@ class Endpoint:
         if any(n.attach for n in cfg.networks):
             self._start_attached()
         if cfg.cluster is not None:
-            self._start_cluster()
+            self._start_registry()
         for channel, (usock, _port) in sockets.udp.items():
             runner.add_udp(channel, usock, sockets.batch)
         for channel, rsock in sockets.raw_receive.items():
@@ -246,9 +244,9 @@ class Endpoint:
         if self._reload_requested:
             self._reload_requested = False
             self._reload()
-        if self.agent is not None and now - self._published_macs_at >= MAC_PUBLISH_INTERVAL:
+        if self.registry is not None and now - self._published_macs_at >= MAC_PUBLISH_INTERVAL:
             self._published_macs_at = now
-            self._publish_macs()
+            self.registry.publish(self._datapath())
 
     def _reload(self) -> None:
         """SIGHUP: re-read the configuration and reconcile the running endpoint to it
@@ -302,8 +300,8 @@ class Endpoint:
         elif any(n.attach for n in self.cfg.networks):
             self._start_attached()
         self._sync_peers()
-        if self.agent is not None:
-            self.agent.set_member(self._member())  # the VNIs it announces
+        if self.registry is not None:
+            self.registry.set_member(self.cfg)  # the VNIs it announces
         if plan.empty:
             log.info("reload: networks unchanged")
 
@@ -393,45 +391,14 @@ class Endpoint:
 
     # -- the cluster registry ------------------------------------------------------------
 
-    def _start_cluster(self) -> None:
-        from sclp.cluster.agent import ClusterAgent
-
+    def _start_registry(self) -> None:
         cluster = self.cfg.cluster
         assert cluster is not None
-        me = self._member()
-        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._stack.callback(os.close, read_fd)
-        self._stack.callback(os.close, write_fd)
-
-        def on_view(view: Any) -> None:  # the agent's thread
-            self._views.put(view)
-            with contextlib.suppress(BlockingIOError):
-                os.write(write_fd, b"v")
-
-        def drain(now: float) -> None:  # the loop
-            with contextlib.suppress(BlockingIOError):
-                while os.read(read_fd, 4096):
-                    pass
-            view = None
-            while not self._views.empty():
-                view = self._views.get_nowait()
-            if view is not None:
-                self._apply_view(view)
-
-        agent = ClusterAgent(
-            cluster.etcd,
-            cluster.prefix,
-            cluster.lease_ttl,
-            me,
-            on_view,
-            ca=cluster.ca,
-            cert=cluster.cert,
-            key=cluster.key,
-        )
-        self._runner().watch(read_fd, drain)
-        agent.start()
-        self.agent = agent
-        self._stack.callback(agent.stop)
+        link = RegistryLink(self.cfg, self._apply_view)
+        self._stack.callback(link.close)
+        self._runner().watch(link.fileno(), link.drain)
+        link.start()
+        self.registry = link
         log.info(
             "cluster: registering %s at %s under %s (lease %d s)",
             self.cfg.name,
@@ -440,19 +407,7 @@ class Endpoint:
             cluster.lease_ttl,
         )
 
-    def _member(self) -> Any:
-        """This endpoint as the cluster registry lists it."""
-        from sclp.cluster.model import Member
-
-        return Member(
-            name=self.cfg.name,
-            address=self.cfg.underlay.local,
-            carrier=self.cfg.underlay.sclp_carrier.value,
-            sclp_udp_port=self.cfg.underlay.sclp_udp_port,
-            networks={n.vni: n.protocol.value for n in self.cfg.networks},
-        )
-
-    def _apply_view(self, view: Any) -> None:
+    def _apply_view(self, view: ClusterView) -> None:
         """A new state of the cluster (in the loop): peers, remote MACs, conflicts."""
         names = {m.address: name for name, m in view.members.items()}
         self._member_names.update(names)  # a member that left is still named in its line
@@ -461,22 +416,8 @@ class Endpoint:
         self._member_names = names
         for vni, vnet in self._datapath().networks.items():
             vnet.fdb.set_remote(dict(view.macs.get(vni, {})))
-        for line in view.conflicts:
-            if line not in self._conflicts:
-                log.error("cluster: %s", line)
-                self.counters["cluster_conflicts"] += 1
-        self._conflicts = set(view.conflicts)
-
-    def _publish_macs(self) -> None:
-        """Tell the cluster which MACs live behind this host's ports, per VNI, when
-        that changed (every tick at most once a second)."""
-        if self.agent is None:
-            return
-        for vni, vnet in self._datapath().networks.items():
-            macs = vnet.fdb.local_macs()
-            if self._published.get(vni) != macs:
-                self._published[vni] = macs
-                self.agent.publish_macs(vni, macs)
+        if self.registry is not None:
+            self.counters["cluster_conflicts"] += self.registry.conflicts(view)
 
     def health(self) -> tuple[bool, str]:
         """Is the endpoint serving?  The loop ticked within HEALTH_TICK_AGE seconds, and
@@ -503,13 +444,6 @@ class Endpoint:
         ok, detail = self.health()
         return {"name": self.cfg.name, "ok": ok, "detail": detail}
 
-    def _cluster_stats(self) -> dict[str, Any] | None:
-        if self.agent is None:
-            return None
-        status: dict[str, Any] = dict(self.agent.status())
-        status["conflicts_now"] = sorted(self._conflicts)
-        return status
-
     def stop(self) -> None:
         if self.runner is not None:
             self.runner.stop()
@@ -523,7 +457,7 @@ class Endpoint:
         self._stack = contextlib.ExitStack()
         self.peer_filter = None
         self.attached = None
-        self.agent = None
+        self.registry = None
 
     def _requested_stats(self) -> dict[str, Any]:
         """``sclp stats``: the kernel's not-peer counter at most 0.5 s old."""
@@ -556,7 +490,7 @@ class Endpoint:
             "ports": report.get("ports", {}),
             "peers": report.get("peers", {}),
             "faults": self._faults.counters() if self._faults else None,
-            "cluster": self._cluster_stats(),
+            "cluster": self.registry.status() if self.registry is not None else None,
             "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},
         }
 
