@@ -20,7 +20,7 @@ For every N the script
    beyond it (negative: earlier; the lease was last refreshed up to TTL/3 before the
    kill).
 
-Convergence is polled over the control sockets; a host counts as converged at the
+Convergence is polled over the control sockets (eight at a time); a host counts as converged at the
 first poll that finds its peer set complete (peer sets only grow during a start or a
 join, only shrink after a death), and the whole mesh is checked once more at the end.
 The poll resolution (the longest sweep) is reported.  Every wait has a deadline; the
@@ -57,6 +57,7 @@ IDLE_WINDOW = 10.0  # seconds of quiet over which CPU is measured
 POLL = 0.05  # seconds between convergence sweeps
 PREFIX = "/sclp"  # the lab's endpoints register under the default prefix
 MEMBERS = f"{PREFIX}/members/"
+SWEEP_WORKERS = 8  # control sockets asked at once: a busy endpoint delays only its own answer
 
 
 # -- /proc ---------------------------------------------------------------------------------
@@ -111,36 +112,42 @@ def converge(
 ) -> dict[str, float]:
     """Poll until every live host's peers equal ``expected(host)``.  Returns the
     monotonic time at which the last host got there (``done_at``), when ``etcd_done``
-    first held for the number of member keys in etcd (``etcd_at``, if given) and the longest sweep
-    (``resolution_s``).  Raises LabError at ``timeout`` or when an endpoint exits."""
+    first held for the number of member keys in etcd (``etcd_at``, if given) and the
+    longest sweep (``resolution_s``).  Raises LabError at ``timeout`` or when an endpoint exits."""
     start = time.monotonic()
     pending = list(lab.alive())
     done_at, etcd_at, resolution = start, 0.0, 0.0
-    while pending or (etcd_done is not None and not etcd_at):
-        sweep = time.monotonic()
-        if etcd_done is not None and not etcd_at:
-            try:
-                if etcd_done(lab.etcd_count(MEMBERS)):
-                    etcd_at = time.monotonic()
-            except LabError:
-                pass
-        still = []
-        for host in pending:
-            if host.proc is not None and host.proc.poll() is not None:
-                raise LabError(f"endpoint {host.name} exited: {lab.log_tail(host)}")
-            if lab.peers(host) == expected(host):
-                done_at = time.monotonic()
-            else:
-                still.append(host)
-        pending = still
-        resolution = max(resolution, time.monotonic() - sweep)
-        if time.monotonic() - start > timeout:
-            detail = {h.name: len(lab.peers(h)) for h in pending[:8]}
-            raise LabError(
-                f"not converged within {timeout:.0f} s: {len(pending)} hosts short, "
-                f"peer counts {detail}; etcd {'done' if etcd_at else 'not done'}"
-            )
-        time.sleep(POLL)
+
+    def ask(host: Host) -> tuple[Host, bool, float]:
+        complete = lab.peers(host) == expected(host)
+        return host, complete, time.monotonic()
+
+    with ThreadPoolExecutor(max_workers=SWEEP_WORKERS) as pool:
+        while pending or (etcd_done is not None and not etcd_at):
+            sweep = time.monotonic()
+            if etcd_done is not None and not etcd_at:
+                try:
+                    if etcd_done(lab.etcd_count(MEMBERS)):
+                        etcd_at = time.monotonic()
+                except LabError:
+                    pass
+            still = []
+            for host, complete, at in pool.map(ask, pending):
+                if host.proc is not None and host.proc.poll() is not None:
+                    raise LabError(f"endpoint {host.name} exited: {lab.log_tail(host)}")
+                if complete:
+                    done_at = max(done_at, at)
+                else:
+                    still.append(host)
+            pending = still
+            resolution = max(resolution, time.monotonic() - sweep)
+            if time.monotonic() - start > timeout:
+                detail = {h.name: len(lab.peers(h)) for h in pending[:8]}
+                raise LabError(
+                    f"not converged within {timeout:.0f} s: {len(pending)} hosts short, "
+                    f"peer counts {detail}; etcd {'done' if etcd_at else 'not done'}"
+                )
+            time.sleep(POLL)
     if not lab.converged():
         raise LabError("peer sets changed again after converging")
     return {"done_at": done_at, "etcd_at": etcd_at, "resolution_s": resolution}
