@@ -22,19 +22,29 @@ import pytest
 from sclp.cli import build_parser
 from sclp.lab import tinc
 from sclp.lab.bench.configs import (
+    GUEST_LABELS,
     QUICK_LABELS,
     REFERENCES,
     BenchConfig,
     all_configs,
+    guest_configs,
     select_configs,
 )
 from sclp.lab.bench.floor import COPY_BYTES, measure_copy_floor, vs_floor
-from sclp.lab.bench.goals import compute_ratios
+from sclp.lab.bench.goals import GUEST_GOALS, add_bridge_ratios, compute_ratios
 from sclp.lab.bench.machine import process_cpu_seconds, process_peak_rss_mb
 from sclp.lab.bench.measure import steps_per_config, summarise
 from sclp.lab.bench.options import UDP_DATAGRAM_BYTES, BenchOptions
-from sclp.lab.bench.tables import TABLE_COLUMNS, copy_floor_text, table_rows
+from sclp.lab.bench.run import BenchSetupError, guest_setup
+from sclp.lab.bench.tables import (
+    GUEST_TABLE_COLUMNS,
+    TABLE_COLUMNS,
+    copy_floor_text,
+    table_columns,
+    table_rows,
+)
 from sclp.lab.bench.udprate import QUICK_SEARCH, RateBisection, RateSearch
+from sclp.lab.guest_testbed import GuestTestbed
 from tests.e2e.helpers import child_commands, sclp_cli, wait_for
 
 RESULT_KEYS = {
@@ -588,3 +598,84 @@ print(sorted(loaded))
     result = _python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --vms qemu: what needs no guest (the run itself is tests/vm/test_bench_guests.py).
+
+
+def test_guest_configs_are_the_bridge_and_our_tunnels_without_ablations() -> None:
+    configs = guest_configs()
+    assert configs[0].label == "bridge" and configs[0].is_reference
+    assert not configs[0].has_endpoints
+    assert all(c.vms == "qemu" and isinstance(c.testbed(), GuestTestbed) for c in configs)
+    labels = [c.label for c in configs]
+    assert not {"veth", "kernel-vxlan", "tinc"} & set(labels)
+    assert not [label for label in labels if "no-level" in label]
+    assert {"vxlan", "vxlan/mtu1500", "stt", "vxlan-sclp/ip", "geneve-sclp/udp"} <= set(labels)
+    # --protocols filters the guest set; an exact leaf is only itself there.
+    chosen = select_configs(["vxlan-sclp/udp", "bridge"], "qemu")
+    assert [c.label for c in chosen] == ["bridge", "vxlan-sclp/udp"]
+    with pytest.raises(ValueError, match="'veth' with --vms qemu"):
+        select_configs(["veth"], "qemu")
+    with pytest.raises(ValueError, match="'bridge'"):
+        select_configs(["bridge"])
+
+
+def test_vms_options_default_to_tcp_and_the_guest_set() -> None:
+    for quick in (False, True):
+        options = BenchOptions(vms="qemu", quick=quick)
+        assert options.transports == ("tcp",)
+        assert [c.label for c in options.configs()] == list(GUEST_LABELS)
+    options = BenchOptions(vms="qemu", protocols=("bridge", "vxlan"), transports=("tcp", "udp"))
+    line = options.command_line()
+    assert line == "sclp bench --vms qemu --protocols bridge,vxlan --transports tcp,udp"
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    assert args.vms == "qemu" and args.transports == "tcp,udp"
+    assert build_parser().parse_args(["bench"]).transports is None
+    assert BenchOptions().transports == ("tcp", "udp")
+
+
+def test_bridge_ratios_and_the_guest_table() -> None:
+    results = [
+        {**_result("bridge", 0.5, 20_000), "reference": True},
+        {**_result("vxlan", 0.2, 700_000), "vm_rx_bytes_per_frame": 1_400.0},
+        {**_result("vxlan-sclp/udp", 0.4, 30_000), "vm_rx_bytes_per_frame": 33_000.0},
+    ]
+    add_bridge_ratios(results)
+    assert [r["gbps_vs_bridge"] for r in results] == [1.0, 0.4, 0.8]
+    ratios = compute_ratios(results, GUEST_GOALS)
+    assert ratios["sclp_udp_vs_bridge"]["value"] == pytest.approx(0.8)
+    assert ratios["frames_per_gb_vxlan_vs_sclp_udp"]["value"] == pytest.approx(70_000 / 3_000)
+    assert ratios["sclp_ip_vs_bridge"]["value"] is None
+    assert all(ratios[g.key]["goal"] is None for g in GUEST_GOALS)
+    report = {"vms": "qemu", "options": {"transports": ["tcp"]}, "results": results}
+    assert table_columns(report) == GUEST_TABLE_COLUMNS
+    rows = table_rows(report)
+    column = GUEST_TABLE_COLUMNS.index
+    assert [row[column("× bridge")] for row in rows] == ["1.00", "0.40", "0.80"]
+    assert rows[2][column("guest rx B/frame")] == "33,000"
+    assert rows[0][column("note")] == "reference"
+    with_udp = {**report, "options": {"transports": ["tcp", "udp"]}}
+    assert "UDP loss %" in table_columns(with_udp)
+    assert all(len(row) == len(table_columns(with_udp)) for row in table_rows(with_udp))
+    # Without the bridge there is nothing to divide by.
+    alone = [_result("vxlan", 0.2, 1)]
+    add_bridge_ratios(alone)
+    assert alone[0]["gbps_vs_bridge"] is None
+
+
+def test_vms_setup_names_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("shutil.which", lambda name, *a, **k: None)
+    with pytest.raises(BenchSetupError, match="qemu-system-x86"):
+        guest_setup("qemu")
+    monkeypatch.undo()
+    if os.geteuid() != 0 or shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("the image check needs root and QEMU (they are checked first)")
+    monkeypatch.setenv("SCLP_GUEST_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(BenchSetupError, match="`sclp guest build`"):
+        guest_setup("qemu")
+    # The command: one line on stderr before anything is built or measured.
+    result = sclp_cli("bench", "--vms", "qemu", "--quick")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("sclp: error: --vms qemu: no guest image in ")
+    assert "sclp guest build" in result.stderr and result.stderr.count("\n") == 1
