@@ -66,7 +66,8 @@ METHOD: Final = """\
   no tunnel (`× bridge`). Guest rx B/frame: bytes per frame on the receiving guest's
   NIC (GSO frames handed over whole are up to 64 KB); the receiving endpoint's port
   counters give the same from its side. No kernel VXLAN, veth or tinc reference and
-  no ablations there; default set: bridge, vxlan, vxlan-sclp/ip, vxlan-sclp/udp."""
+  no ablations there; default set: bridge, vxlan, vxlan-sclp/ip, vxlan-sclp/udp.
+  One run's figures: [vms.md](vms.md#benchmark-with-real-guests)."""
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
