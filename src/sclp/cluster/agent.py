@@ -79,7 +79,8 @@ class ClusterAgent:
         me.validate()
         if lease_ttl < 2:
             raise ValueError("lease_ttl must be at least 2 s")
-        self._etcd = Etcd(urls, ca=ca, cert=cert, key=key)
+        self._stopping = threading.Event()
+        self._etcd = Etcd(urls, ca=ca, cert=cert, key=key, cancelled=self._stopping.is_set)
         self._prefix = prefix.rstrip("/") or "/"
         self._watch_prefix = prefix.rstrip("/") + "/"
         self._ttl = lease_ttl
@@ -98,7 +99,6 @@ class ClusterAgent:
             "lease_id": None,
             "conflicts": 0,
         }
-        self._stopping = threading.Event()
         self._revoke_on_exit = True
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)

@@ -30,7 +30,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -163,12 +163,17 @@ class Etcd:
         cert: str | None = None,
         key: str | None = None,
         timeout: float = REQUEST_TIMEOUT,
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
+        """``timeout``: seconds per request and URL.  ``cancelled``: asked before each
+        attempt; when it says yes, the request gives up (EtcdUnavailableError) instead
+        of trying the next URL (a stopping agent)."""
         if not urls:
             raise ValueError("no etcd URL given")
         self.endpoints = [Endpoint.parse(u) for u in urls]
         self.ca, self.cert, self.key = ca, cert, key
         self.timeout = timeout
+        self._cancelled = cancelled or (lambda: False)
         self._clients: list[Any] = []
         for ep in self.endpoints:
             session = _Session(ca)
@@ -198,14 +203,25 @@ class Etcd:
         for client in self._clients:
             client.session.close()
 
-    def _post(self, path: str, body: dict[str, Any], *, one_url: bool = False) -> Any:
+    def _post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        one_url: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
         """POST ``body`` to ``path`` at the current URL, failing over on connection
         errors; the decoded JSON answer.  A request etcd answers with an error raises
         EtcdError (LeaseNotFoundError for a missing lease) without failing over."""
         errors = []
         attempts = 1 if one_url else len(self.endpoints)
         for _ in range(attempts):
+            if self._cancelled() and not one_url:
+                errors.append("stopping")
+                break
             client = self._clients[self.current]
+            client.timeout = timeout or self.timeout
             try:
                 return client.post(client.get_url(path), json=body)
             except (
@@ -290,8 +306,9 @@ class Etcd:
         return ttl
 
     def revoke(self, lease: int) -> None:
-        """Revoke ``lease`` (its keys go at once); one attempt at the current URL."""
-        self._post("kv/lease/revoke", {"ID": str(lease)}, one_url=True)
+        """Revoke ``lease`` (its keys go at once); one short attempt at the current
+        URL (a stopping agent does not wait long for it: the lease expires anyway)."""
+        self._post("kv/lease/revoke", {"ID": str(lease)}, one_url=True, timeout=0.5)
 
     def time_to_live(self, lease: int) -> tuple[int, int]:
         """(granted TTL, remaining TTL) of ``lease``; remaining is -1 if it is gone."""
