@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sclp.cluster.etcd import Etcd
-from sclp.cluster.model import macs_key, member_key
+from sclp.cluster.model import Member, macs_key, member_key
 from tests.cluster.conftest import Agents, EtcdMember, free_port, wait_for
 
 MAC1 = bytes.fromhex("020000000001")
@@ -253,3 +253,17 @@ def test_compaction_while_away_means_a_resync(
     wait_for(lambda: "b" not in agents.members("a"), 10, "b gone at a")
     assert "was compacted; reading everything again" in caplog.text
     assert agents.view("a").revision >= revision
+
+
+@pytest.mark.timeout(60)
+def test_set_member_announces_new_networks(etcd: EtcdMember, agents: Agents) -> None:
+    a = agents.add([etcd.url], "a", "10.0.0.1", {42: "vxlan-sclp"})
+    agents.add([etcd.url], "b", "10.0.0.2", {42: "vxlan-sclp", 7: "vxlan"})
+    wait_for(lambda: agents.peers("b") == {"10.0.0.1"}, 3, "b sees a on 42")
+    assert agents.peers("b", 7) == frozenset()
+    a.set_member(Member("a", "10.0.0.1", "udp", 7234, {7: "vxlan"}))
+    wait_for(lambda: agents.peers("b", 7) == {"10.0.0.1"}, 3, "b sees a on 7")
+    wait_for(lambda: agents.peers("b", 42) == frozenset(), 3, "a left 42")
+    wait_for(lambda: agents.peers("a", 7) == {"10.0.0.2"}, 3, "a's own view follows")
+    with pytest.raises(ValueError, match="name stays"):
+        a.set_member(Member("z", "10.0.0.1", "udp", 7234, {7: "vxlan"}))
