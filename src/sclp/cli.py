@@ -105,7 +105,12 @@ def _print_stats(stats: dict[str, object]) -> None:
     for vni, values in per_vni.items():
         t = Table("counter", "value", title=f"vni {vni}")
         for key, value in values.items():
-            shown = ", ".join(value) or "(none)" if isinstance(value, list) else str(value)
+            if value is None:
+                shown = "(none)"
+            elif isinstance(value, list):
+                shown = ", ".join(value) or "(none)"
+            else:
+                shown = str(value)
             t.add_row(key, shown)
         console.print(t)
     cluster = stats.get("cluster")
