@@ -338,6 +338,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "idle CPU %\nmed/max",
         "etcd\nCPU %",
         "etcd\nmsgs/s",
+        "ring\npings",
     ]
     for column in columns:
         table.add_column(column, justify="right")
@@ -364,6 +365,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{100 * idle['etcd_cpu_per_s']:.2f}",
             f"{sum(v for k, v in msgs.items() if k.startswith('received')):.1f} in / "
             f"{sum(v for k, v in msgs.items() if k.startswith('sent')):.1f} out",
+            f"{r['ring_pings_ok']}→{r.get('ring_pings_ok_after_retry', '-')}/{r['hosts']}",
         )
     Console(width=max(Console().width, 150)).print(table)
 
