@@ -367,7 +367,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{sum(v for k, v in msgs.items() if k.startswith('sent')):.1f} out",
             f"{r['ring_pings_ok']}→{r.get('ring_pings_ok_after_retry', '-')}/{r['hosts']}",
         )
-    Console(width=max(Console().width, 150)).print(table)
+    Console(width=max(Console().width, 180)).print(table)
 
 
 @contextmanager
