@@ -331,6 +331,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "join after\nregistered",
         "death\n(TTL)",
         "slack",
+        "death after\nexpiry",
         "etcd\nkeys",
         "value\nbytes",
         "db\nMiB",
@@ -357,6 +358,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{r['join_s'] - r['join_registered_s']:.2f}",
             f"{r['death_s']:.2f} ({r['lease_ttl_s']})",
             f"{r['death_slack_s']:+.2f}",
+            f"{r['death_s'] - r['death_lease_expired_s']:.2f}",
             str(etcd["keys"]),
             str(etcd["value_bytes"]),
             mib(etcd["db_size"]),
@@ -367,7 +369,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{sum(v for k, v in msgs.items() if k.startswith('sent')):.1f} out",
             f"{r['ring_pings_ok']}→{r.get('ring_pings_ok_after_retry', '-')}/{r['hosts']}",
         )
-    Console(width=max(Console().width, 180)).print(table)
+    Console(width=max(Console().width, 190)).print(table)
 
 
 @contextmanager
