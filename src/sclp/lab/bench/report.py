@@ -111,8 +111,15 @@ def markdown_report(
         f"    {report['command']}",
         "",
         f"iperf3 VM1 → VM2 for {options['duration_s']} s, {options['repeat']} run(s) per "
-        f"transport and configuration, UDP with {options['udp_datagram_bytes']} B datagrams "
-        f"(`-l {options['udp_datagram_bytes']}`). " + copy_floor_text(report) + ".",
+        "transport and configuration"
+        + (
+            f", UDP with {options['udp_datagram_bytes']} B datagrams "
+            f"(`-l {options['udp_datagram_bytes']}`). "
+            if "udp" in options["transports"]
+            else ", TCP only. "
+        )
+        + copy_floor_text(report)
+        + ".",
         "",
         *guests,
         "## Method",
@@ -127,7 +134,7 @@ def markdown_report(
         "",
         _md_table(table_columns(report), table_rows(report)),
         "",
-        "## Goals",
+        "## Ratios (reported, no goals)" if report.get("vms") else "## Goals",
         "",
         _md_table(["goal", "value", "target", "holds", "of"], ratio_rows(report)),
         "",
