@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from sclp.endpoint.config import Protocol, parse_config
 from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET, VNET_LEN, VNET_NONE, DataPath, Deliver
 from sclp.endpoint.tunnels import Channel, Send, geneve_header, vxlan_header
+from sclp.engine.segmenter import Pieces
 from sclp.engine.tso import complete_checksum
 from sclp.wire import ipv4, ipv6
 from sclp.wire.checksum import internet_checksum, ones_sum
@@ -164,6 +165,26 @@ def test_a_tso_frame_crosses_as_one_gso_frame_or_as_mss_frames(
             seg = bytes(d.frame)
             l4 = seg[34:]
             assert internet_checksum(l4, ipv4.pseudo_header_sum(IP_A, IP_B, 6, len(l4))) == 0
+
+
+@pytest.mark.parametrize("protocol", ["vxlan-sclp", "geneve-sclp"])
+def test_the_udp_carrier_sends_headers_interleaved_with_views_of_the_read_buffer(
+    protocol: str,
+) -> None:
+    """No copy of the frame on the way out: the send is an iovec of SCLP headers and
+    views of the buffer the frame was read into; B takes its GRO buffer through the
+    in-order fast path and delivers the frame."""
+    a, b = pair(protocol, "udp")
+    frame = tcp_frame(random.Random(3).randbytes(50_000), partial=True)
+    buf, size = vm_read(frame, vm_mss(a))
+    (send,) = a.from_vm(a.networks[42].ports[0], buf, size, now=0.0)
+    assert isinstance(send.data, Pieces)
+    assert len(send.data.parts) == 2 * send.packets
+    view = send.data.parts[3]
+    assert isinstance(view, memoryview) and view.obj is buf
+    (d,) = transfer(A, b, [send])
+    assert bytes(d.frame) == frame
+    assert b.reassembler.completed == 1 and b.reassembler.entries == 0
 
 
 @pytest.mark.parametrize(("protocol", "carrier"), CASES)

@@ -143,6 +143,30 @@ def test_single_short_payload_is_one_plain_datagram(netns: NetNS) -> None:
             tx.send_gso(b"x", 0, rx.local_address)
 
 
+def test_gso_pieces_interleaved_with_headers_arrive_as_one_gro_buffer(netns: NetNS) -> None:
+    """An iovec of 12-byte headers and 1,388-byte views: the kernel cuts at gso_size
+    whatever the piece boundaries, and the receiver gets one GRO buffer."""
+    with (
+        UdpSocket.bind("127.0.0.1", 0, netns=netns.name) as rx,
+        UdpSocket.bind("127.0.0.1", 0, netns=netns.name) as tx,
+    ):
+        data = memoryview(os.urandom(40 * 1388 - 9))
+        pieces: list[bytes | memoryview] = []
+        for i, off in enumerate(range(0, len(data), 1388)):
+            pieces += [i.to_bytes(12, "big"), data[off : off + 1388]]
+        whole = b"".join(pieces)
+        assert tx.send_gso_pieces(pieces, len(whole), 1400, rx.local_address) == 40
+        batch = _collect(rx, len(whole))
+        assert (batch.sizes, batch.gso_sizes) == ([len(whole)], [1400])
+        assert bytes(batch.views[0]) == whole
+        # One datagram: no UDP_SEGMENT; more than one call allows: joined and split.
+        assert tx.send_gso_pieces([b"ab", b"c"], 3, 1400, rx.local_address) == 1
+        assert bytes(_collect(rx, 3).views[0]) == b"abc"
+        big = [bytes([i]) * 1000 for i in range(200)]
+        assert tx.send_gso_pieces(big, 200_000, 1000, rx.local_address) == 200
+        assert b"".join(_collect(rx, 200_000).views) == b"".join(big)
+
+
 def test_segment_larger_than_path_mtu_is_emsgsize(veth_pair: tuple[NetNS, NetNS]) -> None:
     a, _ = veth_pair
     with UdpSocket.bind("10.70.0.1", 0, netns=a.name) as tx:

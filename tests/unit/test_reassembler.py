@@ -509,6 +509,77 @@ def test_coalesced_zero_checksums_udp_carrier() -> None:
     assert native.drops == {DropReason.BAD_CHECKSUM: batch.count}
 
 
+def _no_general_path(r: Reassembler, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: object) -> None:
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(r, "_add_run", fail)
+
+
+def test_udp_carrier_whole_gro_buffer_takes_the_in_order_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GRO buffer that is exactly one payload in order, zero checksums (what our UDP
+    carrier sends): recognised without the per-segment loop, copied out once, its key
+    remembered so that stragglers are ignored."""
+    payload = payload_of(64000, seed=4)
+    batch = batch_of(payload, m=1460, checksum=False)
+    buf = bytearray(batch.buffer)
+    r = Reassembler(carrier=Carrier.UDP)
+    with monkeypatch.context() as m:
+        _no_general_path(r, m)
+        out = r.add_coalesced(A, B, memoryview(buf), batch.stride, 0.0)
+    assert [bytes(c.payload) for c in out] == [payload]
+    assert (out[0].sport, out[0].dport) == (50000, 4789)
+    buf[SCLP_HLEN] ^= 0xFF  # the payload is a copy: the receive slot may be reused
+    assert bytes(out[0].payload) == payload
+    assert_empty(r)
+    assert r.completed == 1 and not r.drops
+    assert r.add_coalesced(A, B, batch.buffer, batch.stride, 0.0) == []
+    assert r.duplicates == batch.count
+
+
+def _swap(buf: bytes, stride: int, i: int, j: int) -> bytes:
+    segs = [buf[o : o + stride] for o in range(0, len(buf), stride)]
+    segs[i], segs[j] = segs[j], segs[i]
+    return b"".join(segs)
+
+
+@pytest.mark.parametrize(
+    "case", ["reordered", "two-payloads", "checksummed", "tail-only", "short-last", "bad-rem"]
+)
+def test_udp_carrier_gro_buffers_the_fast_path_refuses_take_the_general_one(case: str) -> None:
+    payload = payload_of(20000, seed=6)
+    batch = batch_of(payload, m=1460, checksum=case == "checksummed")
+    buf, stride = bytes(batch.buffer), batch.stride
+    r = Reassembler(carrier=Carrier.UDP)
+    expected = [payload]
+    if case == "reordered":  # segments 2 and 3 swapped inside one buffer
+        buf = _swap(buf, stride, 2, 3)
+    elif case == "two-payloads":  # the first payload's head, then a whole other one
+        other = payload_of(2 * 1460, seed=7)
+        buf = bytes(batch_of(payload, m=1460, ident=5, checksum=False).buffer[: 2 * stride])
+        buf += bytes(batch_of(other, m=1460, ident=6, checksum=False).buffer)
+        expected = [other]
+    elif case == "tail-only":  # no first segment: held until the rest comes
+        assert r.add_coalesced(A, B, buf[stride:], stride, 0.0) == []
+        assert r.entries == 1
+        buf = buf[:stride]
+    elif case == "short-last":  # the last segment cut short: the totals disagree
+        buf = buf[:-5]
+        expected = []
+    elif case == "bad-rem":  # a middle segment's Remaining off by one
+        wrong = bytearray(buf)
+        wrong[4 * stride + 9] ^= 1
+        buf = bytes(wrong)
+        expected = []
+    out = r.add_coalesced(A, B, buf, stride, 0.0)
+    assert [bytes(c.payload) for c in out] == expected
+    if expected == [payload]:
+        assert_empty(r)
+        assert not r.drops
+
+
 # -- properties -------------------------------------------------------------------------
 
 MODES = ["in-order", "reversed", "shuffled", "duplicated", "coalesced"]

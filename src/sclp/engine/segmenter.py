@@ -12,6 +12,13 @@ The checksums come from one :func:`~sclp.wire.checksum.rows_ones_sums` pass over
 payload, to which each header's sum is added as plain integers (measured: ~3x faster
 than an ``internet_checksum`` call per segment for a 64 KB payload).
 
+The UDP carrier needs no checksums (sclp-spec §5), so there the segments need not be
+built at all: :meth:`Segmenter.gather_payload` returns them as :class:`Pieces`, an iovec
+that interleaves the 12-byte headers with views of the payload, for one ``sendmsg``
+with ``UDP_SEGMENT`` (the kernel cuts at the stride; the payload is never copied in
+user space).  Only the headers are made per payload; the Remaining fields of a payload
+length are cached (bulk TCP repeats a few lengths).
+
 Identification (sclp-spec §3 extension): a per-sender counter starting at a random
 31-bit value, wrapping modulo 2**31, so no two payloads in flight share an ID.
 """
@@ -29,11 +36,15 @@ from sclp.wire.checksum import Buffer, ones_sum, rows_ones_sums
 from sclp.wire.sclp import SCLP_HLEN, SCLP_IDENT_MAX, SCLP_MAX_PAYLOAD, header_sum
 
 __all__ = [
+    "GATHER_MAX_SEGMENTS",
     "UDP_GSO_MAX_BYTES",
     "UDP_GSO_MAX_SEGMENTS",
+    "GatheredBatch",
+    "Pieces",
     "SegmentBatch",
     "Segmenter",
     "StridedBatch",
+    "remaining_fields",
 ]
 
 # Linux limits for one UDP_SEGMENT send: the datagram handed to the stack must fit an
@@ -45,6 +56,57 @@ _IDENT_MOD = SCLP_IDENT_MAX + 1
 _TEMPLATE = struct.Struct("!HHI")  # sport, dport, identification word: same in every segment
 _REMAINING_OFF = 8
 _CSUM_OFF = 10
+_REMAINING_CACHE_MAX = 256
+_GATHER_CACHE_MAX = 64
+# The most segments gather_payload sends as an iovec (two pieces each; a sendmsg
+# takes at most 1024): a 64 KB payload over any MTU >= 576.
+GATHER_MAX_SEGMENTS = 128
+_remaining_cache: dict[tuple[int, int], list[bytes]] = {}
+
+
+def remaining_fields(total: int, seg_size: int) -> list[bytes]:
+    """The last four header bytes (Remaining, then a zero checksum) of every segment of
+    a ``total``-byte payload cut at ``seg_size``: one 4-byte string per segment.
+    Cached for the last few hundred (total, seg_size) pairs; do not modify the list."""
+    key = (total, seg_size)
+    fields = _remaining_cache.get(key)
+    if fields is None:
+        if len(_remaining_cache) >= _REMAINING_CACHE_MAX:
+            _remaining_cache.clear()
+        fields = [(rem << 16).to_bytes(4, "big") for rem in range(total - seg_size, 0, -seg_size)]
+        fields.append(bytes(4))
+        _remaining_cache[key] = fields
+    return fields
+
+
+class Pieces:
+    """A byte string held as consecutive buffers (an iovec): ``parts`` joined are its
+    bytes, ``len()`` is their total length, ``bytes()`` joins them (a copy; the I/O
+    layer writes ``parts`` with one ``sendmsg``/``writev`` instead).  The parts may be
+    views into buffers the caller owns: valid as long as those are unchanged."""
+
+    __slots__ = ("nbytes", "parts")
+
+    def __init__(self, parts: list[Buffer], nbytes: int) -> None:
+        self.parts = parts
+        self.nbytes = nbytes
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+    def __repr__(self) -> str:
+        return f"Pieces({len(self.parts)} parts, {self.nbytes} bytes)"
+
+    def after(self, offset: int) -> Pieces:
+        """The same bytes without the first ``offset``; ``offset`` must not exceed the
+        first part's length (ValueError otherwise)."""
+        head = memoryview(self.parts[0])
+        if offset > len(head):
+            raise ValueError(f"offset {offset} past the first part ({len(head)} bytes)")
+        return Pieces([head[offset:], *self.parts[1:]], self.nbytes - offset)
 
 
 @dataclass(slots=True, eq=False)
@@ -103,6 +165,20 @@ class SegmentBatch(StridedBatch):
         return [mv[i : i + step] for i in range(0, len(mv), step)]
 
 
+@dataclass(slots=True, eq=False)
+class GatheredBatch:
+    """The SCLP segments of one payload as an iovec (:meth:`Segmenter.gather_payload`):
+    ``pieces`` is header, data, header, data...; segment ``i`` starts ``i * stride``
+    bytes into their concatenation, so one ``UDP_SEGMENT`` send with gso_size
+    ``stride`` puts each on the wire as its own datagram."""
+
+    pieces: Pieces
+    stride: int
+    count: int
+    ident: int
+    total: int
+
+
 class Segmenter:
     """Cuts payloads into SCLP segments for one sender (one identification counter).
 
@@ -110,7 +186,7 @@ class Segmenter:
     random 31-bit value.  Not thread-safe: use one segmenter per sending thread.
     """
 
-    __slots__ = ("_next_ident",)
+    __slots__ = ("_gather_buf", "_gather_views", "_header_views", "_headers", "_next_ident")
 
     def __init__(self, ident_start: int | None = None) -> None:
         if ident_start is None:
@@ -118,6 +194,15 @@ class Segmenter:
         elif not 0 <= ident_start <= SCLP_IDENT_MAX:
             raise ValueError(f"identification {ident_start} is not a 31-bit value")
         self._next_ident = ident_start
+        # gather_payload: one block of headers rewritten per payload, views of it and
+        # of the last read buffer kept (see there).
+        self._headers = bytearray(SCLP_HLEN * GATHER_MAX_SEGMENTS)
+        hview = memoryview(self._headers)
+        self._header_views = [
+            hview[off : off + SCLP_HLEN] for off in range(0, len(self._headers), SCLP_HLEN)
+        ]
+        self._gather_buf: object = None
+        self._gather_views: dict[tuple[int, int, int], Pieces] = {}
 
     @property
     def next_ident(self) -> int:
@@ -194,3 +279,61 @@ class Segmenter:
             b8[_CSUM_OFF::stride] = csums >> 8
             b8[_CSUM_OFF + 1 :: stride] = csums & 0xFF
         return SegmentBatch(buf, stride, count, ident, total)
+
+    def gather_payload(
+        self, buf: bytearray, start: int, end: int, sport: int, dport: int, seg_size: int
+    ) -> GatheredBatch:
+        """The segments of the payload ``buf[start:end]`` as :meth:`segment_payload`
+        cuts them with ``checksum=False`` (checksum field 0, which only the UDP
+        carrier allows), without copying the payload: the pieces are the headers
+        interleaved with views of ``buf``.
+
+        Why it is cheap: the views of ``buf`` are made once per (start, length,
+        seg_size) and kept while the same ``buf`` object comes back (the runner reads
+        every frame into one buffer), and the headers are rewritten in place in one
+        block the cached views point into; per payload that is two ``struct`` packs and
+        one join, whatever the segment count.  So the pieces (and the cached views of
+        ``buf``) are valid until the next call: send them, or copy them with
+        ``bytes()``.  ``buf`` must not be resized while this segmenter holds views of
+        it (a new buffer object drops them).  A payload of more than
+        :data:`GATHER_MAX_SEGMENTS` segments comes back as one strided copy (one piece).
+        Same identification counter and the same ValueErrors as
+        :meth:`segment_payload`."""
+        total = end - start
+        if not 1 <= seg_size <= SCLP_MAX_PAYLOAD:
+            raise ValueError(f"segment size {seg_size} out of range 1..{SCLP_MAX_PAYLOAD}")
+        count = max(1, -(-total // seg_size))
+        if count > GATHER_MAX_SEGMENTS or total > SCLP_MAX_PAYLOAD or total < 0:
+            batch = self.segment_payload(
+                memoryview(buf)[start:end], sport, dport, seg_size, checksum=False
+            )
+            pieces = Pieces([batch.buffer], len(batch.buffer))
+            return GatheredBatch(pieces, batch.stride, batch.count, batch.ident, total)
+        if not (0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF):
+            raise ValueError(f"sclp ports out of range: {sport}, {dport}")
+        ident = self._next_ident
+        self._next_ident = (ident + 1) % _IDENT_MOD
+        word = ident << 1
+        fields = remaining_fields(total, seg_size)
+        prefix = _TEMPLATE.pack(sport, dport, word)
+        self._headers[: SCLP_HLEN * count] = _TEMPLATE.pack(sport, dport, word | 1) + prefix.join(
+            fields
+        )
+        if buf is not self._gather_buf:
+            self._gather_buf = buf
+            self._gather_views.clear()
+        key = (start, total, seg_size)
+        cached = self._gather_views.get(key)
+        if cached is None:
+            if len(self._gather_views) >= _GATHER_CACHE_MAX:
+                self._gather_views.clear()
+            hviews = self._header_views
+            view = memoryview(buf)
+            parts: list[Buffer] = [view[start:end]] * (2 * count)
+            parts[0::2] = hviews[:count]
+            if count > 1:
+                parts[1::2] = [
+                    view[off : min(off + seg_size, end)] for off in range(start, end, seg_size)
+                ]
+            cached = self._gather_views[key] = Pieces(parts, total + SCLP_HLEN * count)
+        return GatheredBatch(cached, SCLP_HLEN + seg_size, count, ident, total)

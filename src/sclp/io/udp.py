@@ -75,6 +75,7 @@ _GSO_MAX_SIZE: Final = 65_536  # default gso_max_size of lo, veth and most NICs
 GSO_COALESCED_MAX_V4: Final = _GSO_MAX_SIZE - 14 - 20 - 8 - 1
 GSO_COALESCED_MAX_V6: Final = _GSO_MAX_SIZE - 14 - 40 - 8 - 1
 
+_IOV_MAX: Final = 1024  # UIO_MAXIOV: the most pieces one sendmsg takes
 RECV_BUFFER_LEN: Final = 65_536  # holds any datagram and any GRO-coalesced buffer
 _CMSG_SPACE_INT: Final = 24  # CMSG_SPACE(sizeof(int)) on LP64
 _CMSG = struct.Struct("=Qiii")  # cmsg_len, cmsg_level, cmsg_type, int data
@@ -293,6 +294,45 @@ class UdpSocket(SocketAdapter):
             sent += -(-len(chunk) // gso_size)
             offset += len(chunk)
         return sent
+
+    def send_gso_pieces(
+        self, pieces: Sequence[Buffer], nbytes: int, gso_size: int, dst: Address
+    ) -> int:
+        """:meth:`send_gso` of the concatenation of ``pieces`` (``nbytes`` bytes in all),
+        given as an iovec: one ``sendmsg`` takes the pieces as they are (the kernel
+        cuts the datagrams at ``gso_size`` whatever the piece boundaries), so a caller
+        that interleaves headers with views of a payload sends without a copy.  When
+        the datagrams do not fit one call (:attr:`max_segments`,
+        :attr:`max_gso_bytes`), the kernel refuses GSO, or the iovec is longer than
+        the kernel takes (``IOV_MAX``), the pieces are joined and sent by
+        :meth:`send_gso`.  Returns the number of datagrams sent; raises as
+        :meth:`send_gso`."""
+        if not 0 < gso_size <= 0xFFFF:
+            raise ValueError(f"gso_size {gso_size} out of range")
+        segments = -(-nbytes // gso_size)
+        if nbytes <= gso_size:
+            try:
+                self.sock.sendmsg(pieces, (), 0, dst)
+            except BlockingIOError:
+                return 0
+            return 1
+        if (
+            self.gso_ok
+            and segments <= self.max_segments
+            and nbytes <= self.max_gso_bytes
+            and len(pieces) <= _IOV_MAX
+        ):
+            try:
+                self.sock.sendmsg(pieces, self._segment_cmsg(gso_size), 0, dst)
+            except BlockingIOError:
+                return 0
+            except OSError as exc:
+                if exc.errno not in (errno.EIO, errno.EINVAL):
+                    raise
+                # send_gso below learns the kernel's limit or falls back for good.
+            else:
+                return segments
+        return self.send_gso(b"".join(pieces), gso_size, dst)
 
     def _send_segments(self, view: memoryview, gso_size: int, dst: Address) -> int:
         sendmsg = self.sock.sendmsg
