@@ -51,6 +51,7 @@ def test_frozen_member_is_left_for_another(etcd_cluster: EtcdCluster, agents: Ag
     a = agents.add(urls, "a", "10.0.0.1")
     wait_for(lambda: a.status()["connected"] and "a" in agents.members("a"), 5, "a registered")
     assert a.status()["endpoint"] == follower.url
+    lease = a.status()["lease_id"]
     start = time.monotonic()
     follower.freeze()  # accepts nothing, answers nothing, closes nothing
     try:
@@ -60,6 +61,7 @@ def test_frozen_member_is_left_for_another(etcd_cluster: EtcdCluster, agents: Ag
         wait_for(lambda: agents.peers("a") == {"10.0.0.2"}, 5, "a sees b")
         print(f"member frozen: agent moved after {failover:.2f} s, "
               f"saw a newcomer after {time.monotonic() - start:.2f} s")  # fmt: skip
-        assert "a" in agents.members("b")  # a's lease survived the move
+        wait_for(lambda: "a" in agents.members("b"), 3, "b sees a")
+        assert a.status()["lease_id"] == lease  # the lease survived the move
     finally:
         follower.thaw()

@@ -38,6 +38,7 @@ from dataclasses import replace
 from typing import Any
 
 from sclp.cluster.etcd import (
+    REQUEST_TIMEOUT,
     Etcd,
     EtcdError,
     LeaseNotFoundError,
@@ -80,7 +81,13 @@ class ClusterAgent:
         if lease_ttl < 2:
             raise ValueError("lease_ttl must be at least 2 s")
         self._stopping = threading.Event()
-        self._etcd = Etcd(urls, ca=ca, cert=cert, key=key, cancelled=self._stopping.is_set)
+        # A keep-alive that hangs on one member must leave time to reach another
+        # before the lease runs out: keep-alives go every ttl/3, requests time out
+        # after ttl/6 (2 s at most, 0.5 s at least).
+        timeout = max(0.5, min(REQUEST_TIMEOUT, lease_ttl / 6))
+        self._etcd = Etcd(
+            urls, ca=ca, cert=cert, key=key, timeout=timeout, cancelled=self._stopping.is_set
+        )
         self._prefix = prefix.rstrip("/") or "/"
         self._watch_prefix = prefix.rstrip("/") + "/"
         self._ttl = lease_ttl
@@ -337,20 +344,22 @@ class ClusterAgent:
         mac_due = self._mac_due(now)
         if mac_due is not None:
             deadlines.append(mac_due)
-        timeout = max(0.0, min(deadlines) - now)
         watch = self._watch
+        timeout = 0.0 if watch.has_ready() else max(0.0, min(deadlines) - now)
         readable, _, _ = select.select([watch.fileno(), self._wake_r], [], [], timeout)
         if self._stopping.is_set():
             return
         if self._wake_r in readable:
             self._drain_wake()
         now = time.monotonic()
-        if watch.fileno() in readable:
+        if watch.fileno() in readable or watch.has_ready():
             self._watch_heard = now
             for message in watch.read():
                 self._apply(message)
                 if self._watch is not watch:
                     return  # cancelled: reconnect (resync after a compaction)
+            if watch.ended:
+                raise EtcdError(f"{self._etcd.url}: watch stream ended")
         if now - self._watch_heard > self._watch_timeout:
             raise EtcdError(
                 f"{self._etcd.url}: watch silent for {self._watch_timeout:.0f} s "
@@ -420,8 +429,14 @@ class ClusterAgent:
                 elif not event.deleted and kv.lease != self._lease and self._registered:
                     self._registered = None  # overwritten by another: find out in _register
             self._view_dirty = True
-        if message.revision > self._revision:
-            self._revision = message.revision
+        # Resume from what was delivered: the events' own revisions (a batch's header
+        # may be ahead of events still to come), or a progress notification's header
+        # (sent only when the watch has caught up).  Never the "created" header: the
+        # history from the start revision follows it.
+        if message.events:
+            self._revision = max(self._revision, *(e.kv.mod_revision for e in message.events))
+        elif not message.created:
+            self._revision = max(self._revision, message.revision)
 
     def _mac_due(self, now: float) -> float | None:
         if self._registered is None:

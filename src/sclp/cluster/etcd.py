@@ -381,6 +381,7 @@ class WatchStream:
         self._buffer = bytearray()  # body bytes not yet split into lines
         self._raw = bytearray()  # chunked transfer bytes not yet decoded
         self._ended = False
+        self._ready: list[WatchMessage] = []
         try:
             sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
         except OSError as exc:
@@ -398,6 +399,8 @@ class WatchStream:
             sock.sendall(head.encode() + body)
             self._sock = sock
             self._read_headers(time.monotonic() + timeout)
+            # Messages that came with the headers: read() hands them out first.
+            self._ready = self._parse()
         except (OSError, EtcdError) as exc:
             sock.close()
             if isinstance(exc, EtcdError):
@@ -433,9 +436,17 @@ class WatchStream:
         if headers.get("transfer-encoding", "").lower() != "chunked":
             raise EtcdUnavailableError(f"{self.endpoint.url}: watch: answer not chunked")
 
+    def has_ready(self) -> bool:
+        """Are there messages to hand out without reading (call :meth:`read` now,
+        without waiting for the socket)?"""
+        return bool(self._ready)
+
     def read(self) -> list[WatchMessage]:
-        """Read what has arrived (call when the socket is readable) and return the
-        complete messages in it (maybe none)."""
+        """The complete messages that have arrived (maybe none).  Call it when the
+        socket is readable or :meth:`has_ready` says so."""
+        if self._ready:
+            ready, self._ready = self._ready, []
+            return ready
         try:
             self._raw += self._recv()
             pending = getattr(self._sock, "pending", None)
@@ -445,6 +456,12 @@ class WatchStream:
             pass  # a TLS record not complete yet: the rest comes with the next read
         except OSError as exc:
             raise EtcdUnavailableError(f"{self.endpoint.url}: watch: {exc}") from None
+        messages = self._parse()
+        if self._ended and not messages:
+            raise EtcdUnavailableError(f"{self.endpoint.url}: watch stream ended")
+        return messages  # if it ended, the caller sees :attr:`ended` after these
+
+    def _parse(self) -> list[WatchMessage]:
         self._dechunk()
         messages = []
         while b"\n" in self._buffer:
@@ -452,9 +469,12 @@ class WatchStream:
             self._buffer = bytearray(rest)
             if line.strip():
                 messages.append(self._message(line))
-        if self._ended:
-            raise EtcdUnavailableError(f"{self.endpoint.url}: watch stream ended")
         return messages
+
+    @property
+    def ended(self) -> bool:
+        """The server ended the stream, and every message before the end was read."""
+        return self._ended and not self._ready
 
     def _dechunk(self) -> None:
         while True:
