@@ -9,6 +9,8 @@ import pytest
 
 from tests.unit.test_layering import FORBIDDEN_MODULES, SRC, imported_modules
 
+pytestmark = pytest.mark.timeout(60)
+
 CLUSTER = sorted((SRC / "cluster").glob("*.py"))
 IO_LIBRARIES = FORBIDDEN_MODULES | {"threading", "requests", "etcd3gw", "ssl", "logging"}
 

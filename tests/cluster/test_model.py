@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sclp.cluster.model import (
@@ -20,6 +20,8 @@ from sclp.cluster.model import (
     member_key,
     parse_records,
 )
+
+pytestmark = pytest.mark.timeout(120)
 
 P = "/sclp"
 MAC1 = bytes.fromhex("020000000001")
@@ -274,6 +276,7 @@ values_st = st.one_of(
     ),
     members_st,
 )
+@settings(deadline=None)  # the machine's 2 cores are shared with other tests
 def test_build_view_never_raises(kvs: dict[str, tuple[bytes, int]], me: Member) -> None:
     view = build_view(P, kvs, 1, me)
     for vni, addresses in view.peers.items():
@@ -282,6 +285,7 @@ def test_build_view_never_raises(kvs: dict[str, tuple[bytes, int]], me: Member) 
 
 
 @given(st.lists(members_st, max_size=6, unique_by=lambda x: x.name))
+@settings(deadline=None)
 def test_peers_are_symmetric(members: list[Member]) -> None:
     kvs = kvs_of(*members)
     views = {x.name: build_view(P, kvs, 1, x) for x in members}
