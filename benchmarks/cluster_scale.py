@@ -77,6 +77,18 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def neighbour_table() -> dict[str, int]:
+    """The kernel's IPv4 neighbour (ARP) table, which every network namespace shares:
+    its ``entries`` now and how often it was full (``table_fulls``, summed over CPUs).
+    A full table makes a send to a new neighbour fail with ENOBUFS, which a UDP socket
+    without IP_RECVERR swallows (the datagram is gone, the send "succeeded")."""
+    lines = Path("/proc/net/stat/arp_cache").read_text().split("\n")
+    header = lines[0].split()
+    rows = [[int(x, 16) for x in line.split()] for line in lines[1:] if line.strip()]
+    fulls = header.index("table_fulls")
+    return {"entries": rows[0][0], "table_fulls": sum(r[fulls] for r in rows)}
+
+
 # -- etcd's gRPC counters ------------------------------------------------------------------
 
 _GRPC_MSG = re.compile(
@@ -235,6 +247,7 @@ def measure(n: int, ttl: int, parallel: bool) -> dict[str, Any]:
         "start": "parallel" if parallel else "rolling",
     }
     startup_timeout = 30.0 + 3.0 * n
+    neigh0 = neighbour_table()
     with ClusterLab(hosts=0, lease_ttl=ttl) as lab:
         hosts = start_hosts(lab, n, parallel, startup_timeout)
         up_at = time.monotonic()
@@ -252,6 +265,7 @@ def measure(n: int, ttl: int, parallel: bool) -> dict[str, Any]:
         time.sleep(2.0)  # let the pings' and MAC writes' echoes die down
         result["etcd"] = lab.etcd_usage()
         result["idle"] = idle_window(lab, hosts)
+        result["neighbour_entries_idle"] = neighbour_table()["entries"]
 
         joiner = lab.prepare_host()
         lab.spawn(joiner)
@@ -269,6 +283,7 @@ def measure(n: int, ttl: int, parallel: bool) -> dict[str, Any]:
         result["death_slack_s"] = round(death["done_at"] - killed_at - ttl, 3)
         result["death_poll_resolution_s"] = round(death["resolution_s"], 3)
         result["loadavg_after"] = os.getloadavg()
+        result["neighbour_table_fulls"] = neighbour_table()["table_fulls"] - neigh0["table_fulls"]
     return result
 
 
@@ -340,6 +355,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "etcd\nCPU %",
         "etcd\nmsgs/s",
         "ring\npings",
+        "ARP table\nfull",
     ]
     for column in columns:
         table.add_column(column, justify="right")
@@ -368,8 +384,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{sum(v for k, v in msgs.items() if k.startswith('received')):.1f} in / "
             f"{sum(v for k, v in msgs.items() if k.startswith('sent')):.1f} out",
             f"{r['ring_pings_ok']}→{r.get('ring_pings_ok_after_retry', '-')}/{r['hosts']}",
+            str(r.get("neighbour_table_fulls", "-")),
         )
-    Console(width=max(Console().width, 190)).print(table)
+    Console(width=max(Console().width, 200)).print(table)
 
 
 @contextmanager
