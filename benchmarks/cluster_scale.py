@@ -20,13 +20,22 @@ For every N the script
    beyond it (negative: earlier; the lease was last refreshed up to TTL/3 before the
    kill).
 
-Convergence is polled over the control sockets (eight at a time); a host counts as converged at the
-first poll that finds its peer set complete (peer sets only grow during a start or a
-join, only shrink after a death), and the whole mesh is checked once more at the end.
-The poll resolution (the longest sweep) is reported.  Every wait has a deadline; the
-lab is a context manager, so namespaces, endpoints and etcd go on any error, SIGINT
-or SIGTERM.  Figures travel with their machine: on a 2-core machine the N endpoints,
-etcd and this script share the cores.  Needs root.
+Convergence is polled over the control sockets (eight at a time); a host counts as
+converged at the first poll that finds its peer set complete (peer sets only grow
+during a start or a join, only shrink after a death), and the whole mesh is checked
+once more at the end.  The poll resolution (the longest sweep) is reported.  Every
+wait has a deadline; the lab is a context manager, so namespaces, endpoints and etcd
+go on any error, SIGINT or SIGTERM.
+
+Figures travel with their machine: on a 2-core machine the N endpoints, etcd and this
+script share the cores (the load average before and after each N is in the JSON).
+All hosts also share one kernel, whose IPv4 neighbour table is shared by every
+namespace (``net.ipv4.neigh.default.gc_thresh3``, 1024 entries by default): N hosts
+on one underlay that all talk to each other need about N × (N − 1) entries, so from
+N ≈ 32 on, sends to new neighbours fail (ENOBUFS, which a UDP socket swallows: the
+datagram is lost, the send "succeeded") and a ring ping's first ARP may go
+unanswered.  How often the table was full during each N is reported next to the
+pings.  Needs root.
 
     sudo .venv/bin/python benchmarks/cluster_scale.py --hosts 4,8,16,32 --json scale.json
 """
