@@ -69,6 +69,7 @@ class EtcdMember:
     initial_cluster: str
     log: Path
     tls: Tls | None = None
+    progress: str | None = PROGRESS_INTERVAL  # None: etcd's default (10 minutes)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -94,8 +95,9 @@ class EtcdMember:
             "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", self.initial_cluster,
             "--initial-cluster-state", "new",
-            "--experimental-watch-progress-notify-interval", PROGRESS_INTERVAL,
         ]  # fmt: skip
+        if self.progress:
+            args += ["--experimental-watch-progress-notify-interval", self.progress]
         if self.tls:
             args += [
                 "--trusted-ca-file", self.tls.ca,
@@ -297,6 +299,7 @@ class Agents:
         start: bool = True,
         tls: Tls | None = None,
         label: str | None = None,
+        watch_timeout: float = WATCH_TIMEOUT,
     ) -> ClusterAgent:
         """A new agent for endpoint ``name``; its views and the agent are filed under
         ``label`` (default: the name)."""
@@ -314,7 +317,7 @@ class Agents:
             ttl,
             me,
             on_view,
-            watch_timeout=WATCH_TIMEOUT,
+            watch_timeout=watch_timeout,
             ca=tls.ca if tls else None,
             cert=tls.cert if tls else None,
             key=tls.key if tls else None,

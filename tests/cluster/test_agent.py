@@ -14,7 +14,7 @@ import pytest
 
 from sclp.cluster.etcd import Etcd
 from sclp.cluster.model import Member, macs_key, member_key
-from tests.cluster.conftest import Agents, EtcdMember, free_port, wait_for
+from tests.cluster.conftest import Agents, EtcdCluster, EtcdMember, free_port, wait_for
 
 MAC1 = bytes.fromhex("020000000001")
 MAC2 = bytes.fromhex("020000000002")
@@ -267,3 +267,30 @@ def test_set_member_announces_new_networks(etcd: EtcdMember, agents: Agents) -> 
     wait_for(lambda: agents.peers("a", 7) == {"10.0.0.2"}, 3, "a's own view follows")
     with pytest.raises(ValueError, match="name stays"):
         a.set_member(Member("z", "10.0.0.1", "udp", 7234, {7: "vxlan"}))
+
+
+@pytest.mark.timeout(60)
+def test_without_progress_notifications_a_silent_watch_is_reopened(
+    tmp_path: Path, agents: Agents, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = EtcdCluster(tmp_path / "quiet", 1)
+    cluster.members[0].progress = None  # etcd's default: no notification for 10 minutes
+    try:
+        cluster.start()
+        url = cluster.urls[0]
+        caplog.set_level(logging.WARNING, "sclp.cluster")
+        a = agents.add([url], "a", "10.0.0.1", watch_timeout=1.5)
+        b = agents.add([url], "b", "10.0.0.2")
+        wait_for(lambda: agents.peers("a") == {"10.0.0.2"}, 3, "a sees b")
+        lease = a.status()["lease_id"]
+        # Idle: the watch says nothing, the agent re-opens it from where it was.
+        wait_for(lambda: caplog.text.count("watch silent") >= 2, 10, "two re-opened watches")
+        wait_for(lambda: a.status()["connected"], 3, "a connected again")
+        b.publish_macs(42, [MAC1])
+        wait_for(lambda: agents.macs("a", 42) == {MAC1: "10.0.0.2"}, 3, "b's MAC at a")
+        agents.add([url], "c", "10.0.0.3")
+        wait_for(lambda: agents.peers("a") == {"10.0.0.2", "10.0.0.3"}, 3, "a sees c")
+        assert a.status()["lease_id"] == lease
+    finally:
+        agents.stop_all()
+        cluster.close()
