@@ -461,19 +461,27 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     left.set_ylabel("seconds")
     left.legend(fontsize=7)
     left.set_title("convergence", fontsize=9)
-    rss = [r["idle"]["endpoint_rss_bytes"]["median"] / 2**20 for r in ok]
-    cpu = [100 * r["idle"]["endpoint_cpu_per_s"]["median"] for r in ok]
-    right.plot(ns, rss, marker="o", color="tab:blue", label="endpoint RSS (MiB, median)")
+    idle = [r["idle"] for r in ok]
+    rss = [i["endpoint_rss_bytes"]["median"] / 2**20 for i in idle]
+    etcd_rss = [i["etcd_rss_bytes"] / 2**20 for i in idle]
+    cpu = [100 * i["endpoint_cpu_per_s"]["median"] for i in idle]
+    etcd_cpu = [100 * i["etcd_cpu_per_s"] for i in idle]
+    right.plot(ns, rss, marker="o", color="tab:blue", label="endpoint RSS (median)")
+    right.plot(ns, etcd_rss, marker="o", color="tab:cyan", label="etcd RSS")
     right.set_xscale("log", base=2)
     right.set_xticks(ns, [str(n) for n in ns])
     right.set_xlabel("hosts")
-    right.set_ylabel("MiB", color="tab:blue")
-    right.set_ylim(0, max(rss) * 1.3)
+    right.set_ylabel("MiB (circles)")
+    right.set_ylim(0, max(rss + etcd_rss) * 1.4)
     twin = right.twinx()
-    twin.plot(ns, cpu, marker="s", color="tab:red", label="idle CPU (%, median)")
-    twin.set_ylabel("% of a core", color="tab:red")
-    twin.set_ylim(0, max(cpu) * 1.5 or 1)
-    right.set_title("per endpoint, idle", fontsize=9)
+    twin.plot(ns, cpu, marker="s", color="tab:red", label="endpoint CPU (median)")
+    twin.plot(ns, etcd_cpu, marker="s", color="tab:orange", label="etcd CPU")
+    twin.set_ylabel("% of a core (squares)")
+    twin.set_ylim(0, max(cpu + etcd_cpu) * 1.4 or 1)
+    lines = right.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    right.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper left")
+    right.set_title("idle, 10 s window", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
