@@ -21,6 +21,10 @@ question a user asks is "how fast can I send without losing packets", so:
 3. The highest rate that lost under the limit is then measured ``--repeat`` times for
    ``--duration`` seconds like TCP (those runs are the UDP figure, their loss is
    reported as measured, even if a longer run loses a little more than the probe).
+   When no probe passed (a loaded machine: even a modest offer lost more than the
+   limit), up to :data:`EXTRA_DOWN` more probes halve the rate, and failing those the
+   lowest rate tried is measured and its loss reported as it is, the search marked
+   not found: a figure with its loss, never a missing row.
 
 :class:`RateBisection` is the pure decision (no iperf3, no clock), unit-tested; the
 measuring loop lives in :mod:`.measure`.
@@ -34,6 +38,7 @@ from typing import Any, Final
 LOSS_LIMIT_PERCENT: Final = 1.0
 FIRST_GUESS: Final = 0.95  # of the rate that arrived under overload
 GROWTH: Final = 1.5  # each passing probe's offer, until one loses
+EXTRA_DOWN: Final = 2  # more probes, halving, while none has passed yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +52,8 @@ class RateSearch:
 
     @property
     def max_runs(self) -> int:
-        """iperf3 runs of the search at most (the unlimited probe included)."""
+        """iperf3 runs of the search (the unlimited probe included), unless no probe
+        passed: then up to :data:`EXTRA_DOWN` more, each at half the rate."""
         return 1 + self.probes
 
     def describe(self) -> str:
@@ -104,7 +110,8 @@ class RateBisection:
                     self.best = probe
             elif self.high is None or offered_bps < self.high:
                 self.high = offered_bps
-            if len(self.probes) >= self.search.max_runs:
+            budget = self.search.max_runs + (EXTRA_DOWN if self.best is None else 0)
+            if len(self.probes) >= budget:
                 return None
             if self.high is None:  # nothing lost yet: grow, up to the sender's rate
                 if self.low >= self.ceiling:
@@ -117,7 +124,12 @@ class RateBisection:
         return offered
 
     def as_json(self) -> dict[str, Any]:
+        """``offered_gbps``: the rate the runs offer, the best found (None: unlimited),
+        or with ``found`` false the lowest offer tried (what the caller measures)."""
         best = self.best
+        if best is None:
+            tried = [p["offered_gbps"] for p in self.probes if p["offered_gbps"] is not None]
+            lowest = min(tried) if tried else None
         return {
             "loss_limit_percent": self.search.loss_limit_percent,
             "probe_seconds": self.search.probe_seconds,
@@ -125,5 +137,5 @@ class RateBisection:
             "probes": self.probes,
             "found": best is not None,
             "unlimited": best is not None and best["offered_gbps"] is None,
-            "offered_gbps": best["offered_gbps"] if best is not None else None,
+            "offered_gbps": best["offered_gbps"] if best is not None else lowest,
         }
