@@ -53,10 +53,21 @@ def veth_pair(netns_factory: NsFactory) -> tuple[NetNS, NetNS]:
     a, b = netns_factory(), netns_factory()
     create_veth("sclpva", a, "sclpvb", b, mtu=1500)
     for ns, dev, ip4, ip6 in ((a, "sclpva", IP_A, IP6_A), (b, "sclpvb", IP_B, IP6_B)):
+        # The kernel runs DAD when either "all" or the device asks for it.
+        ns.write_sysctl("net.ipv6.conf.all.accept_dad", 0)
         ns.write_sysctl(f"net.ipv6.conf.{dev}.accept_dad", 0)
         ns.add_address(dev, f"{ip4}/24")
         ns.add_address(dev, f"{ip6}/64")
+    for ns, ip6 in ((a, IP6_A), (b, IP6_B)):  # a tentative address cannot be bound yet
+        wait_for(lambda ns=ns, ip6=ip6: _usable(ns, ip6), 5.0, what=f"{ip6} usable")
     return a, b
+
+
+def _usable(ns: NetNS, address: str) -> bool:
+    """Is ``address`` on an interface of ``ns`` and past duplicate address detection
+    (not IFA_F_TENTATIVE)?"""
+    found = ns.ipr.get_addr(family=socket.AF_INET6, address=address)
+    return bool(found) and not any(msg["flags"] & 0x40 for msg in found)
 
 
 Packet = tuple[bytes, object, int, int]  # (packet, source key, L4 offset, L4 sum)
