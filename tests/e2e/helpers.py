@@ -27,7 +27,7 @@ from typing import Any
 
 from sclp.endpoint.control import ControlError, query, socket_path
 from sclp.io import netns as nsio
-from sclp.lab.testbed import Testbed, TestbedError, wait_for_output
+from sclp.lab.testbed import UNDERLAY, Testbed, TestbedError, wait_for_output
 
 TRANSFER_PORT = 9000
 
@@ -308,11 +308,30 @@ class Topology:
 
     def netns(self, role: str) -> str:
         name = f"sclp-{self.tag}-{role}"
-        nsio.create_netns(name).close()
+        nsio.create_netns(name, loopback_up=True).close()
         self.namespaces.append(name)
-        with nsio.NetNS(name) as ns:
-            ns.set_link("lo", up=True)
         return name
+
+    def underlay_hosts(self, role1: str, role2: str) -> list[str]:
+        """Two host namespaces joined by a veth ``ul0`` with the testbed's underlay
+        addresses (:data:`sclp.lab.testbed.UNDERLAY`)."""
+        hosts = [self.netns(role1), self.netns(role2)]
+        nsio.create_veth("ul0", hosts[0], "ul0", hosts[1])
+        for host, address in zip(hosts, UNDERLAY, strict=True):
+            with nsio.NetNS(host) as ns:
+                ns.add_address("ul0", f"{address}/24")
+        return hosts
+
+    def container(self, host: str, ifname: str, cidr: str, mtu: int) -> str:
+        """A namespace behind a veth whose host side ``ifname`` is in namespace
+        ``host``, as a container runtime makes it (IPv6 off, ``cidr`` on its eth0);
+        returns the namespace."""
+        ns = self.netns("ct" + ifname.replace("-", ""))
+        disable_ipv6(ns)
+        nsio.create_veth(ifname, host, "eth0", ns, mtu=mtu)
+        with nsio.NetNS(ns) as inside:
+            inside.add_address("eth0", cidr)
+        return ns
 
     def endpoint_name(self, role: str) -> str:
         return f"e2e{self.tag}{role}"

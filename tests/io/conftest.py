@@ -37,9 +37,8 @@ def netns_factory() -> Iterator[Callable[[], NetNS]]:
     made: list[NetNS] = []
 
     def make() -> NetNS:
-        ns = create_netns(f"sclpt-{uuid.uuid4().hex[:10]}")
+        ns = create_netns(f"sclpt-{uuid.uuid4().hex[:10]}", loopback_up=True)
         made.append(ns)
-        ns.set_link("lo", up=True)
         return ns
 
     try:

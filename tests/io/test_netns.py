@@ -59,6 +59,20 @@ def test_create_list_delete_roundtrip(netns_factory: NsFactory) -> None:
     ns.delete()
 
 
+def test_create_with_loopback_up(netns_factory: NsFactory) -> None:
+    name = f"sclpt-{uuid.uuid4().hex[:10]}"
+    ns = create_netns(name, loopback_up=True)
+    try:
+        assert ns.link_info("lo").up
+        with create_netns(f"sclpt-{uuid.uuid4().hex[:10]}") as plain:
+            try:
+                assert not plain.link_info("lo").up  # the default leaves lo as it is: down
+            finally:
+                plain.delete()
+    finally:
+        ns.delete()
+
+
 def test_missing_namespace_error_says_how_to_create_it() -> None:
     name = f"sclpt-missing-{uuid.uuid4().hex[:6]}"
     with pytest.raises(NetnsError, match=r"does not exist; create it with") as info:

@@ -104,9 +104,11 @@ def _missing(name: str) -> NetnsError:
     )
 
 
-def create_netns(name: str) -> NetNS:
-    """Create the named namespace (like ``ip netns add``) and return a handle on it.
-    Raises :class:`NetnsError` (EEXIST) if it exists already, EPERM without root."""
+def create_netns(name: str, *, loopback_up: bool = False) -> NetNS:
+    """Create the named namespace (like ``ip netns add``) and return a handle on it;
+    with ``loopback_up`` its ``lo`` is brought up (what a host or VM of the lab needs),
+    and if that fails the namespace is deleted again.  Raises :class:`NetnsError`
+    (EEXIST) if it exists already, EPERM without root."""
     path = netns_path(name)
     if os.path.exists(path):
         raise NetnsError(
@@ -122,7 +124,14 @@ def create_netns(name: str) -> NetNS:
         ) from exc
     if not os.path.exists(path):
         raise NetnsError(errno.EIO, f"creating network namespace {name!r} failed (no {path})")
-    return NetNS(name)
+    ns = NetNS(name)
+    if loopback_up:
+        try:
+            ns.set_link("lo", up=True)
+        except BaseException:
+            ns.delete()
+            raise
+    return ns
 
 
 def delete_netns(name: str) -> None:

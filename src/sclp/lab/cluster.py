@@ -147,10 +147,8 @@ class ClusterLab:
 
     def _netns(self, role: str) -> str:
         name = f"sclp-{self.tag}-{role}"
-        nsio.create_netns(name).close()
+        nsio.create_netns(name, loopback_up=True).close()
         self.namespaces.append(name)
-        with nsio.NetNS(name) as ns:
-            ns.set_link("lo", up=True)
         return name
 
     @property

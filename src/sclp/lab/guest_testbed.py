@@ -77,10 +77,8 @@ class GuestTestbed(Testbed):
             raise TestbedError("the testbed needs root to create network namespaces; use sudo")
         self.workdir = Path(tempfile.mkdtemp(prefix=f"sclp-{self.tag}-"))
         for name in self.hosts:
-            nsio.create_netns(name).close()
+            nsio.create_netns(name, loopback_up=True).close()
             self.namespaces.append(name)
-            with nsio.NetNS(name) as ns:
-                ns.set_link("lo", up=True)
         if self.protocol == "bridge":
             mtus = [self.vm_mtu or BRIDGE_MTU] * 2
         else:

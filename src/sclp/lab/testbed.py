@@ -144,10 +144,8 @@ class Testbed:
             raise TestbedError("the testbed needs root to create network namespaces; use sudo")
         self.workdir = Path(tempfile.mkdtemp(prefix=f"sclp-{self.tag}-"))
         for name in (*self.hosts, *self.vms):
-            nsio.create_netns(name).close()
+            nsio.create_netns(name, loopback_up=True).close()
             self.namespaces.append(name)
-            with nsio.NetNS(name) as ns:
-                ns.set_link("lo", up=True)
         if self.protocol == "veth":
             nsio.create_veth("eth0", self.vms[0], "eth0", self.vms[1], mtu=self.vm_mtu or 1500)
             for vm, addr in zip(self.vms, OVERLAY, strict=True):
