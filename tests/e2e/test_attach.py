@@ -31,7 +31,6 @@ from sclp.lab.testbed import UNDERLAY
 from .helpers import (
     Endpoint,
     Topology,
-    disable_ipv6,
     ping,
     popen_in,
     run_in,
@@ -53,15 +52,8 @@ class Hosts:
     endpoints: list[Endpoint]
 
     def container(self, host: int, name: str, address: str) -> str:
-        """A namespace behind a veth whose host side ``name`` is in host ``host``'s
-        namespace (as a container runtime makes it); returns the namespace."""
-        ns = self.topo.netns("ct" + name.replace("-", ""))
-        disable_ipv6(ns)
-        nsio.create_veth(name, self.hosts[host], "eth0", ns, mtu=VM_MTU)
-        with nsio.NetNS(ns) as inside:
-            inside.add_address("eth0", f"{address}/24")
-            inside.set_link("eth0", up=True)
-        return ns
+        """A container behind host ``host`` whose host-side veth is ``name``."""
+        return self.topo.container(self.hosts[host], name, f"{address}/24", VM_MTU)
 
     def ports(self, host: int) -> dict[str, Any]:
         ports: dict[str, Any] = self.endpoints[host].stats()["ports"]
@@ -90,11 +82,7 @@ def _config(topo: Topology, i: int, hosts: list[str], protocol: str) -> str:
 @pytest.fixture(scope="module", params=["vxlan-sclp", "vxlan"])
 def hosts(request: pytest.FixtureRequest) -> Iterator[Hosts]:
     with Topology() as topo:
-        names = [topo.netns("ah1"), topo.netns("ah2")]
-        nsio.create_veth("ul0", names[0], "ul0", names[1])
-        for host, address in zip(names, UNDERLAY, strict=True):
-            with nsio.NetNS(host) as ns:
-                ns.add_address("ul0", f"{address}/24")
+        names = topo.underlay_hosts("ah1", "ah2")
         endpoints = [
             topo.start_endpoint(
                 topo.endpoint_name(f"a{i + 1}"), _config(topo, i, names, request.param)

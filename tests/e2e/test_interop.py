@@ -44,12 +44,8 @@ def _ip(netns: str, *args: str) -> None:
 @pytest.fixture(scope="module")
 def mixed() -> Iterator[Mixed]:
     with Topology() as topo:
-        hosts = [topo.netns("h1"), topo.netns("h2")]
+        hosts = topo.underlay_hosts("h1", "h2")
         vms = [topo.netns("vm1"), topo.netns("vm2")]
-        nsio.create_veth("ul0", hosts[0], "ul0", hosts[1])
-        for host, address in zip(hosts, UNDERLAY, strict=True):
-            with nsio.NetNS(host) as ns:
-                ns.add_address("ul0", f"{address}/24")
         # Host 2: the kernel's VXLAN, bridged to VM 2 (what an operator would type).
         h2 = hosts[1]
         _ip(

@@ -75,17 +75,13 @@ def _config(
 def two_vnis(request: pytest.FixtureRequest) -> Iterator[TwoVnis]:
     protocol = request.param
     with Topology() as topo:
-        hosts = [topo.netns("h1"), topo.netns("h2")]
+        hosts = topo.underlay_hosts("h1", "h2")
         vms = {
             42: [topo.netns("vm1a"), topo.netns("vm2a")],
             43: [topo.netns("vm1b"), topo.netns("vm2b")],
         }
         for vm in (*vms[42], *vms[43]):
             disable_ipv6(vm)
-        nsio.create_veth("ul0", hosts[0], "ul0", hosts[1])
-        for host, address in zip(hosts, UNDERLAY, strict=True):
-            with nsio.NetNS(host) as ns:
-                ns.add_address("ul0", f"{address}/24")
         endpoints = [
             topo.start_endpoint(
                 topo.endpoint_name(f"h{i + 1}"), _config(topo, i, protocol, hosts, vms)

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from sclp.io import netns as nsio
 from sclp.lab.testbed import UNDERLAY
 
-from .helpers import Endpoint, Topology, disable_ipv6, ping, popen_in, wait_for
+from .helpers import Endpoint, Topology, ping, popen_in, wait_for
 
 pytestmark = [pytest.mark.netns]
 
@@ -48,22 +47,13 @@ class Pair:
         os.kill(ep.proc.pid, signal.SIGHUP)
 
     def container(self, host: int, name: str, address: str) -> str:
-        ns = self.topo.netns("ct" + name.replace("-", ""))
-        disable_ipv6(ns)
-        nsio.create_veth(name, self.hosts[host], "eth0", ns, mtu=VM_MTU)
-        with nsio.NetNS(ns) as inside:
-            inside.add_address("eth0", address + "/24")
-        return ns
+        return self.topo.container(self.hosts[host], name, address + "/24", VM_MTU)
 
 
 @pytest.fixture
 def pair() -> Iterator[Pair]:
     with Topology() as topo:
-        hosts = [topo.netns("rh1"), topo.netns("rh2")]
-        nsio.create_veth("ul0", hosts[0], "ul0", hosts[1])
-        for host, address in zip(hosts, UNDERLAY, strict=True):
-            with nsio.NetNS(host) as ns:
-                ns.add_address("ul0", f"{address}/24")
+        hosts = topo.underlay_hosts("rh1", "rh2")
         result = Pair(topo, hosts, [])
         for i in range(2):
             name = topo.endpoint_name(f"r{i + 1}")
