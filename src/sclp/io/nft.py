@@ -358,12 +358,8 @@ def install_port_guard(name: str, ifname: str, ifindex: int, *, netns: str | Non
     the table when needed.  Returns the chain's name.  Raises :class:`NftError`."""
     if not _IFNAME_OK.match(ifname):
         raise ValueError(f"bad interface name {ifname!r}")
-    table = port_guard_table(name)
-    chain = f"port_{int(ifindex)}"
-    script = (
-        f"add table netdev {table}\n"
-        f"add chain netdev {table} {chain}\n"
-        f"delete chain netdev {table} {chain}\n"
+    table, chain, script = _port_chain_removal(name, ifindex)
+    script += (
         f"table netdev {table} {{\n"
         f"  chain {chain} {{\n"
         f'    type filter hook ingress device "{ifname}" priority 0; policy accept;\n'
@@ -377,6 +373,12 @@ def install_port_guard(name: str, ifname: str, ifindex: int, *, netns: str | Non
 
 def remove_port_guard(name: str, ifindex: int, *, netns: str | None = None) -> None:
     """Remove the chain of one port (the interface may be gone already)."""
+    _nft(["-f", "-"], _port_chain_removal(name, ifindex)[2], netns)
+
+
+def _port_chain_removal(name: str, ifindex: int) -> tuple[str, str, str]:
+    """(table, chain, a script deleting the chain whether or not it exists): an add
+    first, so the delete never fails."""
     table = port_guard_table(name)
     chain = f"port_{int(ifindex)}"
     script = (
@@ -384,7 +386,7 @@ def remove_port_guard(name: str, ifindex: int, *, netns: str | None = None) -> N
         f"add chain netdev {table} {chain}\n"
         f"delete chain netdev {table} {chain}\n"
     )
-    _nft(["-f", "-"], script, netns)
+    return table, chain, script
 
 
 def remove_port_guards(name: str, *, netns: str | None = None) -> None:
