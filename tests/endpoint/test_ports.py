@@ -96,11 +96,11 @@ def test_bad_attach_settings_are_one_line_errors(network: str, message: str) -> 
         parse_config(text)
 
 
-def test_port_for_matches_patterns_in_file_order_and_never_our_own_taps() -> None:
+def test_network_for_matches_patterns_in_file_order_and_never_our_own_taps() -> None:
     dp = host()
-    assert dp.port_for("vm42-a") is dp.networks[42]
-    assert dp.port_for("vm43-a") is dp.networks[43]
-    assert dp.port_for("t42") is None and dp.port_for("eth0") is None
+    assert dp.network_for("vm42-a") is dp.networks[42]
+    assert dp.network_for("vm43-a") is dp.networks[43]
+    assert dp.network_for("t42") is None and dp.network_for("eth0") is None
 
 
 # -- the FDB with local ports ---------------------------------------------------------------

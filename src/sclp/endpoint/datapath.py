@@ -309,7 +309,7 @@ class DataPath:
         self.ports.pop(port.name, None)
         return port.net.fdb.remove_port(port)
 
-    def port_for(self, ifname: str) -> VirtualNetwork | None:
+    def network_for(self, ifname: str) -> VirtualNetwork | None:
         """The network whose ``attach`` patterns take ``ifname`` (the first in the
         file), or None; the networks' own TAPs are never attached."""
         if any(n.network.tap == ifname for n in self.networks.values()):

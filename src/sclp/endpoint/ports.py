@@ -72,11 +72,6 @@ class AttachedPorts:
         self._guard_failed = False
         self._failed: dict[str, int] = {}  # name -> ifindex whose attach failed (no retry)
 
-    @property
-    def wanted(self) -> bool:
-        """Does any network attach interfaces?"""
-        return any(net.network.attach for net in self.dp.networks.values())
-
     def start(self) -> None:
         """Subscribe to link notifications, then attach what exists (in that order,
         so an interface created in between is not missed).  Raises OSError."""
@@ -141,7 +136,7 @@ class AttachedPorts:
                 self._consider(name, index)
 
     def _consider(self, name: str, index: int) -> None:
-        net = self.dp.port_for(name)
+        net = self.dp.network_for(name)
         if net is None or self._failed.get(name) == index:
             return
         if name in self.dp.ports:  # a TAP of ours, or a name taken by another port
