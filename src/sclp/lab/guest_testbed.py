@@ -118,24 +118,9 @@ class GuestTestbed(Testbed):
         except GuestError as exc:
             raise TestbedError(str(exc)) from None
 
-    def config_text(self, i: int) -> str:
-        mtu = f"mtu = {self.vm_mtu}\n" if self.vm_mtu else ""
-        faults = f"[underlay.faults]\n{self.faults.rstrip()}\n" if self.faults else ""
-        return (
-            f'name = "{self.endpoint_name(i)}"\n'
-            f"{self.extra_config}"
-            "[underlay]\n"
-            f'local = "{self.underlay[i]}"\n'
-            f'namespace = "{self.hosts[i]}"\n'
-            f'sclp_carrier = "{self.carrier}"\n'
-            f"{faults}"
-            "[[network]]\n"
-            f"vni = {VNI}\n"
-            f'protocol = "{self.protocol}"\n'
-            'attach = ["vm*"]\n'
-            f"{mtu}"
-            f'peers = ["{self.underlay[1 - i]}"]\n'
-        )
+    def port_keys(self, i: int) -> str:
+        """The guest's TAP, made by QEMU in the host namespace, attached by pattern."""
+        return 'attach = ["vm*"]\n'
 
     # -- driving -----------------------------------------------------------------
 

@@ -327,12 +327,15 @@ class Testbed:
             "[[network]]\n"
             f"vni = {VNI}\n"
             f'protocol = "{self.protocol}"\n'
-            'tap = "tap0"\n'
-            f'namespace = "{self.vms[i]}"\n'
-            f'address = "{OVERLAY[i]}/24"\n'
+            f"{self.port_keys(i)}"
             f"{mtu}"
             f'peers = ["{self.underlay[1 - i]}"]\n'
         )
+
+    def port_keys(self, i: int) -> str:
+        """The ``[[network]]`` keys of host ``i``'s VM port: a TAP the endpoint owns,
+        moved into the VM's namespace with its overlay address."""
+        return f'tap = "tap0"\nnamespace = "{self.vms[i]}"\naddress = "{OVERLAY[i]}/24"\n'
 
     def _start_endpoint(self, i: int) -> None:
         assert self.workdir is not None
