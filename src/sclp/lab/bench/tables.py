@@ -82,10 +82,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
     for label, by_transport in by_label(report):
         tcp, udp = by_transport.get("tcp", {}), by_transport.get("udp", {})
         first = tcp or udp
-        errors = {f"{t}: {r['error']}" for t, r in by_transport.items() if "error" in r}
-        note = "reference" if first.get("reference") else ""
-        if errors:
-            note = "FAILED " + "; ".join(sorted(errors))
+        note = _note(by_transport, first)
         rows.append(
             [
                 label,
@@ -105,16 +102,21 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _note(by_transport: dict[str, Any], first: dict[str, Any]) -> str:
+    """A row's note: its failures (per transport), else whether it is a reference."""
+    errors = {f"{t}: {r['error']}" for t, r in by_transport.items() if "error" in r}
+    if errors:
+        return "FAILED " + "; ".join(sorted(errors))
+    return "reference" if first.get("reference") else ""
+
+
 def _guest_rows(report: dict[str, Any]) -> list[list[str]]:
     udp_measured = "udp" in report["options"]["transports"]
     rows = []
     for label, by_transport in by_label(report):
         tcp, udp = by_transport.get("tcp", {}), by_transport.get("udp", {})
         first = tcp or udp
-        errors = {f"{t}: {r['error']}" for t, r in by_transport.items() if "error" in r}
-        note = "reference" if first.get("reference") else ""
-        if errors:
-            note = "FAILED " + "; ".join(sorted(errors))
+        note = _note(by_transport, first)
         row = [
             label,
             fmt(first.get("vm_mtu")),
