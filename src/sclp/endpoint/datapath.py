@@ -442,16 +442,21 @@ class DataPath:
         net.counters["tx_split"] += 1
         sends: list[Send] = []
         for part in parts:
-            plen = len(part) - HEADROOM
-            vm = VmFrame(part, plen, gso_size, csum_start, gso_type)
-            if plen <= net.max_plain_frame:  # one segment left: goes as a plain frame
-                view = memoryview(part)[HEADROOM:]
-                complete_checksum(view, csum_start, _TCP_CSUM_OFFSET)
-                vm = VmFrame(part, plen, 0, csum_start, GSO_NONE)
-            for send in net.tunnel.transmit(vm, peers):
+            # Each part is a frame as a VM would hand it over (a one-segment remainder
+            # is then completed and sent plain by _encapsulate, as any such frame).
+            VNET.pack_into(
+                part,
+                HEADROOM - VNET_LEN,
+                F_NEEDS_CSUM,
+                gso_type,
+                0,
+                gso_size,
+                csum_start,
+                _TCP_CSUM_OFFSET,
+            )
+            for send in self._encapsulate(net, part, len(part) - HEADROOM, peers):
                 # A tunnel may reuse one buffer for every frame: own each part's copy.
                 sends.append(send._replace(data=bytes(send.data)))
-                net.counters["tx_packets"] += send.packets
         return sends
 
     # -- underlay -> VM ------------------------------------------------------------------
