@@ -142,12 +142,8 @@ class Endpoint:
             self._start_attached()
         if cfg.cluster is not None:
             self._start_registry()
-        for channel, (usock, _port) in sockets.udp.items():
-            runner.add_udp(channel, usock, sockets.batch)
-        for channel, rsock in sockets.raw_receive.items():
-            runner.add_raw(channel, rsock, sockets.batch)
-        for ptap in sockets.stt_taps:
-            runner.add_raw(Channel.STT, ptap, sockets.batch)
+        for channel in sorted(dp.channels, key=lambda c: c.value):
+            self._serve_channel(channel)
         self._started_at = self.clock()
         log.info(
             "endpoint %s up: local %s, underlay mtu %d, %s",
@@ -314,12 +310,7 @@ class Endpoint:
             channel = vnet.tunnel.channel
             if channel not in sockets.udp and channel not in sockets.raw:
                 provision.open_channel(self.cfg, dp, channel, sockets, self._stack)
-                if channel in sockets.udp:
-                    runner.add_udp(channel, sockets.udp[channel][0], sockets.batch)
-                if channel in sockets.raw_receive:
-                    runner.add_raw(channel, sockets.raw_receive[channel], sockets.batch)
-                for ptap in sockets.stt_taps if channel is Channel.STT else ():
-                    runner.add_raw(Channel.STT, ptap, sockets.batch)
+                self._serve_channel(channel)
                 runner.sender.add_channels()
                 self._list_sockets()
                 self._install_peer_filter()
@@ -354,6 +345,17 @@ class Endpoint:
         if stack is not None:
             stack.close()
         log.info("vni %d %s", vni, why)
+
+    def _serve_channel(self, channel: Channel) -> None:
+        """Have the loop read ``channel``'s open socket(s) (or STT's packet taps)."""
+        sockets, runner = self._underlay, self._runner()
+        assert sockets is not None
+        if channel in sockets.udp:
+            runner.add_udp(channel, sockets.udp[channel][0], sockets.batch)
+        if channel in sockets.raw_receive:
+            runner.add_raw(channel, sockets.raw_receive[channel], sockets.batch)
+        for ptap in sockets.stt_taps if channel is Channel.STT else ():
+            runner.add_raw(Channel.STT, ptap, sockets.batch)
 
     def _install_peer_filter(self) -> None:
         """(Re)install the kernel's peer filter for the channels now open."""
