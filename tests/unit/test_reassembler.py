@@ -1,5 +1,6 @@
 import random
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 from sclp.engine.reassembler import Completed, Reassembler
 from sclp.engine.segmenter import SegmentBatch, Segmenter
 from sclp.wire import sclp
+from sclp.wire.checksum import ones_sum
 from sclp.wire.errors import DropReason
 from sclp.wire.sclp import SCLP_HLEN, SCLP_MAX_PAYLOAD, Carrier, SclpHeader
 
@@ -741,3 +743,106 @@ def test_checksum_verdict_from_the_caller_is_used() -> None:
     seg[10:12] = b"\0\0"  # a zero checksum stays illegal in native mode
     assert r.add_segment("a", "b", seg, 0.0, checksum_ok=True) is None
     assert r.drops[DropReason.BAD_CHECKSUM] == 2
+
+
+# -- receive batches (native mode: one recvmmsg's segments from any senders) ------------
+
+
+def _slots(
+    segments: list[bytes], rnd: random.Random
+) -> tuple[list[memoryview], list[int], list[int]]:
+    """Each segment in a receive slot of its own, after an IP-header-sized prefix and
+    before some stale bytes, as a raw socket's batch lays them out."""
+    views, starts, ends = [], [], []
+    for seg in segments:
+        lead = rnd.choice([0, 20, 24])
+        slot = bytearray(rnd.randbytes(lead)) + seg + rnd.randbytes(rnd.randint(0, 30))
+        views.append(memoryview(slot))
+        starts.append(lead)
+        ends.append(lead + len(seg))
+    return views, starts, ends
+
+
+def _state(r: Reassembler) -> tuple[object, ...]:
+    return (dict(r.drops), r.completed, r.duplicates, r.entries, r.bytes_held)
+
+
+def test_batch_of_interleaved_senders_delivers_each_payload_with_its_source() -> None:
+    p1, p2 = payload_of(20000, seed=1), payload_of(9000, seed=2)
+    s1, s2 = segments_of(p1, ident=5), segments_of(p2, ident=5)  # same ident, other source
+    order = [x for pair in zip(s1, s2, strict=False) for x in pair] + s1[len(s2) :]
+    srcs = [A, B] * len(s2) + [A] * (len(s1) - len(s2))
+    views, starts, ends = _slots(order, random.Random(3))
+    r = Reassembler()
+    out = r.add_batch(srcs, "me", views, starts, ends, None, 0.0)
+    assert [(src, bytes(done.payload)) for src, done in out] == [(B, p2), (A, p1)]
+    assert_empty(r)
+    assert not r.drops
+
+
+def test_batch_places_a_whole_in_order_payload_as_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """45 segments of one payload in one batch: one _add_run call, no table entry."""
+    payload = payload_of(64000, seed=8)
+    segs = segments_of(payload)
+    views, starts, ends = _slots(segs, random.Random(1))
+    sums = [ones_sum(v[a:b]) for v, a, b in zip(views, starts, ends, strict=True)]
+    r = Reassembler()
+    runs: list[int] = []
+    add_run = r._add_run
+
+    def counting(
+        key: Any, first: int, lo: int, hi: int, pieces: list[memoryview], now: float
+    ) -> Any:
+        runs.append(len(pieces))
+        return add_run(key, first, lo, hi, pieces, now)
+
+    monkeypatch.setattr(r, "_add_run", counting)
+    out = r.add_batch([A] * len(segs), B, views, starts, ends, sums, 0.0)
+    assert [bytes(done.payload) for _, done in out] == [payload]
+    assert runs == [len(segs)]
+    assert_empty(r)
+
+
+def test_batch_trusts_the_callers_sums() -> None:
+    segs = segments_of(payload_of(3000, seed=3))
+    views, starts, ends = _slots(segs, random.Random(2))
+    r = Reassembler()
+    assert r.add_batch([A, A, A], B, views, starts, ends, [0xFFFF, 0x1234, 0xFFFF], 0.0) == []
+    assert r.drops == {DropReason.BAD_CHECKSUM: 1}
+    assert r.entries == 1  # the other two wait for the middle one
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(hostile_segments(), st.sampled_from([A, B])), max_size=40),
+    st.sampled_from(list(Carrier)),
+    st.integers(1, 12),
+    st.randoms(use_true_random=False),
+)
+def test_a_batch_is_the_same_as_its_segments_one_by_one(
+    inputs: list[tuple[bytes, bytes]], carrier: Carrier, batch: int, rnd: random.Random
+) -> None:
+    """Whatever the segments (hostile ones included) and however they are cut into
+    batches: the same payloads from the same sources, the same counters."""
+    one = Reassembler(carrier, max_bytes=200000, max_entries=4)
+    many = Reassembler(carrier, max_bytes=200000, max_entries=4)
+    expected = []
+    for data, src in inputs:
+        done = one.add_segment(src, "me", data, 0.0)
+        if done is not None:
+            expected.append((src, done.sport, done.dport, bytes(done.payload)))
+    got = []
+    for i in range(0, len(inputs), batch):
+        chunk = inputs[i : i + batch]
+        views, starts, ends = _slots([d for d, _ in chunk], rnd)
+        sums = (
+            None
+            if rnd.random() < 0.5
+            else [ones_sum(v[a:b]) for v, a, b in zip(views, starts, ends, strict=True)]
+        )
+        for src, done in many.add_batch(
+            [s for _, s in chunk], "me", views, starts, ends, sums, 0.0
+        ):
+            got.append((src, done.sport, done.dport, bytes(done.payload)))
+    assert got == expected
+    assert _state(many) == _state(one)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
 from sclp.endpoint.config import Config, Network
@@ -513,6 +513,27 @@ class DataPath:
                 self._sclp_payload(src, done.dport, done.payload, now, out)
             return out
         self._decapsulate(NvgreTunnel, src, packet, now, out)
+        return out
+
+    def from_sclp_batch(
+        self,
+        srcs: Sequence[Hashable],
+        views: list[memoryview],
+        starts: list[int],
+        ends: list[int],
+        l4_sums: list[int] | None,
+        now: float,
+    ) -> list[Deliver]:
+        """A native-mode receive batch: SCLP segment ``i`` is ``views[i][starts[i]:
+        ends[i]]`` from peer ``srcs[i]`` (the caller mapped every source to a peer),
+        ``l4_sums[i]`` its folded sum (None: verified here).  The same as
+        :meth:`from_ip` per segment, without a call chain per segment
+        (:meth:`~sclp.engine.reassembler.Reassembler.add_batch`)."""
+        self.counters["rx_packets"] += len(starts)
+        out: list[Deliver] = []
+        done = self.reassembler.add_batch(srcs, self._local, views, starts, ends, l4_sums, now)
+        for src, payload in done:
+            self._sclp_payload(str(src), payload.dport, payload.payload, now, out)
         return out
 
     def _sclp_payload(

@@ -342,8 +342,18 @@ class Runner:
         dp = self.dp
         deliver = self._deliver
         peer_of = self._peer_of
+        sclp = channel is Channel.SCLP
         for _ in range(RX_BUDGET // batch + 1):
             count, views, sizes, sources, offsets, sums = sock.recv_batch()
+            if sclp and count and -1 not in offsets:
+                srcs = [peer_of.get(key) for key in sources]
+                if None not in srcs:  # the usual batch: all from peers, headers good
+                    out = dp.from_sclp_batch(srcs, views, offsets, sizes, sums, now)
+                    if out:
+                        deliver(out)
+                    if count < batch:
+                        return
+                    continue
             strangers = 0
             for i in range(count):
                 src = peer_of.get(sources[i])

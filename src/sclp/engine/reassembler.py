@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,32 +199,81 @@ class Reassembler(TableUser):
                 return []
             done = self.add_segment(src, dst, mv, now)
             return [] if done is None else [done]
-        if accept_zero := self._accept_zero_csum:
+        if self._accept_zero_csum:
             whole = self._whole_in_order(src, dst, mv, seg_size, now)
             if whole is not None:
                 return [whole]
-        drops = self.drops
         count = -(-n // seg_size)
-        last_off = (count - 1) * seg_size
-        full_plen = seg_size - SCLP_HLEN
-        sums: list[int] | None = None
-        out: list[Completed] = []
-        # The run being collected: payloads of consecutive segments of one payload, each
-        # ending (in tail coordinates) where the previous one starts.
+        starts = range(0, n, seg_size)
+        ends = [*range(seg_size, n, seg_size), n]
+        sums = rows_ones_sums(mv, seg_size, count, n - (count - 1) * seg_size).tolist()
+        runs = self._add_segments([src] * count, dst, [mv] * count, starts, ends, sums, now)
+        return [payload for _, payload in runs]
+
+    def add_batch(
+        self,
+        srcs: Sequence[Hashable],
+        dst: Hashable,
+        views: Sequence[memoryview],
+        starts: Sequence[int],
+        ends: Sequence[int],
+        l4_sums: Sequence[int] | None,
+        now: float,
+    ) -> list[tuple[Hashable, Completed]]:
+        """Take a receive batch of segments from any senders: segment ``i`` is
+        ``views[i][starts[i]:ends[i]]`` (header included), from outer address
+        ``srcs[i]``, and ``l4_sums[i]`` its folded ones' complement sum (0xFFFF: the
+        checksum holds; None: sum each segment here); ``views`` may be longer than
+        ``starts`` (a socket's slots), the rest is ignored.  Returns ``(src, payload)`` for
+        every payload completed, in order; drops are counted as by
+        :meth:`add_segment`, which this is equivalent to, segment by segment.
+
+        Why: one call per segment costs more than the segment's bytes (a native-mode
+        64 KB payload is ~45 segments); here consecutive segments of one payload are
+        recognised in one tight loop and placed as a run, and a run that is a whole
+        payload in order needs no table entry.  Payloads may be views into ``views``
+        (as with :meth:`add_segment`)."""
+        if now >= self._table.next_at:
+            self._table.expire(now)
+        if l4_sums is None:
+            l4_sums = [
+                ones_sum(views[i][a:b]) for i, (a, b) in enumerate(zip(starts, ends, strict=True))
+            ]
+        return self._add_segments(srcs, dst, views, starts, ends, l4_sums, now)
+
+    def _add_segments(
+        self,
+        srcs: Sequence[Hashable],
+        dst: Hashable,
+        views: Sequence[memoryview],
+        starts: Sequence[int],
+        ends: Sequence[int],
+        sums: Sequence[int],
+        now: float,
+    ) -> list[tuple[Hashable, Completed]]:
+        """The loop of :meth:`add_batch` and :meth:`add_coalesced`: each segment is
+        checked as :meth:`add_segment` checks it (inlined), and consecutive segments of
+        one payload (same key, each ending in tail coordinates where the previous one
+        starts) are collected into a run placed by one :meth:`_add_run`."""
+        drops = self.drops
+        accept_zero = self._accept_zero_csum
+        out: list[tuple[Hashable, Completed]] = []
+        # The run being collected: payloads of consecutive segments of one payload.
         run: list[memoryview] = []
         tag = self._tag
-        run_key: _Key = (tag, src, dst, -1, -1, -1)
+        run_key: _Key = (tag, None, dst, -1, -1, -1)
+        run_src: Hashable = None
         run_first = run_hi = 0
         run_lo = run_word = run_sport = run_dport = -1
-        for i, off in enumerate(range(0, n, seg_size)):
-            plen = full_plen if off < last_off else n - off - SCLP_HLEN
+        for i, off in enumerate(starts):
+            end = ends[i]
+            plen = end - off - SCLP_HLEN
             if plen < 0:
                 drops[DropReason.TOO_SHORT] += 1
                 continue
-            sport, dport, word, rem, csum = _unpack_hdr(mv, off)
+            view = views[i]
+            sport, dport, word, rem, csum = _unpack_hdr(view, off)
             if csum:
-                if sums is None:
-                    sums = rows_ones_sums(mv, seg_size, count, n - last_off).tolist()
                 if sums[i] != 0xFFFF:
                     drops[DropReason.BAD_CHECKSUM] += 1
                     continue
@@ -236,6 +285,7 @@ class Reassembler(TableUser):
             if hi > SCLP_MAX_PAYLOAD:
                 drops[DropReason.OVERSIZE] += 1
                 continue
+            src = srcs[i]
             if not word & 1:
                 if plen == 0:
                     drops[DropReason.MALFORMED] += 1
@@ -245,16 +295,18 @@ class Reassembler(TableUser):
                     and word | 1 == run_word
                     and sport == run_sport
                     and dport == run_dport
+                    and src == run_src
                 ):
-                    run.append(mv[off + SCLP_HLEN : off + seg_size])
+                    run.append(view[off + SCLP_HLEN : end])
                     run_lo = rem
                     continue
             if run:
                 done = self._add_run(run_key, run_first, run_lo, run_hi, run, now)
                 if done is not None:
-                    out.append(done)
-            run = [mv[off + SCLP_HLEN : off + seg_size]]
+                    out.append((run_src, done))
+            run = [view[off + SCLP_HLEN : end]]
             run_key = (tag, src, dst, sport, dport, word >> 1)
+            run_src = src
             run_first = word & 1
             run_lo = rem
             run_hi = hi
@@ -264,7 +316,7 @@ class Reassembler(TableUser):
         if run:
             done = self._add_run(run_key, run_first, run_lo, run_hi, run, now)
             if done is not None:
-                out.append(done)
+                out.append((run_src, done))
         return out
 
     # -- internals --------------------------------------------------------------------
