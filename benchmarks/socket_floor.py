@@ -13,6 +13,12 @@ endpoints) per GB.  Kernel work done in softirq context is charged to whichever
 process was running, as it is for the endpoints.  Figures for scale on the machine at
 hand, never thresholds.  Needs root (namespaces).
 
+The same send is also measured with ``MSG_ZEROCOPY`` (``SO_ZEROCOPY``, completions
+reaped from the error queue), the option issue 12 asked us to consider for the UDP
+carrier: the completions say whether the kernel copied after all
+(``SO_EE_CODE_ZEROCOPY_COPIED``), which it does for every packet that is delivered to a
+local socket, veth peers in other namespaces included.
+
     sudo python benchmarks/socket_floor.py            # a table
     sudo python benchmarks/socket_floor.py --json     # machine-readable
 """
@@ -52,21 +58,51 @@ while time.monotonic() < end:
 print(n, time.process_time() - cpu, flush=True)
 """
 _SENDER = """
-import socket, sys, time
+import socket, struct, sys, time
 seconds, segment, segments = float(sys.argv[1]), int(sys.argv[4]), int(sys.argv[5])
+zerocopy = sys.argv[6] == "1"
 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 tx.setsockopt(socket.IPPROTO_UDP, 103, segment)  # UDP_SEGMENT
 tx.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)  # SO_SNDBUFFORCE
+flags = 0
+if zerocopy:
+    tx.setsockopt(socket.SOL_SOCKET, 60, 1)  # SO_ZEROCOPY
+    flags = 0x4000000  # MSG_ZEROCOPY
 tx.connect((sys.argv[2], int(sys.argv[3])))
 payload = bytes(segment * segments)
+done = copied = 0
+
+
+def reap():
+    # Completions: struct sock_extended_err {u32 errno; u8 origin, type, code, pad;
+    # u32 info, data}; origin 5 = zerocopy, [info, data] the sends done, code 1 = the
+    # kernel copied after all.
+    global done, copied
+    while True:
+        try:
+            _, anc, _, _ = tx.recvmsg(0, 256, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        for _, _, data in anc:
+            _, origin, _, code, _, lo, hi = struct.unpack_from("=IBBBBII", data)
+            if origin == 5:
+                done += hi - lo + 1
+                copied += (hi - lo + 1) if code & 1 else 0
+
+
 # One second longer than the receiver, which starts its clock at the first datagram.
-n, cpu, end = 0, time.process_time(), time.monotonic() + seconds + 1
+n, calls, cpu, end = 0, 0, time.process_time(), time.monotonic() + seconds + 1
 while time.monotonic() < end:
     try:
-        n += tx.send(payload)
+        n += tx.send(payload, flags)
+        calls += 1
     except OSError:
         pass
-print(n, time.process_time() - cpu, flush=True)
+    if zerocopy and calls % 16 == 0:
+        reap()
+if zerocopy:
+    reap()
+print(n, time.process_time() - cpu, calls, done, copied, flush=True)
 """
 
 
@@ -74,7 +110,7 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
 
-def measure(seconds: float) -> dict[str, Any]:
+def measure(seconds: float, zerocopy: bool = False) -> dict[str, Any]:
     tag = secrets.token_hex(3)
     names = (f"sclp-floor-{tag}-a", f"sclp-floor-{tag}-b")
     procs: list[subprocess.Popen[str]] = []
@@ -104,7 +140,7 @@ def measure(seconds: float) -> dict[str, Any]:
             timeout=10,
             check=False,
         )
-        shape = [str(SEGMENT), str(SEGMENTS)]
+        shape = [str(SEGMENT), str(SEGMENTS), "1" if zerocopy else "0"]
         sender = subprocess.Popen(
             ["ip", "netns", "exec", names[0], sys.executable, "-c", _SENDER, *common, *shape],
             stdout=subprocess.PIPE,
@@ -120,7 +156,7 @@ def measure(seconds: float) -> dict[str, Any]:
                 proc.wait()
         for name in created:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-    sent, sender_cpu = sent_out.split()
+    sent, sender_cpu, calls, completed, copied = sent_out.split()
     received, receiver_cpu = received_out.split()
     sent_gb, received_gb = int(sent) / 1e9, int(received) / 1e9
     return {
@@ -131,6 +167,10 @@ def measure(seconds: float) -> dict[str, Any]:
         "sender_cpu_s_per_gb_sent": float(sender_cpu) / sent_gb,
         "receiver_cpu_s_per_gb": float(receiver_cpu) / received_gb,
         "both_cpu_s_per_gb": float(sender_cpu) / sent_gb + float(receiver_cpu) / received_gb,
+        "zerocopy": zerocopy,
+        "sends": int(calls),
+        "zerocopy_completed": int(completed),
+        "zerocopy_copied": int(copied),
     }
 
 
@@ -143,21 +183,32 @@ def main() -> int:
         print("socket_floor.py builds network namespaces: run it as root", file=sys.stderr)
         return 1
     floor = measure_copy_floor()
-    result = {"copy_floor": floor.as_json(), "udp_gso_gro_over_veth": measure(args.seconds)}
+    result = {
+        "copy_floor": floor.as_json(),
+        "udp_gso_gro_over_veth": measure(args.seconds),
+        "udp_gso_gro_over_veth_zerocopy": measure(args.seconds, zerocopy=True),
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     udp = result["udp_gso_gro_over_veth"]
+    zc = result["udp_gso_gro_over_veth_zerocopy"]
     rows = (
         ("copy floor (4 x 64 KiB memcpy)", floor.floor_s_per_gb),
         ("  one 64 KiB memcpy", floor.one_copy_s_per_gb),
         ("UDP GSO send (sender, per GB sent)", udp["sender_cpu_s_per_gb_sent"]),
         ("UDP GRO receive (receiver)", udp["receiver_cpu_s_per_gb"]),
         ("send + receive", udp["both_cpu_s_per_gb"]),
+        ("UDP GSO send with MSG_ZEROCOPY (sender)", zc["sender_cpu_s_per_gb_sent"]),
+        ("  its send + receive", zc["both_cpu_s_per_gb"]),
     )
     for what, value in rows:
-        print(f"{what:38s} {value:.3f} CPU s/GB")
+        print(f"{what:40s} {value:.3f} CPU s/GB")
     print(f"({udp['sent_gbps']:.1f} Gbit/s sent, {udp['received_gbps']:.1f} received)")
+    print(
+        f"MSG_ZEROCOPY: {zc['zerocopy_completed']:,} of {zc['sends']:,} sends completed, "
+        f"{zc['zerocopy_copied']:,} of them copied by the kernel after all"
+    )
     return 0
 
 
