@@ -14,7 +14,7 @@ process was running, as it is for the endpoints.  Figures for scale on the machi
 hand, never thresholds.  Needs root (namespaces).
 
 The same send is also measured with ``MSG_ZEROCOPY`` (``SO_ZEROCOPY``, completions
-reaped from the error queue), the option issue 12 asked us to consider for the UDP
+reaped from the error queue), an option one might expect to help the UDP
 carrier: the completions say whether the kernel copied after all
 (``SO_EE_CODE_ZEROCOPY_COPIED``), which it does for every packet that is delivered to a
 local socket, veth peers in other namespaces included.
