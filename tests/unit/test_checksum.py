@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -61,6 +62,17 @@ def test_rows_ones_sums(stride: int, count: int, data: st.DataObject) -> None:
     for i in range(count):
         row = buf[i * stride : i * stride + (stride if i < count - 1 else last_len)]
         assert (~int(sums[i])) & 0xFFFF == checksum_reference(row)
+
+
+@pytest.mark.parametrize("stride", [131071, 131072, 140001])
+def test_rows_ones_sums_of_rows_too_long_for_a_32_bit_accumulator(stride: int) -> None:
+    buf = (
+        b"\xff" * stride
+        + np.random.default_rng(stride).integers(0, 256, stride, np.uint8).tobytes()
+    )
+    sums = rows_ones_sums(buf, stride, 2, stride)
+    for i in range(2):
+        assert (~int(sums[i])) & 0xFFFF == checksum_reference(buf[i * stride : (i + 1) * stride])
 
 
 def test_combine_equals_sum_of_concatenation() -> None:

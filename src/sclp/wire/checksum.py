@@ -100,12 +100,20 @@ def rows_ones_sums(buf: Buffer, stride: int, count: int, last_len: int) -> np.nd
             padded = np.zeros((full, stride + 1), dtype=np.uint8)
             padded[:, :stride] = raw
             raw = padded
-        sums = raw.view(">u2").sum(axis=1, dtype=np.uint64)
-        while True:
-            hi = sums >> 16
-            if not hi.any():
-                break
-            sums = (sums & 0xFFFF) + hi
+        # Host-order words, folded, then swapped into network order (the ones'
+        # complement sum commutes with byte swapping): about 3x faster than summing a
+        # big-endian view, which NumPy converts word by word.  A 32-bit accumulator
+        # holds any segment's row; longer rows get 64 bits.
+        if raw.shape[1] < _U32_SAFE_BYTES:
+            sums = raw.view(np.uint16).sum(axis=1, dtype=np.uint32)
+        else:
+            sums = raw.view(np.uint16).sum(axis=1, dtype=np.uint64)
+            sums = (sums & 0xFFFFFFFF) + (sums >> 32)
+            sums = (sums & 0xFFFFFFFF) + (sums >> 32)
+        sums = (sums & 0xFFFF) + (sums >> 16)
+        sums = (sums & 0xFFFF) + (sums >> 16)
+        if _LITTLE:
+            sums = ((sums & 0xFF) << 8) | (sums >> 8)
         out[:full] = sums
     last = memoryview(buf)[full * stride : full * stride + last_len]
     out[full] = ones_sum(last)
