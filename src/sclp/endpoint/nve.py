@@ -128,7 +128,7 @@ class Endpoint:
             stack.callback(sender.close)
             log.warning("fault injection is ON for outgoing underlay packets: %s", self._faults)
         else:
-            sender = UnderlaySender(sockets.udp, sockets.raw, self.counters)
+            sender = UnderlaySender(sockets.udp, sockets.raw, self.counters, sockets.tx)
         runner = self.runner = Runner(dp, sender, self.clock, rx_batch=cfg.tuning.rx_batch)
         stack.callback(runner.close)
         runner.watch(control.fileno(), control.handle_ready)

@@ -31,6 +31,7 @@ from sclp.io import packet as packet_io
 from sclp.io.linux import IPPROTO_GRE, IPPROTO_SCLP
 from sclp.io.rawip import RawIpSocket
 from sclp.io.tap import TapDevice
+from sclp.io.txring import PacketTxRing, TxRingSender
 from sclp.io.udp import UdpSocket
 from sclp.wire.sclp import Carrier
 from sclp.wire.stt import STT_PORT
@@ -41,6 +42,7 @@ UDP_PORTS = {Channel.VXLAN: 4789, Channel.GENEVE: 6081}
 RX_SLOTS = 64  # packets per recvmmsg batch
 PEER_COUNTER_REFRESH: Final = 5.0  # seconds: the loop's snapshots read the kernel counter
 PEER_COUNTER_ON_REQUEST: Final = 0.5  # ... and an ``sclp stats`` request at most this often
+TX_RING_ENV: Final = "SCLP_TX_RING"  # "off": native SCLP and STT sent with sendmmsg
 
 
 class EndpointError(Exception):
@@ -55,6 +57,7 @@ class UnderlaySockets:
     udp: dict[Channel, tuple[UdpSocket, int]] = field(default_factory=dict)
     raw: dict[Channel, RawIpSocket] = field(default_factory=dict)
     raw_receive: dict[Channel, RawIpSocket] = field(default_factory=dict)
+    tx: dict[Channel, TxRingSender] = field(default_factory=dict)  # raw sends via TX rings
     stt_taps: list[packet_io.PacketTap] = field(default_factory=list)
     stt_devices: list[str] = field(default_factory=list)  # where the taps are
     batch: int = 1  # packets or buffers one receive call returns at most
@@ -182,6 +185,8 @@ def open_channel(
                 out.stt_devices = underlay_devices(dp.peers)
     if channel in out.raw and (channel is not Channel.STT or not out.stt_taps):
         out.raw_receive[channel] = out.raw[channel]
+    if channel in out.raw and channel in (Channel.SCLP, Channel.STT):
+        open_tx_ring(cfg, dp, channel, out, stack)
 
 
 def _udp(
@@ -235,6 +240,53 @@ def _raw(
         raise _bind_error(exc, local) from None
     stack.callback(sock.close)
     return sock
+
+
+def open_tx_ring(
+    cfg: Config,
+    dp: DataPath,
+    channel: Channel,
+    out: UnderlaySockets,
+    stack: contextlib.ExitStack,
+) -> None:
+    """Send ``channel``'s segments (native SCLP, STT) through AF_PACKET TX rings on
+    the underlay devices (:mod:`sclp.io.txring`: no trip through the kernel's IP output
+    per packet) into ``out.tx``; the raw socket still sends where a ring cannot (no
+    neighbour entry yet, another device).  Nothing, and one warning, for an IPv6
+    underlay or when no ring can be set up: the raw socket sends everything.
+    ``SCLP_TX_RING=off`` in the environment turns the rings off (comparisons)."""
+    local = cfg.underlay.local
+    what = "STT" if channel is Channel.STT else "native SCLP"
+    if os.environ.get(TX_RING_ENV, "on") == "off":
+        log.info("%s: sent with sendmmsg on a raw socket (%s=off)", what, TX_RING_ENV)
+        return
+    if ":" in local:
+        log.warning("%s: no TX ring on an IPv6 underlay: sent with sendmmsg (slower)", what)
+        return
+    rings: list[PacketTxRing] = []
+    try:
+        devices = underlay_devices(dp.peers) if dp.peers else [_device_of(local)]
+        for dev in devices:
+            rings.append(PacketTxRing.open(dev))
+        ns = nsio.NetNS(None)
+        ipr = ns.ipr
+    except (OSError, ValueError, nsio.NetnsError) as exc:
+        for ring in rings:
+            ring.close()
+        log.warning("%s: no TX ring (%s): sent with sendmmsg on a raw socket (slower)", what, exc)
+        return
+    sender = TxRingSender(out.raw[channel], rings, local, out.raw[channel].protocol, ipr)
+    stack.callback(sender.close)
+    out.tx[channel] = sender
+    log.info("%s: sent through TX rings on %s", what, ", ".join(devices))
+
+
+def _device_of(local: str) -> str:
+    """The name of the device that holds address ``local``."""
+    with nsio.NetNS(None) as ns:
+        for msg in ns.ipr.get_addr(address=local):
+            return str(ns.ipr.get_links(msg["index"])[0].get_attr("IFLA_IFNAME"))
+    raise ValueError(f"{local} is not an address of this host")
 
 
 def install_stt_guard(cfg: Config, stack: contextlib.ExitStack) -> None:

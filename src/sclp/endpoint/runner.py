@@ -35,6 +35,7 @@ from sclp.endpoint.tunnels import Channel, Send
 from sclp.engine.segmenter import Pieces
 from sclp.io import packet as packet_io
 from sclp.io.rawip import RawIpSocket, source_key
+from sclp.io.txring import TxRingSender
 from sclp.io.udp import UdpSocket
 from sclp.logs import RateLimited
 from sclp.wire.errors import DropReason, MalformedPacket
@@ -67,18 +68,22 @@ class PortReader(Protocol):
 class UnderlaySender:
     """Puts a :class:`Send` on its channel's socket: UDP channels with one GSO send
     (``UdpSocket.send_gso`` holds the kernel's limits and fallbacks), raw channels
-    with one ``sendmmsg`` (``RawIpSocket.send_strided``).  Packets the kernel did not
-    take are counted (TX_BUSY, TX_ERROR), never raised."""
+    with one ``sendmmsg`` (``RawIpSocket.send_strided``), or through the TX rings of
+    ``tx`` for the raw channels that have them (``TxRingSender.send_strided``, which
+    falls back to the raw socket per destination).  Packets the kernel did not take
+    are counted (TX_BUSY, TX_ERROR), never raised."""
 
     def __init__(
         self,
         udp: dict[Channel, tuple[UdpSocket, int]],
         raw: dict[Channel, RawIpSocket],
         counters: dict[str, int],
+        tx: dict[Channel, TxRingSender] | None = None,
     ) -> None:
         self.udp = udp
         self.raw = raw
         self.counters = counters
+        self.tx = tx if tx is not None else {}
         self._send: dict[Channel, Callable[[Send], None]] = {}
         self.add_channels()
 
@@ -90,13 +95,15 @@ class UnderlaySender:
                 self._send[channel] = self._udp_sender(sock, port)
         for channel, rsock in self.raw.items():
             if channel not in self._send:
-                self._send[channel] = self._raw_sender(rsock)
+                self._send[channel] = self._raw_sender(self.tx.get(channel, rsock))
 
     def send(self, s: Send, now: float) -> None:
         self._send[s.channel](s)
 
     def flush(self, now: float) -> None:
-        """Called every tick; a plain sender holds nothing back."""
+        """Called every tick: the TX rings' clock (next-hop refresh) and queue."""
+        for ring_sender in self.tx.values():
+            ring_sender.tick(now)
 
     def _udp_sender(self, sock: UdpSocket, port: int) -> Callable[[Send], None]:
         def put(s: Send) -> int:
@@ -107,7 +114,7 @@ class UnderlaySender:
 
         return self._counting(put)
 
-    def _raw_sender(self, sock: RawIpSocket) -> Callable[[Send], None]:
+    def _raw_sender(self, sock: RawIpSocket | TxRingSender) -> Callable[[Send], None]:
         def put(s: Send) -> int:
             data = s.data
             if isinstance(data, Pieces):  # no raw channel sends these; joined if one did

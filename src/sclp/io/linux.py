@@ -47,8 +47,21 @@ UDP_GRO: Final = 104  # receive coalescing; a cmsg gives the segment size (Linux
 ETH_P_ALL: Final = 0x0003
 
 # -- include/uapi/linux/if_packet.h: packet socket options (level SOL_PACKET) ------------
+PACKET_VERSION: Final = 10
 PACKET_VNET_HDR: Final = 15  # a virtio_net_hdr before each frame read and written
 PACKET_IGNORE_OUTGOING: Final = 23  # Linux 4.20
+TPACKET_V2: Final = 1  # enum tpacket_versions: fixed-size frames, struct tpacket2_hdr
+PACKET_TX_RING: Final = 13  # struct tpacket_req: a transmit ring mmapped by the sender
+PACKET_LOSS: Final = 14  # tx ring: skip a malformed frame instead of stopping at it
+PACKET_QDISC_BYPASS: Final = 20  # tx: straight to the driver's xmit, no qdisc (Linux 3.14)
+TPACKET2_HDRLEN: Final = 52  # TPACKET_ALIGN(sizeof(struct tpacket2_hdr)) + sockaddr_ll
+SOCKADDR_LL_LEN: Final = 20  # sizeof(struct sockaddr_ll)
+TP_STATUS_AVAILABLE: Final = 0  # tx ring frame status: the sender's to fill
+TP_STATUS_SEND_REQUEST: Final = 1 << 0  # filled: the kernel sends it at the next send()
+TP_STATUS_SENDING: Final = 1 << 1  # handed to the driver, not yet freed
+TP_STATUS_WRONG_FORMAT: Final = 1 << 2  # refused (without PACKET_LOSS the ring stops there)
+ARPHRD_ETHER: Final = 1  # include/uapi/linux/if_arp.h: Ethernet device type
+ETH_P_IP: Final = 0x0800
 
 # -- include/uapi/linux/filter.h, bpf_common.h: classic BPF opcodes ----------------------
 BPF_LD_B_ABS: Final = 0x30  # A = byte at [k]
