@@ -187,6 +187,47 @@ def test_the_udp_carrier_sends_headers_interleaved_with_views_of_the_read_buffer
     assert b.reassembler.completed == 1 and b.reassembler.entries == 0
 
 
+@pytest.mark.parametrize("protocol", ["vxlan-sclp", "geneve-sclp"])
+@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize("mangle", ["in-order", "lossy", "shuffled-twice"])
+def test_native_receive_batches_deliver_what_the_segments_one_by_one_do(
+    protocol: str, batch: int, mangle: str
+) -> None:
+    """The runner hands a native-mode recvmmsg batch to from_sclp_batch in one call:
+    whatever the batch size and the network did, the same frames and counters as
+    from_ip per segment."""
+    a, one = pair(protocol, "ip")
+    many = pair(protocol, "ip")[1]
+    rng = random.Random(batch)
+    packets: list[bytes] = []
+    for size in (60_000, 300, 20_000, 60_000):
+        frame = tcp_frame(rng.randbytes(size), partial=True)
+        sends = a.from_vm(a.networks[42].ports[0], *vm_read(frame, vm_mss(a)), now=0.0)
+        packets += [p for s in sends for p in packets_of(s)]
+    if mangle == "lossy":
+        del packets[50]
+    elif mangle == "shuffled-twice":
+        packets += packets
+        rng.shuffle(packets)
+    expected: list[tuple[bytes, bytes]] = []
+    for packet in packets:
+        expected += [
+            (d.vnet, bytes(d.frame))
+            for d in one.from_ip(Channel.SCLP, A, memoryview(packet), 0.0, ones_sum(packet))
+        ]
+    got = []
+    for i in range(0, len(packets), batch):
+        chunk = packets[i : i + batch]
+        views = [memoryview(bytes(20) + p) for p in chunk]  # after an IPv4 header
+        sums = [ones_sum(p) for p in chunk] if batch != 7 else None
+        out = many.from_sclp_batch(
+            [A] * len(chunk), views, [20] * len(chunk), [20 + len(p) for p in chunk], sums, 0.0
+        )
+        got += [(d.vnet, bytes(d.frame)) for d in out]
+    assert got == expected and len(got) >= 3
+    assert many.stats()["counters"] == one.stats()["counters"]
+
+
 @pytest.mark.parametrize(("protocol", "carrier"), CASES)
 def test_reordered_and_duplicated_segments_deliver_once(protocol: str, carrier: str) -> None:
     a, b = pair(protocol, carrier)
