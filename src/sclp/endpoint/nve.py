@@ -36,9 +36,7 @@ from sclp.endpoint.registry import RegistryLink
 from sclp.endpoint.runner import FaultySender, Runner, UnderlaySender
 from sclp.endpoint.tunnels import Channel
 from sclp.io import nft
-from sclp.io import packet as packet_io
 from sclp.io.tap import TapDevice
-from sclp.wire.stt import STT_PORT
 
 __all__ = ["Endpoint", "EndpointError"]
 
@@ -173,7 +171,7 @@ class Endpoint:
         self._sockets = [
             *(u.sock for u, _port in sockets.udp.values()),
             *(r.sock for r in sockets.raw.values()),
-            *(t.sock for t in sockets.stt_taps),
+            *(t.sock for t in sockets.all_taps()),
         ]
 
     def _datapath(self) -> DataPath:
@@ -347,15 +345,15 @@ class Endpoint:
         log.info("vni %d %s", vni, why)
 
     def _serve_channel(self, channel: Channel) -> None:
-        """Have the loop read ``channel``'s open socket(s) (or STT's packet taps)."""
+        """Have the loop read ``channel``'s open socket(s) (or its packet taps)."""
         sockets, runner = self._underlay, self._runner()
         assert sockets is not None
         if channel in sockets.udp:
             runner.add_udp(channel, sockets.udp[channel][0], sockets.batch)
         if channel in sockets.raw_receive:
             runner.add_raw(channel, sockets.raw_receive[channel], sockets.batch)
-        for ptap in sockets.stt_taps if channel is Channel.STT else ():
-            runner.add_raw(Channel.STT, ptap, sockets.batch)
+        for ptap in sockets.taps.get(channel, ()):
+            runner.add_raw(channel, ptap, sockets.batch)
 
     def _install_peer_filter(self) -> None:
         """(Re)install the kernel's peer filter for the channels now open."""
@@ -386,10 +384,27 @@ class Endpoint:
                 self.peer_filter.update(dp.peers)
             except (OSError, ValueError, nft.NftError) as exc:
                 log.warning("updating the kernel's peer filter failed: %s", exc)
-        if self._underlay is not None and self._underlay.stt_taps:
-            program = packet_io.stt_filter(self.cfg.underlay.local, STT_PORT, sorted(dp.peers))
-            for ptap in self._underlay.stt_taps:
-                packet_io.attach_filter(ptap.sock, program)
+        if self._underlay is not None:
+            provision.refresh_tap_filters(self.cfg, dp, self._underlay)
+            self._tap_channels()
+
+    def _tap_channels(self) -> None:
+        """Move the channels still read from raw sockets for want of peers at start
+        (STT, native SCLP) to packet taps now that there are peers."""
+        sockets, runner = self._underlay, self._runner()
+        assert sockets is not None
+        moved = False
+        for channel in sorted(
+            provision.TAPPED.keys() & sockets.raw_receive.keys(), key=lambda c: c.value
+        ):
+            raw = sockets.raw_receive[channel]
+            if provision.open_taps(self.cfg, self._datapath(), channel, sockets, self._stack):
+                runner.unwatch(raw.fileno())
+                self._serve_channel(channel)
+                moved = True
+        if moved:
+            self._list_sockets()
+            self._install_peer_filter()
 
     # -- the cluster registry ------------------------------------------------------------
 

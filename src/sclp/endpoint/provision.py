@@ -2,7 +2,8 @@
 
 Privileges, the underlay namespace, the underlay MTU, the VM ports (TAP devices, their
 namespace, address, MTU and largest TSO frame, over netlink), the underlay sockets of
-the channels the networks use, and the nftables rules and packet sockets STT needs.
+the channels the networks use, and the nftables rules and packet sockets (receive rings,
+:mod:`sclp.io.rxring`) that take STT and native SCLP off the kernel's IP input.
 Each step pushes its undo onto one :class:`contextlib.ExitStack`, so a failure half-way
 and a normal stop both leave the host as it was.  Every problem a user can fix is an
 :class:`EndpointError` of one line naming the problem and the fix.
@@ -28,8 +29,9 @@ from sclp.endpoint.tunnels import Channel
 from sclp.io import netns as nsio
 from sclp.io import nft
 from sclp.io import packet as packet_io
-from sclp.io.linux import IPPROTO_GRE, IPPROTO_SCLP
+from sclp.io.linux import IPPROTO_GRE, IPPROTO_SCLP, IPPROTO_TCP
 from sclp.io.rawip import RawIpSocket
+from sclp.io.rxring import RxRing
 from sclp.io.tap import TapDevice
 from sclp.io.txring import PacketTxRing, TxRingSender
 from sclp.io.udp import UdpSocket
@@ -43,6 +45,17 @@ RX_SLOTS = 64  # packets per recvmmsg batch
 PEER_COUNTER_REFRESH: Final = 5.0  # seconds: the loop's snapshots read the kernel counter
 PEER_COUNTER_ON_REQUEST: Final = 0.5  # ... and an ``sclp stats`` request at most this often
 TX_RING_ENV: Final = "SCLP_TX_RING"  # "off": native SCLP and STT sent with sendmmsg
+# What reads STT and native SCLP when packet taps can: "ring" (PACKET_RX_RING, the
+# default), "recvmmsg" (sclp.io.packet.PacketTap) or "off" (the raw sockets); for
+# comparisons, and as a way out should a kernel refuse the ring.
+RX_TAPS_ENV: Final = "SCLP_RX_TAPS"
+# IP protocol and destination port the taps and the ingress drop of a channel match.
+TAPPED: Final[dict[Channel, tuple[int, int | None]]] = {
+    Channel.STT: (IPPROTO_TCP, STT_PORT),
+    Channel.SCLP: (IPPROTO_SCLP, None),
+}
+
+UnderlayTap = packet_io.PacketTap | RxRing
 
 
 class EndpointError(Exception):
@@ -52,15 +65,24 @@ class EndpointError(Exception):
 @dataclass
 class UnderlaySockets:
     """The underlay sockets: UDP ones with their destination port, raw ones, and the
-    receive-only packet taps of STT (when they replace the raw TCP socket's reads)."""
+    receive-only packet taps of STT and native SCLP (when they replace the raw
+    socket's reads), with the devices they are on."""
 
     udp: dict[Channel, tuple[UdpSocket, int]] = field(default_factory=dict)
     raw: dict[Channel, RawIpSocket] = field(default_factory=dict)
     raw_receive: dict[Channel, RawIpSocket] = field(default_factory=dict)
     tx: dict[Channel, TxRingSender] = field(default_factory=dict)  # raw sends via TX rings
-    stt_taps: list[packet_io.PacketTap] = field(default_factory=list)
-    stt_devices: list[str] = field(default_factory=list)  # where the taps are
+    taps: dict[Channel, list[UnderlayTap]] = field(default_factory=dict)
+    tap_devices: dict[Channel, list[str]] = field(default_factory=dict)  # where the taps are
+    untapped: set[Channel] = field(default_factory=set)  # taps failed: raw socket for good
     batch: int = 1  # packets or buffers one receive call returns at most
+    slot: int = 2048  # bytes of the largest underlay packet a receive slot holds
+
+    def all_taps(self) -> list[UnderlayTap]:
+        return [tap for taps in self.taps.values() for tap in taps]
+
+    def all_tap_devices(self) -> list[str]:
+        return sorted({dev for devices in self.tap_devices.values() for dev in devices})
 
 
 def check_privileges() -> None:
@@ -140,7 +162,7 @@ def open_tap(port: VmPort, stack: contextlib.ExitStack) -> TapDevice:
 def open_underlay(cfg: Config, dp: DataPath, stack: contextlib.ExitStack) -> UnderlaySockets:
     """One socket per channel the networks use (plus STT's packet taps)."""
     batch = RX_SLOTS if cfg.tuning.rx_batch else 1
-    out = UnderlaySockets(batch=batch)
+    out = UnderlaySockets(batch=batch, slot=dp.underlay.mtu + 64)
     for channel in sorted(dp.channels, key=lambda c: c.value):
         open_channel(cfg, dp, channel, out, stack)
     return out
@@ -159,7 +181,7 @@ def open_channel(
         return
     local = cfg.underlay.local
     batch = out.batch
-    slot = dp.underlay.mtu + 64
+    slot = out.slot
     if channel in UDP_PORTS:
         # The classic tunnels may fragment (a VM MTU of 1500 is allowed).
         port = UDP_PORTS[channel]
@@ -172,18 +194,16 @@ def open_channel(
             out.udp[Channel.SCLP] = (carrier, port)
         else:
             out.raw[Channel.SCLP] = _raw(IPPROTO_SCLP, local, stack, batch, slot)
+            open_taps(cfg, dp, Channel.SCLP, out, stack)
     elif channel is Channel.GRE:
         # No L4 checksum; and like the UDP tunnels, NVGRE may fragment a VM MTU set
         # above the default (IPv4 and IPv6).
         out.raw[Channel.GRE] = _raw(IPPROTO_GRE, local, stack, batch, slot, sums=False, df=False)
     elif channel is Channel.STT:
-        stt_sock = out.raw[Channel.STT] = _raw(socket.IPPROTO_TCP, local, stack, batch, slot)
+        out.raw[Channel.STT] = _raw(socket.IPPROTO_TCP, local, stack, batch, slot)
         install_stt_guard(cfg, stack)
-        if ":" not in local and dp.peers:
-            out.stt_taps = open_stt_taps(cfg, dp, stt_sock, stack, batch, slot)
-            if out.stt_taps:
-                out.stt_devices = underlay_devices(dp.peers)
-    if channel in out.raw and (channel is not Channel.STT or not out.stt_taps):
+        open_taps(cfg, dp, Channel.STT, out, stack)
+    if channel in out.raw and not out.taps.get(channel):
         out.raw_receive[channel] = out.raw[channel]
     if channel in out.raw and channel in (Channel.SCLP, Channel.STT):
         open_tx_ring(cfg, dp, channel, out, stack)
@@ -299,40 +319,86 @@ def install_stt_guard(cfg: Config, stack: contextlib.ExitStack) -> None:
     stack.callback(lambda: nft.remove_stt_rst_guard(cfg.name))
 
 
-def open_stt_taps(
+def open_taps(
     cfg: Config,
     dp: DataPath,
-    send_sock: RawIpSocket,
+    channel: Channel,
+    out: UnderlaySockets,
     stack: contextlib.ExitStack,
-    batch: int,
-    slot: int,
-) -> list[packet_io.PacketTap]:
-    """Read STT segments with packet sockets on the underlay devices and drop them
-    at those devices' ingress hook, so the kernel's IP and TCP never process them
-    (:mod:`sclp.io.packet`); ``send_sock`` then only sends.  Empty (and a warning)
-    when that cannot be set up: the caller reads ``send_sock`` instead."""
-    taps: list[packet_io.PacketTap] = []
+) -> bool:
+    """Read ``channel`` (STT or native SCLP, :data:`TAPPED`) with packet sockets on
+    the underlay devices (receive rings, :class:`sclp.io.rxring.RxRing`; the
+    ``recvmmsg`` :class:`sclp.io.packet.PacketTap` when a ring cannot be had or
+    ``batch`` is 1) and drop its packets at those devices' ingress hook, so the
+    kernel's IP (and TCP) never process them (:mod:`sclp.io.packet`); its raw socket
+    in ``out.raw`` then only sends.  Fills ``out.taps`` and ``out.tap_devices``;
+    False (the caller reads the raw socket) for an IPv6 underlay, no peers yet (their
+    routes name the devices), ``SCLP_RX_TAPS=off``, or a failure (one warning, and no
+    second try: ``out.untapped``)."""
+    local = cfg.underlay.local
+    mode = os.environ.get(RX_TAPS_ENV, "ring")
+    if out.taps.get(channel):
+        return True
+    if ":" in local or not dp.peers or mode == "off" or channel in out.untapped:
+        return False
+    protocol, port = TAPPED[channel]
+    what = "STT" if channel is Channel.STT else "native SCLP"
+    taps: list[UnderlayTap] = []
     try:
         devices = underlay_devices(dp.peers)
-        program = packet_io.stt_filter(cfg.underlay.local, STT_PORT, sorted(dp.peers))
+        program = packet_io.ipv4_filter(local, protocol, port, sorted(dp.peers))
         for dev in devices:
-            taps.append(packet_io.PacketTap.open(dev, program, batch=batch, slot_size=slot))
-        nft.install_stt_ingress_drop(devices, cfg.underlay.local, STT_PORT, cfg.name)
+            taps.append(_open_tap(dev, program, out.batch, out.slot, ring=mode == "ring"))
+        nft.install_ingress_drop(devices, local, protocol, port, cfg.name)
     except (OSError, ValueError, nft.NftError, nsio.NetnsError) as exc:
         for tap in taps:
             tap.close()
         log.warning(
-            "STT segments are read from a raw TCP socket, after the kernel's TCP has "
+            "%s segments are read from a raw socket, after the kernel's IP input has "
             "processed them (slower): no packet socket + ingress drop: %s",
+            what,
             exc,
         )
-        return []
-    stack.callback(lambda: nft.remove_stt_ingress_drop(cfg.name))
+        out.untapped.add(channel)
+        return False
+    stack.callback(lambda: nft.remove_ingress_drop(protocol, port, cfg.name))
     for tap in taps:
         stack.callback(tap.close)
-    packet_io.attach_filter(send_sock.sock, packet_io.drop_all_filter())
-    log.info("STT: packet sockets and an ingress drop on %s", ", ".join(devices))
-    return taps
+    packet_io.attach_filter(out.raw[channel].sock, packet_io.drop_all_filter())
+    out.taps[channel] = taps
+    out.tap_devices[channel] = devices
+    out.raw_receive.pop(channel, None)
+    log.info(
+        "%s: %s and an ingress drop on %s",
+        what,
+        "receive rings" if isinstance(taps[0], RxRing) else "packet sockets",
+        ", ".join(devices),
+    )
+    return True
+
+
+def _open_tap(
+    dev: str, program: list[packet_io.BpfInsn], batch: int, slot: int, ring: bool
+) -> UnderlayTap:
+    """A receive ring on ``dev``, or the ``recvmmsg`` tap when rings are not wanted,
+    ``batch`` is 1 (the per-packet reads of the ablation) or the kernel refuses one."""
+    if ring and batch > 1:
+        try:
+            return RxRing.open(dev, program, batch=batch, slot_size=slot)
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                raise
+            log.warning("no receive ring on %s (%s): reading it with recvmmsg", dev, exc)
+    return packet_io.PacketTap.open(dev, program, batch=batch, slot_size=slot)
+
+
+def refresh_tap_filters(cfg: Config, dp: DataPath, out: UnderlaySockets) -> None:
+    """Give every tap the filter of the current peers (peers changed at run time)."""
+    for channel, taps in out.taps.items():
+        protocol, port = TAPPED[channel]
+        program = packet_io.ipv4_filter(cfg.underlay.local, protocol, port, sorted(dp.peers))
+        for tap in taps:
+            packet_io.attach_filter(tap.sock, program)
 
 
 def underlay_devices(peers: frozenset[str]) -> list[str]:
@@ -422,7 +488,8 @@ def install_peer_filter(
             udp_ports=udp,
             protocols=protocols,
             tcp_ports=tcp,
-            ingress_devices=underlay.stt_devices,
+            ingress_devices=underlay.all_tap_devices(),
+            ingress_protocols=[IPPROTO_SCLP] if Channel.SCLP in underlay.taps else [],
         )
     except (OSError, ValueError, nft.NftError) as exc:
         log.warning(

@@ -35,6 +35,7 @@ from sclp.endpoint.tunnels import Channel, Send
 from sclp.engine.segmenter import Pieces
 from sclp.io import packet as packet_io
 from sclp.io.rawip import RawIpSocket, source_key
+from sclp.io.rxring import RxRing
 from sclp.io.txring import TxRingSender
 from sclp.io.udp import UdpSocket
 from sclp.logs import RateLimited
@@ -248,11 +249,12 @@ class Runner:
             self.watch(sock.fileno(), lambda now: self._on_udp(channel, sock, batch, now))
 
     def add_raw(
-        self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap, batch: int
+        self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap | RxRing, batch: int
     ) -> None:
         """Watch ``sock``, whose ``recv_batch`` returns up to ``batch`` packets; with
-        ``batch`` 1 one plain read per packet (checksums verified by the engines)."""
-        if batch == 1:
+        ``batch`` 1 one plain read per packet (checksums verified by the engines), except
+        from a receive ring, which has no per-packet read."""
+        if batch == 1 and not isinstance(sock, RxRing):
             self.watch(sock.fileno(), lambda now: self._on_raw_one(channel, sock, now))
         else:
             self.watch(sock.fileno(), lambda now: self._on_raw(channel, sock, batch, now))
@@ -344,7 +346,11 @@ class Runner:
                 return
 
     def _on_raw(
-        self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap, batch: int, now: float
+        self,
+        channel: Channel,
+        sock: RawIpSocket | packet_io.PacketTap | RxRing,
+        batch: int,
+        now: float,
     ) -> None:
         dp = self.dp
         deliver = self._deliver

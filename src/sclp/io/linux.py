@@ -47,10 +47,17 @@ UDP_GRO: Final = 104  # receive coalescing; a cmsg gives the segment size (Linux
 ETH_P_ALL: Final = 0x0003
 
 # -- include/uapi/linux/if_packet.h: packet socket options (level SOL_PACKET) ------------
+PACKET_RX_RING: Final = 5  # struct tpacket_req: a receive ring mmapped by the reader
+PACKET_STATISTICS: Final = 6  # struct tpacket_stats {tp_packets, tp_drops}; reading resets
 PACKET_VERSION: Final = 10
 PACKET_VNET_HDR: Final = 15  # a virtio_net_hdr before each frame read and written
 PACKET_IGNORE_OUTGOING: Final = 23  # Linux 4.20
 TPACKET_V2: Final = 1  # enum tpacket_versions: fixed-size frames, struct tpacket2_hdr
+TPACKET_ALIGNMENT: Final = 16
+TP_STATUS_KERNEL: Final = 0  # rx ring frame status: the kernel's to fill
+TP_STATUS_USER: Final = 1 << 0  # filled, the reader's until it writes TP_STATUS_KERNEL
+TP_STATUS_COPY: Final = 1 << 1  # larger than the frame: truncated to it
+TP_STATUS_LOSING: Final = 1 << 2  # the ring was full for some packets (tp_drops)
 PACKET_TX_RING: Final = 13  # struct tpacket_req: a transmit ring mmapped by the sender
 PACKET_LOSS: Final = 14  # tx ring: skip a malformed frame instead of stopping at it
 PACKET_QDISC_BYPASS: Final = 20  # tx: straight to the driver's xmit, no qdisc (Linux 3.14)

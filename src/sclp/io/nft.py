@@ -1,12 +1,16 @@
-"""nftables rules for STT: keep the kernel's TCP from seeing or answering STT segments.
+"""nftables rules for STT and native SCLP: keep the kernel's IP (and, for STT, TCP)
+from seeing or answering the segments the endpoint reads with packet sockets.
 
 Why: STT (draft-davie-stt) looks like TCP to port 7471 but no TCP socket listens
-there.  Two rules, each in its own per-endpoint table:
+there; native SCLP (IP protocol 234) is served by no kernel protocol, and its raw
+socket would get each segment only after IP input (route lookup, netfilter).  Two
+rules, each in its own per-endpoint table:
 
-* ``netdev sclp_<name>`` (:func:`install_stt_ingress_drop`): drops the incoming
-  segments at the device's ingress hook, before IP and TCP spend any work on them;
-  the endpoint reads them with a packet socket, whose ``ETH_P_ALL`` tap runs before
-  that hook (:mod:`sclp.io.packet`).
+* ``netdev sclp_<name>`` (:func:`install_ingress_drop`, one chain per protocol and
+  device, so STT and SCLP share the table): drops the incoming segments at the
+  device's ingress hook, before IP and TCP spend any work on them; the endpoint reads
+  them with a packet socket, whose ``ETH_P_ALL`` tap runs before that hook
+  (:mod:`sclp.io.packet`).
 * ``inet sclp_<name>`` (:func:`install_stt_rst_guard`): drops the RST the kernel's
   TCP sends for a segment that did reach it (no socket on 7471) — the whole story
   when the endpoint falls back to reading a raw TCP socket, which gets its copy only
@@ -40,16 +44,22 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from sclp.io.linux import IPPROTO_TCP
 from sclp.io.netns import run_in_netns
+from sclp.wire.stt import STT_PORT
 
 __all__ = [
     "NftError",
+    "ingress_chain_prefix",
+    "ingress_drops",
+    "install_ingress_drop",
     "install_peer_filter",
     "install_stt_ingress_drop",
     "install_stt_rst_guard",
     "peer_filter_drops",
     "peer_filter_table",
     "peer_set",
+    "remove_ingress_drop",
     "remove_peer_filter",
     "remove_stt_ingress_drop",
     "remove_stt_rst_guard",
@@ -130,16 +140,32 @@ def stt_rst_guard_drops(name: str = "default", *, netns: str | None = None) -> i
     return _table_counter("inet", stt_guard_table(name), netns)
 
 
-def install_stt_ingress_drop(
-    devices: list[str], local: str, port: int, name: str = "default", *, netns: str | None = None
+def ingress_chain_prefix(protocol: int, port: int | None = None) -> str:
+    """The name prefix of the ingress-drop chains for IP ``protocol`` (and destination
+    ``port``): ``ip<protocol>[_<port>]_in_``, one chain ``<prefix><i>`` per device."""
+    return f"ip{protocol}_in_" if port is None else f"ip{protocol}_{port}_in_"
+
+
+def install_ingress_drop(
+    devices: list[str],
+    local: str,
+    protocol: int,
+    port: int | None = None,
+    name: str = "default",
+    *,
+    netns: str | None = None,
 ) -> str:
-    """Drop the STT segments arriving on ``devices`` (IPv4 TCP non-fragments to
-    ``local``, destination port ``port``) at the ``netdev`` ingress hook, before IP
-    and TCP see them; a packet socket bound to ``ETH_P_ALL`` still gets them
-    (:mod:`sclp.io.packet`).  Table ``netdev sclp_<name>``, one chain per device,
-    replacing an earlier one of the same ``name``.  Returns the table name.  Raises
-    :class:`NftError` if ``nft`` is missing or the kernel lacks the netdev family."""
-    if not 0 < port < 65536:
+    """Drop the IPv4 non-fragments of IP ``protocol`` (TCP or UDP: to destination
+    ``port``; None: any) to ``local`` arriving on ``devices`` at the ``netdev``
+    ingress hook, before IP sees them; a packet socket bound to ``ETH_P_ALL`` still
+    gets them (:mod:`sclp.io.packet`).  Table ``netdev sclp_<name>``, shared by the
+    endpoint's protocols: one chain per device (:func:`ingress_chain_prefix`), and an
+    install replaces only the chains of the same protocol and port, in one
+    transaction.  Returns the table name.  Raises :class:`NftError` if ``nft`` is
+    missing or the kernel lacks the netdev family."""
+    if not 0 <= protocol < 256:
+        raise ValueError(f"IP protocol {protocol} out of range")
+    if port is not None and not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
     if not devices:
         raise ValueError("no device to hook")
@@ -148,36 +174,92 @@ def install_stt_ingress_drop(
             raise ValueError(f"bad interface name {dev!r}")
     address = str(ipaddress.IPv4Address(local))
     table = stt_guard_table(name)
+    prefix = ingress_chain_prefix(protocol, port)
+    match = f"ip daddr {address} ip protocol {protocol} ip frag-off & 0x3fff == 0"
+    if port is not None:
+        match += f" th dport {port}"
     chains = "".join(
-        f"  chain stt_in_{i} {{\n"
+        f"  chain {prefix}{i} {{\n"
         f'    type filter hook ingress device "{dev}" priority 0; policy accept;\n'
-        f"    ip daddr {address} ip protocol tcp ip frag-off & 0x3fff == 0 "
-        f'tcp dport {port} counter drop comment "sclp: STT read by a packet socket"\n'
+        f'    {match} counter drop comment "sclp: read by a packet socket"\n'
         "  }\n"
         for i, dev in enumerate(devices)
     )
-    script = (
-        f"add table netdev {table}\n"
-        f"delete table netdev {table}\n"
-        f"table netdev {table} {{\n{chains}}}\n"
-    )
+    script = _delete_chains(table, prefix, netns) + f"table netdev {table} {{\n{chains}}}\n"
     _nft(["-f", "-"], script, netns)
     return table
 
 
-def remove_stt_ingress_drop(name: str = "default", *, netns: str | None = None) -> None:
-    """Remove the ingress drop of endpoint ``name``; nothing happens if there is none."""
+def remove_ingress_drop(
+    protocol: int, port: int | None = None, name: str = "default", *, netns: str | None = None
+) -> None:
+    """Remove endpoint ``name``'s ingress drop of ``protocol`` (and ``port``), and the
+    table with it when no other protocol's chain is left; nothing happens if there is
+    none."""
     table = stt_guard_table(name)
-    _nft(["-f", "-"], f"add table netdev {table}\ndelete table netdev {table}\n", netns)
+    prefix = ingress_chain_prefix(protocol, port)
+    others = [c for c in _ingress_chains(table, netns) if not c.startswith(prefix)]
+    if others:
+        script = _delete_chains(table, prefix, netns)
+    else:
+        script = f"add table netdev {table}\ndelete table netdev {table}\n"
+    _nft(["-f", "-"], script, netns)
 
 
-def stt_ingress_drops(name: str = "default", *, netns: str | None = None) -> int:
-    """How many segments the ingress drop of endpoint ``name`` took (0 if none)."""
-    return _table_counter("netdev", stt_guard_table(name), netns)
+def ingress_drops(
+    protocol: int, port: int | None = None, name: str = "default", *, netns: str | None = None
+) -> int:
+    """How many packets endpoint ``name``'s ingress drop of ``protocol`` (and
+    ``port``) took (0 if there is none)."""
+    prefix = ingress_chain_prefix(protocol, port)
+    return _table_counter("netdev", stt_guard_table(name), netns, chain_prefix=prefix)
 
 
-def _table_counter(family: str, table: str, netns: str | None) -> int:
-    """Sum of the packet counters in ``family`` table ``table`` (0 if it is absent)."""
+def _ingress_chains(table: str, netns: str | None) -> list[str]:
+    """The names of the chains in ``netdev`` ``table`` (none if it is absent)."""
+    listing = json.loads(_nft(["-j", "list", "chains", "netdev"], None, netns))
+    return [
+        str(item["chain"]["name"])
+        for item in listing.get("nftables", [])
+        if "chain" in item and item["chain"].get("table") == table
+    ]
+
+
+def _delete_chains(table: str, prefix: str, netns: str | None) -> str:
+    """A script making sure ``netdev`` ``table`` exists and deleting its chains whose
+    names start with ``prefix``."""
+    script = f"add table netdev {table}\n"
+    for chain in _ingress_chains(table, netns):
+        if chain.startswith(prefix):
+            script += f"delete chain netdev {table} {chain}\n"
+    return script
+
+
+def install_stt_ingress_drop(
+    devices: list[str], local: str, port: int, name: str = "default", *, netns: str | None = None
+) -> str:
+    """:func:`install_ingress_drop` of the STT segments (IPv4 TCP non-fragments to
+    ``local``, destination port ``port``): before IP and TCP see them."""
+    return install_ingress_drop(devices, local, IPPROTO_TCP, port, name, netns=netns)
+
+
+def remove_stt_ingress_drop(
+    name: str = "default", port: int = STT_PORT, *, netns: str | None = None
+) -> None:
+    """Remove the STT ingress drop of endpoint ``name``; nothing happens if there is none."""
+    remove_ingress_drop(IPPROTO_TCP, port, name, netns=netns)
+
+
+def stt_ingress_drops(
+    name: str = "default", port: int = STT_PORT, *, netns: str | None = None
+) -> int:
+    """How many segments the STT ingress drop of endpoint ``name`` took (0 if none)."""
+    return ingress_drops(IPPROTO_TCP, port, name, netns=netns)
+
+
+def _table_counter(family: str, table: str, netns: str | None, *, chain_prefix: str = "") -> int:
+    """Sum of the packet counters in ``family`` table ``table`` (0 if it is absent),
+    in the chains whose names start with ``chain_prefix``."""
     listing = json.loads(_nft(["-j", "list", "tables"], None, netns))
     names = {
         item["table"]["name"]
@@ -189,7 +271,10 @@ def _table_counter(family: str, table: str, netns: str | None) -> int:
     rules = json.loads(_nft(["-j", "list", "table", family, table], None, netns))
     drops = 0
     for item in rules.get("nftables", []):
-        for expr in item.get("rule", {}).get("expr", []):
+        rule = item.get("rule", {})
+        if not str(rule.get("chain", "")).startswith(chain_prefix):
+            continue
+        for expr in rule.get("expr", []):
             counter = expr.get("counter") if isinstance(expr, dict) else None
             if isinstance(counter, dict):
                 drops += int(counter.get("packets", 0))
@@ -230,6 +315,7 @@ def install_peer_filter(
     protocols: Sequence[int] = (),
     tcp_ports: Sequence[int] = (),
     ingress_devices: Sequence[str] = (),
+    ingress_protocols: Sequence[int] = (),
     netns: str | None = None,
 ) -> str:
     """Drop packets to ``local`` on ``udp_ports`` (UDP destination ports),
@@ -237,14 +323,15 @@ def install_peer_filter(
     whose source is not one of ``peers``, counting them in the table's ``not_peer``
     counter.  Table ``inet sclp_<name>_peers`` with the sets ``peers4`` and ``peers6``
     and a chain on the input hook (priority -10); for each of ``ingress_devices`` also
-    a chain on its ingress hook with the ``tcp_ports`` rule (STT read by packet taps
-    never reaches the input hook).  Replaces an earlier filter of the same ``name``,
+    a chain on its ingress hook with the ``tcp_ports`` rule and a rule for
+    ``ingress_protocols`` (STT and native SCLP read by packet taps never reach the
+    input hook).  Replaces an earlier filter of the same ``name``,
     in one transaction.  Returns the table name.  Raises :class:`NftError` if ``nft``
     is missing or fails."""
     for port in (*udp_ports, *tcp_ports):
         if not 0 < port < 65536:
             raise ValueError(f"port {port} out of range")
-    for proto in protocols:
+    for proto in (*protocols, *ingress_protocols):
         if not 0 <= proto < 256:
             raise ValueError(f"IP protocol {proto} out of range")
     for dev in ingress_devices:
@@ -270,14 +357,17 @@ def install_peer_filter(
         + (rule(f"meta l4proto {numbers(protocols)}") if protocols else "")
         + tcp
     )
+    at_ingress = tcp + (
+        rule(f"meta l4proto {numbers(ingress_protocols)}") if ingress_protocols else ""
+    )
     ingress = "".join(
         f"  chain ingress_{i} {{\n"
         f'    type filter hook ingress device "{dev}" priority {PEER_PRIORITY}; '
         "policy accept;\n"
-        f"{tcp}"
+        f"{at_ingress}"
         "  }\n"
         for i, dev in enumerate(ingress_devices)
-        if tcp
+        if at_ingress
     )
     script = (
         f"add table inet {table}\n"

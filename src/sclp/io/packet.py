@@ -58,6 +58,7 @@ from sclp.io.linux import (
     BPF_MAXINSNS,
     BPF_RET_K,
     ETH_P_ALL,
+    IPPROTO_SCLP,
     IPPROTO_TCP,
     PACKET_IGNORE_OUTGOING,
     SO_ATTACH_FILTER,
@@ -76,8 +77,10 @@ __all__ = [
     "RawBatch",
     "attach_filter",
     "drop_all_filter",
+    "ipv4_filter",
     "ipv4_payload_bounds",
     "open_ipv4_tap",
+    "sclp_filter",
     "stt_filter",
 ]
 
@@ -99,14 +102,19 @@ class BpfInsn(NamedTuple):
 MAX_FILTER_PEERS: Final = 32  # more peers: the filter leaves the source to the caller
 
 
-def stt_filter(local: str, port: int, peers: Iterable[str] | None = None) -> list[BpfInsn]:
+def ipv4_filter(
+    local: str, protocol: int, port: int | None = None, peers: Iterable[str] | None = None
+) -> list[BpfInsn]:
     """Accept IPv4 packets (from the network header on, as a ``SOCK_DGRAM`` packet
-    socket sees them) that are TCP, not a fragment, addressed to ``local`` and to TCP
-    destination port ``port``, and, with ``peers``, from one of their IPv4 addresses
-    (one comparison each; IPv6 ones are ignored, a tap sees IPv4 only); drop
-    everything else.  Above :data:`MAX_FILTER_PEERS` IPv4 peers the source is not
-    checked here (the caller's peer check still is)."""
-    if not 0 < port < 65536:
+    socket sees them) of IP ``protocol``, not a fragment, addressed to ``local``, with
+    ``port`` (TCP or UDP: the L4 header's destination port; None: any) and, with
+    ``peers``, from one of their IPv4 addresses (one comparison each; IPv6 ones are
+    ignored, a tap sees IPv4 only); drop everything else.  Above
+    :data:`MAX_FILTER_PEERS` IPv4 peers the source is not checked here (the caller's
+    peer check still is)."""
+    if not 0 <= protocol < 256:
+        raise ValueError(f"IP protocol {protocol} out of range")
+    if port is not None and not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
     dst = int.from_bytes(socket.inet_aton(local), "big")
     sources: list[int] = []
@@ -127,7 +135,7 @@ def stt_filter(local: str, port: int, peers: Iterable[str] | None = None) -> lis
         BpfInsn(BPF_ALU_AND_K, 0, 0, 0xF0),
         (BPF_JMP_JEQ_K, 0x40),  # IPv4, else drop
         BpfInsn(BPF_LD_B_ABS, 0, 0, 9),  # protocol
-        (BPF_JMP_JEQ_K, IPPROTO_TCP),
+        (BPF_JMP_JEQ_K, protocol),
         BpfInsn(BPF_LD_H_ABS, 0, 0, 6),  # flags + fragment offset
         (BPF_JMP_JSET_K, 0x3FFF),  # MF or an offset: a fragment, drop
         BpfInsn(BPF_LD_W_ABS, 0, 0, 16),  # destination address
@@ -142,12 +150,13 @@ def stt_filter(local: str, port: int, peers: Iterable[str] | None = None) -> lis
                 if not last
                 else (BPF_JMP_JEQ_K, src)
             )
-    head += [
-        BpfInsn(BPF_LDX_B_MSH, 0, 0, 0),  # X = header length
-        BpfInsn(BPF_LD_H_IND, 0, 0, 2),  # TCP destination port
-        (BPF_JMP_JEQ_K, port),
-        BpfInsn(BPF_RET_K, 0, 0, _ACCEPT_LEN),
-    ]
+    if port is not None:
+        head += [
+            BpfInsn(BPF_LDX_B_MSH, 0, 0, 0),  # X = header length
+            BpfInsn(BPF_LD_H_IND, 0, 0, 2),  # destination port
+            (BPF_JMP_JEQ_K, port),
+        ]
+    head.append(BpfInsn(BPF_RET_K, 0, 0, _ACCEPT_LEN))
     drop = len(head)  # index of the final "ret 0"
     program: list[BpfInsn] = []
     for at, insn in enumerate(head):
@@ -162,6 +171,16 @@ def stt_filter(local: str, port: int, peers: Iterable[str] | None = None) -> lis
             program.append(BpfInsn(code, 0, to_drop, k))
     program.append(BpfInsn(BPF_RET_K, 0, 0, 0))
     return program
+
+
+def stt_filter(local: str, port: int, peers: Iterable[str] | None = None) -> list[BpfInsn]:
+    """:func:`ipv4_filter` for STT: TCP to destination port ``port``."""
+    return ipv4_filter(local, IPPROTO_TCP, port, peers)
+
+
+def sclp_filter(local: str, peers: Iterable[str] | None = None) -> list[BpfInsn]:
+    """:func:`ipv4_filter` for native SCLP: IP protocol 234, no port."""
+    return ipv4_filter(local, IPPROTO_SCLP, None, peers)
 
 
 def drop_all_filter() -> list[BpfInsn]:
