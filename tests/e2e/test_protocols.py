@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from sclp.io import nft
+from sclp.io.linux import IPPROTO_SCLP, IPPROTO_TCP
 from sclp.lab import testbed as sclp_testbed
 from sclp.lab.testbed import OVERLAY
+from sclp.wire.stt import STT_PORT
 
 from .helpers import counters, delta, ping, record_figures, shut_down, tcp_transfer
 
@@ -106,3 +109,22 @@ def test_udp_flow_crosses(testbed: sclp_testbed.Testbed, tmp_path: Path) -> None
     assert arrived > 0, got
     receiver = delta(before, counters(testbed.stats(1)))
     assert receiver["rx_frames"] >= arrived, (receiver, got)
+
+
+@pytest.mark.timeout(60)
+def test_native_segments_skip_the_kernels_ip_input(testbed: sclp_testbed.Testbed) -> None:
+    """STT and native SCLP are read by receive rings on the underlay device and
+    dropped at its ingress hook, before the kernel's IP input (sclp.io.rxring): both
+    endpoints say so, and the receiver's ingress rule counted the segments."""
+    if testbed.protocol not in SEGMENTING or testbed.carrier != "ip":
+        pytest.skip("UDP carriers and classic tunnels use UDP or raw sockets")
+    before = nft.ingress_drops(*_tapped(testbed), testbed.endpoint_name(1), netns=testbed.hosts[1])
+    assert ping(testbed.vms[0], OVERLAY[1])
+    for i in range(2):
+        assert "receive rings and an ingress drop on ul0" in testbed.log_text(i)
+    after = nft.ingress_drops(*_tapped(testbed), testbed.endpoint_name(1), netns=testbed.hosts[1])
+    assert after > before
+
+
+def _tapped(testbed: sclp_testbed.Testbed) -> tuple[int, int | None]:
+    return (IPPROTO_TCP, STT_PORT) if testbed.protocol == "stt" else (IPPROTO_SCLP, None)

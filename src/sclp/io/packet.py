@@ -1,14 +1,15 @@
-"""A packet socket (``AF_PACKET``, ``packet(7)``) that receives STT segments before
-the kernel's IP and TCP layers see them.
+"""A packet socket (``AF_PACKET``, ``packet(7)``) that receives STT and native SCLP
+segments before the kernel's IP (and TCP) layers see them.
 
 Why: STT (draft-davie-stt §2) is pseudo-TCP to port 7471 that no TCP socket serves.
 Read through a raw TCP socket, every segment also goes up the kernel's TCP stack,
 which looks for a socket, finds none and builds a RST (that an nftables output rule
 then drops).  With veth the receiver's softirq runs on the sender's CPU, so that work
-halves STT's throughput.  Instead:
+halves STT's throughput.  Native SCLP (IP protocol 234) read through a raw socket
+walks IP input (route lookup, netfilter, raw delivery) for every segment.  Instead:
 
 * an nftables ``netdev``/``ingress`` rule on the underlay device drops the segments
-  before IP processing (:func:`sclp.io.nft.install_stt_ingress_drop`);
+  before IP processing (:func:`sclp.io.nft.install_ingress_drop`);
 * this socket still gets them: ``ETH_P_ALL`` taps run in ``__netif_receive_skb_core``
   *before* the ingress hook, whereas ``ETH_P_IP`` handlers (IP itself, and a packet
   socket bound to ``ETH_P_IP``) run after it (checked on Linux 6.18: the ``ETH_P_ALL``
@@ -16,7 +17,8 @@ halves STT's throughput.  Instead:
 
 ``SOCK_DGRAM`` strips the link-layer header, so a message starts with the IPv4
 header, as on an IPv4 raw socket.  A classic BPF filter (``SO_ATTACH_FILTER``) lets
-through only IPv4 TCP non-fragments to the local address and STT port, so the
+through only IPv4 non-fragments of the tunnel's protocol (and port) to the local
+address (:func:`ipv4_filter`: :func:`stt_filter`, :func:`sclp_filter`), so the
 socket's queue never holds other traffic; ``PACKET_IGNORE_OUTGOING`` (Linux 4.20)
 keeps our own transmissions out (and saves the kernel cloning them for us).  The
 filter is attached before ``bind``: a packet socket created with protocol 0 has no
@@ -27,7 +29,8 @@ it came off the wire): version, header length, header checksum, total length (th
 frame may carry link-layer padding past it).  :meth:`PacketTap.recv_batch` does that
 for a whole ``recvmmsg`` batch in NumPy; :func:`ipv4_payload_bounds` is the
 per-packet reference for the packets the fast check does not take (offset -1).  No IP
-reassembly: the filter passes only non-fragments (STT senders set DF).
+reassembly: the filter passes only non-fragments (STT and SCLP senders set DF).
+:class:`sclp.io.rxring.RxRing` reads the same packets through an mmapped ring.
 """
 
 from __future__ import annotations

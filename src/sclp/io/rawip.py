@@ -17,8 +17,9 @@ checked by the kernel; an IPv6 raw socket delivers only the L4 packet, and the s
 comes from the ``sockaddr_in6``.
 
 STT (protocol 6): a raw TCP socket receives *all* TCP packets of its namespace; the
-endpoint reads STT through :class:`sclp.io.packet.PacketTap` instead and keeps this
-socket for sending (with :func:`sclp.io.packet.drop_all_filter` attached to
+endpoint reads STT (and, on an IPv4 underlay with peers, native SCLP too) through
+packet taps instead (:class:`sclp.io.rxring.RxRing`, :class:`sclp.io.packet.PacketTap`)
+and keeps this socket for sending (with :func:`sclp.io.packet.drop_all_filter` attached to
 :attr:`RawIpSocket.sock`).  The kernel's TCP would answer each STT segment it sees with
 a RST; :mod:`sclp.io.nft` keeps it quiet.
 """
