@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from sclp.io import nft
+from sclp.io.linux import IPPROTO_SCLP
 from sclp.lab.testbed import UNDERLAY
 
 from .helpers import Endpoint, Topology, ping, popen_in, wait_for
@@ -112,3 +114,35 @@ def test_sighup_replaces_the_peers_of_a_running_network(pair: Pair) -> None:
     log = pair.endpoints[0].log_text()
     assert f"vni 42: peer {UNDERLAY[1]} left" in log and f"vni 42: peer {UNDERLAY[1]} joined" in log
     assert pair.endpoints[0].stats()["ports"]["r42-p"]["vni"] == 42  # the port stayed
+
+
+@pytest.mark.timeout(90)
+def test_native_sclp_moves_to_receive_rings_when_peers_arrive() -> None:
+    """Started without peers, native SCLP is read from the raw socket (no routes to
+    name the underlay devices yet); once a reload brings peers, the endpoint opens
+    receive rings and the ingress drop there, and traffic still flows."""
+    with Topology() as topo:
+        hosts = topo.underlay_hosts("rh1", "rh2")
+        pair = Pair(topo, hosts, [])
+        for i in range(2):
+            name = topo.endpoint_name(f"r{i + 1}")
+            pair.endpoints.append(topo.start_endpoint(name, pair.config(i, NET42, peers=False)))
+        a = pair.container(0, "r42-m", "192.168.80.21")
+        pair.container(1, "r42-n", "192.168.80.22")
+        assert "receive rings" not in pair.endpoints[0].log_text()
+        for i in range(2):
+            pair.reload(i, pair.config(i, NET42))
+        for i in range(2):
+            wait_for(
+                lambda i=i: (
+                    "native SCLP: receive rings and an ingress drop" in pair.endpoints[i].log_text()
+                ),
+                10.0,
+                what="receive rings opened",
+            )
+        wait_for(lambda: ping(a, "192.168.80.22", count=1), 10.0, what="vni 42 over the rings")
+        drops = nft.ingress_drops(IPPROTO_SCLP, None, pair.endpoints[1].name, netns=hosts[1])
+        assert drops > 0
+        codes = topo.stop_endpoints()
+        assert codes == [0, 0], [ep.log_text()[-800:] for ep in pair.endpoints]
+    assert not topo.leftovers()
