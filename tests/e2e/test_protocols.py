@@ -124,6 +124,10 @@ def test_native_segments_skip_the_kernels_ip_input(testbed: sclp_testbed.Testbed
         assert "receive rings and an ingress drop on ul0" in testbed.log_text(i)
     after = nft.ingress_drops(*_tapped(testbed), testbed.endpoint_name(1), netns=testbed.hosts[1])
     assert after > before
+    taps = testbed.stats(1)["rx_taps"]
+    channel = "stt" if testbed.protocol == "stt" else "sclp"
+    assert taps[channel]["kind"] == "ring" and taps[channel]["devices"] == ["ul0"], taps
+    assert taps[channel]["truncated"] == 0, taps
 
 
 def _tapped(testbed: sclp_testbed.Testbed) -> tuple[int, int | None]:

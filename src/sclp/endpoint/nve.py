@@ -36,6 +36,7 @@ from sclp.endpoint.registry import RegistryLink
 from sclp.endpoint.runner import FaultySender, Runner, UnderlaySender
 from sclp.endpoint.tunnels import Channel
 from sclp.io import nft
+from sclp.io.rxring import RxRing
 from sclp.io.tap import TapDevice
 
 __all__ = ["Endpoint", "EndpointError"]
@@ -509,7 +510,26 @@ class Endpoint:
             "faults": self._faults.counters() if self._faults else None,
             "cluster": self.registry.status() if self.registry is not None else None,
             "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},
+            "rx_taps": self._tap_stats(),
         }
+
+    def _tap_stats(self) -> dict[str, Any]:
+        """Per channel read by packet taps (STT, native SCLP): the devices, ``ring``
+        or ``recvmmsg``, the packets the kernel dropped for want of a free ring frame
+        (``tp_drops``) and those larger than a frame or slot (dropped)."""
+        sockets = self._underlay
+        if sockets is None:
+            return {}
+        report: dict[str, Any] = {}
+        for channel, taps in sockets.taps.items():
+            rings = [tap for tap in taps if isinstance(tap, RxRing)]
+            report[channel.value] = {
+                "devices": sockets.tap_devices.get(channel, []),
+                "kind": "ring" if rings else "recvmmsg",
+                "ring_full_drops": sum(ring.read_drops() for ring in rings),
+                "truncated": sum(tap.truncated for tap in taps),
+            }
+        return report
 
 
 def _named(names: dict[str, str], address: str) -> str:

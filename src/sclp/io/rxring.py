@@ -163,7 +163,10 @@ class RxRing(SocketAdapter):
 
     def read_drops(self) -> int:
         """Add the kernel's ``tp_drops`` since the last read to :attr:`drops` (reading
-        resets the kernel's counters) and return the total."""
+        resets the kernel's counters) and return the total (just :attr:`drops` once
+        closed)."""
+        if self.sock.fileno() < 0:
+            return self.drops
         _packets, dropped = _STATS.unpack(
             self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
         )
