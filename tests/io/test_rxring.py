@@ -16,8 +16,11 @@ from sclp.io.nft import (
     _nft,
     ingress_drops,
     install_ingress_drop,
+    install_peer_filter,
     install_stt_ingress_drop,
+    peer_filter_drops,
     remove_ingress_drop,
+    remove_peer_filter,
     remove_stt_ingress_drop,
     stt_ingress_drops,
 )
@@ -275,3 +278,39 @@ def test_ingress_drop_rejects_bad_arguments() -> None:
         install_ingress_drop(["eth0"], IP_B, 300)
     with pytest.raises(ValueError):
         install_ingress_drop(["eth0"], "2001:db8::1", IPPROTO_SCLP)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_peer_filter_counts_a_strangers_sclp_segment_at_ingress(
+    veth_pair: tuple[NetNS, NetNS],
+) -> None:
+    """The kernel's peer filter, with SCLP among its ingress protocols, runs ahead of
+    the SCLP ingress drop: a stranger's segment is counted as not from a peer, the
+    peer's reaches the drop; the ring (filtered for the peer) got only the peer's."""
+    a, b = veth_pair
+    a.add_address(DEV_A, f"{IP_A2}/24")
+    with (
+        RxRing.open(DEV_B, sclp_filter(IP_B, [IP_A]), netns=b.name) as ring,
+        a.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as tx,
+    ):
+        try:
+            install_ingress_drop([DEV_B], IP_B, IPPROTO_SCLP, name="ep4", netns=b.name)
+            install_peer_filter(
+                "ep4",
+                IP_B,
+                [IP_A],
+                protocols=[IPPROTO_SCLP],
+                ingress_devices=[DEV_B],
+                ingress_protocols=[IPPROTO_SCLP],
+                netns=b.name,
+            )
+            for src, tag in ((IP_A2, b"stranger"), (IP_A, b"peer"), (IP_A2, b"again")):
+                tx.sendto(_ipv4(src, IP_B, IPPROTO_SCLP, tag), (IP_B, 0))
+            assert [p[20:] for p, *_ in _read(ring, 3, timeout=1.0)] == [b"peer"]
+            assert peer_filter_drops("ep4", netns=b.name) == 2
+            assert ingress_drops(IPPROTO_SCLP, name="ep4", netns=b.name) == 1
+        finally:
+            remove_peer_filter("ep4", netns=b.name)
+            remove_ingress_drop(IPPROTO_SCLP, name="ep4", netns=b.name)
+        assert not {"sclp_ep4", "sclp_ep4_peers"} & _tables(b)
