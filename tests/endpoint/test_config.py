@@ -129,6 +129,19 @@ def test_tuning_switches() -> None:
         parse_config(GOOD.replace("[underlay]", "[tuning]\nrx_batch = 1\n[underlay]", 1))
 
 
+def test_kernel_paths_of_the_native_tunnels() -> None:
+    default = parse_config(GOOD).tuning
+    assert (default.tx_ring, default.rx_taps) == (True, "ring")
+    cfg = parse_config(
+        GOOD.replace("[underlay]", '[tuning]\ntx_ring = false\nrx_taps = "recvmmsg"\n[underlay]', 1)
+    )
+    assert (cfg.tuning.tx_ring, cfg.tuning.rx_taps) == (False, "recvmmsg")
+    with pytest.raises(
+        ConfigError, match=r'tuning.rx_taps \(line 3\): .*use "ring", "recvmmsg" or "off"'
+    ):
+        parse_config(GOOD.replace("[underlay]", '[tuning]\nrx_taps = "mmap"\n[underlay]', 1))
+
+
 def test_metrics_off_by_default() -> None:
     cfg = parse_config(GOOD)
     assert cfg.metrics.listen is None and not cfg.metrics.enabled

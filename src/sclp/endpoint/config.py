@@ -91,10 +91,21 @@ class Tuning:
     ``rx_batch``: level 1 (coalescing): kernel UDP GRO in carrier mode, ``recvmmsg``
     batches in native mode.  ``deliver_gso``: level 2's payoff: a reassembled frame
     larger than the VM's MTU goes to the TAP as one GSO frame; off, it is cut into
-    MSS-sized frames in software first."""
+    MSS-sized frames in software first.
+
+    How native SCLP and STT meet the kernel (IPv4 underlay): ``tx_ring`` sends their
+    segments through ``AF_PACKET`` TX rings (:mod:`sclp.io.txring`) instead of
+    ``sendmmsg`` on a raw socket; ``rx_taps`` reads them with packet taps ahead of an
+    ingress drop, through a ``PACKET_RX_RING`` (``"ring"``) or ``recvmmsg``
+    (``"recvmmsg"``), or from the raw socket after IP input (``"off"``)."""
 
     rx_batch: bool = True
     deliver_gso: bool = True
+    tx_ring: bool = True
+    rx_taps: str = "ring"
+
+
+RX_TAPS_MODES = ("ring", "recvmmsg", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,8 +362,14 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     lim.check_unknown()
 
     t = _Reader(top.get("tuning", dict, {}), "tuning.", lines, "[tuning]")
+    rx_taps = t.get("rx_taps", str, "ring")
+    if rx_taps not in RX_TAPS_MODES:
+        raise t.fail("rx_taps", f'{rx_taps!r} is not a reader; use "ring", "recvmmsg" or "off"')
     tuning = Tuning(
-        rx_batch=t.get("rx_batch", bool, True), deliver_gso=t.get("deliver_gso", bool, True)
+        rx_batch=t.get("rx_batch", bool, True),
+        deliver_gso=t.get("deliver_gso", bool, True),
+        tx_ring=t.get("tx_ring", bool, True),
+        rx_taps=rx_taps,
     )
     t.check_unknown()
 

@@ -44,11 +44,6 @@ UDP_PORTS = {Channel.VXLAN: 4789, Channel.GENEVE: 6081}
 RX_SLOTS = 64  # packets per recvmmsg batch
 PEER_COUNTER_REFRESH: Final = 5.0  # seconds: the loop's snapshots read the kernel counter
 PEER_COUNTER_ON_REQUEST: Final = 0.5  # ... and an ``sclp stats`` request at most this often
-TX_RING_ENV: Final = "SCLP_TX_RING"  # "off": native SCLP and STT sent with sendmmsg
-# What reads STT and native SCLP when packet taps can: "ring" (PACKET_RX_RING, the
-# default), "recvmmsg" (sclp.io.packet.PacketTap) or "off" (the raw sockets); for
-# comparisons, and as a way out should a kernel refuse the ring.
-RX_TAPS_ENV: Final = "SCLP_RX_TAPS"
 # IP protocol and destination port the taps and the ingress drop of a channel match.
 TAPPED: Final[dict[Channel, tuple[int, int | None]]] = {
     Channel.STT: (IPPROTO_TCP, STT_PORT),
@@ -274,11 +269,11 @@ def open_tx_ring(
     per packet) into ``out.tx``; the raw socket still sends where a ring cannot (no
     neighbour entry yet, another device).  Nothing, and one warning, for an IPv6
     underlay or when no ring can be set up: the raw socket sends everything.
-    ``SCLP_TX_RING=off`` in the environment turns the rings off (comparisons)."""
+    ``tuning.tx_ring = false`` turns the rings off."""
     local = cfg.underlay.local
     what = "STT" if channel is Channel.STT else "native SCLP"
-    if os.environ.get(TX_RING_ENV, "on") == "off":
-        log.info("%s: sent with sendmmsg on a raw socket (%s=off)", what, TX_RING_ENV)
+    if not cfg.tuning.tx_ring:
+        log.info("%s: sent with sendmmsg on a raw socket (tuning.tx_ring = false)", what)
         return
     if ":" in local:
         log.warning("%s: no TX ring on an IPv6 underlay: sent with sendmmsg (slower)", what)
@@ -333,10 +328,10 @@ def open_taps(
     kernel's IP (and TCP) never process them (:mod:`sclp.io.packet`); its raw socket
     in ``out.raw`` then only sends.  Fills ``out.taps`` and ``out.tap_devices``;
     False (the caller reads the raw socket) for an IPv6 underlay, no peers yet (their
-    routes name the devices), ``SCLP_RX_TAPS=off``, or a failure (one warning, and no
+    routes name the devices), ``tuning.rx_taps = "off"``, or a failure (one warning, and no
     second try: ``out.untapped``)."""
     local = cfg.underlay.local
-    mode = os.environ.get(RX_TAPS_ENV, "ring")
+    mode = cfg.tuning.rx_taps
     if out.taps.get(channel):
         return True
     if ":" in local or not dp.peers or mode == "off" or channel in out.untapped:
