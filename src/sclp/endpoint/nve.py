@@ -511,6 +511,7 @@ class Endpoint:
             "cluster": self.registry.status() if self.registry is not None else None,
             "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},
             "rx_taps": self._tap_stats(),
+            "tx_rings": self._tx_ring_stats(),
         }
 
     def _tap_stats(self) -> dict[str, Any]:
@@ -528,6 +529,25 @@ class Endpoint:
                 "kind": "ring" if rings else "recvmmsg",
                 "ring_full_drops": sum(ring.read_drops() for ring in rings),
                 "truncated": sum(tap.truncated for tap in taps),
+            }
+        return report
+
+    def _tx_ring_stats(self) -> dict[str, Any]:
+        """Per channel sent through TX rings (STT, native SCLP): the devices, the
+        batches per path (``ring``, or why the raw socket sent one), how often the
+        kernel said "later" (EAGAIN/ENOBUFS: queued frames wait for the next send) and
+        frames it refused as malformed."""
+        sockets = self._underlay
+        if sockets is None:
+            return {}
+        report: dict[str, Any] = {}
+        for channel, sender in sockets.tx.items():
+            rings = list(sender.rings.values())
+            report[channel.value] = {
+                "devices": sorted(ring.ifname for ring in rings),
+                "batches": dict(sorted((p.name.lower(), n) for p, n in sender.paths.items())),
+                "deferred": sum(ring.deferred for ring in rings),
+                "wrong_format": sum(ring.wrong_format for ring in rings),
             }
         return report
 
