@@ -63,7 +63,7 @@ from sclp.io.packet import BpfInsn, attach_filter, drop_all_filter
 
 __all__ = ["DEFAULT_RING_BYTES", "NET_OFFSET", "RxRing"]
 
-DEFAULT_RING_BYTES: Final = 16 << 20  # ~8,000 frames of 2 KiB: ~100 ms at 1 Gbit/s
+DEFAULT_RING_BYTES: Final = 8 << 20  # ~4,000 frames of 2 KiB: ~50 ms at 1 Gbit/s
 # Where a SOCK_DGRAM socket's packet starts in a TPACKET_V2 frame (tpacket_rcv):
 # TPACKET_ALIGN(TPACKET2_HDRLEN) + 16.
 NET_OFFSET: Final = ((TPACKET2_HDRLEN + TPACKET_ALIGNMENT - 1) & -TPACKET_ALIGNMENT) + 16
