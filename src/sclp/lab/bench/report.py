@@ -54,6 +54,11 @@ METHOD: Final = """\
   fixed (discovery off), 16 MiB socket buffers asked for like our endpoints; each
   `tincd` in its host namespace with its own pid file, its TAP bridged to the VM's veth
   like the kernel VXLAN's. A C tunnel that moves one packet per system call.
+- **Native SCLP and STT** run with the default `[tuning]`: segments leave through
+  `AF_PACKET` TX rings and arrive through receive rings ahead of an ingress drop, so
+  neither side walks the kernel's IP output or input per segment; the receiver places
+  a whole receive batch with one call. Where their time goes, and what each step
+  changed: [performance.md](performance.md).
 - **Goals** are issue 12's; ratios to the kernel's VXLAN are reported, not goals (they
   measure the machine's kernel as much as our code).
 - **Real guests** (`sclp bench --vms qemu`): the same comparison with two QEMU guests
