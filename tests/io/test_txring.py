@@ -222,8 +222,12 @@ def test_sender_falls_back_until_the_neighbour_is_known(
             assert sender.paths[TxPath.RING] == 1
             _check_packets(_receive(rx, 11), buf, 1000)
             with pytest.raises(OSError) as exc:
-                sender.send_strided(bytes(1481), 1481, IP_B)
+                sender.send_strided(bytes(2962), 1481, IP_B)  # the ring refuses it
             assert exc.value.errno == errno.EMSGSIZE
+            # One packet takes the raw socket, however well the neighbour is known.
+            assert sender.send_strided(buf[:700], 1000, IP_B) == 1
+            assert sender.paths[TxPath.ONE] == 1 and sender.paths[TxPath.RING] == 1
+            _check_packets(_receive(rx, 1), buf[:700], 1000, ring=False)
         finally:
             sender.close()
 
