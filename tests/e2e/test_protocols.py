@@ -33,6 +33,8 @@ CASES = [
     ("geneve-sclp", "udp"),
 ]
 SEGMENTING = ("stt", "vxlan-sclp", "geneve-sclp")  # carry a whole TSO frame per payload
+# The segmenting tunnels on raw IP (IP carrier): read by receive rings, sent by TX rings.
+NATIVE = [case for case in CASES if case[0] in SEGMENTING and case[1] == "ip"]
 
 
 def _case_id(case: tuple[str, str]) -> str:
@@ -112,12 +114,11 @@ def test_udp_flow_crosses(testbed: sclp_testbed.Testbed, tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("testbed", NATIVE, indirect=True, ids=_case_id)
 def test_native_segments_skip_the_kernels_ip_input(testbed: sclp_testbed.Testbed) -> None:
     """STT and native SCLP are read by receive rings on the underlay device and
     dropped at its ingress hook, before the kernel's IP input (sclp.io.rxring): both
     endpoints say so, and the receiver's ingress rule counted the segments."""
-    if testbed.protocol not in SEGMENTING or testbed.carrier != "ip":
-        pytest.skip("UDP carriers and classic tunnels use UDP or raw sockets")
     before = nft.ingress_drops(*_tapped(testbed), testbed.endpoint_name(1), netns=testbed.hosts[1])
     assert ping(testbed.vms[0], OVERLAY[1])
     for i in range(2):
@@ -131,14 +132,13 @@ def test_native_segments_skip_the_kernels_ip_input(testbed: sclp_testbed.Testbed
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("testbed", NATIVE, indirect=True, ids=_case_id)
 def test_native_segments_leave_through_tx_rings(testbed: sclp_testbed.Testbed) -> None:
     """STT and native SCLP segments leave through AF_PACKET TX rings (sclp.io.txring):
     after a TCP transfer, the sending endpoint counts batches sent by its ring on ul0
     (its GSO frames) and the receiving one one-packet sends (its ACKs) through the raw
     socket, none refused; the transfer crossed, so the headers the ring wrote were
     right."""
-    if testbed.protocol not in SEGMENTING or testbed.carrier != "ip":
-        pytest.skip("UDP carriers and classic tunnels send with UDP or raw sockets")
     report = testbed.iperf3(seconds=1)
     assert report["end"]["sum_received"]["bytes"] > 0
     channel = "stt" if testbed.protocol == "stt" else "sclp"
