@@ -374,7 +374,7 @@ class BatchReceiver(MmsgReceiver):
 
     def ipv4_header_sources(self, n: int) -> npt.NDArray[np.uint32]:
         """Bytes 12-15 of each message (an IPv4 header's source) as :func:`v4_key`."""
-        return self._rows8[:n, 12:16].copy().view(np.uint32)[:, 0]
+        return ipv4_header_sources(self._rows8[:n])
 
     def ipv4_columns(
         self, n: int, sizes: npt.NDArray[np.uint32], *, check_header: bool
@@ -401,15 +401,7 @@ class BatchReceiver(MmsgReceiver):
                 return np.where(ok, ihl4, -1), np.zeros(n, dtype=np.uint32)
             sums = _fold(self.slot_sums(n))
             return np.where(ok, ihl4, -1), np.where(ok, sums, 0).astype(np.uint32)
-        # A packet socket: nobody checked the header.  The fast path takes the usual
-        # header (version 4, no options: the first 10 words) and checks what IP input
-        # would; a header with options gets -1 and goes the caller's slow way.
-        header = self._slab16[:n, :10].sum(axis=1, dtype=np.uint32)
-        total = rows[:, 2].astype(np.uint32) << 8 | rows[:, 3]
-        valid = (rows[:, 0] == 0x45) & (total == sizes) & (_fold(header) == 0xFFFF)
-        offsets = np.where(valid, 20, -1)
-        l4_sums = np.where(valid, _fold(self.slot_sums(n) - header), 0)
-        return offsets, l4_sums.astype(np.uint32)
+        return checked_ipv4_columns(rows, self._slab16[:n], sizes)
 
     def batch(
         self,
@@ -438,6 +430,30 @@ class BatchReceiver(MmsgReceiver):
         return RawBatch(
             n, views, sizes.tolist(), sources.tolist(), offsets.tolist(), l4_sums.tolist()
         )
+
+
+def checked_ipv4_columns(
+    rows8: npt.NDArray[np.uint8], rows16: npt.NDArray[np.uint16], sizes: npt.NDArray[np.uint32]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32]]:
+    """``(offsets, l4_sums)`` of packets that begin with an IPv4 header nobody checked
+    (a packet socket's, or a receive ring's): row ``i`` (bytes ``rows8[i]``, the same
+    memory as 16-bit words ``rows16[i]``, zero past the packet) holds a packet of
+    ``sizes[i]`` bytes.  The fast path takes the usual header (version 4, no options:
+    the first 10 words) and checks what IP input would: header checksum, total length
+    equal to the size.  Offset 20 and the L4 packet's folded sum (the row's word sum
+    minus the header's) when it passes; -1 and 0 otherwise (options, link-layer
+    padding, truncation, damage), for the caller's slow way."""
+    header = rows16[:, :10].sum(axis=1, dtype=np.uint32)
+    total = rows8[:, 2].astype(np.uint32) << 8 | rows8[:, 3]
+    valid = (rows8[:, 0] == 0x45) & (total == sizes) & (_fold(header) == 0xFFFF)
+    offsets = np.where(valid, 20, -1)
+    l4_sums = np.where(valid, _fold(rows16.sum(axis=1, dtype=np.uint32) - header), 0)
+    return offsets, l4_sums.astype(np.uint32)
+
+
+def ipv4_header_sources(rows8: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint32]:
+    """Bytes 12-15 of each row (an IPv4 header's source) as :func:`v4_key`."""
+    return rows8[:, 12:16].copy().view(np.uint32)[:, 0]
 
 
 def v4_key(address: str) -> int:

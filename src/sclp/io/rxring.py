@@ -42,7 +42,7 @@ from typing import Any, Final, Self
 import numpy as np
 import numpy.typing as npt
 
-from sclp.io._mmsg import RawBatch, _fold
+from sclp.io._mmsg import RawBatch, checked_ipv4_columns, ipv4_header_sources
 from sclp.io._sockopt import SocketAdapter, closed_on_error
 from sclp.io.linux import (
     ETH_P_ALL,
@@ -230,19 +230,12 @@ class RxRing(SocketAdapter):
 
     def _columns(self, a: int, b: int) -> tuple[npt.NDArray[Any], ...]:
         """(status, sizes, lengths, nets, sources, offsets, l4_sums) of frames a..b-1:
-        the fast IP input check of :meth:`BatchReceiver.ipv4_columns` with
-        ``check_header``."""
+        the fast IP input check of :func:`sclp.io._mmsg.checked_ipv4_columns`."""
         words = self._words[a:b]
         status, lengths, sizes = words[:, 0], words[:, 1], words[:, 2]
         rows8 = self._rows8[a:b]
-        rows16 = self._rows16[a:b]
-        header = rows16[:, :10].sum(axis=1, dtype=np.uint32)
-        total = rows8[:, 2].astype(np.uint32) << 8 | rows8[:, 3]
-        valid = (rows8[:, 0] == 0x45) & (total == sizes) & (_fold(header) == 0xFFFF)
-        offsets = np.where(valid, 20, -1)
-        slot_sums = rows16.sum(axis=1, dtype=np.uint32)
-        sums = np.where(valid, _fold(slot_sums - header), 0).astype(np.uint32)
-        sources = rows8[:, 12:16].copy().view(np.uint32)[:, 0]
+        offsets, sums = checked_ipv4_columns(rows8, self._rows16[a:b], sizes)
+        sources = ipv4_header_sources(rows8)
         return (
             status.copy(),
             sizes.copy(),
