@@ -201,20 +201,33 @@ def attach_filter(sock: socket.socket, program: list[BpfInsn]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
+def unbound_ipv4_tap(program: list[BpfInsn]) -> socket.socket:
+    """An ``AF_PACKET``/``SOCK_DGRAM`` socket with ``program`` attached and our own
+    transmissions ignored, not yet bound: a socket created with protocol 0 has no hook
+    until :func:`bind_tap`, so no unfiltered packet can queue meanwhile (a receive
+    ring is set up in between).  Call it in the namespace of the device to tap."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)  # no hook until bind
+    with closed_on_error(sock):
+        attach_filter(sock, program)
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    return sock
+
+
+def bind_tap(sock: socket.socket, ifname: str) -> None:
+    """Start the tap: every protocol (``ETH_P_ALL``, ahead of the ingress hook) on
+    ``ifname``, non-blocking.  Raises OSError (ENODEV for no such device)."""
+    sock.bind((ifname, ETH_P_ALL))
+    sock.setblocking(False)
+
+
 def open_ipv4_tap(ifname: str, program: list[BpfInsn]) -> socket.socket:
     """A non-blocking ``AF_PACKET``/``SOCK_DGRAM`` socket on ``ifname`` that gets the
     incoming packets ``program`` accepts, IP header first, ahead of the ingress hook.
     Call it in the namespace of ``ifname``.  Raises OSError (ENODEV for no such
     device, EPERM without CAP_NET_RAW)."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)  # no hook until bind
-    try:
-        attach_filter(sock, program)
-        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-        sock.bind((ifname, ETH_P_ALL))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
+    sock = unbound_ipv4_tap(program)
+    with closed_on_error(sock):
+        bind_tap(sock, ifname)
     return sock
 
 

@@ -45,8 +45,6 @@ import numpy.typing as npt
 from sclp.io._mmsg import RawBatch, checked_ipv4_columns, ipv4_header_sources
 from sclp.io._sockopt import SocketAdapter, closed_on_error
 from sclp.io.linux import (
-    ETH_P_ALL,
-    PACKET_IGNORE_OUTGOING,
     PACKET_RX_RING,
     PACKET_STATISTICS,
     PACKET_VERSION,
@@ -59,7 +57,7 @@ from sclp.io.linux import (
     TPACKET_V2,
 )
 from sclp.io.netns import run_in_netns
-from sclp.io.packet import BpfInsn, attach_filter, drop_all_filter
+from sclp.io.packet import BpfInsn, attach_filter, bind_tap, drop_all_filter, unbound_ipv4_tap
 
 __all__ = ["DEFAULT_RING_BYTES", "NET_OFFSET", "RxRing"]
 
@@ -143,15 +141,12 @@ class RxRing(SocketAdapter):
         ahead of the ingress hook, without our own transmissions.  Raises OSError
         (ENODEV: no such device; EPERM without CAP_NET_RAW; ENOMEM for the ring)."""
         with run_in_netns(netns):
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)  # no hook yet
+            sock = unbound_ipv4_tap(program)
         with closed_on_error(sock):
-            attach_filter(sock, program)
-            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             ring = cls(sock, batch=batch, slot_size=slot_size, ring_bytes=ring_bytes)
             try:
                 with run_in_netns(netns):
-                    sock.bind((ifname, ETH_P_ALL))
-                sock.setblocking(False)
+                    bind_tap(sock, ifname)
             except BaseException:
                 ring.close()
                 raise
