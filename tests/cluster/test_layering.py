@@ -1,5 +1,5 @@
 """The cluster package stays below the endpoint (which imports it) and its model stays
-pure (design.md: dependencies point down only)."""
+pure (docs/architecture.md: dependencies point down only)."""
 
 from __future__ import annotations
 

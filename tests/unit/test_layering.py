@@ -1,5 +1,5 @@
 """The pure layers (wire codecs, engines, switching) stay free of I/O and of the
-layers above them (design.md: dependencies point down only)."""
+layers above them (docs/architecture.md: dependencies point down only)."""
 
 import ast
 from pathlib import Path
@@ -92,7 +92,7 @@ def test_every_layer_imports_only_downwards(path: Path) -> None:
 
 def test_the_data_path_is_sans_io() -> None:
     """endpoint/datapath.py and endpoint/tunnels.py: no sockets, no clock, no I/O
-    adapters (design.md: the data path is sans-I/O)."""
+    adapters (docs/architecture.md: the data path is sans-I/O)."""
     for name in ("datapath.py", "tunnels.py"):
         modules = imported_modules(SRC / "endpoint" / name)
         bad = {m for m in modules if m.split(".")[0] in FORBIDDEN_MODULES}

@@ -1,6 +1,6 @@
 """The endpoint's data path, sans-I/O: frames and packets in, sends and deliveries out.
 
-Strategy (design.md, "Performance model"): per-batch, not per-packet.  A VM with TSO
+Strategy (docs/architecture.md, "The data path"): per-batch, not per-packet.  A VM with TSO
 hands us frames of up to ~64 KB; the SCLP and STT tunnels carry each one as a single
 payload (one UDP GSO send in carrier mode, one ``sendmmsg`` of raw segments natively)
 and the receiver hands it back to its VM as one GSO frame.  The classic tunnels

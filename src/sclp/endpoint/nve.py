@@ -1,6 +1,6 @@
 """The Network Virtualization Edge: one running endpoint for one configuration.
 
-:class:`Endpoint` only composes the parts (design.md, "Layers", item 5):
+:class:`Endpoint` only composes the parts (docs/architecture.md, "Where each concern lives"):
 
 - :mod:`~sclp.endpoint.provision` sets up the host (privileges, namespaces, TAPs,
   sockets, nftables) and records every undo on one clean-up stack;

@@ -1,6 +1,6 @@
 """Reconcile, don't restart: what changes when a new desired state arrives.
 
-Two sources change what a running endpoint should serve (design.md, "Layers", item 6):
+Two sources change what a running endpoint should serve (docs/architecture.md, layer 6):
 the TOML file, re-read on ``SIGHUP``, and the cluster registry on etcd, whose members
 are peers.  This module only *plans* (pure functions, unit-tested): which networks to
 add, remove or re-create, and which peers each network gains or loses; the endpoint
