@@ -12,7 +12,7 @@ from tests.unit.test_layering import FORBIDDEN_MODULES, SRC, imported_modules
 pytestmark = pytest.mark.timeout(60)
 
 CLUSTER = sorted((SRC / "cluster").glob("*.py"))
-IO_LIBRARIES = FORBIDDEN_MODULES | {"threading", "requests", "etcd3gw", "ssl", "logging"}
+IO_LIBRARIES = FORBIDDEN_MODULES | {"threading", "requests", "ssl", "logging"}
 
 
 @pytest.mark.parametrize("path", CLUSTER, ids=lambda p: p.name)

@@ -1,25 +1,29 @@
 """etcd v3 through its JSON gateway: KV, leases and transactions with failover between
 the configured URLs, and a watch stream of our own.
 
-Why this client.  ``etcd3gw`` (OpenStack) speaks etcd's HTTP/JSON gateway with
-``requests``: no gRPC, no protobuf version to pin, and it is maintained.  We use it for
-the unary calls (range, put, txn, lease grant/keep-alive/revoke), one client per URL,
-each request bounded by a timeout.  Its watch we do not use: measured against etcd
-3.4.23, an ``etcd3gw`` 2.7.0 watch never recovers from an etcd restart (its reader
-thread dies on the final error chunk and the iterator blocks forever), and with no read
-timeout a silently partitioned member leaves it hanging.  :class:`WatchStream` is a
-small HTTP/1.1 client for the gateway's streaming ``/v3/watch``: a socket the caller
-can ``select()`` on next to its timers (so one thread does all the I/O), a start
-revision to resume from, ``progress_notify`` so that an idle stream still carries a
-message every interval (etcd's ``--experimental-watch-progress-notify-interval``),
-and the ``hasleader`` requirement so that a member that loses its leader cancels the
-watch instead of going quiet.  The caller treats silence longer than its read timeout
-as a dead member.  The gRPC clients (``etcd3``, unmaintained since 2020, and its
-forks) would add grpcio and a protobuf pin to an endpoint that has neither.
+Why this client.  etcd's HTTP/JSON gateway (grpc-gateway, ``/v3/...``) is spoken
+directly with ``requests``: no gRPC, no protobuf version to pin.  The unary calls
+(range, put, txn, lease grant/keep-alive/revoke) are JSON POSTs with base64 keys and
+values, one :class:`requests.Session` per URL (its connection is reused), each
+request bounded by a timeout.  ``etcd3gw`` (OpenStack) wraps the same POSTs but brings
+futurist, debtcollector, wrapt and pbr, and its watch we could not use: measured
+against etcd 3.4.23, an ``etcd3gw`` 2.7.0 watch never recovers from an etcd restart
+(its reader thread dies on the final error chunk and the iterator blocks forever),
+and with no read timeout a silently partitioned member leaves it hanging.
+:class:`WatchStream` is a small HTTP/1.1 client for the gateway's streaming
+``/v3/watch``: a socket the caller can ``select()`` on next to its timers (so one
+thread does all the I/O), a start revision to resume from, ``progress_notify`` so that
+an idle stream still carries a message every interval (etcd's
+``--experimental-watch-progress-notify-interval``), and the ``hasleader`` requirement
+so that a member that loses its leader cancels the watch instead of going quiet.  The
+caller treats silence longer than its read timeout as a dead member.  The gRPC clients
+(``etcd3``, unmaintained since 2020, and its forks) would add grpcio and a protobuf pin
+to an endpoint that has neither.
 
-Failover: :class:`Etcd` sends each request to its current URL; a connection failure
-or timeout moves it to the next URL and retries there, once round the list, before
-raising :class:`EtcdUnavailableError`.  etcd 3.4 or later (the ``/v3/`` gateway path).
+Failover: :class:`Etcd` sends each request to its current URL; a connection failure,
+a timeout, an answer that says the member cannot serve (HTTP 408, 500, 503, 504) or
+one that is not JSON moves it to the next URL and retries there, once round the list,
+before raising :class:`EtcdUnavailableError`.  etcd 3.4 or later (the ``/v3/`` gateway path).
 """
 
 from __future__ import annotations
@@ -35,13 +39,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import etcd3gw
 import requests
-from etcd3gw import exceptions as etcd3gw_exceptions
 
 API = "/v3/"
 REQUEST_TIMEOUT = 2.0
 CONNECT_TIMEOUT = 1.0
+# Answers that say this member cannot serve now (no leader, overloaded, timed out):
+# the next URL may.  Any other error status is etcd refusing the request itself.
+RETRY_STATUS = frozenset({408, 500, 503, 504})
 
 
 class EtcdError(Exception):
@@ -111,14 +116,8 @@ class Endpoint:
 
 
 def _one_line(exc: BaseException) -> str:
-    detail = getattr(exc, "detail_text", None)
-    text = str(detail or exc or exc.__class__.__name__)
-    try:
-        message = json.loads(text).get("message")
-        if isinstance(message, str):
-            text = message
-    except (ValueError, AttributeError):
-        pass
+    """A request's failure (requests' exception) in one short line."""
+    text = str(exc) or exc.__class__.__name__
     # requests' messages bury the cause in reprs: keep the cause.
     for pattern, fmt in (
         (r"\[Errno -?\d+\] ([^'\"\)]+)", "{}"),
@@ -132,6 +131,20 @@ def _one_line(exc: BaseException) -> str:
         if found and ("Pool(" in text or "Max retries" in text or "Connection" in text):
             return fmt.format(found.group(1).strip().rstrip(".").lower())
     return " ".join(text.split())[:300]
+
+
+def _http_error(response: requests.Response) -> str:
+    """An error answer in one line: the gateway's ``message`` (gRPC's error text, as
+    ``etcdserver: requested lease not found``), else the status and the body's start."""
+    try:
+        message = response.json().get("message")
+    except (ValueError, AttributeError):
+        message = None
+    if isinstance(message, str) and message.strip():
+        return " ".join(message.split())[:300]
+    status = f"HTTP {response.status_code} {response.reason or ''}".strip()
+    body = " ".join(response.text.split())[:200]
+    return f"{status}: {body}" if body else status
 
 
 class _Session(requests.Session):
@@ -174,21 +187,12 @@ class Etcd:
         self.ca, self.cert, self.key = ca, cert, key
         self.timeout = timeout
         self._cancelled = cancelled or (lambda: False)
-        self._clients: list[Any] = []
-        for ep in self.endpoints:
+        self._sessions: list[requests.Session] = []
+        for _ in self.endpoints:
             session = _Session(ca)
             if cert is not None and key is not None:
                 session.cert = (cert, key)
-            self._clients.append(
-                etcd3gw.Etcd3Client(
-                    host=ep.host,
-                    port=ep.port,
-                    protocol=ep.scheme,
-                    timeout=timeout,
-                    api_path=API,
-                    session=session,
-                )
-            )
+            self._sessions.append(session)
         self.current = 0
 
     @property
@@ -200,8 +204,8 @@ class Etcd:
         self.current = (self.current + 1) % len(self.endpoints)
 
     def close(self) -> None:
-        for client in self._clients:
-            client.session.close()
+        for session in self._sessions:
+            session.close()
 
     def _post(
         self,
@@ -212,34 +216,41 @@ class Etcd:
         timeout: float | None = None,
     ) -> Any:
         """POST ``body`` to ``path`` at the current URL, failing over on connection
-        errors; the decoded JSON answer.  A request etcd answers with an error raises
-        EtcdError (LeaseNotFoundError for a missing lease) without failing over."""
+        errors, timeouts, answers that say the member cannot serve and answers that
+        are not JSON; the decoded JSON answer.  A request etcd refuses raises EtcdError
+        (LeaseNotFoundError for a missing lease) without failing over."""
         errors = []
         attempts = 1 if one_url else len(self.endpoints)
         for _ in range(attempts):
             if self._cancelled() and not one_url:
                 errors.append("stopping")
                 break
-            client = self._clients[self.current]
-            client.timeout = timeout or self.timeout
+            url = self.url
             try:
-                return client.post(client.get_url(path), json=body)
-            except (
-                etcd3gw_exceptions.ConnectionFailedError,
-                etcd3gw_exceptions.ConnectionTimeoutError,
-                etcd3gw_exceptions.InternalServerError,
-                requests.RequestException,
-            ) as exc:
-                errors.append(f"{self.url}: {_one_line(exc)}")
-                if not one_url:
-                    self.fail_over()
-            except etcd3gw_exceptions.Etcd3Exception as exc:
-                text = _one_line(exc)
-                if "lease not found" in text:
-                    raise LeaseNotFoundError(text) from None
-                raise EtcdError(f"{self.url}: {text}") from None
-            except ValueError as exc:  # a body that is not JSON
-                raise EtcdError(f"{self.url}: bad answer: {exc}") from None
+                response = self._sessions[self.current].post(
+                    url + API + path, json=body, timeout=timeout or self.timeout
+                )
+            except requests.RequestException as exc:
+                failure = _one_line(exc)
+            else:
+                if response.status_code == 200:
+                    try:
+                        answer = response.json()
+                    except ValueError:
+                        answer = None
+                    if isinstance(answer, dict):
+                        return answer
+                    failure = "bad answer: not a JSON object (is this etcd's client URL?)"
+                elif response.status_code in RETRY_STATUS:
+                    failure = _http_error(response)
+                else:
+                    text = _http_error(response)
+                    if "lease not found" in text:
+                        raise LeaseNotFoundError(text)
+                    raise EtcdError(f"{url}: {text}")
+            errors.append(f"{url}: {failure}")
+            if not one_url:
+                self.fail_over()
         raise EtcdUnavailableError("; ".join(errors))
 
     # -- KV ------------------------------------------------------------------------
