@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sclp.endpoint.config import ConfigError, parse_config
+from sclp.endpoint.nve import Endpoint
 from sclp.wire.geneve import GENEVE_PORT
 from sclp.wire.vxlan import VXLAN_PORT
 
@@ -124,3 +125,15 @@ def test_ports_of_unused_channels_may_coincide() -> None:
     assert _parse("vxlan_port = 7234", native) == (7234, 6081)
     with pytest.raises(ConfigError, match=r"is also underlay\.vxlan_port"):
         parse_config(native.format(keys="geneve_port = 4789"))
+
+
+def test_stats_show_the_ports() -> None:
+    """``sclp stats --json``'s underlay section (read from the configuration; an
+    endpoint that has not started has no sockets yet)."""
+    cfg = parse_config(TEMPLATE.format(keys="vxlan_port = 8472\ngeneve_port = 6082"))
+    underlay = Endpoint(cfg).stats()["underlay"]
+    assert (underlay["vxlan_port"], underlay["geneve_port"], underlay["sclp_udp_port"]) == (
+        8472,
+        6082,
+        7234,
+    )
