@@ -24,7 +24,7 @@ from sclp.engine.stt import SttSegmenter
 from sclp.io import netns as nsio
 from sclp.lab import testbed as sclp_testbed
 from sclp.lab.testbed import OVERLAY, UNDERLAY, VNI
-from sclp.wire import stt
+from sclp.wire import geneve, stt, vxlan
 from sclp.wire.checksum import internet_checksum
 from sclp.wire.sclp import Carrier, segment_payload_size
 
@@ -90,9 +90,9 @@ def tunnel_packets(
     ``src`` to ``dst`` as an endpoint of ``protocol`` would."""
     sport = 50000
     if protocol == "vxlan":
-        return socket.SOCK_DGRAM, 4789, [tunnels.vxlan_header(VNI) + frame]
+        return socket.SOCK_DGRAM, vxlan.VXLAN_PORT, [tunnels.vxlan_header(VNI) + frame]
     if protocol == "geneve":
-        return socket.SOCK_DGRAM, 6081, [tunnels.geneve_header(VNI) + frame]
+        return socket.SOCK_DGRAM, geneve.GENEVE_PORT, [tunnels.geneve_header(VNI) + frame]
     if protocol == "nvgre":
         return socket.SOCK_RAW, socket.IPPROTO_GRE, [tunnels.nvgre_header(VNI, 0) + frame]
     if protocol == "stt":

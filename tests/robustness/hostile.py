@@ -29,7 +29,7 @@ from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttSegmenter, pseudo_sum_for
 from sclp.io import netns as nsio
 from sclp.lab.testbed import OVERLAY
-from sclp.wire import sclp, stt
+from sclp.wire import geneve, sclp, stt, vxlan
 from sclp.wire.checksum import internet_checksum
 from sclp.wire.sclp import Carrier, SclpHeader
 
@@ -159,8 +159,8 @@ def stt_segments(
 
 
 # Where each kind of underlay packet goes: ("udp", port) or ("raw", IP protocol).
-UDP_VXLAN = ("udp", 4789)
-UDP_GENEVE = ("udp", 6081)
+UDP_VXLAN = ("udp", vxlan.VXLAN_PORT)  # the endpoint's default vxlan_port
+UDP_GENEVE = ("udp", geneve.GENEVE_PORT)  # ... and geneve_port
 UDP_SCLP = ("udp", 7234)
 RAW_SCLP = ("raw", 234)
 RAW_GRE = ("raw", socket.IPPROTO_GRE)

@@ -10,7 +10,8 @@ writer's lease so that it vanishes when the writer stops keeping the lease alive
 
 ``P/members/NAME``
     :meth:`Member.to_json` of endpoint ``NAME``: its underlay address, SCLP carrier
-    and UDP port, and the protocol of every VNI it serves.
+    and UDP port, the UDP ports of VXLAN and Geneve (absent in older records: the
+    IANA ports), and the protocol of every VNI it serves.
 ``P/macs/VNI/NAME``
     a JSON list of the MACs (``"02:00:00:00:00:01"``) that endpoint ``NAME`` learned
     on its VM ports in network ``VNI``.  Absent when it has none.
@@ -23,8 +24,9 @@ Decisions, each with the reason on its line in :attr:`ClusterView.conflicts`:
 - two members announcing the same underlay address: the one registered later
   (higher create revision; by name on a tie) is ignored by everyone;
 - a member on one of ``me``'s VNIs with another protocol, or for an SCLP protocol
-  another carrier (or, with the UDP carrier, another UDP port), is not a peer on that
-  VNI: no traffic is sent to it with an encapsulation it does not speak.
+  another carrier (or, with the UDP carrier, another UDP port), or for VXLAN or
+  Geneve another UDP port, is not a peer on that VNI: no traffic is sent to it with
+  an encapsulation it does not speak or to a port it does not listen on.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ MAX_MACS_PER_RECORD = 8192
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _PROTOCOL_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# The IANA ports (sclp.wire.vxlan.VXLAN_PORT, sclp.wire.geneve.GENEVE_PORT; this
+# package imports nothing outside itself): a record without vxlan_port/geneve_port
+# comes from a version that always used them.
+VXLAN_PORT = 4789
+GENEVE_PORT = 6081
 
 
 def _short(value: object) -> str:
@@ -115,13 +122,16 @@ def decode_macs(data: bytes) -> frozenset[bytes]:
 @dataclass(frozen=True)
 class Member:
     """One endpoint as it announces itself.  ``networks`` maps VNI -> protocol string
-    (``"vxlan"``, ``"vxlan-sclp"``, ...); it is copied into a read-only mapping."""
+    (``"vxlan"``, ``"vxlan-sclp"``, ...); it is copied into a read-only mapping.
+    ``vxlan_port``, ``geneve_port``: its ``underlay.vxlan_port`` and ``geneve_port``."""
 
     name: str
     address: str
     carrier: str
     sclp_udp_port: int
     networks: Mapping[int, str] = field(default_factory=dict)
+    vxlan_port: int = VXLAN_PORT
+    geneve_port: int = GENEVE_PORT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "networks", MappingProxyType(dict(sorted(self.networks.items()))))
@@ -134,6 +144,8 @@ class Member:
                 self.carrier,
                 self.sclp_udp_port,
                 tuple(self.networks.items()),
+                self.vxlan_port,
+                self.geneve_port,
             )
         )
 
@@ -146,6 +158,8 @@ class Member:
             and self.carrier == other.carrier
             and self.sclp_udp_port == other.sclp_udp_port
             and dict(self.networks) == dict(other.networks)
+            and self.vxlan_port == other.vxlan_port
+            and self.geneve_port == other.geneve_port
         )
 
     def validate(self) -> None:
@@ -160,9 +174,10 @@ class Member:
             raise ValueError(f"address {_short(self.address)} is not an IP") from None
         if self.carrier not in CARRIERS:
             raise ValueError(f"carrier {_short(self.carrier)} is not ip or udp")
-        port = self.sclp_udp_port
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"sclp_udp_port {_short(port)} is not 1..65535")
+        for key in ("sclp_udp_port", "vxlan_port", "geneve_port"):
+            port = getattr(self, key)
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ValueError(f"{key} {_short(port)} is not 1..65535")
         for vni, protocol in self.networks.items():
             if isinstance(vni, bool) or not isinstance(vni, int) or not 0 < vni <= MAX_VNI:
                 raise ValueError(f"vni {_short(vni)} is not 1..{MAX_VNI}")
@@ -176,6 +191,8 @@ class Member:
             "address": self.address,
             "carrier": self.carrier,
             "sclp_udp_port": self.sclp_udp_port,
+            "vxlan_port": self.vxlan_port,
+            "geneve_port": self.geneve_port,
             "networks": {str(vni): p for vni, p in self.networks.items()},
         }
         return json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
@@ -207,6 +224,8 @@ class Member:
             carrier=record["carrier"],
             sclp_udp_port=record["sclp_udp_port"],
             networks=networks,
+            vxlan_port=record.get("vxlan_port", VXLAN_PORT),
+            geneve_port=record.get("geneve_port", GENEVE_PORT),
         )
         member.validate()
         return member
@@ -297,6 +316,12 @@ def _incompatibility(vni: int, mine: Member, theirs: Member) -> str | None:
                 f"uses SCLP UDP port {theirs.sclp_udp_port} "
                 f"but {mine.name} uses {mine.sclp_udp_port}"
             )
+    classic = {"vxlan": "vxlan_port", "geneve": "geneve_port"}.get(ours)
+    if classic is not None and getattr(theirs, classic) != getattr(mine, classic):
+        return (
+            f"uses {ours} UDP port {getattr(theirs, classic)} "
+            f"but {mine.name} uses {getattr(mine, classic)}"
+        )
     return None
 
 
@@ -337,11 +362,12 @@ def build_view(
 
     ``peers[vni]``: the underlay addresses of the members that serve ``vni`` with
     ``me``'s protocol (and for SCLP ``me``'s carrier, and with the UDP carrier its
-    port); never ``me`` or ``me``'s address, never a member ignored for a duplicate
-    address.  If ``me`` itself is the one ignored, it has no peers.  ``macs[vni]``:
-    the MACs those peers announce on ``vni`` (a MAC announced by two of them is left
-    out: flooding and learning find it).  ``conflicts``: one stable line per record
-    ignored and per mismatch with ``me``.  Never raises for any keys or values.
+    port; for VXLAN and Geneve ``me``'s UDP port); never ``me`` or ``me``'s address,
+    never a member ignored for a duplicate address.  If ``me`` itself is the one
+    ignored, it has no peers.  ``macs[vni]``: the MACs those peers announce on ``vni``
+    (a MAC announced by two of them is left out: flooding and learning find it).
+    ``conflicts``: one stable line per record ignored and per mismatch with ``me``.
+    Never raises for any keys or values.
     """
     records = parse_records(prefix, kvs)
     ignored, conflicts = duplicate_addresses(records, me)
@@ -405,5 +431,7 @@ def describe(member: Member) -> dict[str, Any]:
         "address": member.address,
         "carrier": member.carrier,
         "sclp_udp_port": member.sclp_udp_port,
+        "vxlan_port": member.vxlan_port,
+        "geneve_port": member.geneve_port,
         "networks": {str(vni): p for vni, p in member.networks.items()},
     }

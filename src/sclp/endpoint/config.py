@@ -17,7 +17,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from sclp.wire.geneve import GENEVE_PORT
 from sclp.wire.sclp import Carrier
+from sclp.wire.vxlan import VXLAN_PORT
 
 
 class Protocol(StrEnum):
@@ -73,6 +75,10 @@ class Underlay:
     sclp_udp_port: int = 7234
     namespace: str | None = None
     faults: Faults = field(default_factory=Faults)
+    # UDP destination ports of the classic tunnels; a Linux vxlan device made without
+    # ``dstport`` (and flannel) uses 8472 instead of the IANA 4789.
+    vxlan_port: int = VXLAN_PORT
+    geneve_port: int = GENEVE_PORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +327,14 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     port = u.get("sclp_udp_port", int, 7234)
     if not 1 <= port <= 65535:
         raise u.fail("sclp_udp_port", f"{port} is not a UDP port; use 1..65535")
+    vxlan_port = u.get("vxlan_port", int, VXLAN_PORT)
+    geneve_port = u.get("geneve_port", int, GENEVE_PORT)
+    for key, value, usual in (
+        ("vxlan_port", vxlan_port, f"{VXLAN_PORT}, or 8472 for a kernel device without dstport"),
+        ("geneve_port", geneve_port, f"{GENEVE_PORT}"),
+    ):
+        if not 1 <= value <= 65535:
+            raise u.fail(key, f"{value} is not a UDP port; use 1..65535 ({usual})")
     underlay_mtu = _mtu(u, "mtu", u.get("mtu", int, None), 576, 65535)
     f = _Reader(u.get("faults", dict, {}), "underlay.faults.", lines, "[underlay.faults]")
     faults = Faults(
@@ -339,6 +353,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         sclp_udp_port=port,
         namespace=u.get("namespace", str, None),
         faults=faults,
+        vxlan_port=vxlan_port,
+        geneve_port=geneve_port,
     )
     u.check_unknown()
 
@@ -389,6 +405,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         networks.append(_network(_Reader(raw, f"network[{index}].", lines, f"[[network]]#{index}")))
     top.check_unknown()
     _check_unique(networks)
+    _check_ports(u, underlay, networks)
     return Config(
         name=name,
         underlay=underlay,
@@ -532,6 +549,31 @@ def _check_unique(networks: list[Network]) -> None:
         seen_vni.add(net.vni)
         if net.tap is not None:
             seen_tap.add(net.tap)
+
+
+def _check_ports(u: _Reader, underlay: Underlay, networks: list[Network]) -> None:
+    """The UDP ports the networks use (VXLAN, Geneve, the SCLP UDP carrier) must
+    differ: each is one socket of this endpoint.  Blamed on the key written last."""
+    protocols = {net.protocol for net in networks}
+    used = []
+    if Protocol.VXLAN in protocols:
+        used.append(("vxlan_port", underlay.vxlan_port))
+    if Protocol.GENEVE in protocols:
+        used.append(("geneve_port", underlay.geneve_port))
+    if underlay.sclp_carrier is Carrier.UDP and any(net.is_sclp for net in networks):
+        used.append(("sclp_udp_port", underlay.sclp_udp_port))
+    for i, (key, port) in enumerate(used):
+        for other, other_port in used[:i]:
+            if port != other_port:
+                continue
+            lines = {k: _line_of(u.lines, k, u.header) or 0 for k in (key, other)}
+            blamed, kept = (key, other) if lines[key] >= lines[other] else (other, key)
+            at = f"line {lines[kept]}" if lines[kept] else "its default"
+            raise u.fail(
+                blamed,
+                f"{port} is also underlay.{kept} ({at}); each tunnel needs its own "
+                "UDP port, so change one of them",
+            )
 
 
 def load_config(path: str | Path) -> Config:

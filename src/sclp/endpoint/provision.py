@@ -40,7 +40,6 @@ from sclp.wire.stt import STT_PORT
 
 log = logging.getLogger("sclp")
 
-UDP_PORTS = {Channel.VXLAN: 4789, Channel.GENEVE: 6081}
 RX_SLOTS = 64  # packets per recvmmsg batch
 PEER_COUNTER_REFRESH: Final = 5.0  # seconds: the loop's snapshots read the kernel counter
 PEER_COUNTER_ON_REQUEST: Final = 0.5  # ... and an ``sclp stats`` request at most this often
@@ -51,6 +50,12 @@ TAPPED: Final[dict[Channel, tuple[int, int | None]]] = {
 }
 
 UnderlayTap = packet_io.PacketTap | RxRing
+
+
+def udp_ports(cfg: Config) -> dict[Channel, int]:
+    """The UDP destination port of each classic UDP channel (``underlay.vxlan_port``,
+    ``underlay.geneve_port``): the port its socket binds, and the one its sends go to."""
+    return {Channel.VXLAN: cfg.underlay.vxlan_port, Channel.GENEVE: cfg.underlay.geneve_port}
 
 
 class EndpointError(Exception):
@@ -177,10 +182,13 @@ def open_channel(
     local = cfg.underlay.local
     batch = out.batch
     slot = out.slot
-    if channel in UDP_PORTS:
-        # The classic tunnels may fragment (a VM MTU of 1500 is allowed).
-        port = UDP_PORTS[channel]
-        sock = _udp(local, port, channel.value, stack, batch, gro=True, df=False)
+    classic = udp_ports(cfg)
+    if channel in classic:
+        # The classic tunnels may fragment (a VM MTU of 1500 is allowed).  The port is
+        # fixed here, once: the sender sends every datagram of the channel to it.
+        port = classic[channel]
+        what = f"{'VXLAN' if channel is Channel.VXLAN else 'Geneve'}, underlay.{channel.value}_port"
+        sock = _udp(local, port, what, stack, batch, gro=True, df=False)
         out.udp[channel] = (sock, port)
     elif channel is Channel.SCLP:
         if cfg.underlay.sclp_carrier is Carrier.UDP:
@@ -450,7 +458,7 @@ class PeerFilter:
 def filter_ports(cfg: Config, dp: DataPath) -> tuple[list[int], list[int], list[int]]:
     """UDP destination ports, IP protocols and TCP destination ports of the channels
     the networks use: what the peer filter guards."""
-    udp = [port for channel, port in UDP_PORTS.items() if channel in dp.channels]
+    udp = [port for channel, port in udp_ports(cfg).items() if channel in dp.channels]
     protocols: list[int] = []
     tcp: list[int] = []
     if Channel.SCLP in dp.channels:

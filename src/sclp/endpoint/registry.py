@@ -43,6 +43,8 @@ def member_of(cfg: Config) -> Member:
         carrier=cfg.underlay.sclp_carrier.value,
         sclp_udp_port=cfg.underlay.sclp_udp_port,
         networks={n.vni: n.protocol.value for n in cfg.networks},
+        vxlan_port=cfg.underlay.vxlan_port,
+        geneve_port=cfg.underlay.geneve_port,
     )
 
 

@@ -40,7 +40,13 @@ from sclp.wire.checksum import Buffer
 from sclp.wire.errors import DropReason, MalformedPacket
 from sclp.wire.ethernet import ETHERTYPE_TEB
 from sclp.wire.frame import entropy_port, flow_hash, parse_frame
-from sclp.wire.sclp import SCLP_HLEN, Carrier, segment_payload_size
+from sclp.wire.sclp import (
+    SCLP_HLEN,
+    SCLP_PORT_GENEVE,
+    SCLP_PORT_VXLAN,
+    Carrier,
+    segment_payload_size,
+)
 
 HEADROOM: Final = 64  # room in front of a VM frame for the biggest tunnel header
 # Largest VM frame we take: tunnel header (<= 18 B for STT) + frame <= 65,535 (the SCLP
@@ -60,8 +66,8 @@ class Channel(enum.Enum):
     """An underlay socket the endpoint opens: what a :class:`Send` goes out on and
     what a received packet came in from."""
 
-    VXLAN = "vxlan"  # UDP 4789
-    GENEVE = "geneve"  # UDP 6081
+    VXLAN = "vxlan"  # UDP underlay.vxlan_port (4789 unless configured)
+    GENEVE = "geneve"  # UDP underlay.geneve_port (6081 unless configured)
     SCLP = "sclp"  # IP protocol 234, or UDP sclp_udp_port in the carrier mode
     GRE = "gre"  # IP protocol 47
     STT = "stt"  # IP protocol 6 (pseudo-TCP to port 7471)
@@ -186,9 +192,11 @@ def stt_decapsulate(payload: Buffer) -> Decapsulated:
     return Decapsulated(hdr.context_id, stt.STT_HLEN, hdr.mss)
 
 
-# SCLP destination port -> the tunnel format it carries (sclp-spec §2).
-SCLP_VXLAN_PORT: Final = 4789
-SCLP_GENEVE_PORT: Final = 6081
+# SCLP destination port -> the tunnel format it carries (sclp-spec §2): numbers in the
+# SCLP header that name the format, not UDP ports, so underlay.vxlan_port and
+# underlay.geneve_port (the classic tunnels' UDP ports) never change them.
+SCLP_VXLAN_PORT: Final = SCLP_PORT_VXLAN
+SCLP_GENEVE_PORT: Final = SCLP_PORT_GENEVE
 
 
 # -- the tunnel types -----------------------------------------------------------------

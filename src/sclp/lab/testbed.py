@@ -31,6 +31,7 @@ from typing import Any
 
 from sclp.endpoint.control import ControlError, query, socket_path
 from sclp.io import netns as nsio
+from sclp.wire.vxlan import VXLAN_PORT
 
 UNDERLAY = ("10.77.0.1", "10.77.0.2")
 UNDERLAY6 = ("fd00:77::1", "fd00:77::2")
@@ -214,7 +215,7 @@ class Testbed:
                 "remote",
                 self.underlay[1 - i],
                 "dstport",
-                "4789",
+                str(VXLAN_PORT),
                 "nolearning",
             )
             self._ip(host, "link", "add", "br0", "type", "bridge")
