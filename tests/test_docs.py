@@ -474,3 +474,17 @@ def test_no_doc_or_module_cites_an_issue_number() -> None:
         if re.search(r"\bissues? #?\d+", line, re.IGNORECASE)
     }
     _fail_unless_empty(_missing("issue numbers readers cannot look up", cited))
+
+
+def test_no_doc_or_message_installs_sclp_from_a_package_index() -> None:
+    """sclp is on no index: extras come from a checkout (``-e '.[plot]'``) or a built
+    wheel, never ``pip install 'sclp[...]'`` or ``pip install sclp``."""
+    files = [README, *sorted((ROOT / "docs").glob("*.md")), *sorted(SRC.rglob("*.py"))]
+    wrong = re.compile(r"pip install ['\"]?sclp(\[|['\"\s]|$)")
+    found = {
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if wrong.search(line)
+    }
+    _fail_unless_empty(_missing("pip install of sclp from an index", found))

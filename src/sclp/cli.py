@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", metavar="FILE", help="write every raw figure as JSON")
     bench.add_argument(
-        "--plot", metavar="FILE.png", help="write the bar chart (needs the extra sclp[plot])"
+        "--plot", metavar="FILE.png", help="write the bar chart (needs matplotlib, the extra plot)"
     )
     bench.add_argument(
         "--markdown",
