@@ -276,6 +276,53 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     return run_selfcheck()
 
 
+# -- sclp completion: shell completion scripts generated from this parser by shtab ------
+
+COMPLETION_SHELLS = ("bash", "zsh")
+
+
+def _completion_paths(parser: argparse.ArgumentParser) -> None:
+    """Let the shell complete file names after options whose metavar says FILE and
+    directories after DIR (shtab completes nothing after an option by default), and
+    describe each subcommand by its one-line help, not its long description (zsh
+    shows it beside the name)."""
+    import shtab
+
+    for action in parser._actions:
+        metavar = action.metavar if isinstance(action.metavar, str) else ""
+        if "FILE" in metavar:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+        elif "DIR" in metavar:
+            action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                subparser.description = None
+                _completion_paths(subparser)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    try:
+        import shtab
+    except ImportError:
+        return _fail("sclp completion needs the Python package shtab; pip install shtab")
+    parser = build_parser()
+    _completion_paths(parser)
+    sys.stdout.write(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
+def _add_completion(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    completion = sub.add_parser(
+        "completion",
+        help="print the shell completion script for bash or zsh",
+        description="Print a completion script for the sclp command, e.g. "
+        "`sclp completion bash > /etc/bash_completion.d/sclp` or "
+        "`sclp completion zsh > /usr/local/share/zsh/site-functions/_sclp`.",
+    )
+    completion.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell")
+    completion.set_defaults(func=cmd_completion)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sclp",
@@ -405,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", metavar="FILE", help="write every raw figure as JSON")
     bench.add_argument(
-        "--plot", metavar="FILE.png", help="write the bar chart (needs the extra sclp[plot])"
+        "--plot", metavar="FILE.png", help="write the bar chart (needs matplotlib, the extra plot)"
     )
     bench.add_argument(
         "--markdown",
@@ -449,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
         "selfcheck", help="segment and reassemble payloads in memory (no root needed)"
     )
     check.set_defaults(func=cmd_selfcheck)
+
+    _add_completion(sub)
     return parser
 
 

@@ -1,8 +1,9 @@
 """SCLP as a Scapy layer, for crafting and reading SCLP packets interactively (sclp-spec
 §1 header, §2 ports, §3 segmentation, §5 UDP carrier).
 
-Optional: needs the ``scapy`` extra (``pip install 'sclp[scapy]'``).  Scapy is imported
-here and nowhere else in the package; importing this module registers the bindings::
+Optional: needs Scapy, the ``scapy`` extra (``pip install -e '.[scapy]'`` in a checkout,
+docs/wireshark.md).  Scapy is imported here and nowhere else in the package; importing
+this module registers the bindings::
 
     >>> from scapy.all import IP, Ether
     >>> from sclp.scapy_layer import SCLP, segment

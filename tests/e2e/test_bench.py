@@ -589,7 +589,7 @@ _WITHOUT_MATPLOTLIB = (
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        ("--plot", "sclp: error: --plot needs matplotlib: pip install 'sclp[plot]'"),
+        ("--plot", "sclp: error: --plot needs matplotlib: pip install matplotlib (in a "),
         ("--markdown", "sclp: error: --markdown (for its chart) needs matplotlib: "),
     ],
 )

@@ -20,7 +20,7 @@ How the copy is measured (:func:`measure_copy_floor`), and why so:
   like the endpoint's traffic: a frame's bytes were just written by another process
   (the VM's TCP stack, the kernel), so they are not in this core's L1/L2, yet they
   have not gone to DRAM either.  A single hot 64 KiB buffer would measure the L2
-  bandwidth (several times faster, the "4 KB copy at 12 GB/s" of issue 12) and
+  bandwidth (several times faster, the "4 KB copy at 12 GB/s" often quoted) and
   flatter the floor; a set far beyond L3 would measure DRAM and flatter the endpoint.
 - **``memoryview`` slice assignment**, which is one ``memcpy`` of the whole buffer
   (``rep movsb`` on current x86 CPUs, the instruction the kernel's
@@ -31,7 +31,7 @@ How the copy is measured (:func:`measure_copy_floor`), and why so:
   machine kind a forward ``rep movsb`` whose destination lies up to ~40 bytes *after*
   its source modulo 4096 (4K aliasing) runs about ten times slower: ~30 µs instead of
   ~3 µs for 64 KiB.  Two buffers allocated one after the other land exactly there,
-  which is probably where issue 12's "a 64 KB copy costs ~24 µs" came from.  The
+  which is probably where the figure "a 64 KB copy costs ~24 µs" comes from.  The
   floor is the ordinary copy, so the offsets are chosen to avoid it; the aliased
   copy is measured too (three short trials) and reported beside it
   (``aliased_copy_us``), because an endpoint whose buffers happen to alias the

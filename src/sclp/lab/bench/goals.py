@@ -1,6 +1,6 @@
 """The benchmark's goals: :class:`Goal` and the ratios a run is judged by.
 
-Why apart: the goals are the project's claims (issue 12: the UDP carrier's CPU per
+Why apart: the goals are the project's claims (the UDP carrier's CPU per
 GB against the copy floor measured in the same run, native SCLP against our VXLAN
 and tinc, STT beside native SCLP, VXLAN over SCLP against our VXLAN, frames per GB,
 peak RSS); they are pure arithmetic on the results,
@@ -49,7 +49,7 @@ class Goal:
 
 # "Our VXLAN" is VXLAN with the VM MTU adjusted (no fragmentation), the fairer and
 # stronger baseline; vxlan/mtu1500 is in the table for the paper's other figure.
-# The goals are issue 12's; ratios to the kernel's VXLAN are reported, not goals
+# The goals are the project's targets; ratios to the kernel's VXLAN are reported, not goals
 # (they measure the machine's kernel as much as our code).
 GOALS: Final = (
     Goal(

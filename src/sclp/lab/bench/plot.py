@@ -19,7 +19,7 @@ _REFERENCE_COLORS: Final = ("#bbbbbb", "#888888")
 _TUNNEL_COLORS: Final = ("#3a6ea5", "#e08a2c")
 
 # How to get matplotlib, for the error that names the fix.
-INSTALL_HINT: Final = "pip install 'sclp[plot]'"
+INSTALL_HINT: Final = "pip install matplotlib (in a checkout: pip install -e '.[plot]')"
 
 
 def matplotlib_missing() -> str | None:

@@ -59,8 +59,9 @@ METHOD: Final = """\
   neither side walks the kernel's IP output or input per segment; the receiver places
   a whole receive batch with one call. Where their time goes, and what each step
   changed: [performance.md](performance.md).
-- **Goals** are issue 12's; ratios to the kernel's VXLAN are reported, not goals (they
-  measure the machine's kernel as much as our code).
+- **Goals** are the project's targets, each with its bound in the Goals table below
+  (defined in `sclp.lab.bench.goals`); ratios to the kernel's VXLAN are reported, not
+  goals (they measure the machine's kernel as much as our code).
 - **Real guests** (`sclp bench --vms qemu`): the same comparison with two QEMU guests
   (virtio-net, the test guest of `sclp guest build`, KVM when it boots them, else TCG;
   the run names the accelerator) as the VMs, one behind each endpoint, which adopts
