@@ -158,6 +158,40 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_ERROR
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Have a running endpoint re-read its file (as SIGHUP does) and print what changed;
+    exit 1, with the endpoint unchanged, when the file is invalid."""
+    from sclp.endpoint.control import ControlError, query, socket_path
+    from sclp.endpoint.reconcile import ReloadReport
+
+    name = _endpoint_name(args)
+    if name is None:
+        return EXIT_ERROR
+    try:
+        answer = query(socket_path(name, args.control_dir), "reload", timeout=args.timeout)
+    except ControlError as exc:
+        return _fail(str(exc))
+    except (OSError, ValueError) as exc:  # a timeout, a reset, a cut-off answer
+        return _fail(f"{name}: no answer to reload ({exc}); see its log")
+    if not isinstance(answer, dict) or "error" not in answer:
+        return _fail(f"{name}: no report in the answer: {answer!r}")
+    if "path" not in answer:  # an endpoint that predates `sclp reload`
+        return _fail(f"{name}: {answer['error']}; restart it with this version, or send SIGHUP")
+    report = ReloadReport.from_json(answer)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif report.error is None:
+        print(f"reloaded {name} from {report.path}:")
+        for line in report.lines():
+            print(f"  {line}")
+    if report.error is not None:
+        return _fail(report.lines()[0])
+    if report.not_added:
+        vnis = ", ".join(str(vni) for vni, _ in report.not_added)
+        return _fail(f"vni {vnis} not added (see above); fix the file and reload again")
+    return 0
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     from sclp.top import run_top
 
@@ -312,6 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
     health.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
     health.set_defaults(func=cmd_health)
+
+    reload = sub.add_parser(
+        "reload",
+        help="have a running endpoint re-read its file and print what changed",
+        description="Ask a running endpoint, over its control socket, to re-read the "
+        "configuration file it was started with and reconcile to it, as SIGHUP (systemctl "
+        "reload) does: networks added, removed or re-created, peers replaced, the rest "
+        "untouched.  Prints each change; settings outside [[network]] are named as needing "
+        "a restart.  An invalid file changes nothing: one error line, exit 1.",
+    )
+    reload.add_argument("--name", help="endpoint name (default: the only one running)")
+    reload.add_argument("--json", action="store_true", help="print the report as JSON")
+    reload.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the report (default 30)"
+    )
+    reload.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
+    reload.set_defaults(func=cmd_reload)
 
     top = sub.add_parser("top", help="live per-VNI rates of a running endpoint (Ctrl-C quits)")
     top.add_argument("--name", help="endpoint name (default: the only one running)")
