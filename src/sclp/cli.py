@@ -10,18 +10,63 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sclp import __version__
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+CONFIG_DIR = "/etc/sclp"  # `sclp run NAME` reads CONFIG_DIR/NAME.toml
+# The rule of the file's `name` (the control socket's and the unit instance's).
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> int:
     print(f"sclp: error: {message}", file=sys.stderr)
     return code
+
+
+class ConfigChoiceError(Exception):
+    """``NAME`` / ``--config`` do not name one readable file; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def config_file(name: str | None, config: str | None, directory: str = CONFIG_DIR) -> str:
+    """The configuration a command reads: ``--config FILE`` as given, or
+    ``DIRECTORY/NAME.toml`` (like ``wg-quick up wg0``), which must exist.  Raises
+    :class:`ConfigChoiceError` (a usage error for a bad choice, exit 1 for a missing
+    file)."""
+    if name is not None and config is not None:
+        raise ConfigChoiceError(
+            f"give NAME ({directory}/NAME.toml) or --config FILE, not both", EXIT_USAGE
+        )
+    if config is not None:
+        return config
+    if name is None:
+        raise ConfigChoiceError(
+            f"say which configuration: NAME (reads {directory}/NAME.toml) or --config FILE",
+            EXIT_USAGE,
+        )
+    if not _NAME_RE.match(name):
+        raise ConfigChoiceError(
+            f"{name!r} is not an endpoint name (1-32 letters, digits, '.', '_' or '-'); "
+            "for a file elsewhere give --config FILE",
+            EXIT_USAGE,
+        )
+    path = Path(directory) / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigChoiceError(
+            f"{path} does not exist; write it (examples in contrib/examples/, keys in "
+            "docs/config.md) or give --config FILE",
+            EXIT_ERROR,
+        )
+    return str(path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -31,17 +76,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sclp.endpoint.nve import Endpoint, EndpointError
 
     try:
-        cfg = load_config(args.config)
+        path = config_file(args.name, args.config, args.config_dir)
+        cfg = load_config(path)
+    except ConfigChoiceError as exc:
+        return _fail(str(exc), exc.code)
     except ConfigError as exc:
         return _fail(str(exc))
     logs.configure(cfg.name, args.log_format, logging.DEBUG if args.verbose else logging.INFO)
-    endpoint = Endpoint(cfg, config_path=args.config)
+    endpoint = Endpoint(cfg, config_path=path)
     try:
         endpoint.start()
     except (EndpointError, ControlError) as exc:
         return _fail(str(exc))
     except PermissionError as exc:
-        return _fail(f"{exc.strerror}: run as root (or with CAP_NET_ADMIN and CAP_NET_RAW)")
+        # Root, but without a capability the step needs (a container's or a unit's
+        # bounding set): the endpoint refuses a uid other than 0 before this.
+        return _fail(
+            f"{exc.strerror}: sclp run needs root with CAP_NET_ADMIN and CAP_NET_RAW "
+            "(and CAP_SYS_ADMIN for namespace =); give it those capabilities"
+        )
     try:
         endpoint.run()
     finally:
@@ -49,6 +102,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("sclp").info(
             "endpoint %s stopped; TAPs, rules and sockets removed", cfg.name
         )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Everything ``sclp run`` checks before it changes the system: one ``ok:`` line
+    and exit 0, or the one error line ``run`` would print and exit 1."""
+    from sclp.endpoint.config import ConfigError
+    from sclp.endpoint.preflight import check_config
+    from sclp.endpoint.provision import EndpointError
+
+    try:
+        path = config_file(args.name, args.config, args.config_dir)
+        report = check_config(path, host=not args.file_only)
+    except ConfigChoiceError as exc:
+        return _fail(str(exc), exc.code)
+    except (ConfigError, EndpointError) as exc:
+        return _fail(str(exc))
+    print(report.line())
     return 0
 
 
@@ -319,10 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sclp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run one endpoint in the foreground (Ctrl-C stops it)")
-    run.add_argument(
-        "--config", "-c", required=True, metavar="FILE.toml", help="endpoint configuration"
+    run = sub.add_parser(
+        "run",
+        help="run one endpoint in the foreground (Ctrl-C stops it)",
+        description="Run the endpoint of /etc/sclp/NAME.toml, or of --config FILE, in the "
+        "foreground until Ctrl-C or SIGTERM; SIGHUP (or `sclp reload`) re-reads the file. "
+        "Needs root.",
     )
+    run.add_argument("name", nargs="?", metavar="NAME", help="read /etc/sclp/NAME.toml")
+    run.add_argument(
+        "--config", "-c", metavar="FILE.toml", help="endpoint configuration (instead of NAME)"
+    )
+    run.add_argument("--config-dir", default=CONFIG_DIR, help=argparse.SUPPRESS)
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
 
@@ -332,6 +411,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="log lines as text (default) or JSON objects, for collectors",
     )
+
+    check = sub.add_parser(
+        "check",
+        help="validate a configuration as `sclp run` would, without changing anything",
+        description="Run every check `sclp run` makes before it touches the system: the "
+        "file (keys, values, the cluster's TLS files), the namespaces it names, "
+        "underlay.local being an address of this host, and the underlay MTU (underlay.mtu "
+        "or the device of the local address) from which each network's VM MTU follows. "
+        "Prints one ok: line and exits 0, or the one error line `sclp run` would print and "
+        "exits 1.  No root needed (without it, a device inside underlay.namespace is not "
+        "read: its MTU is known at start).",
+    )
+    check.add_argument("name", nargs="?", metavar="NAME", help="check /etc/sclp/NAME.toml")
+    check.add_argument("--config", "-c", metavar="FILE.toml", help="the file (instead of NAME)")
+    check.add_argument(
+        "--file-only",
+        action="store_true",
+        help="check the file alone, not against this host (for a file written for another "
+        "machine): no namespaces, addresses or devices",
+    )
+    check.add_argument("--config-dir", default=CONFIG_DIR, help=argparse.SUPPRESS)
+    check.set_defaults(func=cmd_check)
 
     stats = sub.add_parser("stats", help="show the counters of a running endpoint")
     stats.add_argument("--name", help="endpoint name (default: the only one running)")
@@ -496,10 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--json", action="store_true", help="print JSON")
     cluster.set_defaults(func=cmd_cluster)
 
-    check = sub.add_parser(
+    selfcheck = sub.add_parser(
         "selfcheck", help="segment and reassemble payloads in memory (no root needed)"
     )
-    check.set_defaults(func=cmd_selfcheck)
+    selfcheck.set_defaults(func=cmd_selfcheck)
     return parser
 
 
