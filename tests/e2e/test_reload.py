@@ -223,7 +223,7 @@ def test_sclp_reload_of_a_broken_file_changes_nothing(testbed: Testbed) -> None:
         lines = err.splitlines()
         assert len(lines) == 1 and "Traceback" not in err, err
         assert lines[0].startswith("sclp: error: "), lines
-        assert "network[0].peer" in lines[0] and "unknown key" in lines[0], lines
+        assert f"{path}: network[0].peer (line 8): unknown key" in lines[0], lines
         assert "still running the previous configuration" in lines[0], lines
         path.write_text('name = "broken\n')  # not TOML at all
         code, out, err = _reload(testbed)
@@ -234,6 +234,33 @@ def test_sclp_reload_of_a_broken_file_changes_nothing(testbed: Testbed) -> None:
     stats = testbed.stats(0)  # the control socket still answers
     assert stats["vni"]["42"]["peers"] == [UNDERLAY[1]]
     assert ping(testbed.vms[0], OVERLAY[1], count=3)  # and traffic still flows
+
+
+@pytest.mark.timeout(90)
+def test_sclp_reload_names_a_network_it_could_not_add(testbed: Testbed) -> None:
+    path, name = _config_file(testbed), testbed.endpoint_name(0)
+    original = testbed.config_text(0)
+    missing = f"sclp-{testbed.tag}-nosuch"
+    path.write_text(
+        original + f'[[network]]\nvni = 44\ntap = "tap44"\nnamespace = "{missing}"\n'
+        '[[network]]\nvni = 45\nprotocol = "vxlan"\nattach = ["t45-*"]\n'
+    )
+    try:
+        code, out, err = _reload(testbed)
+    finally:
+        path.write_text(original)
+    assert code == 1, (out, err)
+    assert out.splitlines() == [
+        f"reloaded {name} from {path}:",
+        "  vni 45 added",
+        f"  vni 44 not added: network namespace '{missing}' (vni 44) does not exist; "
+        f"create it with: ip netns add {missing}",
+    ], out
+    assert err == "sclp: error: vni 44 not added (see above); fix the file and reload again\n"
+    assert sorted(testbed.stats(0)["vni"]) == ["42", "45"]
+    code, out, err = _reload(testbed)  # back to the file it started with
+    assert code == 0 and out.splitlines()[1:] == ["  vni 45 removed"], (out, err)
+    assert ping(testbed.vms[0], OVERLAY[1], count=1)
 
 
 @pytest.mark.timeout(30)

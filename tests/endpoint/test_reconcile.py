@@ -100,5 +100,10 @@ def test_a_reload_report_of_an_invalid_file_or_no_change() -> None:
     assert not bad.ok and not bad.changed
     assert bad.lines() == ["h1.toml: not valid TOML: ...; still running the previous configuration"]
     assert ReloadReport.from_json(bad.to_json()) == bad
+    unknown = ReloadReport("/etc/sclp/h1.toml", error="network[0].peer (line 8): unknown key")
+    assert unknown.lines() == [
+        "/etc/sclp/h1.toml: network[0].peer (line 8): unknown key; "
+        "still running the previous configuration"
+    ]
     same = ReloadReport("h1.toml")
     assert same.ok and not same.changed and same.lines() == ["unchanged"]

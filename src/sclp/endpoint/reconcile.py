@@ -119,7 +119,8 @@ class ReloadReport:
     def lines(self) -> list[str]:
         """One line per change, as ``sclp reload`` prints them."""
         if self.error is not None:
-            return [f"{self.error}; still running the previous configuration"]
+            where = f"{self.path}: " if self.path and self.path not in self.error else ""
+            return [f"{where}{self.error}; still running the previous configuration"]
         out = [f"vni {vni} added" for vni in self.added]
         out += [f"vni {vni} removed" for vni in self.removed]
         out += [
