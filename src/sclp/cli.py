@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one endpoint in the foreground (Ctrl-C stops it)",
         description="Run the endpoint of /etc/sclp/NAME.toml, or of --config FILE, in the "
         "foreground until Ctrl-C or SIGTERM; SIGHUP (or `sclp reload`) re-reads the file. "
-        "Needs root.",
+        "Needs root (uid 0, with CAP_NET_ADMIN and CAP_NET_RAW).",
     )
     run.add_argument("name", nargs="?", metavar="NAME", help="read /etc/sclp/NAME.toml")
     run.add_argument(
