@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log lines as text (default) or JSON objects, for collectors",
     )
 
-    check = sub.add_parser(
+    config_check = sub.add_parser(
         "check",
         help="validate a configuration as `sclp run` would, without changing anything",
         description="Run every check `sclp run` makes before it touches the system: the "
@@ -423,16 +423,18 @@ def build_parser() -> argparse.ArgumentParser:
         "exits 1.  No root needed (without it, a device inside underlay.namespace is not "
         "read: its MTU is known at start).",
     )
-    check.add_argument("name", nargs="?", metavar="NAME", help="check /etc/sclp/NAME.toml")
-    check.add_argument("--config", "-c", metavar="FILE.toml", help="the file (instead of NAME)")
-    check.add_argument(
+    config_check.add_argument("name", nargs="?", metavar="NAME", help="check /etc/sclp/NAME.toml")
+    config_check.add_argument(
+        "--config", "-c", metavar="FILE.toml", help="the file (instead of NAME)"
+    )
+    config_check.add_argument(
         "--file-only",
         action="store_true",
         help="check the file alone, not against this host (for a file written for another "
         "machine): no namespaces, addresses or devices",
     )
-    check.add_argument("--config-dir", default=CONFIG_DIR, help=argparse.SUPPRESS)
-    check.set_defaults(func=cmd_check)
+    config_check.add_argument("--config-dir", default=CONFIG_DIR, help=argparse.SUPPRESS)
+    config_check.set_defaults(func=cmd_check)
 
     stats = sub.add_parser("stats", help="show the counters of a running endpoint")
     stats.add_argument("--name", help="endpoint name (default: the only one running)")
@@ -597,10 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--json", action="store_true", help="print JSON")
     cluster.set_defaults(func=cmd_cluster)
 
-    selfcheck = sub.add_parser(
+    check = sub.add_parser(
         "selfcheck", help="segment and reassemble payloads in memory (no root needed)"
     )
-    selfcheck.set_defaults(func=cmd_selfcheck)
+    check.set_defaults(func=cmd_selfcheck)
     return parser
 
 
