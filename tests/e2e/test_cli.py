@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -256,6 +257,35 @@ def test_missing_vm_namespace(running: sclp_testbed.Testbed, tmp_path: Path) -> 
     assert f"{missing!r}" in line and "does not exist" in line and "ip netns add" in line, line
     # sclp check finds it first, with the same line, without starting anything.
     assert assert_one_error(sclp_cli("check", "--config", str(tmp_path / "second.toml"))) == line
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_check_needs_no_capabilities(running: sclp_testbed.Testbed, tmp_path: Path) -> None:
+    """With every capability dropped (uid 0 stays: the interpreter here is not readable
+    by another user), check still answers; it only cannot look inside the underlay's
+    namespace (setns needs CAP_SYS_ADMIN), so that MTU is the device's at start."""
+    config = tmp_path / "nocaps.toml"
+    config.write_text(_config(running, f"e2e{secrets.token_hex(3)}", "tapnc", running.vms[0]))
+    drop = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
+    result = subprocess.run(
+        [*drop, sys.executable, "-m", "sclp", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("underlay mtu: from the device at start"), result
+    config.write_text(config.read_text().replace(running.vms[0], "sclp-nosuch-nocaps"))
+    result = subprocess.run(
+        [*drop, sys.executable, "-m", "sclp", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert_one_error(result, "network namespace 'sclp-nosuch-nocaps' (vni 42) does not exist")
 
 
 @pytest.mark.netns
