@@ -192,13 +192,17 @@ def test_the_unit_file_verifies(tmp_path: Path) -> None:
     text = UNIT.read_text()
     for key in ("Type=notify", "NotifyAccess=main", "WatchdogSec=10s", "RuntimeDirectory=sclp"):
         assert f"\n{key}\n" in text
-    # As written, verify's only complaint is the binary, which is not installed here ...
+    # As written, verify's only complaint is the binary, where it is not installed ...
     (tmp_path / "sclp@.service").write_text(text)
     result = _verify(tmp_path)
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [
-        "sclp@test.service: Command /opt/sclp/bin/sclp is not executable: No such file or directory"
-    ], result.stderr
+    if Path("/opt/sclp/bin/sclp").exists():
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines() == [
+            "sclp@test.service: Command /opt/sclp/bin/sclp is not executable: "
+            "No such file or directory"
+        ], result.stderr
     # ... so point ExecStart at this interpreter, which runs the code under test.
     here = f"ExecStart={sys.executable} -m sclp run %i"
     local = text.replace("ExecStart=/opt/sclp/bin/sclp run %i", here)
