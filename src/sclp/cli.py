@@ -10,18 +10,63 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sclp import __version__
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+CONFIG_DIR = "/etc/sclp"  # `sclp run NAME` reads CONFIG_DIR/NAME.toml
+# The rule of the file's `name` (the control socket's and the unit instance's).
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> int:
     print(f"sclp: error: {message}", file=sys.stderr)
     return code
+
+
+class ConfigChoiceError(Exception):
+    """``NAME`` / ``--config`` do not name one readable file; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def config_file(name: str | None, config: str | None, directory: str = CONFIG_DIR) -> str:
+    """The configuration a command reads: ``--config FILE`` as given, or
+    ``DIRECTORY/NAME.toml`` (like ``wg-quick up wg0``), which must exist.  Raises
+    :class:`ConfigChoiceError` (a usage error for a bad choice, exit 1 for a missing
+    file)."""
+    if name is not None and config is not None:
+        raise ConfigChoiceError(
+            f"give NAME ({directory}/NAME.toml) or --config FILE, not both", EXIT_USAGE
+        )
+    if config is not None:
+        return config
+    if name is None:
+        raise ConfigChoiceError(
+            f"say which configuration: NAME (reads {directory}/NAME.toml) or --config FILE",
+            EXIT_USAGE,
+        )
+    if not _NAME_RE.match(name):
+        raise ConfigChoiceError(
+            f"{name!r} is not an endpoint name (1-32 letters, digits, '.', '_' or '-'); "
+            "for a file elsewhere give --config FILE",
+            EXIT_USAGE,
+        )
+    path = Path(directory) / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigChoiceError(
+            f"{path} does not exist; write it (examples in contrib/examples/, keys in "
+            "docs/config.md) or give --config FILE",
+            EXIT_ERROR,
+        )
+    return str(path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -31,17 +76,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sclp.endpoint.nve import Endpoint, EndpointError
 
     try:
-        cfg = load_config(args.config)
+        path = config_file(args.name, args.config, args.config_dir)
+        cfg = load_config(path)
+    except ConfigChoiceError as exc:
+        return _fail(str(exc), exc.code)
     except ConfigError as exc:
         return _fail(str(exc))
     logs.configure(cfg.name, args.log_format, logging.DEBUG if args.verbose else logging.INFO)
-    endpoint = Endpoint(cfg, config_path=args.config)
+    endpoint = Endpoint(cfg, config_path=path)
     try:
         endpoint.start()
     except (EndpointError, ControlError) as exc:
         return _fail(str(exc))
     except PermissionError as exc:
-        return _fail(f"{exc.strerror}: run as root (or with CAP_NET_ADMIN and CAP_NET_RAW)")
+        # Root, but without a capability the step needs (a container's or a unit's
+        # bounding set): the endpoint refuses a uid other than 0 before this.
+        return _fail(
+            f"{exc.strerror}: sclp run needs root with CAP_NET_ADMIN and CAP_NET_RAW "
+            "(and CAP_SYS_ADMIN for namespace =); give it those capabilities"
+        )
     try:
         endpoint.run()
     finally:
@@ -49,6 +102,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("sclp").info(
             "endpoint %s stopped; TAPs, rules and sockets removed", cfg.name
         )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Everything ``sclp run`` checks before it changes the system: one ``ok:`` line
+    and exit 0, or the one error line ``run`` would print and exit 1."""
+    from sclp.endpoint.config import ConfigError
+    from sclp.endpoint.preflight import check_config
+    from sclp.endpoint.provision import EndpointError
+
+    try:
+        path = config_file(args.name, args.config, args.config_dir)
+        report = check_config(path, host=not args.file_only)
+    except ConfigChoiceError as exc:
+        return _fail(str(exc), exc.code)
+    except (ConfigError, EndpointError) as exc:
+        return _fail(str(exc))
+    print(report.line())
     return 0
 
 
@@ -156,6 +227,40 @@ def cmd_health(args: argparse.Namespace) -> int:
     ok = bool(report.get("ok"))
     print(f"{'ok' if ok else 'unhealthy'}: {name}: {report.get('detail', '')}")
     return 0 if ok else EXIT_ERROR
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Have a running endpoint re-read its file (as SIGHUP does) and print what changed;
+    exit 1, with the endpoint unchanged, when the file is invalid."""
+    from sclp.endpoint.control import ControlError, query, socket_path
+    from sclp.endpoint.reconcile import ReloadReport
+
+    name = _endpoint_name(args)
+    if name is None:
+        return EXIT_ERROR
+    try:
+        answer = query(socket_path(name, args.control_dir), "reload", timeout=args.timeout)
+    except ControlError as exc:
+        return _fail(str(exc))
+    except (OSError, ValueError) as exc:  # a timeout, a reset, a cut-off answer
+        return _fail(f"{name}: no answer to reload ({exc}); see its log")
+    if not isinstance(answer, dict) or "error" not in answer:
+        return _fail(f"{name}: no report in the answer: {answer!r}")
+    if "path" not in answer:  # an endpoint that predates `sclp reload`
+        return _fail(f"{name}: {answer['error']}; restart it with this version, or send SIGHUP")
+    report = ReloadReport.from_json(answer)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif report.error is None:
+        print(f"reloaded {name} from {report.path}:")
+        for line in report.lines():
+            print(f"  {line}")
+    if report.error is not None:
+        return _fail(report.lines()[0])
+    if report.not_added:
+        vnis = ", ".join(str(vni) for vni, _ in report.not_added)
+        return _fail(f"vni {vnis} not added (see above); fix the file and reload again")
+    return 0
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -332,10 +437,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sclp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run one endpoint in the foreground (Ctrl-C stops it)")
-    run.add_argument(
-        "--config", "-c", required=True, metavar="FILE.toml", help="endpoint configuration"
+    run = sub.add_parser(
+        "run",
+        help="run one endpoint in the foreground (Ctrl-C stops it)",
+        description="Run the endpoint of /etc/sclp/NAME.toml, or of --config FILE, in the "
+        "foreground until Ctrl-C or SIGTERM; SIGHUP (or `sclp reload`) re-reads the file. "
+        "Needs root (uid 0, with CAP_NET_ADMIN and CAP_NET_RAW).",
     )
+    run.add_argument("name", nargs="?", metavar="NAME", help="read /etc/sclp/NAME.toml")
+    run.add_argument(
+        "--config", "-c", metavar="FILE.toml", help="endpoint configuration (instead of NAME)"
+    )
+    run.add_argument("--config-dir", default=CONFIG_DIR, help=argparse.SUPPRESS)
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
 
@@ -345,6 +458,30 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="log lines as text (default) or JSON objects, for collectors",
     )
+
+    config_check = sub.add_parser(
+        "check",
+        help="validate a configuration as `sclp run` would, without changing anything",
+        description="Run every check `sclp run` makes before it touches the system: the "
+        "file (keys, values, the cluster's TLS files), the namespaces it names, "
+        "underlay.local being an address of this host, and the underlay MTU (underlay.mtu "
+        "or the device of the local address) from which each network's VM MTU follows. "
+        "Prints one ok: line and exits 0, or the one error line `sclp run` would print and "
+        "exits 1.  No root needed (without it, a device inside underlay.namespace is not "
+        "read: its MTU is known at start).",
+    )
+    config_check.add_argument("name", nargs="?", metavar="NAME", help="check /etc/sclp/NAME.toml")
+    config_check.add_argument(
+        "--config", "-c", metavar="FILE.toml", help="the file (instead of NAME)"
+    )
+    config_check.add_argument(
+        "--file-only",
+        action="store_true",
+        help="check the file alone, not against this host (for a file written for another "
+        "machine): no namespaces, addresses or devices",
+    )
+    config_check.add_argument("--config-dir", default=CONFIG_DIR, help=argparse.SUPPRESS)
+    config_check.set_defaults(func=cmd_check)
 
     stats = sub.add_parser("stats", help="show the counters of a running endpoint")
     stats.add_argument("--name", help="endpoint name (default: the only one running)")
@@ -359,6 +496,23 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
     health.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
     health.set_defaults(func=cmd_health)
+
+    reload = sub.add_parser(
+        "reload",
+        help="have a running endpoint re-read its file and print what changed",
+        description="Ask a running endpoint, over its control socket, to re-read the "
+        "configuration file it was started with and reconcile to it, as SIGHUP (systemctl "
+        "reload) does: networks added, removed or re-created, peers replaced, the rest "
+        "untouched.  Prints each change; settings outside [[network]] are named as needing "
+        "a restart.  An invalid file changes nothing: one error line, exit 1.",
+    )
+    reload.add_argument("--name", help="endpoint name (default: the only one running)")
+    reload.add_argument("--json", action="store_true", help="print the report as JSON")
+    reload.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the report (default 30)"
+    )
+    reload.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
+    reload.set_defaults(func=cmd_reload)
 
     top = sub.add_parser("top", help="live per-VNI rates of a running endpoint (Ctrl-C quits)")
     top.add_argument("--name", help="endpoint name (default: the only one running)")

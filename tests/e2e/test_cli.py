@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,72 @@ def test_invalid_toml(tmp_path: Path) -> None:
     config = tmp_path / "broken.toml"
     config.write_text('name = "e2e-bad\n')
     assert_one_error(sclp_cli("run", "--config", str(config)), "not valid TOML")
+
+
+@pytest.mark.timeout(30)
+def test_run_name_reads_the_file_of_that_name(tmp_path: Path) -> None:
+    result = sclp_cli("run", "host7", "--config-dir", str(tmp_path))
+    assert_one_error(result, f"{tmp_path}/host7.toml does not exist", "--config FILE")
+    assert result.returncode == 1
+    (tmp_path / "host7.toml").write_text('name = "host7"\n')  # read, and refused
+    result = sclp_cli("run", "host7", "--config-dir", str(tmp_path))
+    assert_one_error(result, "underlay: missing")
+    assert result.returncode == 1
+
+
+@pytest.mark.timeout(30)
+def test_run_name_and_config_together_is_a_usage_error(tmp_path: Path) -> None:
+    result = sclp_cli("run", "host7", "--config", str(tmp_path / "x.toml"))
+    assert_one_error(result, "not both")
+    assert result.returncode == 2
+    result = sclp_cli("run")
+    assert_one_error(result, "say which configuration", "/etc/sclp/NAME.toml")
+    assert result.returncode == 2
+    result = sclp_cli("run", "a/b")
+    assert_one_error(result, "'a/b' is not an endpoint name")
+
+
+CHECKED = (
+    'name = "chk1"\n[underlay]\nlocal = "127.0.0.1"\nmtu = 1500\n'
+    '[[network]]\nvni = 42\nprotocol = "vxlan"\ntap = "tap42"\npeers = ["10.0.0.2"]\n'
+)
+
+
+@pytest.mark.timeout(30)
+def test_check_says_ok_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "chk1.toml"
+    config.write_text(CHECKED)
+    result = sclp_cli("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout == (
+        f"ok: {config}: endpoint chk1, 1 network(s) (vni 42 vxlan mtu 1450), peers 10.0.0.2, "
+        "cluster off, underlay mtu 1500 (underlay.mtu)\n"
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (("mtu = 1500", "mtu = 1500\nnamespace = 'sclp-nosuch-chk'"), "underlay namespace"),
+        (('"127.0.0.1"', '"192.0.2.1"'), "192.0.2.1 is not an address of this host"),
+        (("vni = 42", "vni = 16777216"), "network[0].vni (line 6): 16777216 does not fit"),
+        (("peers", "peer"), "network[0].peer (line 9): unknown key"),
+        (("[underlay]", "[underlay"), "not valid TOML"),
+    ],
+)
+def test_check_refuses_what_run_refuses(
+    tmp_path: Path, change: tuple[str, str], fragment: str
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(CHECKED.replace(*change))
+    checked = sclp_cli("check", "--config", str(config))
+    line = assert_one_error(checked, fragment)
+    assert checked.returncode == 1 and checked.stdout == ""
+    if fragment != "underlay namespace":
+        return  # run would create (and remove) its control socket and TAP before these
+    assert assert_one_error(sclp_cli("run", "--config", str(config))) == line
 
 
 @pytest.mark.timeout(30)
@@ -188,6 +255,50 @@ def test_missing_vm_namespace(running: sclp_testbed.Testbed, tmp_path: Path) -> 
     config = _config(running, f"e2e{secrets.token_hex(3)}", "tapnons", missing)
     line = _run_refused(running, tmp_path, config)
     assert f"{missing!r}" in line and "does not exist" in line and "ip netns add" in line, line
+    # sclp check finds it first, with the same line, without starting anything.
+    assert assert_one_error(sclp_cli("check", "--config", str(tmp_path / "second.toml"))) == line
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_check_needs_no_capabilities(running: sclp_testbed.Testbed, tmp_path: Path) -> None:
+    """With every capability dropped (uid 0 stays: the interpreter here is not readable
+    by another user), check still answers; it only cannot look inside the underlay's
+    namespace (setns needs CAP_SYS_ADMIN), so that MTU is the device's at start."""
+    config = tmp_path / "nocaps.toml"
+    config.write_text(_config(running, f"e2e{secrets.token_hex(3)}", "tapnc", running.vms[0]))
+    drop = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
+    result = subprocess.run(
+        [*drop, sys.executable, "-m", "sclp", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("underlay mtu: from the device at start"), result
+    config.write_text(config.read_text().replace(running.vms[0], "sclp-nosuch-nocaps"))
+    result = subprocess.run(
+        [*drop, sys.executable, "-m", "sclp", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert_one_error(result, "network namespace 'sclp-nosuch-nocaps' (vni 42) does not exist")
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_check_reads_the_underlay_mtu_inside_the_underlay_namespace(
+    running: sclp_testbed.Testbed, tmp_path: Path
+) -> None:
+    config = tmp_path / "ns.toml"
+    config.write_text(_config(running, f"e2e{secrets.token_hex(3)}", "tapchk", running.vms[0]))
+    result = sclp_cli("check", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "(vni 42 vxlan mtu 1450)" in result.stdout, result.stdout
+    assert result.stdout.rstrip().endswith("underlay mtu 1500 (device ul0)"), result.stdout
 
 
 @pytest.mark.netns

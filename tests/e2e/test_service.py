@@ -165,6 +165,7 @@ def test_the_unit_file_names_what_the_issue_needs() -> None:
         "ExecReload=/bin/kill -HUP $MAINPID",
         "WatchdogSec=",
         "/etc/sclp/%i.toml",
+        "ExecStart=/opt/sclp/bin/sclp run %i",
     ):
         assert line in unit, line
     assert "CAP_NET_ADMIN" in unit and "CAP_NET_RAW" in unit

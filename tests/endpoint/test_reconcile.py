@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from sclp.endpoint.config import parse_config
-from sclp.endpoint.reconcile import plan_networks, restart_needed, wanted_peers
+from sclp.endpoint.reconcile import (
+    PeerChange,
+    ReloadReport,
+    plan_networks,
+    restart_needed,
+    wanted_peers,
+)
 
 BASE = """name = "h1"
 [underlay]
@@ -61,3 +68,42 @@ def test_wanted_peers_join_the_file_and_the_cluster_and_never_this_host() -> Non
     found = {42: frozenset({"10.0.0.1", "10.0.0.7"}), 43: frozenset({"10.0.0.9"})}
     assert wanted_peers(net, found, "10.0.0.1") == {"10.0.0.2", "10.0.0.7"}
     assert wanted_peers(net, {}, "10.0.0.1") == {"10.0.0.2"}
+
+
+def test_a_reload_report_round_trips_through_json_and_names_each_change() -> None:
+    report = ReloadReport(
+        "/etc/sclp/h1.toml",
+        added=(44,),
+        removed=(43,),
+        recreated=(42,),
+        not_added=((45, "network namespace 'x' (vni 45) does not exist"),),
+        peers=(PeerChange(42, joined=("10.0.0.3",), left=("10.0.0.2",)),),
+        restart_needed=("underlay",),
+    )
+    data = json.loads(json.dumps(report.to_json()))
+    assert ReloadReport.from_json(data) == report
+    assert data["ok"] is False  # vni 45 could not be added
+    assert report.changed
+    assert report.lines() == [
+        "vni 44 added",
+        "vni 43 removed",
+        "vni 42 re-created (its tunnel, ports, MTU or static entries changed)",
+        "vni 45 not added: network namespace 'x' (vni 45) does not exist",
+        "vni 42: peer 10.0.0.3 joined",
+        "vni 42: peer 10.0.0.2 left",
+        "[underlay] changed: restart the endpoint to apply it",
+    ]
+
+
+def test_a_reload_report_of_an_invalid_file_or_no_change() -> None:
+    bad = ReloadReport("h1.toml", error="h1.toml: not valid TOML: ...")
+    assert not bad.ok and not bad.changed
+    assert bad.lines() == ["h1.toml: not valid TOML: ...; still running the previous configuration"]
+    assert ReloadReport.from_json(bad.to_json()) == bad
+    unknown = ReloadReport("/etc/sclp/h1.toml", error="network[0].peer (line 8): unknown key")
+    assert unknown.lines() == [
+        "/etc/sclp/h1.toml: network[0].peer (line 8): unknown key; "
+        "still running the previous configuration"
+    ]
+    same = ReloadReport("h1.toml")
+    assert same.ok and not same.changed and same.lines() == ["unchanged"]

@@ -192,9 +192,20 @@ def test_the_unit_file_verifies(tmp_path: Path) -> None:
     text = UNIT.read_text()
     for key in ("Type=notify", "NotifyAccess=main", "WatchdogSec=10s", "RuntimeDirectory=sclp"):
         assert f"\n{key}\n" in text
-    # The installed path need not exist here: point ExecStart at this interpreter.
-    here = f"ExecStart={sys.executable} -m sclp run"
-    local = text.replace("ExecStart=/usr/local/bin/sclp run", here)
+    # As written, verify's only complaint is the binary, where it is not installed ...
+    (tmp_path / "sclp@.service").write_text(text)
+    result = _verify(tmp_path)
+    if Path("/opt/sclp/bin/sclp").exists():
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines() == [
+            "sclp@test.service: Command /opt/sclp/bin/sclp is not executable: "
+            "No such file or directory"
+        ], result.stderr
+    # ... so point ExecStart at this interpreter, which runs the code under test.
+    here = f"ExecStart={sys.executable} -m sclp run %i"
+    local = text.replace("ExecStart=/opt/sclp/bin/sclp run %i", here)
     assert here in local
     (tmp_path / "sclp@.service").write_text(local)
     result = _verify(tmp_path)
@@ -205,3 +216,22 @@ def test_the_unit_file_verifies(tmp_path: Path) -> None:
     # ... and the check does catch a broken unit.
     (tmp_path / "sclp@.service").write_text(local.replace("LockPersonality=", "LockPersonalty="))
     assert "LockPersonalty" in _verify(tmp_path).stderr
+
+
+def test_the_units_command_line_names_the_instances_file() -> None:
+    """``sclp run %i`` reads /etc/sclp/%i.toml: the instance name is the NAME."""
+    from sclp.cli import build_parser
+
+    line = next(x for x in UNIT.read_text().splitlines() if x.startswith("ExecStart="))
+    argv = line.removeprefix("ExecStart=").replace("%i", "host1").split()
+    assert argv[0] == "/opt/sclp/bin/sclp"
+    args = build_parser().parse_args(argv[1:])
+    assert (args.command, args.name, args.config, args.config_dir) == (
+        "run",
+        "host1",
+        None,
+        "/etc/sclp",
+    )
+    # No User= (nor DynamicUser=): sclp run refuses any uid but 0.
+    keys = [x.split("=")[0] for x in UNIT.read_text().splitlines() if not x.startswith("#")]
+    assert "User" not in keys and "DynamicUser" not in keys

@@ -32,6 +32,7 @@ from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork, VmPo
 from sclp.endpoint.faults import FaultInjector
 from sclp.endpoint.ports import AttachedPorts
 from sclp.endpoint.provision import EndpointError
+from sclp.endpoint.reconcile import PeerChange, ReloadReport
 from sclp.endpoint.registry import RegistryLink
 from sclp.endpoint.runner import FaultySender, Runner, UnderlaySender
 from sclp.endpoint.tunnels import Channel
@@ -116,6 +117,8 @@ class Endpoint:
         )
         stack.callback(control.close)
         stack.callback(self._close_network_stacks)
+        # `sclp reload`: served by the loop, so it applies the file at once.
+        control.handlers["reload"] = self._reload_on_request
         taps = [(port, self._open_tap(port)) for port in list(dp.ports.values())]
         sockets = self._underlay = provision.open_underlay(cfg, dp, stack)
         self.peer_filter = provision.install_peer_filter(cfg, dp, sockets, stack)
@@ -238,38 +241,48 @@ class Endpoint:
             self._watchdog.tick(now)
         if self._reload_requested:
             self._reload_requested = False
-            self._reload()
+            self._reload("SIGHUP")
         if self.registry is not None and now - self._published_macs_at >= MAC_PUBLISH_INTERVAL:
             self._published_macs_at = now
             self.registry.publish(self._datapath())
 
-    def _reload(self) -> None:
-        """SIGHUP: re-read the configuration and reconcile the running endpoint to it
-        (:mod:`sclp.endpoint.reconcile`): networks added, removed or re-created, peers
-        replaced, the rest untouched; one log line per change."""
+    def _reload_on_request(self) -> dict[str, Any]:
+        """``sclp reload``: what :meth:`_reload` did, as JSON."""
+        return self._reload("sclp reload").to_json()
+
+    def _reload(self, trigger: str) -> ReloadReport:
+        """SIGHUP or ``sclp reload`` (``trigger``): re-read the configuration and
+        reconcile the running endpoint to it (:mod:`sclp.endpoint.reconcile`): networks
+        added, removed or re-created, peers replaced, the rest untouched; one log line
+        per change.  A file that cannot be read or is invalid changes nothing."""
         if self._notifier is not None:
             self._notifier.notify("RELOADING=1")
         try:
-            if self.config_path is None:
-                log.warning("SIGHUP: no configuration file to re-read")
-                return
+            path = self.config_path
+            if path is None:
+                log.warning("%s: no configuration file to re-read", trigger)
+                return ReloadReport(
+                    None, error="the endpoint was started without a configuration file"
+                )
             try:
-                new = load_config(self.config_path)
+                new = load_config(path)
             except ConfigError as exc:
-                log.error("SIGHUP: %s; still running the previous configuration", exc)
-                return
+                log.error("%s: %s; still running the previous configuration", trigger, exc)
+                return ReloadReport(path, error=str(exc))
             if new == self.cfg:
-                log.info("SIGHUP: %s re-read, unchanged", self.config_path)
-                return
-            self.apply_config(new)
+                log.info("%s: %s re-read, unchanged", trigger, path)
+                return ReloadReport(path)
+            return self.apply_config(new, path)
         finally:
             if self._notifier is not None:
                 self._notifier.notify("READY=1")
 
-    def apply_config(self, new: Config) -> None:
+    def apply_config(self, new: Config, path: str | None = None) -> ReloadReport:
         """Make the running endpoint serve ``new``'s networks; other changed settings
-        are logged as needing a restart.  Call it from the loop (or before run)."""
-        for key in reconcile.restart_needed(self.cfg, new):
+        are logged as needing a restart.  Call it from the loop (or before run).
+        Returns what changed (``path``: the file ``new`` came from, for the report)."""
+        restart = reconcile.restart_needed(self.cfg, new)
+        for key in restart:
             log.warning("reload: [%s] changed; restart the endpoint to apply it", key)
         current = {n.vni: n for n in self.cfg.networks}
         plan = reconcile.plan_networks(current, {n.vni: n for n in new.networks})
@@ -280,9 +293,13 @@ class Endpoint:
         for net in plan.recreate:
             self._remove_network(net.vni, "changed in the configuration, re-creating it")
             del serving[net.vni]
+        not_added: list[tuple[int, str]] = []
         for net in (*plan.add, *plan.recreate):
-            if self._add_network(net):
+            error = self._add_network(net)
+            if error is None:
                 serving[net.vni] = net
+            else:
+                not_added.append((net.vni, error))
         dp = self._datapath()
         for net in plan.peers:
             dp.networks[net.vni].network = net
@@ -294,13 +311,25 @@ class Endpoint:
             self.attached.rescan()
         elif any(n.attach for n in self.cfg.networks):
             self._start_attached()
-        self._sync_peers()
+        peers = self._sync_peers()
         if self.registry is not None:
             self.registry.set_member(self.cfg)  # the VNIs it announces
         if plan.empty:
             log.info("reload: networks unchanged")
+        failed = {vni for vni, _ in not_added}
+        return ReloadReport(
+            path,
+            added=tuple(n.vni for n in plan.add if n.vni not in failed),
+            removed=plan.remove,
+            recreated=tuple(n.vni for n in plan.recreate if n.vni not in failed),
+            not_added=tuple(not_added),
+            peers=tuple(peers),
+            restart_needed=tuple(restart),
+        )
 
-    def _add_network(self, net: Network) -> bool:
+    def _add_network(self, net: Network) -> str | None:
+        """Start serving ``net``; None, or why it could not be (then nothing of it
+        remains)."""
         dp, runner = self._datapath(), self._runner()
         vnet = dp.add_network(net)
         sockets = self._underlay
@@ -323,7 +352,7 @@ class Endpoint:
             stack = self._network_stacks.pop(net.vni, None)
             if stack is not None:
                 stack.close()
-            return False
+            return str(exc)
         log.info(
             "vni %d added: %s, mtu %d, ports %s",
             net.vni,
@@ -331,7 +360,7 @@ class Endpoint:
             vnet.vm_mtu,
             ",".join(p.name for p in vnet.ports) or "(attach only)",
         )
-        return True
+        return None
 
     def _remove_network(self, vni: int, why: str) -> None:
         dp, runner = self._datapath(), self._runner()
@@ -363,12 +392,13 @@ class Endpoint:
             self.cfg, self._datapath(), self._underlay, self._stack
         )
 
-    def _sync_peers(self) -> None:
+    def _sync_peers(self) -> list[PeerChange]:
         """Give every network the peers it should have now (the file's and the
-        cluster's); one log line per peer that joins or leaves a VNI."""
+        cluster's); one log line per peer that joins or leaves a VNI.  Returns the
+        changes, per VNI."""
         dp = self._datapath()
         names = self._member_names
-        changed = False
+        changes: list[PeerChange] = []
         for vni, vnet in dp.networks.items():
             want = reconcile.wanted_peers(vnet.network, self._discovered, self.cfg.underlay.local)
             joined, left = dp.set_peers(vni, want)
@@ -376,9 +406,10 @@ class Endpoint:
                 log.info("vni %d: peer %s%s joined", vni, peer, _named(names, peer))
             for peer in sorted(left):
                 log.info("vni %d: peer %s%s left", vni, peer, _named(names, peer))
-            changed = changed or bool(joined or left)
-        if not changed:
-            return
+            if joined or left:
+                changes.append(PeerChange(vni, tuple(sorted(joined)), tuple(sorted(left))))
+        if not changes:
+            return changes
         self._runner().refresh_peers()
         if self.peer_filter is not None:
             try:
@@ -388,6 +419,7 @@ class Endpoint:
         if self._underlay is not None:
             provision.refresh_tap_filters(self.cfg, dp, self._underlay)
             self._tap_channels()
+        return changes
 
     def _tap_channels(self) -> None:
         """Move the channels still read from raw sockets for want of peers at start

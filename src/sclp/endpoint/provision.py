@@ -92,15 +92,38 @@ def check_privileges() -> None:
         )
 
 
+def missing_namespaces(cfg: Config) -> EndpointError | None:
+    """The error a start gives for the first namespace the file names that does not
+    exist (the underlay's, then each network's), or None.  Reads only."""
+    name = cfg.underlay.namespace
+    if name and not nsio.netns_exists(name):
+        return _missing_underlay_namespace(name)
+    for net in cfg.networks:
+        if net.namespace and not nsio.netns_exists(net.namespace):
+            return _missing_vm_namespace(net.namespace, net.vni)
+    return None
+
+
+def _missing_underlay_namespace(name: str) -> EndpointError:
+    return EndpointError(
+        f"underlay namespace {name!r} does not exist; "
+        f"create it (ip netns add {name}) or remove underlay.namespace"
+    )
+
+
+def _missing_vm_namespace(name: str, vni: int) -> EndpointError:
+    return EndpointError(
+        f"network namespace {name!r} (vni {vni}) does not exist; "
+        f"create it with: ip netns add {name}"
+    )
+
+
 def enter_underlay_namespace(cfg: Config) -> None:
     name = cfg.underlay.namespace
     if not name:
         return
     if not nsio.netns_exists(name):
-        raise EndpointError(
-            f"underlay namespace {name!r} does not exist; "
-            f"create it (ip netns add {name}) or remove underlay.namespace"
-        )
+        raise _missing_underlay_namespace(name)
     from pyroute2 import netns as pr_netns
 
     pr_netns.setns(name)
@@ -114,8 +137,12 @@ def underlay_mtu(cfg: Config) -> int:
         for msg in ns.ipr.get_addr(address=cfg.underlay.local):
             link = ns.ipr.get_links(msg["index"])[0]
             return int(link.get_attr("IFLA_MTU"))
-    raise EndpointError(
-        f"underlay.local {cfg.underlay.local} is not an address of this host; "
+    raise not_local(cfg.underlay.local)
+
+
+def not_local(address: str) -> EndpointError:
+    return EndpointError(
+        f"underlay.local {address} is not an address of this host; "
         "use one of this host's addresses (ip -br addr)"
     )
 
@@ -136,10 +163,7 @@ def open_tap(port: VmPort, stack: contextlib.ExitStack) -> TapDevice:
             here.set_link(net.tap, gso_max_size=port.net.max_tunnel_frame)
         if net.namespace:
             if not nsio.netns_exists(net.namespace):
-                raise EndpointError(
-                    f"network namespace {net.namespace!r} (vni {net.vni}) does not exist; "
-                    f"create it with: ip netns add {net.namespace}"
-                )
+                raise _missing_vm_namespace(net.namespace, net.vni)
             with nsio.NetNS(net.namespace) as vm:
                 if vm.link_exists(net.tap):
                     raise EndpointError(
@@ -236,10 +260,7 @@ def _udp(
 
 def _bind_error(exc: OSError, local: str) -> Exception:
     if exc.errno == errno.EADDRNOTAVAIL:
-        return EndpointError(
-            f"underlay.local {local} is not an address of this host; "
-            "use one of this host's addresses"
-        )
+        return not_local(local)
     return exc
 
 

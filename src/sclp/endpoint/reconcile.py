@@ -11,6 +11,8 @@ A network whose tunnel, ports, MTU or static entries changed is re-created (remo
 then added: its FDB starts empty); one whose only change is its ``peers`` keeps
 running and has its peers replaced.  Changes outside ``[[network]]`` (underlay,
 limits, tuning, metrics, cluster) need a restart: :func:`restart_needed` names them.
+What one reload did is a :class:`ReloadReport`: logged after SIGHUP, returned as JSON
+to ``sclp reload``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sclp.endpoint.config import Config, Network
 
-__all__ = ["NetworkPlan", "plan_networks", "restart_needed", "wanted_peers"]
+__all__ = [
+    "NetworkPlan",
+    "PeerChange",
+    "ReloadReport",
+    "plan_networks",
+    "restart_needed",
+    "wanted_peers",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +78,91 @@ def wanted_peers(
     """A network's peers: the file's ``peers`` and the cluster's members on its VNI
     (never this host itself)."""
     return (frozenset(network.peers) | discovered.get(network.vni, frozenset())) - {local}
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChange:
+    """The peers that joined and left one VNI."""
+
+    vni: int
+    joined: tuple[str, ...] = ()
+    left: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """What one reload of the configuration file did.
+
+    ``error`` (the file could not be read or is invalid) means nothing changed.
+    ``not_added`` are networks the file asks for that could not be started, with the
+    reason (the others were applied); ``restart_needed`` the top-level settings that
+    changed but only apply at the next start."""
+
+    path: str | None
+    error: str | None = None
+    added: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+    recreated: tuple[int, ...] = ()
+    not_added: tuple[tuple[int, str], ...] = ()
+    peers: tuple[PeerChange, ...] = ()
+    restart_needed: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """The file was valid and every network it names is served."""
+        return self.error is None and not self.not_added
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed or self.recreated or self.peers)
+
+    def lines(self) -> list[str]:
+        """One line per change, as ``sclp reload`` prints them."""
+        if self.error is not None:
+            where = f"{self.path}: " if self.path and self.path not in self.error else ""
+            return [f"{where}{self.error}; still running the previous configuration"]
+        out = [f"vni {vni} added" for vni in self.added]
+        out += [f"vni {vni} removed" for vni in self.removed]
+        out += [
+            f"vni {vni} re-created (its tunnel, ports, MTU or static entries changed)"
+            for vni in self.recreated
+        ]
+        out += [f"vni {vni} not added: {why}" for vni, why in self.not_added]
+        for change in self.peers:
+            out += [f"vni {change.vni}: peer {peer} joined" for peer in change.joined]
+            out += [f"vni {change.vni}: peer {peer} left" for peer in change.left]
+        out += [f"[{key}] changed: restart the endpoint to apply it" for key in self.restart_needed]
+        return out or ["unchanged"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "path": self.path,
+            "error": self.error,
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "recreated": list(self.recreated),
+            "not_added": [{"vni": vni, "reason": why} for vni, why in self.not_added],
+            "peers": [
+                {"vni": c.vni, "joined": list(c.joined), "left": list(c.left)} for c in self.peers
+            ],
+            "restart_needed": list(self.restart_needed),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReloadReport:
+        """The inverse of :meth:`to_json`; KeyError/TypeError/ValueError if ``data``
+        is not one."""
+        return cls(
+            path=data["path"],
+            error=data["error"],
+            added=tuple(int(v) for v in data["added"]),
+            removed=tuple(int(v) for v in data["removed"]),
+            recreated=tuple(int(v) for v in data["recreated"]),
+            not_added=tuple((int(e["vni"]), str(e["reason"])) for e in data["not_added"]),
+            peers=tuple(
+                PeerChange(int(c["vni"]), tuple(c["joined"]), tuple(c["left"]))
+                for c in data["peers"]
+            ),
+            restart_needed=tuple(str(k) for k in data["restart_needed"]),
+        )
