@@ -1,9 +1,8 @@
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sclp.switch.fdb import Destination, Fdb, FdbEntry, LearnResult, Origin
 
