@@ -79,6 +79,18 @@ def test_fdb_rows_name_the_port_or_the_peer_and_the_origin() -> None:
     ]
 
 
+def test_the_streamed_fdb_is_the_same_document_in_parts_of_chunk_rows() -> None:
+    a, _, now = two_hosts()
+    for i in range(2500):  # three chunks of learned entries behind B
+        a.networks[42].fdb.learn(bytes.fromhex("02bb0000") + i.to_bytes(2), B, now)
+    streamed = show.fdb_streamed(a, now, {"name": "ep", "vnis": [42]})
+    parts = list(streamed.parts)
+    assert len(parts) == 1 + 3 + 1  # head, 2,503 rows in chunks of 1,000, tail
+    whole = json.loads(b"".join(parts))
+    assert whole == json.loads(json.dumps({"name": "ep", "vnis": [42], **show.fdb(a, now)}))
+    assert len(whole["rows"]) == 2503
+
+
 def test_peer_rows_say_where_a_peer_came_from_and_count_its_frames() -> None:
     a, _, now = two_hosts()
     a.set_peers(42, [B, C, "10.9.0.8"])

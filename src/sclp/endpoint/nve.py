@@ -485,9 +485,10 @@ class Endpoint:
 
     def _show_handlers(self) -> dict[str, Callable[[], Any]]:
         """The control socket's ``show ...`` requests (:mod:`sclp.endpoint.show`),
-        answered from the loop: each reads the data path once, as plain rows."""
+        answered from the loop: each reads the data path once, as plain rows (the
+        FDB's sent in parts, a turn of the loop each)."""
         return {
-            "show fdb": lambda: self._show(show.fdb(self._datapath(), self.clock())),
+            "show fdb": lambda: show.fdb_streamed(self._datapath(), self.clock(), self._show({})),
             "show peers": lambda: self._show(
                 show.peers(self._datapath(), self.clock(), self._discovered)
             ),

@@ -4,16 +4,20 @@ The control socket's ``show fdb``, ``show peers`` and ``show ports`` requests ar
 answered from the event loop (:class:`~sclp.endpoint.control.ControlServer`), so every
 function here runs between two batches of forwarding: it reads the data path, never
 changes it, and builds rows as plain lists (``{"columns": [...], "rows": [[...]]}``),
-the cheapest JSON to build and to dump for a table of many thousands of entries.  The
+the cheapest JSON to build and to dump for a table of many thousands of entries; the
+FDB, which can be that long, is copied at once and sent in parts
+(:func:`fdb_streamed`), so the loop forwards between them.  The
 ``sclp show`` command turns each row into an object with the column names as keys
 (docs/operations.md, "Looking inside: sclp show").
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import json
+from collections.abc import Hashable, Iterator
 from typing import Any, Final
 
+from sclp.endpoint.control import Streamed
 from sclp.endpoint.datapath import DataPath, VmPort
 from sclp.switch.fdb import Origin
 
@@ -42,6 +46,8 @@ PORT_COLUMNS: Final = (
     "rx_bytes",
 )
 PEER_ORIGINS: Final = ("static", "cluster")
+CHUNK_ROWS: Final = 1000  # FDB rows made into JSON per turn of the event loop
+_ORIGIN_NAMES: Final = {o: o.value for o in Origin}
 _UDP_CARRIED: Final = frozenset(("vxlan", "geneve"))
 
 
@@ -49,23 +55,64 @@ def fdb(dp: DataPath, now: float) -> dict[str, Any]:
     """Every FDB entry of every VNI: (vni, mac, port name or None, peer address or
     None, origin, seconds since last seen or None)."""
     rows: list[list[Any]] = []
-    add = rows.append
-    origin_names = {o: o.value for o in Origin}
-    for vni, net in sorted(dp.networks.items()):
-        ports: dict[Hashable, str] = {p: p.name for p in net.ports}
-        for mac, place, origin, age in net.fdb.rows(now):
-            port = ports.get(place)
-            add(
-                [
-                    vni,
-                    mac.hex(":"),
-                    port,
-                    None if port is not None else place,
-                    origin_names[origin],
-                    None if age is None else round(age, 3),
-                ]
-            )
+    for vni, ports, entries in _fdb_snapshot(dp, now):
+        rows += _fdb_rows(vni, ports, entries)
     return {"columns": FDB_COLUMNS, "rows": rows}
+
+
+def fdb_streamed(dp: DataPath, now: float, head: dict[str, Any]) -> Streamed:
+    """:func:`fdb` as a :class:`~sclp.endpoint.control.Streamed` answer (``head``'s
+    keys first): the entries are copied at once (a list of tuples), then turned into
+    JSON :data:`CHUNK_ROWS` at a time, one chunk per turn of the loop."""
+    snapshot = _fdb_snapshot(dp, now)
+
+    def parts() -> Iterator[bytes]:
+        start = json.dumps({**head, "columns": FDB_COLUMNS})
+        yield (start[:-1] + ', "rows": [').encode()
+        sep = ""
+        for vni, ports, entries in snapshot:
+            for i in range(0, len(entries), CHUNK_ROWS):
+                rows = _fdb_rows(vni, ports, entries[i : i + CHUNK_ROWS])
+                yield (sep + json.dumps(rows)[1:-1]).encode()
+                sep = ", "
+        yield b"]}"
+
+    return Streamed(parts())
+
+
+_Snapshot = list[
+    tuple[int, dict[Hashable, str], list[tuple[bytes, Hashable, Origin, float | None]]]
+]
+
+
+def _fdb_snapshot(dp: DataPath, now: float) -> _Snapshot:
+    return [
+        (vni, {p: p.name for p in net.ports}, net.fdb.rows(now))
+        for vni, net in sorted(dp.networks.items())
+    ]
+
+
+def _fdb_rows(
+    vni: int,
+    ports: dict[Hashable, str],
+    entries: list[tuple[bytes, Hashable, Origin, float | None]],
+) -> list[list[Any]]:
+    names = _ORIGIN_NAMES
+    rows: list[list[Any]] = []
+    add = rows.append
+    for mac, place, origin, age in entries:
+        port = ports.get(place)
+        add(
+            [
+                vni,
+                mac.hex(":"),
+                port,
+                None if port is not None else place,
+                names[origin],
+                None if age is None else round(age, 3),
+            ]
+        )
+    return rows
 
 
 def peers(dp: DataPath, now: float, cluster: dict[int, frozenset[str]]) -> dict[str, Any]:

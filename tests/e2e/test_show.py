@@ -1,0 +1,91 @@
+"""``sclp show fdb|peers|ports`` against real endpoints: two VMs in namespaces (the
+lab's Testbed), one ping between them, then the listings of host 1's endpoint, run as
+``python -m sclp show ...`` in this namespace as an operator would."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sclp.io import netns as nsio
+from sclp.lab.testbed import UNDERLAY, VNI, Testbed
+
+from ..endpoint.test_show import LIST_KEYS, documented_keys
+from .helpers import link_mac, sclp_cli, shut_down
+
+pytestmark = [pytest.mark.netns]
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    tb = Testbed(protocol="vxlan-sclp", carrier="udp")
+    tb.build()
+    try:
+        assert tb.ping(count=1).returncode == 0, "no ping across the tunnel"
+        yield tb
+    finally:
+        shut_down(tb)
+
+
+def show(tb: Testbed, what: str, *extra: str) -> list[dict[str, Any]]:
+    result = sclp_cli("show", what, "--name", tb.endpoint_name(0), "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert list(printed) == ["name", LIST_KEYS[what]]
+    assert printed["name"] == tb.endpoint_name(0)
+    rows: list[dict[str, Any]] = printed[LIST_KEYS[what]]
+    for row in rows:
+        assert list(row) == documented_keys()[what]
+    return rows
+
+
+@pytest.mark.timeout(60)
+def test_the_fdb_has_the_remote_vm_behind_its_peer_and_the_local_one_behind_the_tap(
+    bed: Testbed,
+) -> None:
+    entries = {row["mac"]: row for row in show(bed, "fdb")}
+    remote = entries[link_mac(bed.vms[1], "tap0")]
+    assert (remote["vni"], remote["peer"], remote["port"]) == (VNI, UNDERLAY[1], None)
+    assert remote["origin"] == "learned" and 0 <= remote["age_s"] < 60
+    local = entries[link_mac(bed.vms[0], "tap0")]
+    assert (local["port"], local["peer"], local["origin"]) == ("tap0", None, "learned")
+
+
+@pytest.mark.timeout(60)
+def test_peers_list_the_configured_peer_with_frames_both_ways(bed: Testbed) -> None:
+    (peer,) = show(bed, "peers")
+    assert peer["address"] == UNDERLAY[1] and peer["origin"] == "static"
+    assert (peer["vni"], peer["protocol"], peer["carrier"]) == (VNI, "vxlan-sclp", "udp")
+    assert peer["tx_frames"] > 0 and peer["rx_frames"] > 0
+    assert peer["tx_bytes"] >= 42 * peer["tx_frames"] and peer["rx_bytes"] > 0
+    assert peer["last_heard_s"] is not None and peer["last_heard_s"] >= 0
+
+
+@pytest.mark.timeout(60)
+def test_ports_list_the_tap_with_its_mtu_and_ifindex(bed: Testbed) -> None:
+    (port,) = show(bed, "ports")
+    with nsio.NetNS(bed.vms[0]) as vm:
+        info = vm.link_info("tap0")
+        ifindex = vm.link_index("tap0")
+    assert (port["name"], port["kind"], port["vni"]) == ("tap0", "tap", VNI)
+    assert (port["mtu"], port["ifindex"]) == (info.mtu, ifindex)
+    assert port["tx_frames"] > 0 and port["rx_frames"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_the_table_and_the_errors(bed: Testbed) -> None:
+    name = bed.endpoint_name(0)
+    table = sclp_cli("show", "fdb", "--name", name, "--vni", str(VNI))
+    assert table.returncode == 0, table.stderr
+    assert f"vni {VNI}" in table.stdout and UNDERLAY[1] in table.stdout
+    assert link_mac(bed.vms[1], "tap0") in table.stdout
+    wrong = sclp_cli("show", "peers", "--name", name, "--vni", "4242")
+    assert wrong.returncode == 1 and wrong.stdout == ""
+    assert wrong.stderr == f"sclp: error: endpoint {name!r} has no vni 4242 (it serves: {VNI})\n"
+    gone = sclp_cli("show", "ports", "--name", f"{name}x")
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("sclp: error: no endpoint control socket")
+    assert gone.stderr.count("\n") == 1
