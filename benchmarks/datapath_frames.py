@@ -3,9 +3,10 @@
 
 Two data paths back to back in memory (no sockets): a 1,514-byte TCP frame over
 VXLAN (one datagram per frame: the per-frame overhead shows most), and a 32 KB TSO
-frame over VXLAN-over-SCLP in the UDP carrier (one GSO payload).  Medians of several
-rounds, each round the mean of many calls (time.perf_counter).  Figures for scale and
-for A/B comparisons of two trees on the same machine, never thresholds:
+frame over VXLAN-over-SCLP in the UDP carrier (one GSO payload).  The median and the
+minimum of several rounds, each round the mean of many calls (time.perf_counter); on a
+shared machine the minimum is the steadier figure.  For scale and for A/B comparisons of
+two trees on the same machine (alternate them), never thresholds:
 
     PYTHONPATH=old/src python benchmarks/datapath_frames.py
     PYTHONPATH=new/src python benchmarks/datapath_frames.py
@@ -57,8 +58,8 @@ def _frame(payload_len: int) -> bytes:
     return MAC_B + MAC_A + b"\x08\x00" + ip + tcp + bytes(payload_len)
 
 
-def measure(fn: Callable[[], object], number: int, rounds: int) -> float:
-    """Median over ``rounds`` of the mean time of ``number`` calls, in µs."""
+def measure(fn: Callable[[], object], number: int, rounds: int) -> tuple[float, float]:
+    """Median and minimum over ``rounds`` of the mean time of ``number`` calls, µs."""
     for _ in range(max(1, number // 10)):
         fn()
     samples = []
@@ -67,12 +68,12 @@ def measure(fn: Callable[[], object], number: int, rounds: int) -> float:
         for _ in range(number):
             fn()
         samples.append((time.perf_counter() - start) / number * 1e6)
-    return statistics.median(samples)
+    return statistics.median(samples), min(samples)
 
 
 def case(
     protocol: str, carrier: str, payload_len: int, gso: int, number: int, rounds: int
-) -> dict[str, float]:
+) -> dict[str, tuple[float, float]]:
     a = DataPath(parse_config(_config(A, B, protocol, carrier)), 1500)
     b = DataPath(parse_config(_config(B, A, protocol, carrier)), 1500)
     port_a, port_b = a.ports["t42"], b.ports["t42"]
@@ -120,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(results, sys.stdout, indent=2)
         print()
         return 0
+    print(f"{'µs per frame':22} {'from_vm median/min':>20} {'from_udp median/min':>20}")
     for name, r in results.items():
-        print(f"{name:22} from_vm {r['from_vm_us']:8.2f} µs   from_udp {r['from_udp_us']:8.2f} µs")
+        (tm, tn), (rm, rn) = r["from_vm_us"], r["from_udp_us"]
+        print(f"{name:22} {tm:10.2f} {tn:8.2f}  {rm:10.2f} {rn:8.2f}")
     return 0
 
 

@@ -142,6 +142,7 @@ def _print_stats(stats: dict[str, object]) -> None:
 
 
 _SHOW_KEYS = {"fdb": "entries", "peers": "peers", "ports": "ports"}
+_SHOW_NOUNS = {"fdb": ("entry", "entries"), "peers": ("peer", "peers"), "ports": ("port", "ports")}
 _SHOW_HEADERS = {
     "fdb": ("MAC", "port / peer", "origin", "age (s)"),
     "peers": (
@@ -210,11 +211,14 @@ def _print_show(what: str, name: str, served: list[int], rows: list[dict[str, ob
     def cell(value: object) -> str:
         return "-" if value is None else str(value)
 
-    console = Console()
+    # Piped (no terminal to measure), a line is as wide as a row needs, never wrapped.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     for vni in served:
         mine = [row for row in rows if row["vni"] == vni]
-        noun = "entries" if what == "fdb" else what
-        table = Table(*_SHOW_HEADERS[what], title=f"{name}: vni {vni}, {len(mine)} {noun}")
+        noun = _SHOW_NOUNS[what][len(mine) != 1]
+        table = Table(title=f"{name}: vni {vni}, {len(mine)} {noun}")
+        for i, header in enumerate(_SHOW_HEADERS[what]):
+            table.add_column(header, no_wrap=i < 2)  # MAC, address, name: never cut
         for row in mine:
             if what == "fdb":
                 place = cell(row["port"]) if row["port"] is not None else cell(row["peer"])

@@ -5,12 +5,15 @@ lab's Testbed), one ping between them, then the listings of host 1's endpoint, r
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from sclp.io import netns as nsio
+from sclp.lab.cluster import ClusterLab
 from sclp.lab.testbed import UNDERLAY, VNI, Testbed
 
 from ..endpoint.test_show import LIST_KEYS, documented_keys
@@ -31,11 +34,17 @@ def bed() -> Iterator[Testbed]:
 
 
 def show(tb: Testbed, what: str, *extra: str) -> list[dict[str, Any]]:
-    result = sclp_cli("show", what, "--name", tb.endpoint_name(0), "--json", *extra)
+    return show_json(tb.endpoint_name(0), what, *extra)
+
+
+def show_json(name: str, what: str, *extra: str) -> list[dict[str, Any]]:
+    """``sclp show WHAT --name NAME --json``: its rows, whose keys are checked against
+    docs/operations.md."""
+    result = sclp_cli("show", what, "--name", name, "--json", *extra)
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert list(printed) == ["name", LIST_KEYS[what]]
-    assert printed["name"] == tb.endpoint_name(0)
+    assert printed["name"] == name
     rows: list[dict[str, Any]] = printed[LIST_KEYS[what]]
     for row in rows:
         assert list(row) == documented_keys()[what]
@@ -89,3 +98,20 @@ def test_the_table_and_the_errors(bed: Testbed) -> None:
     assert gone.returncode == 1
     assert gone.stderr.startswith("sclp: error: no endpoint control socket")
     assert gone.stderr.count("\n") == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_found_through_the_cluster_registry_says_so() -> None:
+    if shutil.which("etcd") is None and not os.access("/usr/bin/etcd", os.X_OK):
+        pytest.fail("etcd is not installed: apt-get install etcd-server (./quickstart.sh does)")
+    with ClusterLab(hosts=2, lease_ttl=3) as lab:
+        lab.wait_full_mesh(timeout=30.0)
+        first, second = lab.members
+        assert lab.ping(first, second, count=1)
+        name = first.name
+        result = sclp_cli("show", "peers", "--name", name, "--control-dir", lab.control_dir)
+        assert result.returncode == 0 and second.address in result.stdout, result
+        (peer,) = show_json(name, "peers", "--control-dir", lab.control_dir)
+        assert (peer["address"], peer["origin"]) == (second.address, "cluster")
+        assert peer["tx_frames"] > 0 and peer["rx_frames"] > 0
+    assert not lab.namespaces
