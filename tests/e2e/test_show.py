@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
+from sclp.endpoint.control import query, socket_path
 from sclp.io import netns as nsio
 from sclp.lab.cluster import ClusterLab
 from sclp.lab.testbed import UNDERLAY, VNI, Testbed
 
 from ..endpoint.test_show import LIST_KEYS, documented_keys
-from .helpers import link_mac, sclp_cli, shut_down
+from .helpers import Topology, link_mac, sclp_cli, shut_down, wait_for
 
 pytestmark = [pytest.mark.netns]
 
@@ -115,3 +116,29 @@ def test_a_peer_found_through_the_cluster_registry_says_so() -> None:
         assert (peer["address"], peer["origin"]) == (second.address, "cluster")
         assert peer["tx_frames"] > 0 and peer["rx_frames"] > 0
     assert not lab.namespaces
+
+
+@pytest.mark.timeout(90)
+def test_an_attached_interface_is_listed_as_attached_with_its_ifindex() -> None:
+    with Topology() as topo:
+        host, _ = topo.underlay_hosts("sh1", "sh2")
+        name = topo.endpoint_name("s1")
+        topo.start_endpoint(
+            name,
+            f'name = "{name}"\n[underlay]\nlocal = "{UNDERLAY[0]}"\nnamespace = "{host}"\n'
+            f'[[network]]\nvni = 43\nprotocol = "vxlan"\nattach = ["c43-*"]\nmtu = 1400\n'
+            f'peers = ["{UNDERLAY[1]}"]\n',
+        )
+        topo.container(host, "c43-web", "192.168.79.1/24", 1400)
+
+        def listed() -> bool:
+            rows = query(socket_path(name), "show ports")["rows"]
+            return any(row[1] == "c43-web" for row in rows)
+
+        wait_for(listed, 2.0, what="c43-web attached")
+        (port,) = show_json(name, "ports", "--vni", "43")
+        with nsio.NetNS(host) as ns:
+            ifindex = ns.link_index("c43-web")
+        assert (port["kind"], port["ifindex"], port["mtu"]) == ("attached", ifindex, 1400)
+        assert topo.stop_endpoints() == [0]
+    assert not topo.leftovers()
