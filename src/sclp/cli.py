@@ -22,6 +22,7 @@ EXIT_USAGE = 2
 CONFIG_DIR = "/etc/sclp"  # `sclp run NAME` reads CONFIG_DIR/NAME.toml
 # The rule of the file's `name` (the control socket's and the unit instance's).
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_CONTROL_DIR_HELP = "directory of the control sockets (default /run/sclp)"
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> int:
@@ -209,6 +210,95 @@ def _print_stats(stats: dict[str, object]) -> None:
                 *(str(p[k]) for k in ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes")),
             )
         console.print(t)
+
+
+_SHOW_KEYS = {"fdb": "entries", "peers": "peers", "ports": "ports"}
+_SHOW_NOUNS = {"fdb": ("entry", "entries"), "peers": ("peer", "peers"), "ports": ("port", "ports")}
+_SHOW_HEADERS = {
+    "fdb": ("MAC", "port / peer", "origin", "age (s)"),
+    "peers": (
+        "address",
+        "protocol",
+        "carrier",
+        "origin",
+        "last heard (s)",
+        "tx frames",
+        "tx bytes",
+        "rx frames",
+        "rx bytes",
+    ),
+    "ports": (
+        "name",
+        "kind",
+        "ifindex",
+        "mtu",
+        "tx frames",
+        "tx bytes",
+        "rx frames",
+        "rx bytes",
+    ),
+}
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``sclp show fdb|peers|ports``: one table per VNI, or JSON (docs/operations.md)."""
+    from sclp.endpoint.control import ControlError, query, socket_path
+
+    name = _endpoint_name(args)
+    if name is None:
+        return EXIT_ERROR
+    what = args.what
+    try:
+        answer = query(socket_path(name, args.control_dir), f"show {what}")
+    except ControlError as exc:
+        return _fail(str(exc))
+    except (OSError, ValueError) as exc:
+        return _fail(f"endpoint {name!r} did not answer `show {what}`: {exc}; is it stalled?")
+    if not isinstance(answer, dict) or "rows" not in answer:
+        return _fail(
+            f"endpoint {name!r} does not know `show {what}` (an older sclp runs it); "
+            "restart it with this version"
+        )
+    served = [int(v) for v in answer.get("vnis", [])]
+    columns = answer["columns"]
+    rows = [dict(zip(columns, row, strict=True)) for row in answer["rows"]]
+    if args.vni is not None:
+        if args.vni not in served:
+            found = ", ".join(map(str, served)) or "none"
+            return _fail(f"endpoint {name!r} has no vni {args.vni} (it serves: {found})")
+        served = [args.vni]
+        rows = [row for row in rows if row["vni"] == args.vni]
+    if args.json:
+        print(json.dumps({"name": answer.get("name", name), _SHOW_KEYS[what]: rows}, indent=2))
+        return 0
+    _print_show(what, str(answer.get("name", name)), served, rows)
+    return 0
+
+
+def _print_show(what: str, name: str, served: list[int], rows: list[dict[str, object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def cell(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    # Piped (no terminal to measure), a line is as wide as a row needs, never wrapped.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    for vni in served:
+        mine = [row for row in rows if row["vni"] == vni]
+        noun = _SHOW_NOUNS[what][len(mine) != 1]
+        table = Table(title=f"{name}: vni {vni}, {len(mine)} {noun}")
+        for i, header in enumerate(_SHOW_HEADERS[what]):
+            table.add_column(header, no_wrap=i < 2)  # MAC, address, name: never cut
+        for row in mine:
+            if what == "fdb":
+                place = cell(row["port"]) if row["port"] is not None else cell(row["peer"])
+                table.add_row(str(row["mac"]), place, str(row["origin"]), cell(row["age_s"]))
+            else:
+                table.add_row(*(cell(v) for k, v in row.items() if k != "vni"))
+        console.print(table)
+    if not served:
+        console.print(f"{name}: serves no network")
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -486,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="show the counters of a running endpoint")
     stats.add_argument("--name", help="endpoint name (default: the only one running)")
     stats.add_argument("--json", action="store_true", help="print JSON")
-    stats.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
+    stats.add_argument("--control-dir", default="/run/sclp", help=_CONTROL_DIR_HELP)
     stats.set_defaults(func=cmd_stats)
 
     health = sub.add_parser(
@@ -494,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--name", help="endpoint name (default: the only one running)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
-    health.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
+    health.add_argument("--control-dir", default="/run/sclp", help=_CONTROL_DIR_HELP)
     health.set_defaults(func=cmd_health)
 
     reload = sub.add_parser(
@@ -511,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the report (default 30)"
     )
-    reload.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
+    reload.add_argument("--control-dir", default="/run/sclp", help=_CONTROL_DIR_HELP)
     reload.set_defaults(func=cmd_reload)
 
     top = sub.add_parser("top", help="live per-VNI rates of a running endpoint (Ctrl-C quits)")
@@ -519,8 +609,23 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument(
         "--interval", type=float, default=1.0, help="seconds between refreshes (default 1)"
     )
-    top.add_argument("--control-dir", default="/run/sclp", help=argparse.SUPPRESS)
+    top.add_argument("--control-dir", default="/run/sclp", help=_CONTROL_DIR_HELP)
     top.set_defaults(func=cmd_top)
+
+    show = sub.add_parser(
+        "show",
+        help="list what a running endpoint knows: FDB entries, peers or ports, per VNI",
+        description="List a running endpoint's FDB (MAC, port or peer, origin, age), its "
+        "peers (tunnel, origin, last heard, frames and bytes each way) or its VM ports "
+        "(kind, ifindex, MTU, frames and bytes each way), one table per VNI, or as JSON "
+        "(docs/operations.md describes its keys).",
+    )
+    show.add_argument("what", choices=tuple(_SHOW_KEYS), help="what to list")
+    show.add_argument("--name", help="endpoint name (default: the only one running)")
+    show.add_argument("--vni", type=int, metavar="V", help="only this VNI")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.add_argument("--control-dir", default="/run/sclp", help=_CONTROL_DIR_HELP)
+    show.set_defaults(func=cmd_show)
 
     demo = sub.add_parser(
         "demo",

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sclp.endpoint.control import CLIENT_TIMEOUT, ControlServer
+from sclp.endpoint.control import CLIENT_TIMEOUT, ControlServer, Streamed
 
 
 def test_a_silent_client_does_not_stall_the_others(tmp_path: Path) -> None:
@@ -70,4 +70,60 @@ def test_a_client_past_its_deadline_is_dropped(tmp_path: Path) -> None:
         assert silent.recv(10) == b""  # closed by the server
     finally:
         silent.close()
+        server.close()
+
+
+def test_a_streamed_answer_goes_one_part_per_turn_of_the_loop(tmp_path: Path) -> None:
+    watched: dict[int, tuple[bool, Callable[[], None]]] = {}
+    made: list[int] = []
+
+    def parts() -> Iterator[bytes]:
+        for i, part in enumerate((b'{"rows": [', b"1, 2", b", 3", b"]}")):
+            made.append(i)
+            yield part
+
+    server = ControlServer(
+        str(tmp_path / "ep.sock"),
+        {"show fdb": lambda: Streamed(parts())},
+        watch=lambda fd, write, resume: watched.__setitem__(fd, (write, resume)),
+        unwatch=lambda fd: watched.pop(fd),
+    )
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(server.path)
+        client.sendall(b"show fdb\n")
+        server.handle_ready(now=0.0)
+        assert made == [0]  # the first part only; the rest when the loop comes back
+        ((write, resume),) = watched.values()
+        assert write  # called back when the socket is writable
+        for turn in (1, 2, 3):
+            resume()
+            assert made == list(range(turn + 1))
+        assert len(watched) == 1
+        resume()  # nothing left: done, unwatched, closed
+        assert watched == {}
+        client.settimeout(2.0)
+        received = b""
+        while chunk := client.recv(4096):
+            received += chunk
+        assert json.loads(received) == {"rows": [1, 2, 3]}
+    finally:
+        client.close()
+        server.close()
+
+
+def test_without_a_loop_a_streamed_answer_goes_at_once(tmp_path: Path) -> None:
+    server = ControlServer(
+        str(tmp_path / "ep.sock"), {"big": lambda: Streamed(iter((b"[1, ", b"2]")))}
+    )
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(server.path)
+        client.sendall(b"big\n")
+        server.handle_ready(now=0.0)
+        client.settimeout(2.0)
+        assert json.loads(client.recv(4096)) == [1, 2]
+        assert client.recv(10) == b""
+    finally:
+        client.close()
         server.close()

@@ -540,3 +540,69 @@ def test_the_pseudo_header_sum_matches_the_reference_for_any_addresses(
     if partial:
         assert d.vnet != VNET_NONE
     assert vm_accepts(d)  # and a coinciding complete one completes to itself
+
+
+# -- per-peer counters (sclp show peers) ---------------------------------------------------
+
+
+def peer_figures(dp: DataPath, peer: str) -> tuple[int, int, int, int, float | None]:
+    c = dp.networks[42].tx_counters[peer]
+    return c.tx_frames, c.tx_bytes, c.rx_frames, c.rx_bytes, c.last_rx
+
+
+@pytest.mark.parametrize(("protocol", "carrier"), CASES)
+def test_peer_counters_count_each_frame_once_each_way(protocol: str, carrier: str) -> None:
+    a, b = pair(protocol, carrier)
+    frame = tcp_frame(b"x" * 300)
+    sends = a.from_vm(a.networks[42].ports[0], *vm_read(frame), now=1.0)
+    assert len(transfer(A, b, sends, now=2.5)) == 1
+    assert peer_figures(a, B) == (1, len(frame), 0, 0, None)
+    assert peer_figures(b, A) == (0, 0, 1, len(frame), 2.5)
+    # A TSO frame: one frame (not one per segment) on the sending side; the receiver
+    # counts what it takes, one GSO frame or (classic tunnels) the MSS-sized frames.
+    big = tcp_frame(random.Random(3).randbytes(30_000), partial=True)
+    sends = a.from_vm(a.networks[42].ports[0], *vm_read(big, vm_mss(a)), now=3.0)
+    out = transfer(A, b, sends, now=4.0)
+    assert peer_figures(a, B)[:2] == (2, len(frame) + len(big))
+    rx_frames, rx_bytes = peer_figures(b, A)[2:4]
+    assert rx_frames == 1 + len(out)
+    assert rx_bytes == len(frame) + sum(len(d.frame) for d in out)
+    assert peer_figures(b, A)[4] == 4.0
+
+
+def test_a_flood_counts_for_every_peer_and_strangers_for_none() -> None:
+    dp = DataPath(parse_config(config(A, [B, C], "vxlan", "ip")), 1500)
+    frame = tcp_frame(b"z" * 64)
+    dp.from_vm(dp.networks[42].ports[0], *vm_read(frame), now=0.0)
+    assert peer_figures(dp, B)[:2] == peer_figures(dp, C)[:2] == (1, len(frame))
+    a, b = pair("vxlan", "ip")
+    sends = a.from_vm(a.networks[42].ports[0], *vm_read(frame), now=0.0)
+    assert transfer(C, b, sends) == []
+    assert set(b.networks[42].tx_counters) == {A}
+    assert peer_figures(b, A) == (0, 0, 0, 0, None)
+
+
+def test_a_peer_that_stays_keeps_its_counters_and_one_that_leaves_loses_them() -> None:
+    a, b = pair("vxlan", "ip")
+    frame = tcp_frame(b"q" * 80)
+    transfer(A, b, a.from_vm(a.networks[42].ports[0], *vm_read(frame), now=0.0))
+    b.set_peers(42, [A, C])
+    assert peer_figures(b, A)[2:4] == (1, len(frame))
+    assert peer_figures(b, C) == (0, 0, 0, 0, None)
+    b.set_peers(42, [C])
+    assert set(b.networks[42].tx_counters) == {C}
+    b.set_peers(42, [A, C])
+    assert peer_figures(b, A) == (0, 0, 0, 0, None)
+
+
+def test_a_peer_only_a_static_entry_names_counts_what_is_sent_to_it() -> None:
+    static = '\nstatic = [{mac = "02:00:00:00:0b:01", peer = "10.9.0.3"}]\n'
+    cfg = parse_config(config(A, [B], "vxlan", "ip") + static)
+    dp = DataPath(cfg, 1500)
+    frame = tcp_frame(b"s" * 50)  # to MAC_B, pinned behind C
+    sends = dp.from_vm(dp.networks[42].ports[0], *vm_read(frame), now=0.0)
+    assert [s.peer for s in sends] == [C]
+    assert peer_figures(dp, C)[:2] == (1, len(frame))
+    assert C not in dp.networks[42].peer_counters  # nothing is taken from it
+    _, other = pair("vxlan", "ip")
+    assert transfer(C, dp, other.from_vm(other.networks[42].ports[0], *vm_read(frame), 0.0)) == []

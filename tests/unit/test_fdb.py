@@ -1,7 +1,10 @@
+import dataclasses
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sclp.switch.fdb import Destination, Fdb, LearnResult
+from sclp.switch.fdb import Destination, Fdb, FdbEntry, LearnResult, Origin
 
 A = bytes.fromhex("020000000001")
 B = bytes.fromhex("020000000002")
@@ -101,4 +104,57 @@ def test_table_bounded_and_only_peers_learned(ops: list[tuple[bytes, str, float]
     for mac, peer, now in ops:
         fdb.learn(mac, peer, now)
         assert len(fdb) <= 8
-    assert all(peer in PEERS for _, peer, _ in fdb.entries())
+    assert all(e.place in PEERS for e in fdb.entries(now=0.0))
+
+
+C = bytes.fromhex("020000000003")
+PORT = object()  # a local port: any hashable the caller chooses
+
+
+def test_entries_name_their_origin_and_the_age_of_learned_ones() -> None:
+    fdb = Fdb(PEERS, aging=300.0)
+    fdb.add_port(PORT)
+    fdb.add_static(A, "10.0.0.9")
+    fdb.learn(B, "10.0.0.2", now=10.0)
+    fdb.learn(C, PORT, now=25.0)
+    fdb.set_remote({bytes.fromhex("020000000004"): "10.0.0.3"})
+    assert fdb.entries(now=30.0) == [
+        FdbEntry(A, "10.0.0.9", Origin.STATIC, None),
+        FdbEntry(B, "10.0.0.2", Origin.LEARNED, 20.0),
+        FdbEntry(C, PORT, Origin.LEARNED, 5.0),
+        FdbEntry(bytes.fromhex("020000000004"), "10.0.0.3", Origin.CLUSTER, None),
+    ]
+    fdb.learn(B, "10.0.0.2", now=40.0)  # refreshed: age counts from the last sighting
+    ages = {e.mac: e.age for e in fdb.entries(now=41.5)}
+    assert ages[B] == 1.5 and ages[A] is None
+
+
+def test_entries_leave_out_what_lookup_would_not_use() -> None:
+    fdb = Fdb(PEERS, aging=10.0)
+    fdb.learn(A, "10.0.0.2", now=0.0)
+    fdb.learn(B, "10.0.0.3", now=5.0)
+    # The cluster announces A, B and C elsewhere: shadowed by the learned entries while
+    # they live, and by the static one for good.
+    fdb.add_static(C, "10.0.0.2")
+    fdb.set_remote({A: "10.0.0.3", B: "10.0.0.2", C: "10.0.0.3"})
+    assert [(e.mac, e.origin) for e in fdb.entries(now=8.0)] == [
+        (C, Origin.STATIC),
+        (A, Origin.LEARNED),
+        (B, Origin.LEARNED),
+    ]
+    # A aged out (not yet expired): its cluster entry is what lookup uses now, and shows.
+    assert fdb.lookup(A, now=12.0) == Destination(("10.0.0.3",), flooded=False)
+    listed = {e.mac: (e.place, e.origin) for e in fdb.entries(now=12.0)}
+    assert listed[A] == ("10.0.0.3", Origin.CLUSTER)
+    assert listed[B] == ("10.0.0.3", Origin.LEARNED)
+    assert len(listed) == 3
+
+
+def test_an_entry_record_is_frozen_and_rows_are_the_same_facts() -> None:
+    fdb = Fdb(PEERS)
+    fdb.learn(A, "10.0.0.2", now=1.0)
+    (entry,) = fdb.entries(now=3.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.age = 0.0  # type: ignore[misc]
+    assert fdb.rows(now=3.0) == [(A, "10.0.0.2", Origin.LEARNED, 2.0)]
+    assert {o.value for o in Origin} == {"learned", "static", "cluster"}

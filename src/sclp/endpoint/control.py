@@ -3,7 +3,9 @@
 Protocol: the client connects, sends one line (``stats``), reads a JSON document
 until EOF.  The server side is non-blocking and is driven by the endpoint's event
 loop (:meth:`ControlServer.handle_ready`) and never blocks it: a slow or silent client
-is kept aside, served when its socket is ready, and dropped after a deadline.
+is kept aside, served when its socket is ready, and dropped after a deadline.  A large
+answer (a listing of many thousands of FDB entries) is a :class:`Streamed` one: made
+and sent one part per turn of the loop, so forwarding goes on between the parts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 MAX_REQUEST = 256
@@ -24,6 +26,17 @@ CLIENT_TIMEOUT = 2.0  # seconds a client may take to send its request and read t
 
 class ControlError(Exception):
     """The control socket can't be used; the message says why and what to do."""
+
+
+class Streamed:
+    """An answer sent in parts: ``parts`` yields the bytes of one JSON document in
+    order, each made when the previous one has gone to the socket, at most one per
+    turn of the event loop (the loop calls back when the socket is writable)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Iterator[bytes]) -> None:
+        self.parts = parts
 
 
 def socket_path(name: str, control_dir: str = "/run/sclp") -> str:
@@ -114,14 +127,14 @@ class ControlServer:
             return
         fd = client.fd
         self._clients[fd] = client
-        self._watch(fd, bool(client.answer), lambda: self._resume(client))
+        self._watch(fd, client.writing, lambda: self._resume(client))
 
     def _resume(self, client: _Client) -> None:
-        was_writing = bool(client.answer)
+        was_writing = client.writing
         self._step(client)
         if client.done:
             self._finish(client)
-        elif bool(client.answer) != was_writing and self._watch is not None:
+        elif client.writing != was_writing and self._watch is not None:
             fd = client.fd
             if self._unwatch is not None:
                 self._unwatch(fd)
@@ -136,11 +149,12 @@ class ControlServer:
         client.close()
 
     def _step(self, client: _Client) -> None:
-        """Read until the request line is there, then write the answer; ``done``
-        once answered (or failed).  The caller closes."""
+        """Read until the request line is there, then write the answer (of a
+        :class:`Streamed` one, the next part); ``done`` once answered (or failed).
+        The caller closes."""
         conn = client.conn
         try:
-            if not client.answer:
+            if client.answer is None:
                 while b"\n" not in client.request and len(client.request) < MAX_REQUEST:
                     data = conn.recv(MAX_REQUEST)
                     if not data:
@@ -149,11 +163,25 @@ class ControlServer:
                 request = client.request.decode("ascii", "replace").strip()
                 handler = self.handlers.get(request)
                 answer: Any = handler() if handler else {"error": f"unknown request {request!r}"}
-                client.answer = memoryview(json.dumps(answer).encode())
-            while client.answer:
-                sent = conn.send(client.answer)
-                client.answer = client.answer[sent:]
-            client.done = True
+                if isinstance(answer, Streamed):
+                    client.parts = answer.parts
+                    client.answer = memoryview(b"")
+                else:
+                    client.answer = memoryview(json.dumps(answer).encode())
+            while True:
+                if not client.answer and client.parts is not None:
+                    part = next(client.parts, None)
+                    if part is None:
+                        client.parts = None
+                    else:
+                        client.answer = memoryview(part)
+                while client.answer:
+                    sent = conn.send(client.answer)
+                    client.answer = client.answer[sent:]
+                # One part per turn of the loop; without a loop to call back, all now.
+                if client.parts is None or self._watch is not None:
+                    break
+            client.done = client.parts is None
         except BlockingIOError:
             return
         except OSError:
@@ -168,15 +196,21 @@ class ControlServer:
 
 
 class _Client:
-    __slots__ = ("answer", "conn", "deadline", "done", "fd", "request")
+    __slots__ = ("answer", "conn", "deadline", "done", "fd", "parts", "request")
 
     def __init__(self, conn: socket.socket, deadline: float) -> None:
         self.conn = conn
         self.fd = conn.fileno()
         self.deadline = deadline
         self.request = b""
-        self.answer: memoryview | None = None
+        self.answer: memoryview | None = None  # None until the request is read
+        self.parts: Iterator[bytes] | None = None  # a Streamed answer's parts to come
         self.done = False
+
+    @property
+    def writing(self) -> bool:
+        """The request is read: what is left is to write the answer."""
+        return self.answer is not None
 
     def close(self) -> None:
         self.done = True

@@ -87,6 +87,7 @@ __all__ = [
     "VNET_LEN",
     "DataPath",
     "Deliver",
+    "PeerCounters",
     "VirtualNetwork",
     "VmPort",
 ]
@@ -146,9 +147,24 @@ class Deliver(NamedTuple):
     frame: Buffer
 
 
+class PeerCounters:
+    """One peer's traffic on one VNI: the inner frames (and their bytes) sent to it and
+    taken from it, and when one was last taken (``last_rx``, the data path's ``now``;
+    None: never).  Counted once per frame, not per underlay packet."""
+
+    __slots__ = ("last_rx", "rx_bytes", "rx_frames", "tx_bytes", "tx_frames")
+
+    def __init__(self) -> None:
+        self.tx_frames = self.tx_bytes = self.rx_frames = self.rx_bytes = 0
+        self.last_rx: float | None = None
+
+
 class VirtualNetwork:
     """One virtual network (VNI) on this endpoint: its tunnel, its FDB (peers and
-    local ports), its counters."""
+    local ports), its counters.  ``peer_counters`` has one :class:`PeerCounters` per
+    peer (its keys are the peers a frame is taken from: one lookup on receipt both
+    checks and counts); ``tx_counters`` has those and the peers only static entries
+    name (a frame may be sent to them), sharing the objects."""
 
     __slots__ = (
         "counters",
@@ -156,9 +172,11 @@ class VirtualNetwork:
         "max_plain_frame",
         "max_tunnel_frame",
         "network",
+        "peer_counters",
         "peers",
         "rx_partial_csum",
         "tunnel",
+        "tx_counters",
         "vm_mtu",
         "vni",
     )
@@ -178,6 +196,20 @@ class VirtualNetwork:
         # partial (_partial_csum); SCLP and STT peers are ours and complete them.
         self.rx_partial_csum = type(tunnel) in _CLASSIC_TUNNELS
         self.counters: Counter[str] = Counter()
+        self.peer_counters: dict[Hashable, PeerCounters] = {}
+        self.tx_counters: dict[Hashable, PeerCounters] = {}
+        self.set_peers(self.peers)
+
+    def set_peers(self, peers: frozenset[str]) -> None:
+        """Serve ``peers`` from now on; a peer that stays keeps its counters."""
+        old = self.tx_counters
+        self.peers = peers
+        self.peer_counters = {p: old.get(p) or PeerCounters() for p in sorted(peers)}
+        tx = dict(self.peer_counters)
+        for entry in self.network.static:
+            if entry.peer not in tx:
+                tx[entry.peer] = old.get(entry.peer) or PeerCounters()
+        self.tx_counters = tx
 
     @property
     def protocol(self) -> str:
@@ -191,15 +223,17 @@ class VirtualNetwork:
 class VmPort:
     """One local port of a network: the TAP the endpoint owns (``owned``) or an
     interface it attached.  ``fd`` is the runner's, for the write of each delivery;
+    ``ifindex`` the interface's index once whoever opened it knows it (0 before);
     ``counters`` are this port's frames and bytes each way."""
 
-    __slots__ = ("counters", "fd", "name", "net", "owned")
+    __slots__ = ("counters", "fd", "ifindex", "name", "net", "owned")
 
     def __init__(self, name: str, net: VirtualNetwork, owned: bool) -> None:
         self.name = name
         self.net = net
         self.owned = owned
         self.fd = -1
+        self.ifindex = 0
         self.counters: Counter[str] = Counter()
 
     @property
@@ -280,7 +314,7 @@ class DataPath:
         new = frozenset(peers)
         joined, left = new - net.peers, net.peers - new
         if joined or left:
-            net.peers = new
+            net.set_peers(new)
             net.fdb.set_peers(sorted(new))
             self._refresh()
         return joined, left
@@ -352,7 +386,14 @@ class DataPath:
             return []
         if dest.flooded:
             counters["tx_flooded"] += 1
-        return self._encapsulate(net, buf, flen, dest.peers)  # type: ignore[return-value]
+        sends = self._encapsulate(net, buf, flen, dest.peers)
+        if sends:
+            tx = net.tx_counters
+            for peer in dest.peers:
+                to = tx[peer]
+                to.tx_frames += 1
+                to.tx_bytes += flen
+        return sends  # type: ignore[return-value]
 
     def _switch(
         self,
@@ -375,7 +416,14 @@ class DataPath:
         out: list[Send | Deliver] = []
         if peers:
             counters["tx_flooded"] += 1
-            out.extend(self._encapsulate(net, buf, flen, peers))
+            sends = self._encapsulate(net, buf, flen, peers)
+            if sends:
+                tx = net.tx_counters
+                for peer in peers:
+                    to = tx[peer]
+                    to.tx_frames += 1
+                    to.tx_bytes += flen
+            out.extend(sends)
             partial = buf[HEADROOM - VNET_LEN] & F_NEEDS_CSUM
             if partial and (
                 buf[HEADROOM - VNET_LEN + 1] == GSO_NONE or flen <= net.max_plain_frame
@@ -598,13 +646,17 @@ class DataPath:
         larger than the VM's MTU), after the peer check and learning: to the port of
         its destination MAC, else to every local port."""
         counters = net.counters
-        if src not in net.peers:
+        pc = net.peer_counters.get(src)
+        if pc is None:
             counters[DropReason.NOT_PEER.counter] += 1
             return
         flen = len(frame)
         if flen < 14:
             counters[DropReason.TOO_SHORT.counter] += 1
             return
+        pc.rx_frames += 1
+        pc.rx_bytes += flen
+        pc.last_rx = now
         fdb = net.fdb
         fdb.learn(bytes(frame[6:12]), src, now)
         ports: tuple[Hashable, ...] = fdb.ports

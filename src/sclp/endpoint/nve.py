@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sclp.cluster.model import ClusterView
-from sclp.endpoint import provision, reconcile, service
+from sclp.endpoint import provision, reconcile, service, show
 from sclp.endpoint.config import Config, ConfigError, Network, load_config
 from sclp.endpoint.control import ControlServer
 from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork, VmPort
@@ -111,7 +111,11 @@ class Endpoint:
         dp = self.dp = DataPath(cfg, provision.underlay_mtu(cfg))
         control = ControlServer(
             cfg.control_socket,
-            {"stats": self._requested_stats, "health": self.health_report},
+            {
+                "stats": self._requested_stats,
+                "health": self.health_report,
+                **self._show_handlers(),
+            },
             watch=lambda fd, write, resume: self._runner().watch(fd, lambda _n: resume(), write),
             unwatch=lambda fd: self._runner().unwatch(fd),
         )
@@ -508,6 +512,23 @@ class Endpoint:
         self.peer_filter = None
         self.attached = None
         self.registry = None
+
+    # -- sclp show ------------------------------------------------------------------------
+
+    def _show_handlers(self) -> dict[str, Callable[[], Any]]:
+        """The control socket's ``show ...`` requests (:mod:`sclp.endpoint.show`),
+        answered from the loop: each reads the data path once, as plain rows (the
+        FDB's sent in parts, a turn of the loop each)."""
+        return {
+            "show fdb": lambda: show.fdb_streamed(self._datapath(), self.clock(), self._show({})),
+            "show peers": lambda: self._show(
+                show.peers(self._datapath(), self.clock(), self._discovered)
+            ),
+            "show ports": lambda: self._show(show.ports(self._datapath())),
+        }
+
+    def _show(self, table: dict[str, Any]) -> dict[str, Any]:
+        return {"name": self.cfg.name, "vnis": sorted(self._datapath().networks), **table}
 
     def _requested_stats(self) -> dict[str, Any]:
         """``sclp stats``: the kernel's not-peer counter at most 0.5 s old."""

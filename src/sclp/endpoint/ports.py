@@ -161,6 +161,7 @@ class AttachedPorts:
         try:
             guarded = self._install_guard(name, sock.ifindex)
             port = self.dp.add_port(name, net.vni)
+            port.ifindex = sock.ifindex
         except BaseException:
             sock.close()
             raise

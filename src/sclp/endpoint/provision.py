@@ -149,7 +149,8 @@ def not_local(address: str) -> EndpointError:
 
 def open_tap(port: VmPort, stack: contextlib.ExitStack) -> TapDevice:
     """The TAP ``port`` of its network, with its MTU, largest TSO frame, namespace and
-    address; removed again by ``stack``."""
+    address (its index, where it ended up, in ``port.ifindex``); removed again by
+    ``stack``."""
     net = port.net.network
     vm_mtu = port.net.vm_mtu
     assert net.tap is not None and port.owned
@@ -171,13 +172,16 @@ def open_tap(port: VmPort, stack: contextlib.ExitStack) -> TapDevice:
                         f"{net.namespace!r} (vni {net.vni}); choose another tap name "
                         "or remove that interface"
                     )
-            nsio.move_link(net.tap, None, net.namespace, address=net.address, mtu=vm_mtu)
+            port.ifindex = nsio.move_link(
+                net.tap, None, net.namespace, address=net.address, mtu=vm_mtu
+            )
         else:
             with nsio.NetNS(None) as here:
                 here.set_link(net.tap, mtu=vm_mtu)
                 if net.address:
                     here.add_address(net.tap, net.address)
                 here.set_link(net.tap, up=True)
+                port.ifindex = here.link_index(net.tap)
     except nsio.NetnsError as exc:
         raise EndpointError(f"configuring {net.tap}: {exc}") from None
     return tap

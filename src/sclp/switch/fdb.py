@@ -37,6 +37,27 @@ class LearnResult(enum.Enum):
     EVICTED_OLDEST = "evicted_oldest"  # learned, and the oldest entry made room
 
 
+class Origin(enum.Enum):
+    """Who put an entry in the table.  Another control plane (EVPN, say) adds its own
+    member and its own part of the table; :meth:`Fdb.entries` reports each."""
+
+    LEARNED = "learned"  # from a frame's source address (ages)
+    STATIC = "static"  # from the configuration's ``static`` list (never ages)
+    CLUSTER = "cluster"  # announced by another host through the cluster registry
+
+
+@dataclass(frozen=True, slots=True)
+class FdbEntry:
+    """One entry as :meth:`Fdb.entries` reports it: the MAC, the peer or port it is
+    behind, where it came from, and for a learned entry the seconds since its MAC was
+    last seen (None for the others, which do not age)."""
+
+    mac: bytes
+    place: Hashable
+    origin: Origin
+    age: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     """Where a frame goes: ``peers`` and local ``ports`` (the one of a known unicast
@@ -186,8 +207,29 @@ class Fdb:
             removed += 1
         return removed
 
-    def entries(self) -> list[tuple[bytes, Hashable, bool]]:
-        """(mac, peer or port, static) for every entry, static ones first."""
-        out: list[tuple[bytes, Hashable, bool]] = [(m, p, True) for m, p in self._static.items()]
-        out.extend((m, p, False) for m, (p, _) in self._dynamic.items())
+    def entries(self, now: float) -> list[FdbEntry]:
+        """Every entry that :meth:`lookup` would use at ``now``: static ones first,
+        then the learned ones (least recently seen first, aged-out ones left out),
+        then the cluster's that neither shadows."""
+        return [FdbEntry(*row) for row in self.rows(now)]
+
+    def rows(self, now: float) -> list[tuple[bytes, Hashable, Origin, float | None]]:
+        """:meth:`entries` as plain tuples (mac, place, origin, age), for a listing
+        of many entries that should cost the caller's loop as little as possible."""
+        static, learned, cluster = Origin.STATIC, Origin.LEARNED, Origin.CLUSTER
+        out: list[tuple[bytes, Hashable, Origin, float | None]] = [
+            (m, p, static, None) for m, p in self._static.items()
+        ]
+        oldest = now - self.aging
+        dynamic = self._dynamic
+        out.extend(
+            (m, p, learned, now - seen) for m, (p, seen) in dynamic.items() if seen >= oldest
+        )
+        if self._remote:
+            shadow = self._static
+            out.extend(
+                (m, p, cluster, None)
+                for m, p in self._remote.items()
+                if m not in shadow and (m not in dynamic or dynamic[m][1] < oldest)
+            )
         return out
