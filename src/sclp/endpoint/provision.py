@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from sclp.endpoint.config import Config
+from sclp.endpoint.config import Config, vm_mtu_problem
 from sclp.endpoint.datapath import DataPath, VmPort
 from sclp.endpoint.tunnels import Channel
 from sclp.io import netns as nsio
@@ -108,11 +108,25 @@ def underlay_mtu(cfg: Config) -> int:
     with nsio.NetNS(None) as ns:
         for msg in ns.ipr.get_addr(address=cfg.underlay.local):
             link = ns.ipr.get_links(msg["index"])[0]
-            return int(link.get_attr("IFLA_MTU"))
+            mtu = int(link.get_attr("IFLA_MTU"))
+            check_vm_mtus(cfg, mtu, str(link.get_attr("IFLA_IFNAME")))
+            return mtu
     raise EndpointError(
         f"underlay.local {cfg.underlay.local} is not an address of this host; "
         "use one of this host's addresses (ip -br addr)"
     )
+
+
+def check_vm_mtus(cfg: Config, mtu: int, device: str) -> None:
+    """Every network's ``mtu`` fits the underlay MTU ``mtu`` read from ``device``
+    (the file's own ``underlay.mtu`` was checked with the file)."""
+    for index, net in enumerate(cfg.networks):
+        problem = vm_mtu_problem(net, cfg.underlay.local, mtu, cfg.underlay.sclp_carrier)
+        if problem:
+            raise EndpointError(
+                f"network[{index}].mtu (vni {net.vni}): {problem} (the underlay MTU is "
+                f"{device}'s), or raise the MTU of {device}"
+            )
 
 
 def open_tap(port: VmPort, stack: contextlib.ExitStack) -> TapDevice:
