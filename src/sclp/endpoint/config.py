@@ -43,7 +43,7 @@ class Protocol(StrEnum):
 PROTOCOLS = tuple(p.value for p in Protocol)
 SCLP_PROTOCOLS = tuple(p.value for p in Protocol if p.is_sclp)
 CARRIERS = tuple(c.value for c in Carrier)
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 # An attach pattern: interface-name characters and fnmatch's * ? [ ] ! (no '/').
 _PATTERN_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,64}$")
@@ -513,7 +513,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     top = _Reader(data, "", lines)
     _check_misplaced(top)
     name = top.get("name", str, hint='add name = "host1" (names the control socket)')
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise top.fail("name", f"{name!r} must be 1-32 letters, digits, '.', '_' or '-'")
     control_dir = top.get("control_dir", str, "/run/sclp")
     if not os.path.isabs(control_dir):
@@ -681,6 +681,13 @@ def _check_misplaced(top: _Reader) -> None:
 _PREFIX_RE = re.compile(r"^/[A-Za-z0-9_./-]{0,100}$")
 
 
+def cluster_prefix_problem(prefix: str) -> str | None:
+    """Why ``prefix`` is not an etcd key prefix of the registry, or ``None``."""
+    if not _PREFIX_RE.match(prefix.rstrip("/") or "/"):
+        return f'{prefix!r} is not a key prefix like "/sclp"'
+    return None
+
+
 def _cluster(c: _Reader) -> Cluster:
     if not c.table:
         line = c.table_line()
@@ -694,8 +701,9 @@ def _cluster(c: _Reader) -> Cluster:
         if problem:
             raise c.fail("etcd", f'{problem}; write URLs like "http://10.0.0.5:2379"')
     prefix = c.get("prefix", str, "/sclp").rstrip("/") or "/"
-    if not _PREFIX_RE.match(prefix):
-        raise c.fail("prefix", f'{prefix!r} is not a key prefix like "/sclp"')
+    problem = cluster_prefix_problem(prefix)
+    if problem:
+        raise c.fail("prefix", problem)
     ttl = c.get("lease_ttl", int, 10)
     if not 2 <= ttl <= 3600:
         raise c.fail("lease_ttl", f"{ttl} s is out of range; use 2..3600")
@@ -863,6 +871,8 @@ def _check_unique(networks: list[Network], readers: list[_Reader]) -> None:
 def load_config(path: str | Path) -> Config:
     """Read and validate ``path``; :class:`ConfigError` names what is wrong."""
     fix = "give the endpoint's .toml file"
+    if not str(path):
+        raise ConfigError(f"the config file name is empty; {fix}")
     try:
         if Path(path).is_dir():
             raise ConfigError(f"cannot read config file {path}: it is a directory; {fix}")
