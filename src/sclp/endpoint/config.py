@@ -240,8 +240,9 @@ class _Reader:
         """The line of ``key`` in this table, else of the line that holds the table
         (an inline table), else ``None``."""
         found = _line_of(self.lines, key, self.header)
-        if found is None and not self.header:  # a table: the line of its first header
-            headers = (f"[{key}]", f"[[{key}]]")
+        base = self.header.partition("#")[0].strip("[]")
+        if found is None and not base.startswith("network"):  # a [table]: its header's line
+            headers = (f"[{base}.{key}]",) if base else (f"[{key}]", f"[[{key}]]")
             found = next(
                 (n for n, text in enumerate(self.lines, 1) if _header_of(text) in headers), None
             )
@@ -466,6 +467,8 @@ def etcd_url_problem(url: object) -> str | None:
         if _is_ipv6(netloc) or _is_ipv6(netloc.rpartition(":")[0]):
             return f"{url!r}: put an IPv6 address in brackets, e.g. http://[fd00::5]:2379"
         return f"{url!r}: {netloc!r} is not host:port (one ':' before the port)"
+    if netloc.startswith("[") and not _is_ipv6(netloc[1:].partition("]")[0]):
+        return f"{url!r}: {netloc[1:].partition(']')[0]!r} in brackets is not an IPv6 address"
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
