@@ -69,8 +69,11 @@ def _directory_arg(text: str) -> str:
     """A directory that may not exist yet (nothing is running), but is not a file."""
     if not text:
         raise argparse.ArgumentTypeError("empty; give a directory")
-    if os.path.exists(text) and not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    existing = os.path.abspath(text)
+    while not os.path.exists(existing):  # the nearest part of the path that exists
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise argparse.ArgumentTypeError(f"{existing} is not a directory")
     return text
 
 
@@ -81,6 +84,8 @@ def _output_file_problem(path: str) -> str | None:
     if os.path.isdir(path):
         return f"{path} is a directory; give a file name"
     parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        return f"{parent} is not a directory"
     if not os.path.isdir(parent):
         return f"{parent} does not exist; create it first"
     if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
@@ -340,6 +345,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     urls: list[str] = []
     prefix, tls = args.prefix, {"ca": args.ca, "cert": args.cert, "key": args.key}
+    if prefix == "":
+        return _fail("--prefix: empty; give a key prefix like /sclp or leave it out", EXIT_USAGE)
     if args.config:
         from sclp.endpoint.config import ConfigError, load_config
 
