@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_number(float, 0.001, 3600, " s"),
         default=3.0,
-        help="seconds to wait (default 3)",
+        help="seconds to wait, 0.001..3600 (default 3)",
     )
     health.add_argument(
         "--control-dir", type=_directory_arg, default="/run/sclp", help=argparse.SUPPRESS
@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval",
         type=_number(float, 0.1, 3600, " s"),
         default=1.0,
-        help="seconds between refreshes (default 1)",
+        help="seconds between refreshes, 0.1..3600 (default 1)",
     )
     top.add_argument(
         "--control-dir", type=_directory_arg, default="/run/sclp", help=argparse.SUPPRESS
@@ -485,13 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds",
         type=_number(int, 1, 3600, " s"),
         default=5,
-        help="iperf3 duration (default 5)",
+        help="iperf3 seconds, 1..3600 (default 5)",
     )
     demo.add_argument(
         "--hosts",
         type=_hosts_arg,
         metavar="N",
-        help="N >= 3 hosts that find each other through etcd (Debian's etcd-server, started "
+        help="3 <= N <= 32 hosts that find each other through etcd (Debian's etcd-server, started "
         "in its own namespace), a VM on each, no peers in any file: all-pairs ping",
     )
     demo.set_defaults(func=cmd_demo)
@@ -529,13 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration",
         type=int,
         metavar="S",
-        help="seconds per iperf3 run (default 10)",
+        help="seconds per iperf3 run, 1..3600 (default 10)",
     )
     bench.add_argument(
         "--repeat",
         type=int,
         metavar="N",
-        help="runs per transport (default 3); UDP's runs follow its rate search",
+        help="runs per transport, 1..100 (default 3); UDP's runs follow its rate search",
     )
     bench.add_argument(
         "--transports",
