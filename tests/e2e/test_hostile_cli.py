@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,11 @@ from pathlib import Path
 import pytest
 
 from sclp.cli import build_parser
+from sclp.endpoint.control import socket_path
+from sclp.io import netns as nsio
+from sclp.lab.testbed import UNDERLAY
+
+from .helpers import Topology, wait_for
 
 ERROR_LINE = re.compile(r"^sclp( [\w-]+)*: error: \S")
 NOT_RUNNING = "hostile-none"
@@ -81,9 +87,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     return f
 
 
-def run_sclp(args: list[str], files: Files) -> subprocess.CompletedProcess[str]:
-    # A guest build that got past its checks would fail at once in this cache.
-    env = dict(os.environ, SCLP_GUEST_CACHE=str(files.under_a_file), COLUMNS="200")
+def run_sclp(args: list[str], files: Files | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="200")
+    if files is not None:  # a guest build that got past its checks would fail at once
+        env["SCLP_GUEST_CACHE"] = str(files.under_a_file)
     return subprocess.run(
         [sys.executable, "-m", "sclp", *args],
         capture_output=True,
@@ -300,3 +307,51 @@ def test_explicit_hostile_cases_name_the_argument_and_the_fix(files: Files) -> N
     for args, (_, fragment), result in zip(argvs, cases, results, strict=True):
         line = assert_one_error(args, result)
         assert fragment in line, f"{fragment!r} not in {line!r} (sclp {' '.join(args)})"
+
+
+# -- the VM MTU rule where the underlay MTU is the device's ---------------------------
+
+
+def _mtu_config(topo: Topology, host: str, name: str, *networks: str) -> str:
+    text = f'name = "{name}"\n[underlay]\nlocal = "{UNDERLAY[0]}"\nnamespace = "{host}"\n'
+    return text + "".join(networks)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_a_vxlan_mtu_over_the_underlay_device_stops_the_start_on_one_line() -> None:
+    with Topology() as topo:
+        host = topo.underlay_hosts("mh1", "mh2")[0]  # ul0, MTU 1500
+        name = topo.endpoint_name("m1")
+        config = topo.workdir / "m1.toml"
+        net = f'[[network]]\nvni = 42\nprotocol = "vxlan"\ntap = "mt{topo.tag}"\nmtu = 9000\n'
+        config.write_text(_mtu_config(topo, host, name, net))
+        args = ["run", "--config", str(config)]
+        line = assert_one_error(args, run_sclp(args))
+        assert line == (
+            "sclp: error: network[0].mtu (vni 42): 9000 does not fit a vxlan packet into the "
+            "underlay MTU 1500 (50 bytes of headers); use mtu = 1450 or less (the underlay "
+            "MTU is ul0's), or raise the MTU of ul0"
+        )
+        assert not os.path.exists(socket_path(name))
+        with nsio.NetNS(host) as ns:
+            assert not ns.link_exists(f"mt{topo.tag}")  # refused before any TAP
+    assert not topo.leftovers()
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_a_reload_does_not_add_a_network_whose_mtu_does_not_fit() -> None:
+    with Topology() as topo:
+        host = topo.underlay_hosts("rh1", "rh2")[0]
+        name = topo.endpoint_name("m2")
+        net42 = f'[[network]]\nvni = 42\nprotocol = "vxlan"\ntap = "ma{topo.tag}"\n'
+        net43 = f'[[network]]\nvni = 43\nprotocol = "geneve"\ntap = "mb{topo.tag}"\nmtu = 1451\n'
+        ep = topo.start_endpoint(name, _mtu_config(topo, host, name, net42))
+        (topo.workdir / f"{name}.toml").write_text(_mtu_config(topo, host, name, net42, net43))
+        os.kill(ep.proc.pid, signal.SIGHUP)
+        wait_for(lambda: "vni 43 not added" in ep.log_text(), 10.0, what="the refusal logged")
+        assert "does not fit a geneve packet into the underlay MTU 1500" in ep.log_text()
+        assert set(ep.stats()["vni"]) == {"42"}
+        assert topo.stop_endpoints() == [0], ep.log_text()[-800:]
+    assert not topo.leftovers()
