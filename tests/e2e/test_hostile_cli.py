@@ -329,9 +329,10 @@ def test_a_vxlan_mtu_over_the_underlay_device_stops_the_start_on_one_line() -> N
         args = ["run", "--config", str(config)]
         line = assert_one_error(args, run_sclp(args))
         assert line == (
-            "sclp: error: network[0].mtu (vni 42): 9000 does not fit a vxlan packet into the "
-            "underlay MTU 1500 (50 bytes of headers); use mtu = 1450 or less (the underlay "
-            "MTU is ul0's), or raise the MTU of ul0"
+            "sclp: error: network[0].mtu (vni 42): 9000 is more than the underlay MTU 1500 "
+            "(of ul0); use mtu = 1450 (the most a vxlan packet, 50 bytes of headers, carries "
+            "unfragmented) or at most 1500 (full-size frames then go in two fragments), or "
+            "raise the MTU of ul0"
         )
         assert not os.path.exists(socket_path(name))
         with nsio.NetNS(host) as ns:
@@ -346,12 +347,12 @@ def test_a_reload_does_not_add_a_network_whose_mtu_does_not_fit() -> None:
         host = topo.underlay_hosts("rh1", "rh2")[0]
         name = topo.endpoint_name("m2")
         net42 = f'[[network]]\nvni = 42\nprotocol = "vxlan"\ntap = "ma{topo.tag}"\n'
-        net43 = f'[[network]]\nvni = 43\nprotocol = "geneve"\ntap = "mb{topo.tag}"\nmtu = 1451\n'
+        net43 = f'[[network]]\nvni = 43\nprotocol = "geneve"\ntap = "mb{topo.tag}"\nmtu = 1501\n'
         ep = topo.start_endpoint(name, _mtu_config(topo, host, name, net42))
         (topo.workdir / f"{name}.toml").write_text(_mtu_config(topo, host, name, net42, net43))
         os.kill(ep.proc.pid, signal.SIGHUP)
         wait_for(lambda: "vni 43 not added" in ep.log_text(), 10.0, what="the refusal logged")
-        assert "does not fit a geneve packet into the underlay MTU 1500" in ep.log_text()
+        assert "mtu 1501 is more than the underlay MTU 1500; use mtu = 1450" in ep.log_text()
         assert set(ep.stats()["vni"]) == {"42"}
         assert topo.stop_endpoints() == [0], ep.log_text()[-800:]
     assert not topo.leftovers()

@@ -382,10 +382,11 @@ def test_attach_patterns_that_fit_are_taken() -> None:
     ("protocol", "local", "mtu", "largest"),
     [
         ("vxlan", "10.0.0.1", 9000, 1450),
-        ("vxlan", "10.0.0.1", 1451, 1450),
-        ("geneve", "10.0.0.1", 1451, 1450),
-        ("nvgre", "10.0.0.1", 1459, 1458),
-        ("vxlan", "fd00::1", 1431, 1430),
+        ("vxlan", "10.0.0.1", 1501, 1450),
+        ("geneve", "10.0.0.1", 1501, 1450),
+        ("nvgre", "10.0.0.1", 1501, 1458),
+        ("vxlan", "fd00::1", 1501, 1430),
+        ("nvgre", "fd00::1", 9000, 1438),
     ],
 )
 def test_classic_tunnel_mtu_must_fit_the_underlay(
@@ -395,12 +396,15 @@ def test_classic_tunnel_mtu_must_fit_the_underlay(
         'protocol = "vxlan"\n', f'protocol = "{protocol}"\nmtu = {mtu}\n', 1
     )
     assert _error(text) == (
-        f"network[1].mtu (line 19): {mtu} does not fit a {protocol} packet into the underlay "
-        f"MTU 1500 ({1500 - largest} bytes of headers); use mtu = {largest} or less, or raise "
+        f"network[1].mtu (line 19): {mtu} is more than the underlay MTU 1500; use mtu = "
+        f"{largest} (the most a {protocol} packet, {1500 - largest} bytes of headers, carries "
+        "unfragmented) or at most 1500 (full-size frames then go in two fragments), or raise "
         "underlay.mtu"
     )
-    fits = text.replace(f"mtu = {mtu}\n", f"mtu = {largest}\n", 1)
-    assert parse_config(fits).networks[1].mtu == largest
+    for fits in (largest, 1500):  # unfragmented; fragmented in two (the benchmark's mtu1500)
+        text = text.replace(f"mtu = {mtu}\n", f"mtu = {fits}\n", 1)
+        assert parse_config(text).networks[1].mtu == fits
+        mtu = fits
 
 
 def test_segmenting_tunnels_take_any_vm_mtu_and_no_underlay_mtu_is_checked_at_start() -> None:
@@ -413,13 +417,13 @@ def test_segmenting_tunnels_take_any_vm_mtu_and_no_underlay_mtu_is_checked_at_st
     cfg = parse_config(jumbo)
     from sclp.endpoint.provision import EndpointError, check_vm_mtus
 
-    check_vm_mtus(cfg, 9050, "eth0")
+    check_vm_mtus(cfg, 9000, "eth0")
     with pytest.raises(EndpointError) as info:
         check_vm_mtus(cfg, 1500, "eth0")
     assert str(info.value) == (
-        "network[1].mtu (vni 43): 9000 does not fit a vxlan packet into the underlay MTU 1500 "
-        "(50 bytes of headers); use mtu = 1450 or less (the underlay MTU is eth0's), "
-        "or raise the MTU of eth0"
+        "network[1].mtu (vni 43): 9000 is more than the underlay MTU 1500 (of eth0); use mtu "
+        "= 1450 (the most a vxlan packet, 50 bytes of headers, carries unfragmented) or at "
+        "most 1500 (full-size frames then go in two fragments), or raise the MTU of eth0"
     )
 
 
@@ -618,3 +622,14 @@ def test_table_keys_name_every_key_the_parser_reads(monkeypatch: pytest.MonkeyPa
     for table, keys in seen.items():
         assert keys <= set(TABLE_KEYS[table]), f"add {keys - set(TABLE_KEYS[table])} to {table}"
         assert set(TABLE_KEYS[table]) <= keys, table
+
+
+def test_quoted_and_dotted_keys_carry_lines_and_missing_keys_their_table() -> None:
+    quoted = GOOD.replace("vni = 43", '"vni" = 16777216', 1)
+    assert _error(quoted).startswith("network[1].vni (line 17): 16777216 does not fit")
+    dotted = GOOD.replace("mtu = 1500\nsclp", "mtu = 1500\nfaults.drop = 2\nsclp", 1)
+    assert _error(dotted).startswith("underlay.faults.drop (line 5): 2.0 is not a fraction")
+    no_port = GOOD.replace('tap = "tap43"\n', "", 1)
+    assert _error(no_port).startswith(
+        "network[1].tap: missing from the [[network]] at line 16; add tap = "
+    )

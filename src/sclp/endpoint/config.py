@@ -358,7 +358,7 @@ def _line_of(lines: list[str], key: str, header: str = "") -> int | None:
     name, _, nth = header.partition("#")
     wanted = int(nth or 0)
     current, seen = "", -1
-    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    pattern = re.compile(rf"""^\s*(["']?){re.escape(key)}\1\s*[=.]""")
     for number, text in enumerate(lines, 1):
         found = _header_of(text)
         if found is not None:
@@ -638,22 +638,32 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     )
 
 
-def vm_mtu_problem(network: Network, local: str, underlay_mtu: int, carrier: Carrier) -> str:
-    """Why ``network``'s VM MTU does not fit ``underlay_mtu`` (a classic tunnel's
-    outer packet would need IP fragmentation), or ``""`` when it fits or is the
-    default.  The overhead is the tunnel type's own (:mod:`sclp.endpoint.tunnels`)."""
-    if network.mtu is None:
+def vm_mtu_problem(
+    network: Network, local: str, underlay_mtu: int, carrier: Carrier, device: str = ""
+) -> str:
+    """Why a classic tunnel's ``mtu`` is too large for ``underlay_mtu``, or ``""``.
+
+    Up to the largest VM MTU the tunnel carries unfragmented (its overhead is the
+    tunnel type's own, :mod:`sclp.endpoint.tunnels`) the outer packets need no
+    fragmentation; above it, up to the underlay MTU itself, the sending kernel cuts
+    the outer packet of a full-size frame in two (a VM MTU of 1500 on a 1500-byte
+    underlay, which the benchmark measures); more than the underlay MTU is refused.
+    SCLP and STT segment frames themselves and take any ``mtu``.  ``device``: the
+    interface the underlay MTU was read from, if it was."""
+    if network.mtu is None or network.mtu <= underlay_mtu:
         return ""
     from sclp.endpoint.tunnels import Underlay as TunnelUnderlay
     from sclp.endpoint.tunnels import largest_vm_mtu
 
     largest = largest_vm_mtu(network.protocol, TunnelUnderlay(local, underlay_mtu, carrier))
-    if largest is None or network.mtu <= largest:
+    if largest is None:
         return ""
     return (
-        f"{network.mtu} does not fit a {network.protocol.value} packet into the underlay "
-        f"MTU {underlay_mtu} ({underlay_mtu - largest} bytes of headers); use mtu = {largest} "
-        "or less"
+        f"{network.mtu} is more than the underlay MTU {underlay_mtu}"
+        f"{f' (of {device})' if device else ''}; use mtu = {largest} "
+        f"(the most a {network.protocol.value} packet, {underlay_mtu - largest} bytes of "
+        f"headers, carries unfragmented) or at most {underlay_mtu} (full-size frames then "
+        "go in two fragments)"
     )
 
 
@@ -763,9 +773,10 @@ def _network(n: _Reader) -> Network:
         )
     attach = tuple(_pattern(n, p) for p in n.get("attach", list, []))
     if tap is None and not attach:
-        raise ConfigError(
-            f'{n.where}tap: missing; add tap = "tap42" (a TAP the endpoint creates) '
-            'or attach = ["vnet*"] (existing interfaces, docs/vms.md), or both'
+        raise n._missing(
+            "tap",
+            'add tap = "tap42" (a TAP the endpoint creates) '
+            'or attach = ["vnet*"] (existing interfaces, docs/vms.md), or both',
         )
     if tap is None and (n.table.get("namespace") or n.table.get("address")):
         key = "namespace" if n.table.get("namespace") else "address"

@@ -121,11 +121,11 @@ def check_vm_mtus(cfg: Config, mtu: int, device: str) -> None:
     """Every network's ``mtu`` fits the underlay MTU ``mtu`` read from ``device``
     (the file's own ``underlay.mtu`` was checked with the file)."""
     for index, net in enumerate(cfg.networks):
-        problem = vm_mtu_problem(net, cfg.underlay.local, mtu, cfg.underlay.sclp_carrier)
+        underlay = cfg.underlay
+        problem = vm_mtu_problem(net, underlay.local, mtu, underlay.sclp_carrier, device)
         if problem:
             raise EndpointError(
-                f"network[{index}].mtu (vni {net.vni}): {problem} (the underlay MTU is "
-                f"{device}'s), or raise the MTU of {device}"
+                f"network[{index}].mtu (vni {net.vni}): {problem}, or raise the MTU of {device}"
             )
 
 
