@@ -497,6 +497,8 @@ def test_cluster_tls_files_must_be_readable_files(tmp_path: Path) -> None:
     assert message == f"cluster.ca (line 9): {tmp_path} is a directory; give a file"
     message = _error(_before_networks(base + 'ca = "/nonexistent.pem"'))
     assert message == "cluster.ca (line 9): /nonexistent.pem does not exist"
+    message = _error(_before_networks(base + f'key = "{tmp_path}"'))
+    assert message == "cluster.key (line 9): cert is missing; give both cert and key"
 
 
 def test_single_bracket_network_says_to_write_double_brackets() -> None:

@@ -722,7 +722,8 @@ def _cluster(c: _Reader) -> Cluster:
         raise c.fail("lease_ttl", f"{ttl} s is out of range; use 2..3600")
     files = {key: c.get(key, str, None) for key in ("ca", "cert", "key")}
     if (files["cert"] is None) != (files["key"] is None):
-        raise c.fail("cert" if files["cert"] is None else "key", "give both cert and key")
+        given, missing = ("key", "cert") if files["cert"] is None else ("cert", "key")
+        raise c.fail(given, f"{missing} is missing; give both cert and key")
     for key, path in files.items():
         if path is not None:
             problem = readable_file_problem(path)
