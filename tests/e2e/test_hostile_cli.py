@@ -248,14 +248,17 @@ def _explicit(files: Files) -> list[tuple[list[str], str]]:
         (["stats", "--name", "../x"], "argument --name: '../x' is not an endpoint name"),
         (["stats", "--control-dir", str(f.not_utf8)], f"{f.not_utf8} is not a directory"),
         (["stats", "--control-dir", str(f.under_a_file)], f"{f.not_utf8} is not a directory"),
-        (["cluster", "--etcd", https, "--ca", "/nonexistent.pem"], "--ca: /nonexistent.pem does"),
+        (
+            ["cluster", "--etcd", https, "--ca", "/nonexistent.pem"],
+            "--ca: /nonexistent.pem is not a readable file",
+        ),
         (
             ["cluster", "--etcd", https, "--cert", "/nonexistent.pem", "--key", str(f.not_utf8)],
-            "--cert: /nonexistent.pem does not exist",
+            "--cert: /nonexistent.pem is not a readable file: it does not exist",
         ),
         (
             ["cluster", "--etcd", https, "--cert", str(f.not_utf8), "--key", str(f.directory)],
-            f"--key: {f.directory} is a directory; give a file",
+            f"--key: {f.directory} is not a readable file: it is a directory",
         ),
         (["cluster", "--etcd", https, "--cert", str(f.not_utf8)], "give both --cert and --key"),
         (["cluster", "--etcd", "http://127.0.0.1:9", "--ca", str(f.not_utf8)], "use https://"),

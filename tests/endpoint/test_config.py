@@ -494,9 +494,11 @@ def test_good_etcd_urls() -> None:
 def test_cluster_tls_files_must_be_readable_files(tmp_path: Path) -> None:
     base = '[cluster]\netcd = ["https://10.0.0.5:2379"]\n'
     message = _error(_before_networks(base + f'ca = "{tmp_path}"'))
-    assert message == f"cluster.ca (line 9): {tmp_path} is a directory; give a file"
+    assert message == f"cluster.ca (line 9): {tmp_path} is not a readable file: it is a directory"
     message = _error(_before_networks(base + 'ca = "/nonexistent.pem"'))
-    assert message == "cluster.ca (line 9): /nonexistent.pem does not exist"
+    assert (
+        message == "cluster.ca (line 9): /nonexistent.pem is not a readable file: it does not exist"
+    )
     message = _error(_before_networks(base + f'key = "{tmp_path}"'))
     assert message == "cluster.key (line 9): cert is missing; give both cert and key"
 

@@ -748,9 +748,9 @@ def readable_file_problem(path: str) -> str | None:
         return "empty path; give a file"
     try:
         if not os.path.exists(path):
-            return f"{path} does not exist"
+            return f"{path} is not a readable file: it does not exist"
         if os.path.isdir(path):
-            return f"{path} is a directory; give a file"
+            return f"{path} is not a readable file: it is a directory"
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             return f"{path} is not a readable file"
     except ValueError:  # a NUL character
