@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from sclp import __version__
 
@@ -68,6 +70,73 @@ def config_file(name: str | None, config: str | None, directory: str = CONFIG_DI
             EXIT_ERROR,
         )
     return str(path)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one ``sclp: error:`` line (the usage is one
+    ``--help`` away), like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"sclp: error: {message}; see {self.prog} --help\n")
+
+
+def _number(kind: type[int] | type[float], low: float, high: float, unit: str = "") -> Any:
+    """An argparse ``type`` taking ``kind`` values in ``low..high`` (finite)."""
+
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(
+                f"{text} is not a finite number; use {low:g}..{high:g}{unit}"
+            )
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range; use {low:g}..{high:g}{unit}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _endpoint_name_arg(text: str) -> str:
+    from sclp.endpoint.config import NAME_RE
+
+    if not NAME_RE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an endpoint name (1-32 letters, digits, '.', '_' or '-')"
+        )
+    return text
+
+
+def _directory_arg(text: str) -> str:
+    """A directory that may not exist yet (nothing is running), but is not a file."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty; give a directory")
+    existing = os.path.abspath(text)
+    while not os.path.exists(existing):  # the nearest part of the path that exists
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise argparse.ArgumentTypeError(f"{existing} is not a directory")
+    return text
+
+
+def _output_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be written as a new or replaced file, or None."""
+    if not path:
+        return "empty; give a file name"
+    if os.path.isdir(path):
+        return f"{path} is a directory; give a file name"
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    if not os.path.isdir(parent):
+        return f"{parent} does not exist; create it first"
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"{path} is not writable"
+    return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -133,6 +202,9 @@ def _endpoint_name(args: argparse.Namespace) -> str | None:
         names = sorted(f[:-5] for f in os.listdir(args.control_dir) if f.endswith(".sock"))
     except FileNotFoundError:
         names = []
+    except OSError as exc:
+        _fail(f"--control-dir {args.control_dir}: {exc.strerror}")
+        return None
     if len(names) != 1:
         found = ", ".join(names) if names else "none running"
         _fail(f"say which endpoint with --name NAME (found: {found})")
@@ -365,10 +437,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         return _fail("sclp demo needs root (network namespaces); run it with sudo")
     if args.hosts is not None:
-        if args.hosts < 3:
-            return _fail("--hosts: give 3 or more (without it: the two-host demo)", EXIT_USAGE)
         return run_cluster_demo(args.hosts, protocol=args.protocol, carrier=args.carrier)
     return int(run_demo(protocol=args.protocol, carrier=args.carrier, seconds=args.seconds))
+
+
+def _hosts_arg(text: str) -> int:
+    try:
+        hosts = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if hosts < 3:
+        raise argparse.ArgumentTypeError("give 3 or more (without it: the two-host demo)")
+    if hosts > MAX_DEMO_HOSTS:
+        raise argparse.ArgumentTypeError(f"give at most {MAX_DEMO_HOSTS}")
+    return int(hosts)
+
+
+MAX_DEMO_HOSTS = 32
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -382,6 +467,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     protocols = None
     if args.protocols is not None:
         protocols = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
+        if not protocols:
+            return _fail("--protocols: empty; name configurations or leave it out", EXIT_USAGE)
         try:
             select_configs(protocols, args.vms)
         except ValueError as exc:
@@ -391,11 +478,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         transports = tuple(t.strip() for t in args.transports.split(",") if t.strip())
         if not transports or set(transports) - {"tcp", "udp"}:
             return _fail("--transports: give tcp, udp or tcp,udp", EXIT_USAGE)
-    for flag, value, low in (("--duration", args.duration, 1), ("--repeat", args.repeat, 1)):
+    for flag, value, low, high in (
+        ("--duration", args.duration, 1, 3600),
+        ("--repeat", args.repeat, 1, 100),
+    ):
         if value is not None and value < low:
             return _fail(f"{flag}: must be at least {low}", EXIT_USAGE)
+        if value is not None and value > high:
+            return _fail(f"{flag}: must be at most {high}", EXIT_USAGE)
     if not 16 <= args.udp_length <= 1472:
         return _fail("--udp-length: 16..1472 bytes (one frame at VM MTU 1500)", EXIT_USAGE)
+    for flag, path in (("--json", args.json), ("--plot", args.plot), ("--markdown", args.markdown)):
+        problem = None if path is None else _output_file_problem(path)
+        if problem:
+            return _fail(f"{flag}: {problem}", EXIT_USAGE)
     if (args.plot or args.markdown) and matplotlib_missing() is not None:
         what = "--plot" if args.plot else "--markdown (for its chart)"
         return _fail(f"{what} needs matplotlib: {INSTALL_HINT}")
@@ -420,6 +516,11 @@ def cmd_guest_build(args: argparse.Namespace) -> int:
     from sclp.lab.guest import GuestBuildError, accelerator, build, qemu_missing
     from sclp.lab.guest_image import describe
 
+    if args.cache is not None:
+        if not args.cache or "\0" in args.cache:
+            return _fail("--cache: empty; give a directory or leave it out", EXIT_USAGE)
+        if os.path.exists(args.cache) and not os.path.isdir(args.cache):
+            return _fail(f"--cache: {args.cache} is not a directory", EXIT_USAGE)
     try:
         image = build(args.cache, force=args.force)
     except GuestBuildError as exc:
@@ -439,6 +540,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     urls: list[str] = []
     prefix, tls = args.prefix, {"ca": args.ca, "cert": args.cert, "key": args.key}
+    if prefix == "":
+        return _fail("--prefix: empty; give a key prefix like /sclp or leave it out", EXIT_USAGE)
     if args.config:
         from sclp.endpoint.config import ConfigError, load_config
 
@@ -454,6 +557,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         urls = [u.strip() for u in args.etcd.split(",") if u.strip()]
     if not urls:
         return _fail("say where etcd is: --config FILE or --etcd URL[,URL]", EXIT_USAGE)
+    problem = _cluster_args_problem(urls, prefix, tls)
+    if problem:
+        return _fail(problem, EXIT_USAGE)
     try:
         snap = snapshot(urls, prefix or "/sclp", **tls)
     except (EtcdError, ValueError) as exc:
@@ -463,6 +569,30 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     else:
         print("\n".join(render(snap)))
     return 0
+
+
+def _cluster_args_problem(urls: list[str], prefix: str | None, tls: dict[str, str | None]) -> str:
+    """What is wrong with the etcd URLs, the key prefix and the TLS files of
+    ``sclp cluster`` (the rules of the file's ``[cluster]``), or ``""``."""
+    from sclp.endpoint.config import cluster_prefix_problem, etcd_url_problem, readable_file_problem
+
+    for url in urls:
+        problem = etcd_url_problem(url)
+        if problem:
+            return f'--etcd: {problem}; write URLs like "http://10.0.0.5:2379"'
+    if prefix is not None:
+        problem = cluster_prefix_problem(prefix)
+        if problem:
+            return f"--prefix: {problem}"
+    for key, path in tls.items():
+        problem = None if path is None else readable_file_problem(path)
+        if problem:
+            return f"--{key}: {problem}"
+    if (tls["cert"] is None) != (tls["key"] is None):
+        return "give both --cert and --key (a client certificate and its key)"
+    if any(tls.values()) and not all(u.startswith("https://") for u in urls):
+        return "TLS files are given, so use https:// URLs"
+    return ""
 
 
 def cmd_selfcheck(args: argparse.Namespace) -> int:
@@ -506,7 +636,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_completion(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_completion(sub: argparse._SubParsersAction[_Parser]) -> None:
     completion = sub.add_parser(
         "completion",
         help="print the shell completion script for bash or zsh",
@@ -519,7 +649,7 @@ def _add_completion(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sclp",
         description="SCLP tunnel endpoint (NVE): fast L2 overlays between VMs, containers "
         "and network namespaces, with VXLAN/Geneve over SCLP and the classic tunnels.",
@@ -574,17 +704,30 @@ def build_parser() -> argparse.ArgumentParser:
     config_check.set_defaults(func=cmd_check)
 
     stats = sub.add_parser("stats", help="show the counters of a running endpoint")
-    stats.add_argument("--name", help="endpoint name (default: the only one running)")
+    stats.add_argument(
+        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
+    )
     stats.add_argument("--json", action="store_true", help="print JSON")
-    stats.add_argument("--control-dir", default="/run/sclp", help=_CONTROL_DIR_HELP)
+    stats.add_argument(
+        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
+    )
     stats.set_defaults(func=cmd_stats)
 
     health = sub.add_parser(
         "health", help="check that a running endpoint serves (exit 0) or not (exit 1)"
     )
-    health.add_argument("--name", help="endpoint name (default: the only one running)")
-    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
-    health.add_argument("--control-dir", default="/run/sclp", help=_CONTROL_DIR_HELP)
+    health.add_argument(
+        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
+    )
+    health.add_argument(
+        "--timeout",
+        type=_number(float, 0.001, 3600, " s"),
+        default=3.0,
+        help="seconds to wait, 0.001..3600 (default 3)",
+    )
+    health.add_argument(
+        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
+    )
     health.set_defaults(func=cmd_health)
 
     reload = sub.add_parser(
@@ -596,20 +739,34 @@ def build_parser() -> argparse.ArgumentParser:
         "untouched.  Prints each change; settings outside [[network]] are named as needing "
         "a restart.  An invalid file changes nothing: one error line, exit 1.",
     )
-    reload.add_argument("--name", help="endpoint name (default: the only one running)")
+    reload.add_argument(
+        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
+    )
     reload.add_argument("--json", action="store_true", help="print the report as JSON")
     reload.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the report (default 30)"
+        "--timeout",
+        type=_number(float, 0.001, 3600, " s"),
+        default=30.0,
+        help="seconds to wait for the report, 0.001..3600 (default 30)",
     )
-    reload.add_argument("--control-dir", default="/run/sclp", help=_CONTROL_DIR_HELP)
+    reload.add_argument(
+        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
+    )
     reload.set_defaults(func=cmd_reload)
 
     top = sub.add_parser("top", help="live per-VNI rates of a running endpoint (Ctrl-C quits)")
-    top.add_argument("--name", help="endpoint name (default: the only one running)")
     top.add_argument(
-        "--interval", type=float, default=1.0, help="seconds between refreshes (default 1)"
+        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
     )
-    top.add_argument("--control-dir", default="/run/sclp", help=_CONTROL_DIR_HELP)
+    top.add_argument(
+        "--interval",
+        type=_number(float, 0.1, 3600, " s"),
+        default=1.0,
+        help="seconds between refreshes, 0.1..3600 (default 1)",
+    )
+    top.add_argument(
+        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
+    )
     top.set_defaults(func=cmd_top)
 
     show = sub.add_parser(
@@ -621,10 +778,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/operations.md describes its keys).",
     )
     show.add_argument("what", choices=tuple(_SHOW_KEYS), help="what to list")
-    show.add_argument("--name", help="endpoint name (default: the only one running)")
-    show.add_argument("--vni", type=int, metavar="V", help="only this VNI")
+    show.add_argument(
+        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
+    )
+    show.add_argument(
+        "--vni", type=_number(int, 1, (1 << 24) - 1), metavar="V", help="only this VNI"
+    )
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.add_argument("--control-dir", default="/run/sclp", help=_CONTROL_DIR_HELP)
+    show.add_argument(
+        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
+    )
     show.set_defaults(func=cmd_show)
 
     demo = sub.add_parser(
@@ -637,12 +800,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("vxlan", "geneve", "nvgre", "stt", "vxlan-sclp", "geneve-sclp"),
     )
     demo.add_argument("--carrier", default="ip", choices=("ip", "udp"), help="SCLP carrier")
-    demo.add_argument("--seconds", type=int, default=5, help="iperf3 duration (default 5)")
+    demo.add_argument(
+        "--seconds",
+        type=_number(int, 1, 3600, " s"),
+        default=5,
+        help="iperf3 seconds, 1..3600 (default 5)",
+    )
     demo.add_argument(
         "--hosts",
-        type=int,
+        type=_hosts_arg,
         metavar="N",
-        help="N >= 3 hosts that find each other through etcd (Debian's etcd-server, started "
+        help="3 <= N <= 32 hosts that find each other through etcd (Debian's etcd-server, started "
         "in its own namespace), a VM on each, no peers in any file: all-pairs ping",
     )
     demo.set_defaults(func=cmd_demo)
@@ -677,13 +845,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: bridge, vxlan, vxlan-sclp/ip, vxlan-sclp/udp)",
     )
     bench.add_argument(
-        "--duration", type=int, metavar="S", help="seconds per iperf3 run (default 10)"
+        "--duration",
+        type=int,
+        metavar="S",
+        help="seconds per iperf3 run, 1..3600 (default 10)",
     )
     bench.add_argument(
         "--repeat",
         type=int,
         metavar="N",
-        help="runs per transport (default 3); UDP's runs follow its rate search",
+        help="runs per transport, 1..100 (default 3); UDP's runs follow its rate search",
     )
     bench.add_argument(
         "--transports",

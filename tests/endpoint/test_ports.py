@@ -84,7 +84,7 @@ def test_a_network_may_attach_instead_of_owning_a_tap() -> None:
 @pytest.mark.parametrize(
     ("network", "message"),
     [
-        ("vni = 5\npeers = []\n", "network[0].tap: missing; add tap"),
+        ("vni = 5\npeers = []\n", "network[0].tap: missing from the [[network]] at line 4; add"),
         ('vni = 5\nattach = ["a/b"]\n', "is not an interface name or shell-style pattern"),
         ('vni = 5\nattach = "vnet*"\n', "attach (line"),
         ('vni = 5\nattach = ["v*"]\nnamespace = "vm"\n', "applies to the network's own tap"),

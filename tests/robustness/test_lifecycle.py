@@ -278,8 +278,8 @@ def test_root_without_cap_net_admin_one_line_error(tmp_path: Path) -> None:
         ("[underlay.faults]\ndrop = 1.5\n", "underlay.faults.drop (line 5): 1.5 is not a fraction"),
         ("[underlay.faults]\ncorupt = 0.1\n", "underlay.faults.corupt (line 5): unknown key"),
         ("[underlay.faults]\nseed = 0.5\n", "underlay.faults.seed (line 5): expected an integer"),
-        ("[limits]\nreasm_max_bytes = 0\n", "limits.reasm_max_bytes (line 5): must be positive"),
-        ("[limits]\nreasm_timeout = -1\n", "limits.reasm_timeout (line 5): must be positive"),
+        ("[limits]\nreasm_max_bytes = 0\n", "limits.reasm_max_bytes (line 5): 0 is out of range"),
+        ("[limits]\nreasm_timeout = -1\n", "limits.reasm_timeout (line 5): -1 s is out of range"),
         ("[limits]\nfdb_max_entries = true\n", "limits.fdb_max_entries (line 5): expected"),
     ],
 )

@@ -26,7 +26,7 @@ from typing import Any
 
 from sclp.cluster.model import ClusterView
 from sclp.endpoint import provision, reconcile, service, show
-from sclp.endpoint.config import Config, ConfigError, Network, load_config
+from sclp.endpoint.config import Config, ConfigError, Network, load_config, vm_mtu_problem
 from sclp.endpoint.control import ControlServer
 from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork, VmPort
 from sclp.endpoint.faults import FaultInjector
@@ -335,6 +335,11 @@ class Endpoint:
         """Start serving ``net``; None, or why it could not be (then nothing of it
         remains)."""
         dp, runner = self._datapath(), self._runner()
+        underlay = self.cfg.underlay
+        problem = vm_mtu_problem(net, underlay.local, dp.underlay.mtu, underlay.sclp_carrier)
+        if problem:
+            log.error("reload: vni %d not added: mtu %s", net.vni, problem)
+            return f"mtu {problem}"
         vnet = dp.add_network(net)
         sockets = self._underlay
         assert sockets is not None

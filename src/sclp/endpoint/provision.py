@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from sclp.endpoint.config import Config
+from sclp.endpoint.config import Config, vm_mtu_problem
 from sclp.endpoint.datapath import DataPath, VmPort
 from sclp.endpoint.tunnels import Channel
 from sclp.io import netns as nsio
@@ -136,7 +136,9 @@ def underlay_mtu(cfg: Config) -> int:
     with nsio.NetNS(None) as ns:
         for msg in ns.ipr.get_addr(address=cfg.underlay.local):
             link = ns.ipr.get_links(msg["index"])[0]
-            return int(link.get_attr("IFLA_MTU"))
+            mtu = int(link.get_attr("IFLA_MTU"))
+            check_vm_mtus(cfg, mtu, str(link.get_attr("IFLA_IFNAME")))
+            return mtu
     raise not_local(cfg.underlay.local)
 
 
@@ -145,6 +147,18 @@ def not_local(address: str) -> EndpointError:
         f"underlay.local {address} is not an address of this host; "
         "use one of this host's addresses (ip -br addr)"
     )
+
+
+def check_vm_mtus(cfg: Config, mtu: int, device: str) -> None:
+    """Every network's ``mtu`` fits the underlay MTU ``mtu`` read from ``device``
+    (the file's own ``underlay.mtu`` was checked with the file)."""
+    for index, net in enumerate(cfg.networks):
+        underlay = cfg.underlay
+        problem = vm_mtu_problem(net, underlay.local, mtu, underlay.sclp_carrier, device)
+        if problem:
+            raise EndpointError(
+                f"network[{index}].mtu (vni {net.vni}): {problem}, or raise the MTU of {device}"
+            )
 
 
 def open_tap(port: VmPort, stack: contextlib.ExitStack) -> TapDevice:

@@ -475,6 +475,16 @@ def tunnel_for(
     return cls(vni, underlay)
 
 
+def largest_vm_mtu(protocol: Protocol, underlay: Underlay) -> int | None:
+    """The largest VM MTU ``protocol`` carries over ``underlay`` without fragmenting
+    its outer packets (its default VM MTU), or ``None`` when every VM MTU is carried
+    whole (SCLP and STT segment large frames themselves)."""
+    cls = TUNNEL_TYPES[protocol]
+    if not issubclass(cls, _PerFrameTunnel):
+        return None
+    return cls(1, underlay).default_vm_mtu()
+
+
 def decapsulate(protocol: Protocol | str, payload: Buffer) -> Decapsulated:
     """Find the VNI and inner frame of a payload of ``protocol``'s tunnel format.
     Raises :class:`MalformedPacket` (BAD_TUNNEL_HEADER, TOO_SHORT, ...)."""
