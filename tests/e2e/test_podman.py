@@ -185,7 +185,8 @@ def site() -> Iterator[Site]:
         try:
             tar = _rootfs_tar(topo.workdir / "rootfs.tar")
             for i in range(2):
-                podman = Podman.make(topo.workdir / f"podman{i}", two.plugins, two.endpoints[i].name, i)
+                name = two.endpoints[i].name
+                podman = Podman.make(topo.workdir / f"podman{i}", two.plugins, name, i)
                 podmen.append(podman)
                 podman("import", "--change", 'CMD=["/bin/sh"]', str(tar), IMAGE)
             yield Site(two, podmen)
