@@ -66,9 +66,12 @@ def test_environment() -> None:
     assert env.path == ("/a", "/b")
     assert Environment.parse({"CNI_COMMAND": "VERSION"}).command == "VERSION"
     # DEL needs no namespace (the runtime may have deleted it already).
-    assert Environment.parse(
-        {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "abc", "CNI_IFNAME": "eth0"}
-    ).netns == ""
+    assert (
+        Environment.parse(
+            {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "abc", "CNI_IFNAME": "eth0"}
+        ).netns
+        == ""
+    )
     for bad in (
         {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_IFNAME": "eth0"},
         {"CNI_COMMAND": "FROB"},
