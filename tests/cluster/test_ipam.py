@@ -12,8 +12,11 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from sclp.cluster.etcd import Etcd
 from sclp.cluster.model import member_key
@@ -25,15 +28,27 @@ HOSTS = ("host1", "host2", "host3")
 PER_HOST = 20
 
 
+DATA: dict[str, str] = {}  # dataDir of the test running (its tmp_path)
+
+
 def _raw(url: str, member: str, subnet: str = "10.42.0.0/24") -> dict[str, Any]:
+    ipam = {"type": "sclp-ipam", "subnet": subnet, "blockSize": 28, "etcd": [url]}
+    ipam["dataDir"] = f"{DATA['dir']}/{member}"  # each host its own record
     return {
         "cniVersion": "1.0.0",
         "name": "overlay42",
         "type": "sclp-cni",
         "endpoint": member,
         "vni": 42,
-        "ipam": {"type": "sclp-ipam", "subnet": subnet, "blockSize": 28, "etcd": [url]},
+        "ipam": ipam,
     }
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path: Path) -> Iterator[None]:
+    DATA["dir"] = str(tmp_path / "ipam")
+    yield
+    DATA.clear()
 
 
 def _register(etcd: Etcd, name: str, ttl: int = 30) -> int:
@@ -160,4 +175,38 @@ def test_the_plugin_as_a_runtime_runs_it(etcd: EtcdMember) -> None:
         _plugin("ADD", small, f"b{n}")
     code, out = _plugin("ADD", small, "last")
     assert code == 1 and out["code"] == 103 and "larger subnet" in out["msg"]
+    admin.close()
+
+
+def test_a_restarted_endpoint_gets_its_addresses_back(etcd: EtcdMember) -> None:
+    """A clean stop revokes the member lease (its keys go at once); after the restart
+    the next plugin run puts the host's addresses back under the new lease, from its
+    own record; one taken by another host meanwhile is a conflict CHECK reports."""
+    admin = Etcd([etcd.url])
+    conf = _raw(etcd.url, "host1")
+    old = _register(admin, "host1")
+    first = _plugin("ADD", conf, "ct1")[1]["ips"][0]["address"]
+    second = _plugin("ADD", conf, "ct2")[1]["ips"][0]["address"]
+    admin.revoke(old)  # `sclp run` stopped
+    parsed = IpamConf.parse(conf)
+    assert Leases.read(admin, parsed).addrs == {}
+    new = _register(admin, "host1")  # ... and started again
+    code, out = _plugin("ADD", conf, "ct3")
+    assert code == 0, out
+    third = out["ips"][0]["address"]
+    assert third not in (first, second)  # the lost ones were not handed out again
+    state = Leases.read(admin, parsed)
+    assert {str(a) for a in state.addrs} == {a.split("/")[0] for a in (first, second, third)}
+    assert {lease for _, lease in state.blocks.values()} == {new}
+    assert _plugin("CHECK", conf, "ct1") == (0, None)
+
+    # Stopped again, and host2 takes host1's block meanwhile: ct1's address is lost.
+    admin.revoke(new)
+    other = _register(admin, "host2")
+    block = parsed.pool.block_of(ipaddress.ip_address(first.split("/")[0]))
+    assert admin.create(parsed.block_key(block), b"host2", other)
+    _register(admin, "host1")
+    code, out = _plugin("CHECK", conf, "ct1")
+    assert code == 1 and "now held by host2" in out["msg"] and "re-create" in out["msg"]
+    assert _plugin("DEL", conf, "ct1") == (0, None)
     admin.close()

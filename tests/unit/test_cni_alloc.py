@@ -57,6 +57,12 @@ class FakeEtcd:
         self.kv[key] = (value, lease)
         return True
 
+    def move_lease(self, key: str, value: bytes, old: int, new: int) -> bool:
+        if self.kv.get(key) != (value, old):
+            return False
+        self.kv[key] = (value, new)
+        return True
+
     def delete_if(self, key: str, value: bytes) -> bool:
         if self.kv.get(key, (None, 0))[0] != value:
             return False

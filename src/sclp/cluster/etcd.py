@@ -323,6 +323,22 @@ class Etcd:
         answer = self._post("kv/txn", {"compare": compare, "success": [{"request_put": put}]})
         return bool(answer.get("succeeded"))
 
+    def move_lease(self, key: str, value: bytes, old: int, new: int) -> bool:
+        """Put ``key`` under lease ``new`` if it still has ``value`` under lease ``old``;
+        whether it moved."""
+        k = _b64(key)
+        answer = self._post(
+            "kv/txn",
+            {
+                "compare": [
+                    {"key": k, "target": "VALUE", "result": "EQUAL", "value": _b64(value)},
+                    {"key": k, "target": "LEASE", "result": "EQUAL", "lease": str(old)},
+                ],
+                "success": [{"request_put": {"key": k, "value": _b64(value), "lease": str(new)}}],
+            },
+        )
+        return bool(answer.get("succeeded"))
+
     def delete_if(self, key: str, value: bytes) -> bool:
         """Delete ``key`` only if its value is ``value``; whether it was deleted."""
         k = _b64(key)

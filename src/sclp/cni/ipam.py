@@ -12,12 +12,21 @@ host dies and its lease expires, etcd deletes its blocks and addresses, and othe
 hosts may take them.  The choices are :mod:`sclp.cni.alloc`'s; each is made to stick
 by one transaction (created only if absent; an address only while its block is held
 under this lease).
+
+The host also keeps its own record of what it handed out (``dataDir``, one file per
+address, as ``host-local`` does): an endpoint that restarts gets a new lease (a clean
+stop revokes the old one at once), so at every ADD, CHECK and DEL the plugin first
+puts this host's keys back under the current lease, from etcd's keys still under the
+old lease and from its own record; an address somebody else took meanwhile is a
+conflict CHECK reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +48,7 @@ from sclp.cni.spec import (
 )
 
 ATTEMPTS = 64  # transactions lost to other hosts before giving up
+DATA_DIR = "/var/lib/cni/sclp-ipam"  # this host's own record of its addresses
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class IpamConf:
     key: str | None = None
     routes: tuple[dict[str, Any], ...] = ()
     dns: dict[str, Any] = field(default_factory=dict)
+    data_dir: str = DATA_DIR
 
     @classmethod
     def parse(cls, conf: Mapping[str, Any]) -> IpamConf:
@@ -100,6 +111,9 @@ class IpamConf:
         if any(v is not None and not isinstance(v, str) for v in tls.values()):
             raise fail('"ca", "cert" and "key" are file names')
         dns = conf.get("dns", ipam.get("dns", {}))
+        data_dir = ipam.get("dataDir", DATA_DIR)
+        if not isinstance(data_dir, str) or not data_dir.startswith("/"):
+            raise fail('"dataDir" must be an absolute directory')
         return cls(
             network=network,
             version=version,
@@ -112,6 +126,7 @@ class IpamConf:
             key=tls["key"],
             routes=tuple(routes),
             dns=dict(dns) if isinstance(dns, dict) else {},
+            data_dir=data_dir,
         )
 
     def root(self) -> str:
@@ -176,15 +191,26 @@ def member_lease(etcd: Etcd, conf: IpamConf) -> int:
     return kv.lease
 
 
-def allocate(etcd: Etcd, conf: IpamConf, container: str, ifname: str) -> alloc.IPAddress:
-    """The address of (container, ifname): the one it has, else a new one from this
-    host's blocks, else from a new block."""
-    lease = member_lease(etcd, conf)
-    record = json.dumps(
+def _record(conf: IpamConf, container: str, ifname: str) -> bytes:
+    return json.dumps(
         {"member": conf.member, "container": container, "ifname": ifname},
         separators=(",", ":"),
         sort_keys=True,
     ).encode()
+
+
+def allocate(
+    etcd: Etcd,
+    conf: IpamConf,
+    container: str,
+    ifname: str,
+    keep: frozenset[alloc.IPAddress] = frozenset(),
+) -> alloc.IPAddress:
+    """The address of (container, ifname): the one it has, else a new one from this
+    host's blocks, else from a new block; never one of ``keep`` (this host's own
+    record of addresses in use)."""
+    lease = member_lease(etcd, conf)
+    record = _record(conf, container, ifname)
     start = alloc.start_index(conf.member, conf.pool)
     for _ in range(ATTEMPTS):
         state = Leases.read(etcd, conf)
@@ -192,7 +218,7 @@ def allocate(etcd: Etcd, conf: IpamConf, container: str, ifname: str) -> alloc.I
         if have:
             return have[0]
         mine = [b for b, (_m, held) in state.blocks.items() if held == lease]
-        address = alloc.free_address(conf.pool, mine, state.addrs.keys())
+        address = alloc.free_address(conf.pool, mine, state.addrs.keys() | keep)
         if address is not None:
             held = (conf.block_key(conf.pool.block_of(address)), lease)
             if etcd.create(conf.addr_key(address), record, lease, held=held):
@@ -220,6 +246,87 @@ def release(etcd: Etcd, conf: IpamConf, container: str, ifname: str) -> list[all
         if etcd.delete_if(conf.addr_key(address), state.addrs[address][1]):
             gone.append(address)
     return gone
+
+
+# -- this host's own record, and putting its keys back after a restart ----------------
+
+
+def _local_dir(conf: IpamConf) -> str:
+    return os.path.join(conf.data_dir, conf.network)
+
+
+def local_records(conf: IpamConf) -> dict[alloc.IPAddress, tuple[str, str]]:
+    """Address -> (container, ifname), as this host recorded them."""
+    out: dict[alloc.IPAddress, tuple[str, str]] = {}
+    try:
+        names = os.listdir(_local_dir(conf))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        try:
+            address = ipaddress.ip_address(name)
+            with open(os.path.join(_local_dir(conf), name)) as f:
+                container, ifname = f.read().split("\n")[:2]
+        except (ValueError, OSError):
+            continue
+        out[address] = (container, ifname)
+    return out
+
+
+def remember(conf: IpamConf, address: alloc.IPAddress, container: str, ifname: str) -> None:
+    os.makedirs(_local_dir(conf), mode=0o755, exist_ok=True)
+    path = os.path.join(_local_dir(conf), str(address))
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{container}\n{ifname}\n")
+    os.replace(path + ".tmp", path)
+
+
+def forget(conf: IpamConf, container: str, ifname: str) -> None:
+    for address, owner in local_records(conf).items():
+        if owner == (container, ifname):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(_local_dir(conf), str(address)))
+
+
+def reassert(etcd: Etcd, conf: IpamConf) -> dict[alloc.IPAddress, str]:
+    """Put this host's blocks and addresses back under its current member lease (keys
+    still under an old lease of this member, and addresses in the local record that
+    etcd lost); the addresses somebody else holds now, each with who."""
+    lease = member_lease(etcd, conf)
+    state = Leases.read(etcd, conf)
+    for block, (holder, held) in state.blocks.items():
+        if holder == conf.member and held != lease:
+            etcd.move_lease(conf.block_key(block), conf.member.encode(), held, lease)
+    for address, (record, raw) in state.addrs.items():
+        if record.get("member") == conf.member:
+            key = conf.addr_key(address)
+            kv = etcd.get(key)
+            if kv is not None and kv.lease != lease:
+                etcd.move_lease(key, raw, kv.lease, lease)
+    conflicts: dict[alloc.IPAddress, str] = {}
+    local = local_records(conf)
+    if not local:
+        return conflicts
+    state = Leases.read(etcd, conf)
+    for address, (container, ifname) in sorted(local.items()):
+        have = state.addrs.get(address)
+        if have is not None:
+            if (have[0].get("container"), have[0].get("ifname")) != (container, ifname):
+                conflicts[address] = str(have[0].get("member", "?"))
+            continue
+        block = conf.pool.block_of(address)
+        owner = state.blocks.get(block)
+        if owner is None:
+            etcd.create(conf.block_key(block), conf.member.encode(), lease)
+        elif owner[1] != lease:
+            conflicts[address] = owner[0]
+            continue
+        value = _record(conf, container, ifname)
+        if not etcd.create(
+            conf.addr_key(address), value, lease, held=(conf.block_key(block), lease)
+        ):
+            conflicts[address] = "another host"
+    return conflicts
 
 
 def _result(conf: IpamConf, address: alloc.IPAddress) -> dict[str, Any]:
@@ -252,7 +359,10 @@ def cmd_add(env: Environment, raw: dict[str, Any]) -> dict[str, Any]:
     conf = IpamConf.parse(raw)
     etcd = _client(conf)
     try:
-        address = allocate(etcd, conf, env.container_id, env.ifname)
+        reassert(etcd, conf)
+        keep = frozenset(local_records(conf))
+        address = allocate(etcd, conf, env.container_id, env.ifname, keep)
+        remember(conf, address, env.container_id, env.ifname)
     except EtcdError as exc:
         raise _etcd_failure(conf, exc) from None
     finally:
@@ -264,7 +374,10 @@ def cmd_del(env: Environment, raw: dict[str, Any]) -> None:
     conf = IpamConf.parse(raw)
     etcd = _client(conf)
     try:
+        with contextlib.suppress(CniError):  # not registered: nothing to move back
+            reassert(etcd, conf)
         release(etcd, conf, env.container_id, env.ifname)
+        forget(conf, env.container_id, env.ifname)
     except EtcdError as exc:
         raise _etcd_failure(conf, exc) from None
     finally:
@@ -275,11 +388,20 @@ def cmd_check(env: Environment, raw: dict[str, Any]) -> None:
     conf = IpamConf.parse(raw)
     etcd = _client(conf)
     try:
+        conflicts = reassert(etcd, conf)
         have = Leases.read(etcd, conf).owned_by(env.container_id, env.ifname)
     except EtcdError as exc:
         raise _etcd_failure(conf, exc) from None
     finally:
         etcd.close()
+    for address, (container, ifname) in local_records(conf).items():
+        if (container, ifname) == (env.container_id, env.ifname) and address in conflicts:
+            raise CniError(
+                IPAM_FAILURE,
+                f"network {conf.network}: address {address} of container "
+                f"{env.container_id[:12]} is now held by {conflicts[address]} (this host's "
+                "lease was gone meanwhile); re-create the container",
+            )
     if not have:
         raise CniError(
             IPAM_FAILURE,
