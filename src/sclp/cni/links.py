@@ -13,8 +13,18 @@ import os
 import subprocess
 from typing import Any
 
-IP = "ip"
-NSENTER = "nsenter"
+
+def _binary(name: str, *places: str) -> str:
+    """An absolute path: runtimes may run plugins with a bare PATH."""
+    for place in places:
+        path = os.path.join(place, name)
+        if os.access(path, os.X_OK):
+            return path
+    return name
+
+
+IP = _binary("ip", "/usr/sbin", "/sbin", "/usr/bin", "/bin")
+NSENTER = _binary("nsenter", "/usr/bin", "/bin", "/usr/sbin")
 TIMEOUT = 10.0
 
 
