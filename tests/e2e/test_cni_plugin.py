@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sclp.cni.spec import host_ifname
+from sclp.endpoint.control import query, socket_path
 from sclp.io import netns as nsio
 
 from .cni_helpers import VNI, TwoHosts, invoke
@@ -204,3 +205,36 @@ def test_version(two: TwoHosts) -> None:
     code, out = invoke(_cni(two), "NOPE", b"{}")
     assert code == 1 and out is not None and out["code"] == 4
     assert json.dumps(out)
+
+
+def test_a_port_follows_its_network_through_a_reload(two: TwoHosts) -> None:
+    """A reload that re-creates the network (another protocol) detaches the port with
+    it and attaches it again; one that removes the VNI detaches it."""
+    ns = two.topo.netns("ctR")
+    cid = "d" * 64
+    host = host_ifname(cid, "eth0")
+    _add(two, 0, cid, ns)
+    endpoint = two.endpoints[0]
+    path = two.topo.workdir / f"{endpoint.name}.toml"
+    original = path.read_text()
+    try:
+        path.write_text(original.replace('protocol = "vxlan-sclp"', 'protocol = "geneve-sclp"'))
+        assert _reload(two)["ok"]
+        assert _ports(two, 0)[host]["vni"] == VNI
+        assert "to vni 42 geneve-sclp" in endpoint.log_text()
+        path.write_text(original.replace("vni = 42", "vni = 44"))
+        assert _reload(two)["ok"]
+        assert host not in _ports(two, 0)
+        path.write_text(original)
+        assert _reload(two)["ok"]
+        assert _ports(two, 0)[host]["vni"] == VNI  # still requested: attached again
+    finally:
+        path.write_text(original)
+        _reload(two)
+        assert _del(two, 0, cid, nsio.netns_path(ns)) == (0, None)
+    assert host not in _ports(two, 0)
+
+
+def _reload(two: TwoHosts) -> dict:
+    answer: dict = query(socket_path(two.endpoints[0].name), "reload")
+    return answer
