@@ -32,8 +32,12 @@ def write_plugins(directory: Path) -> Path:
     return directory
 
 
-def endpoint_config(name: str, host_ns: str, i: int, protocol: str, extra: str = "") -> str:
-    """An endpoint on host ``i`` with VNI 42 and no ``attach`` pattern."""
+def endpoint_config(
+    name: str, host_ns: str, i: int, protocol: str, extra: str = "", peers: bool = True
+) -> str:
+    """An endpoint on host ``i`` with VNI 42 and no ``attach`` pattern; ``extra`` goes
+    before ``[underlay]`` (a ``[cluster]`` table); ``peers=False``: none in the file."""
+    peer_list = f'"{UNDERLAY[1 - i]}"' if peers else ""
     return (
         f'name = "{name}"\n'
         f"{extra}"
@@ -44,7 +48,7 @@ def endpoint_config(name: str, host_ns: str, i: int, protocol: str, extra: str =
         f"vni = {VNI}\n"
         f'protocol = "{protocol}"\n'
         "attach = []\n"  # no pattern: sclp-cni hands the ports over
-        f'peers = ["{UNDERLAY[1 - i]}"]\n'
+        f"peers = [{peer_list}]\n"
     )
 
 
@@ -56,15 +60,21 @@ class TwoHosts:
     plugins: Path
 
     @classmethod
-    def start(cls, topo: Topology, protocol: str = "vxlan-sclp", extra: str = "") -> TwoHosts:
-        hosts = topo.underlay_hosts("ch1", "ch2")
-        endpoints = [
-            topo.start_endpoint(
-                topo.endpoint_name(f"c{i + 1}"),
-                endpoint_config(topo.endpoint_name(f"c{i + 1}"), hosts[i], i, protocol, extra),
-            )
-            for i in range(2)
-        ]
+    def start(
+        cls,
+        topo: Topology,
+        protocol: str = "vxlan-sclp",
+        extra: str = "",
+        *,
+        hosts: list[str] | None = None,
+        peers: bool = True,
+    ) -> TwoHosts:
+        hosts = hosts or topo.underlay_hosts("ch1", "ch2")
+        endpoints = []
+        for i in range(2):
+            name = topo.endpoint_name(f"c{i + 1}")
+            text = endpoint_config(name, hosts[i], i, protocol, extra, peers)
+            endpoints.append(topo.start_endpoint(name, text))
         return cls(topo, hosts, endpoints, write_plugins(topo.workdir / "plugins"))
 
     def cni_path(self) -> str:
@@ -107,6 +117,7 @@ def invoke(
     ifname: str = "eth0",
     path: str = "",
     env_extra: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
 ) -> tuple[int, dict[str, Any] | None]:
     """Run ``plugin`` as a runtime does: ``CNI_*`` in the environment, the
     configuration on stdin; (exit status, decoded stdout or None)."""
@@ -123,7 +134,12 @@ def invoke(
     env.update(env_extra or {})
     data = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
     proc = subprocess.run(
-        [str(plugin)], input=data, env=env, capture_output=True, timeout=60, check=False
+        [*(prefix or []), str(plugin)],
+        input=data,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     out = proc.stdout.strip()
     return proc.returncode, (json.loads(out) if out else None)
