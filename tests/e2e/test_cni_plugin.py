@@ -6,7 +6,7 @@ idempotent, and every error is the spec's error object with a code and a fix."""
 
 from __future__ import annotations
 
-import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,7 +204,12 @@ def test_version(two: TwoHosts) -> None:
     assert out["cniVersion"] == "1.0.0" and "1.0.0" in out["supportedVersions"]
     code, out = invoke(_cni(two), "NOPE", b"{}")
     assert code == 1 and out is not None and out["code"] == 4
-    assert json.dumps(out)
+    assert "ADD, DEL, CHECK, VERSION" in out["msg"]
+    # A person running it gets a word on what it is.
+    help_text = subprocess.run(
+        [str(_cni(two)), "--help"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    assert "container runtimes run it" in help_text and "docs/containers.md" in help_text
 
 
 def test_a_port_follows_its_network_through_a_reload(two: TwoHosts) -> None:

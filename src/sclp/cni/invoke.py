@@ -31,8 +31,19 @@ Handler = Callable[[Environment, dict[str, Any]], dict[str, Any] | None]
 DELEGATE_TIMEOUT = 30.0
 
 
+USAGE = """{name}: a CNI plugin; container runtimes run it (CNI_COMMAND=ADD|DEL|CHECK|VERSION
+and the other CNI_* variables in the environment, the network configuration on stdin).
+Configuration for podman, containerd and Kubernetes: docs/containers.md."""
+
+
 def serve(handlers: Mapping[str, Handler], name: str) -> int:
     """Serve one invocation; the exit status."""
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(USAGE.format(name=name))
+        return 0
+    if "CNI_COMMAND" not in os.environ and sys.stdin.isatty():
+        print(USAGE.format(name=name), file=sys.stderr)
+        return 1
     version = "1.0.0"
     try:
         env = Environment.parse(os.environ)
