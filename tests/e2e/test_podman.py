@@ -45,11 +45,6 @@ APPLETS = ["sh", "ping", "wget", "httpd", "sha256sum", "head", "mkdir", "sleep",
 TRANSFER = 20 * 1024 * 1024
 CNI_CACHE = Path("/var/lib/cni")
 
-needs_podman = pytest.mark.skipif(
-    shutil.which("podman") is None or shutil.which("runc") is None,
-    reason="podman and runc are not installed (the quick start installs them)",
-)
-
 
 def _rootfs_tar(path: Path) -> Path:
     """A tar of a root file system: busybox-static and its applets."""
@@ -177,8 +172,12 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
-    if shutil.which("podman") is None or shutil.which("runc") is None:
-        pytest.skip("podman and runc are not installed (the quick start installs them)")
+    missing = [p for p in ("podman", "runc") if shutil.which(p) is None]
+    if missing or not os.access("/usr/lib/cni/host-local", os.X_OK):
+        pytest.fail(
+            "podman, runc or host-local missing: apt-get install podman runc "
+            "containernetworking-plugins (./quickstart.sh does)"
+        )
     with Topology() as topo:
         two = TwoHosts.start(topo)
         podmen: list[Podman] = []
