@@ -5,6 +5,7 @@ No root: a UNIX socket in a temporary directory and a stand-in for the ports."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sclp.endpoint.config import ConfigError, parse_config
 from sclp.endpoint.control import ControlServer, query
 from sclp.endpoint.ports import control_commands
 
@@ -90,3 +92,13 @@ def test_over_the_socket(served: tuple[ControlServer, FakePorts]) -> None:
         server.handle_ready()
         thread.join(0.01)
     assert result == [{"attached": "v1", "vni": 7}]
+
+
+def test_a_network_with_an_empty_attach_takes_only_requested_ports() -> None:
+    """``attach = []``: no TAP, no pattern; ports come from sclp-cni.  Leaving both
+    out stays an error that now also names this choice."""
+    base = 'name = "h"\n[underlay]\nlocal = "10.0.0.1"\n[[network]]\nvni = 5\n'
+    cfg = parse_config(base + "attach = []\n")
+    assert cfg.networks[0].tap is None and cfg.networks[0].attach == ()
+    with pytest.raises(ConfigError, match=re.escape("attach = [] if only containers join")):
+        parse_config(base)
