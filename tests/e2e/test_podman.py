@@ -44,6 +44,7 @@ IMAGE = "localhost/sclp-busybox"
 APPLETS = ["sh", "ping", "wget", "httpd", "sha256sum", "head", "mkdir", "sleep", "ip", "cat"]
 TRANSFER = 20 * 1024 * 1024
 CNI_CACHE = Path("/var/lib/cni")
+CONFLIST = Path(__file__).resolve().parents[2] / "contrib" / "cni" / "overlay42.conflist"
 
 
 def _rootfs_tar(path: Path) -> Path:
@@ -93,30 +94,16 @@ class Podman:
             f'graphroot = "{root / "storage"}"\n'
         )
         leases = root / "leases"
-        conflist = {
-            "cniVersion": "1.0.0",
-            "name": "overlay42",
-            "plugins": [
-                {
-                    "type": "sclp-cni",
-                    "endpoint": endpoint,
-                    "vni": VNI,
-                    "ipam": {
-                        "type": "host-local",
-                        "dataDir": str(leases),
-                        "ranges": [
-                            [
-                                {
-                                    "subnet": SUBNET,
-                                    "rangeStart": f"192.168.83.{10 + 100 * host}",
-                                    "rangeEnd": f"192.168.83.{99 + 100 * host}",
-                                }
-                            ]
-                        ],
-                    },
-                }
-            ],
-        }
+        # The shipped example (docs/containers.md), with this host's endpoint, range
+        # and a lease directory under the test's tmp.
+        conflist = json.loads(CONFLIST.read_text())
+        plugin = conflist["plugins"][0]
+        assert (plugin["type"], plugin["vni"], SUBNET) == ("sclp-cni", VNI, "192.168.83.0/24")
+        plugin["endpoint"] = endpoint
+        plugin["ipam"]["dataDir"] = str(leases)
+        (ranges,) = plugin["ipam"]["ranges"]
+        ranges[0]["rangeStart"] = f"192.168.83.{10 + 100 * host}"
+        ranges[0]["rangeEnd"] = f"192.168.83.{99 + 100 * host}"
         (root / "net" / "overlay42.conflist").write_text(json.dumps(conflist, indent=2))
         env = dict(os.environ)
         env["CONTAINERS_CONF"] = str(root / "containers.conf")

@@ -4,6 +4,7 @@ configuration, the IPAM result and the result the runtime gets."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from sclp.cni import spec
 from sclp.cni.ipam import IpamConf
 from sclp.cni.spec import CniError, Environment, IpamResult, NetConf
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "cni"
 
 
 def _conf(**kw: Any) -> dict[str, Any]:
@@ -156,3 +159,19 @@ def test_ipam_configuration() -> None:
         with pytest.raises(CniError) as info:
             IpamConf.parse(_conf(ipam={"type": "sclp-ipam", **bad}))
         assert info.value.code == spec.INVALID_CONFIG and words in info.value.msg
+
+
+@pytest.mark.parametrize("name", ["overlay42.conflist", "overlay42-cluster.conflist"])
+def test_the_shipped_conflists_are_valid(name: str) -> None:
+    """contrib/cni/ (docs/containers.md): each plugin object parses as sclp-cni's
+    configuration, and the cluster one's ipam as sclp-ipam's."""
+    conflist = json.loads((CONTRIB / name).read_text())
+    (plugin,) = conflist["plugins"]
+    conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
+    net = NetConf.parse(conf)
+    assert (net.endpoint, net.vni) == ("host1", 42)
+    if net.ipam["type"] == "sclp-ipam":
+        ipam = IpamConf.parse(conf)
+        assert ipam.member == "host1" and ipam.pool.block_prefix == 28
+    else:
+        assert net.ipam["type"] == "host-local"
