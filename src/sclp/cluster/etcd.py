@@ -303,6 +303,54 @@ class Etcd:
             return KeyValue(key, b"", 0, 0, 0)
         return _kv(taken[0])
 
+    def create(
+        self, key: str, value: bytes, lease: int = 0, *, held: tuple[str, int] | None = None
+    ) -> bool:
+        """Create ``key`` (under ``lease`` if not 0) only if it does not exist and, with
+        ``held`` = (another key, a lease), only if that key is held under that lease;
+        whether it was created (one transaction)."""
+        k = _b64(key)
+        compare: list[dict[str, str]] = [
+            {"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        ]
+        if held is not None:
+            compare.append(
+                {"key": _b64(held[0]), "target": "LEASE", "result": "EQUAL", "lease": str(held[1])}
+            )
+        put: dict[str, str] = {"key": k, "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        answer = self._post("kv/txn", {"compare": compare, "success": [{"request_put": put}]})
+        return bool(answer.get("succeeded"))
+
+    def move_lease(self, key: str, value: bytes, old: int, new: int) -> bool:
+        """Put ``key`` under lease ``new`` if it still has ``value`` under lease ``old``;
+        whether it moved."""
+        k = _b64(key)
+        answer = self._post(
+            "kv/txn",
+            {
+                "compare": [
+                    {"key": k, "target": "VALUE", "result": "EQUAL", "value": _b64(value)},
+                    {"key": k, "target": "LEASE", "result": "EQUAL", "lease": str(old)},
+                ],
+                "success": [{"request_put": {"key": k, "value": _b64(value), "lease": str(new)}}],
+            },
+        )
+        return bool(answer.get("succeeded"))
+
+    def delete_if(self, key: str, value: bytes) -> bool:
+        """Delete ``key`` only if its value is ``value``; whether it was deleted."""
+        k = _b64(key)
+        answer = self._post(
+            "kv/txn",
+            {
+                "compare": [{"key": k, "target": "VALUE", "result": "EQUAL", "value": _b64(value)}],
+                "success": [{"request_delete_range": {"key": k}}],
+            },
+        )
+        return bool(answer.get("succeeded"))
+
     # -- leases ----------------------------------------------------------------------
 
     def grant(self, ttl: int) -> int:

@@ -799,11 +799,12 @@ def _network(n: _Reader) -> Network:
             "tap", f"{tap!r} is not a valid interface name (1-15 characters, no spaces or '/')"
         )
     attach = tuple(_pattern(n, p) for p in n.get("attach", list, []))
-    if tap is None and not attach:
+    if tap is None and "attach" not in n.table:  # attach = []: ports from sclp-cni only
         raise n._missing(
             "tap",
             'add tap = "tap42" (a TAP the endpoint creates) '
-            'or attach = ["vnet*"] (existing interfaces, docs/vms.md), or both',
+            'or attach = ["vnet*"] (existing interfaces, docs/vms.md), or both; '
+            "attach = [] if only containers join (sclp-cni, docs/containers.md)",
         )
     if tap is None and (n.table.get("namespace") or n.table.get("address")):
         key = "namespace" if n.table.get("namespace") else "address"

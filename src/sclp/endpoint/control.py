@@ -1,9 +1,14 @@
 """The endpoint's control socket: a UNIX stream socket answering one JSON request.
 
 Protocol: the client connects, sends one line (``stats``), reads a JSON document
-until EOF.  The server side is non-blocking and is driven by the endpoint's event
-loop (:meth:`ControlServer.handle_ready`) and never blocks it: a slow or silent client
-is kept aside, served when its socket is ready, and dropped after a deadline.  A large
+until EOF.  A line is either exactly one of the server's requests (``stats``, ``show
+ports``) or a command word and its arguments separated by single spaces (``attach
+veth0 42``): the command's handler gets the arguments as strings and validates them;
+an answer ``{"error": ...}`` says what was wrong.
+
+The server side is non-blocking and is driven by the endpoint's event loop
+(:meth:`ControlServer.handle_ready`) and never blocks it: a slow or silent client is
+kept aside, served when its socket is ready, and dropped after a deadline.  A large
 answer (a listing of many thousands of FDB entries) is a :class:`Streamed` one: made
 and sent one part per turn of the loop, so forwarding goes on between the parts.
 """
@@ -44,7 +49,8 @@ def socket_path(name: str, control_dir: str = "/run/sclp") -> str:
 
 
 class ControlServer:
-    """Listens on ``path``; ``handlers`` map a request word to a JSON-able answer.
+    """Listens on ``path``; ``handlers`` map a request line to a JSON-able answer,
+    ``commands`` a command word to a handler of its arguments (``attach ...``).
 
     Nothing here blocks: :meth:`handle_ready` accepts and reads what is there; a
     client whose request or answer is not complete yet is kept (at most
@@ -59,9 +65,11 @@ class ControlServer:
         handlers: dict[str, Callable[[], Any]],
         watch: Callable[[int, bool, Callable[[], None]], None] | None = None,
         unwatch: Callable[[int], None] | None = None,
+        commands: dict[str, Callable[[list[str]], Any]] | None = None,
     ) -> None:
         self.path = path
         self.handlers = handlers
+        self.commands: dict[str, Callable[[list[str]], Any]] = dict(commands or {})
         self._watch = watch
         self._unwatch = unwatch
         self._clients: dict[int, _Client] = {}
@@ -161,8 +169,7 @@ class ControlServer:
                         break
                     client.request += data
                 request = client.request.decode("ascii", "replace").strip()
-                handler = self.handlers.get(request)
-                answer: Any = handler() if handler else {"error": f"unknown request {request!r}"}
+                answer: Any = self.answer(request)
                 if isinstance(answer, Streamed):
                     client.parts = answer.parts
                     client.answer = memoryview(b"")
@@ -186,6 +193,23 @@ class ControlServer:
             return
         except OSError:
             client.done = True
+
+    def answer(self, request: str) -> Any:
+        """The answer to one request line: an exact request, else a command with its
+        arguments (words separated by one space; nothing but printable ASCII)."""
+        handler = self.handlers.get(request)
+        if handler is not None:
+            return handler()
+        word, _, rest = request.partition(" ")
+        command = self.commands.get(word)
+        if command is None:
+            return {"error": f"unknown request {request[:64]!r}"}
+        if not request.isascii() or not request.isprintable() or "\n" in request:
+            return {"error": f"{word}: arguments must be printable ASCII"}
+        args = rest.split(" ") if rest else []
+        if any(not arg for arg in args):
+            return {"error": f"{word}: arguments are separated by single spaces"}
+        return command(args)
 
     def close(self) -> None:
         for client in list(self._clients.values()):

@@ -30,7 +30,7 @@ from sclp.endpoint.config import Config, ConfigError, Network, load_config, vm_m
 from sclp.endpoint.control import ControlServer
 from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork, VmPort
 from sclp.endpoint.faults import FaultInjector
-from sclp.endpoint.ports import AttachedPorts
+from sclp.endpoint.ports import AttachedPorts, control_commands
 from sclp.endpoint.provision import EndpointError
 from sclp.endpoint.reconcile import PeerChange, ReloadReport
 from sclp.endpoint.registry import RegistryLink
@@ -123,6 +123,8 @@ class Endpoint:
         stack.callback(self._close_network_stacks)
         # `sclp reload`: served by the loop, so it applies the file at once.
         control.handlers["reload"] = self._reload_on_request
+        # `attach <ifname> <vni>`, `detach <ifname>`: ports handed over by sclp-cni.
+        control.commands.update(control_commands(self._attached_ports))
         taps = [(port, self._open_tap(port)) for port in list(dp.ports.values())]
         sockets = self._underlay = provision.open_underlay(cfg, dp, stack)
         self.peer_filter = provision.install_peer_filter(cfg, dp, sockets, stack)
@@ -194,6 +196,13 @@ class Endpoint:
             raise EndpointError(f"watching interfaces for attach: {exc}") from None
         self.attached = attached
         self._stack.callback(attached.close)
+
+    def _attached_ports(self) -> AttachedPorts:
+        """The attached ports, started on the first request if no pattern did."""
+        if self.attached is None:
+            self._start_attached()
+        assert self.attached is not None
+        return self.attached
 
     def _runner(self) -> Runner:
         assert self.runner is not None, "the control socket is served only by a running loop"

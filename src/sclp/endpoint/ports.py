@@ -19,17 +19,25 @@ socket with virtio-net headers reads and writes it, and the port guard
 (:func:`sclp.io.nft.install_port_guard`) keeps the host's own stack away from its
 frames.  A problem with one interface is a warning about that interface, never a
 stop: the endpoint keeps serving the others.
+
+Requested ports (docs/containers.md): a CNI plugin hands the endpoint an interface it
+made, by name, over the control socket (``attach <ifname> <vni>``, ``detach
+<ifname>``; :func:`control_commands`).  Such an interface needs no pattern: it is
+attached at once and the request is answered only then (or with the reason it could
+not be), and it is detached like the others when it goes away.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sclp.endpoint.datapath import DataPath, VirtualNetwork, VmPort
+from sclp.endpoint.provision import EndpointError
 from sclp.io import netns as nsio
 from sclp.io import nft
 from sclp.io.attach import AttachedPort
@@ -71,6 +79,7 @@ class AttachedPorts:
         self._watch: LinkWatch | None = None
         self._guard_failed = False
         self._failed: dict[str, int] = {}  # name -> ifindex whose attach failed (no retry)
+        self.requested: dict[str, int] = {}  # name -> vni, attached on request (CNI)
 
     def start(self) -> None:
         """Subscribe to link notifications, then attach what exists (in that order,
@@ -136,7 +145,8 @@ class AttachedPorts:
                 self._consider(name, index)
 
     def _consider(self, name: str, index: int) -> None:
-        net = self.dp.network_for(name)
+        vni = self.requested.get(name)
+        net = self.dp.networks.get(vni) if vni is not None else self.dp.network_for(name)
         if net is None or self._failed.get(name) == index:
             return
         if name in self.dp.ports:  # a TAP of ours, or a name taken by another port
@@ -151,6 +161,63 @@ class AttachedPorts:
                 net.vni,
                 exc,
             )
+
+    # -- on request (the control socket) ------------------------------------------------
+
+    def request(self, name: str, vni: int) -> dict[str, Any]:
+        """Attach interface ``name`` to ``vni`` now, whatever the patterns say; the
+        answer once it is attached, or ``{"error": ...}`` naming the fix."""
+        net = self.dp.networks.get(vni)
+        if net is None:
+            configured = ", ".join(str(v) for v in sorted(self.dp.networks)) or "none"
+            return {
+                "error": f"vni {vni} is not configured on endpoint {self.name} "
+                f"(configured: {configured}); add a [[network]] with vni = {vni} "
+                "and run `sclp reload`"
+            }
+        entry = self.attached.get(name)
+        if entry is not None:
+            if entry.port.vni != vni:
+                return {"error": f"{name} is already attached to vni {entry.port.vni}"}
+            return self._attached_answer(name, entry, net)
+        if name in self.dp.ports:
+            return {"error": f"{name} is already a port of endpoint {self.name} (a TAP)"}
+        index = {n: i for i, n in current_links().items()}.get(name)
+        if index is None:
+            return {
+                "error": f"no interface {name} in the namespace of endpoint {self.name}; "
+                "create it there (the host end of the veth) first"
+            }
+        self.requested[name] = vni
+        self._failed.pop(name, None)
+        try:
+            self._attach(name, index, net)
+        except (OSError, nsio.NetnsError, ValueError) as exc:
+            self.requested.pop(name, None)
+            return {"error": f"cannot attach {name} to vni {vni}: {exc}"}
+        return self._attached_answer(name, self.attached[name], net)
+
+    def release(self, name: str) -> dict[str, Any]:
+        """Detach interface ``name`` (it stays: the caller removes it) and forget the
+        request; no error if it was not attached."""
+        self.requested.pop(name, None)
+        self._failed.pop(name, None)
+        entry = self.attached.get(name)
+        if entry is None:
+            return {"detached": False, "ifname": name}
+        vni = entry.port.vni
+        self._detach(name, "detach requested")
+        return {"detached": True, "ifname": name, "vni": vni}
+
+    @staticmethod
+    def _attached_answer(name: str, entry: _Attached, net: VirtualNetwork) -> dict[str, Any]:
+        return {
+            "attached": name,
+            "ifindex": entry.ifindex,
+            "vni": net.vni,
+            "protocol": str(net.protocol),
+            "vm_mtu": net.vm_mtu,
+        }
 
     # -- attach and detach ---------------------------------------------------------------
 
@@ -195,6 +262,8 @@ class AttachedPorts:
 
     def _detach(self, name: str, why: str, *, quiet: bool = False) -> None:
         entry = self.attached.pop(name)
+        if why in ("interface gone", "renamed"):  # kept when its network is re-created
+            self.requested.pop(name, None)
         self.host.remove_port(entry.port)
         flushed = self.dp.remove_port(entry.port)
         entry.sock.close()
@@ -212,3 +281,52 @@ class AttachedPorts:
                 flushed,
                 "y" if flushed == 1 else "ies",
             )
+
+
+# -- the control socket's commands --------------------------------------------------------
+
+IFNAME = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}\Z")  # what the kernel accepts, minus oddities
+MAX_VNI = (1 << 24) - 1
+
+
+def _ifname(text: str) -> str | None:
+    return text if IFNAME.match(text) and text not in (".", "..") else None
+
+
+def _vni(text: str) -> int | None:
+    if not text.isdigit() or len(text) > 8:
+        return None
+    value = int(text)
+    return value if value <= MAX_VNI else None
+
+
+def control_commands(ports: Callable[[], AttachedPorts]) -> dict[str, Callable[[list[str]], Any]]:
+    """The control socket's ``attach <ifname> <vni>`` and ``detach <ifname>``, strictly
+    validated; ``ports`` gives the endpoint's :class:`AttachedPorts` (started on
+    first use)."""
+
+    def attach(args: list[str]) -> dict[str, Any]:
+        if len(args) != 2:
+            return {"error": "usage: attach <ifname> <vni>"}
+        name, vni = _ifname(args[0]), _vni(args[1])
+        if name is None:
+            return {"error": f"attach: {args[0][:32]!r} is not an interface name"}
+        if vni is None:
+            return {"error": f"attach: {args[1][:32]!r} is not a VNI (0..{MAX_VNI})"}
+        try:
+            return ports().request(name, vni)
+        except (OSError, EndpointError) as exc:
+            return {"error": f"attach: {exc}"}
+
+    def detach(args: list[str]) -> dict[str, Any]:
+        if len(args) != 1:
+            return {"error": "usage: detach <ifname>"}
+        name = _ifname(args[0])
+        if name is None:
+            return {"error": f"detach: {args[0][:32]!r} is not an interface name"}
+        try:
+            return ports().release(name)
+        except (OSError, EndpointError) as exc:
+            return {"error": f"detach: {exc}"}
+
+    return {"attach": attach, "detach": detach}
