@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -103,10 +104,25 @@ def relay() -> None:
                 view = view[os.write(routes[fd], view) :]
 
 
+def _die_with_parent() -> None:
+    """SIGTERM when the endpoint that started us dies (PR_SET_PDEATHSIG), so no BGP
+    session outlives the owner of its routes."""
+    import ctypes
+
+    parent = os.environ.get("SCLP_PARENT_PID")
+    if parent is None:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if str(os.getppid()) != parent:
+        sys.exit(0)  # it died before the request took effect
+
+
 def main() -> None:
     if sys.argv[1:2] == ["relay"]:
         relay()
         return
+    _die_with_parent()
     _register()
     from exabgp.application.main import main as exabgp_main
 

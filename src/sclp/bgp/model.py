@@ -194,8 +194,12 @@ def mac_mobility_community(seq: int, sticky: bool = False) -> bytes:
 def sclp_community(carrier_udp: bool, udp_port: int) -> bytes:
     """The SCLP marker (see :data:`SCLP_MARKER_TYPE`)."""
     return struct.pack(
-        "!HBHBB", SCLP_MARKER_TYPE, 1 if carrier_udp else 0, udp_port if carrier_udp else 0,
-        SCLP_VERSION, 0,
+        "!HBHBB",
+        SCLP_MARKER_TYPE,
+        1 if carrier_udp else 0,
+        udp_port if carrier_udp else 0,
+        SCLP_VERSION,
+        0,
     )
 
 
@@ -265,7 +269,11 @@ def mac_nlri(rd: bytes, mac: bytes, vni: int) -> bytes:
 
 
 def _communities(*parts: Iterable[bytes]) -> tuple[int, int, bytes]:
-    return (ATTR_FLAGS_OPTIONAL_TRANSITIVE, ATTR_EXT_COMMUNITIES, b"".join(b for p in parts for b in p))
+    return (
+        ATTR_FLAGS_OPTIONAL_TRANSITIVE,
+        ATTR_EXT_COMMUNITIES,
+        b"".join(b for p in parts for b in p),
+    )
 
 
 def imet_route(net: LocalVni, local: str) -> Route:
@@ -611,7 +619,9 @@ class RemoteRib:
         for net in policies:
             peers: dict[str, Encap] = {}
             for route in routes:
-                if not net.imports(route.rts) and not (not route.rts and route.label_vni == net.vni):
+                if not net.imports(route.rts) and not (
+                    not route.rts and route.label_vni == net.vni
+                ):
                     continue
                 if route.kind == ROUTE_IMET:
                     if peers.get(route.vtep) is not Encap.VXLAN_SCLP:

@@ -498,7 +498,9 @@ def _bgp(b: _Reader, underlay: Underlay, networks: list[Network]) -> Bgp | None:
         raise b.fail("router_id", f"{router_id!r} is not an IPv4 address") from None
     raw = b.get("neighbors", list, hint='add neighbors = [{ address = "10.0.0.254", asn = 65000 }]')
     if not raw:
-        raise b.fail("neighbors", 'empty; add neighbors = [{ address = "10.0.0.254", asn = 65000 }]')
+        raise b.fail(
+            "neighbors", 'empty; add neighbors = [{ address = "10.0.0.254", asn = 65000 }]'
+        )
     neighbors = []
     for entry in raw:
         if not isinstance(entry, dict) or set(entry) != {"address", "asn"}:
@@ -531,7 +533,7 @@ def _rd_rt(n: _Reader) -> tuple[str | None, tuple[str, ...]]:
         try:
             parse_rd(rd)
         except ValueError as exc:
-            raise n.fail("rd", f"{exc}; write rd = \"10.0.0.1:42\" or \"65001:42\"") from None
+            raise n.fail("rd", f'{exc}; write rd = "10.0.0.1:42" or "65001:42"') from None
     targets = n.get("route_targets", list, [])
     for rt in targets:
         try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 DEFAULT_AGING = 300.0  # seconds, like the Linux bridge and the kernel VXLAN driver
@@ -152,7 +152,7 @@ class Fdb:
             del self._dynamic[mac]
         return len(stale)
 
-    def set_remote(self, macs: dict[bytes, Hashable], origin: Origin = Origin.CLUSTER) -> None:
+    def set_remote(self, macs: Mapping[bytes, Hashable], origin: Origin = Origin.CLUSTER) -> None:
         """Replace the MACs announced by other hosts through ``origin`` (``mac ->
         peer``); entries whose peer is not a flooding peer of this VNI are ignored."""
         self._announced[origin] = {bytes(m): p for m, p in macs.items() if p in self._peer_set}
