@@ -415,8 +415,11 @@ class Endpoint:
         changes: list[PeerChange] = []
         for vni, vnet in dp.networks.items():
             want = reconcile.wanted_peers(vnet.network, self._discovered, self.cfg.underlay.local)
-            want |= self._evpn_peers.get(vni, {}).keys()
-            joined, left = dp.set_peers(vni, want)
+            evpn = self._evpn_peers.get(vni, {})
+            others = want  # the file's and the cluster's speak the network's protocol
+            want |= evpn.keys()
+            plain = [p for p, e in evpn.items() if e is Encap.VXLAN and p not in others]
+            joined, left = dp.set_peers(vni, want, plain)
             for peer in sorted(joined):
                 log.info("vni %d: peer %s%s joined", vni, peer, _named(names, peer))
             for peer in sorted(left):

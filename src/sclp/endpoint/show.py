@@ -139,12 +139,13 @@ def peers(
             if address not in network.peers:
                 origin = "cluster" if address in found else "evpn" if address in routed else origin
             last = pc.last_rx
+            plain = address in net.plain_peers  # VXLAN to a VXLAN-only EVPN peer
             rows.append(
                 [
                     vni,
                     str(address),
-                    protocol,
-                    how,
+                    "vxlan" if plain else protocol,
+                    "udp" if plain else how,
                     origin,
                     None if last is None else round(max(0.0, now - last), 3),
                     pc.tx_frames,

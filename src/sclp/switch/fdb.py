@@ -186,6 +186,13 @@ class Fdb:
             return LearnResult.MULTICAST_SOURCE
         if mac in self._static:
             return LearnResult.STATIC
+        if (
+            self._remote
+            and self._remote_origin.get(mac) is Origin.EVPN
+            and self._remote[mac] == where
+        ):  # where EVPN says it is: nothing to learn (`sclp show fdb` says evpn)
+            self._dynamic.pop(mac, None)
+            return LearnResult.REFRESHED
         old = self._dynamic.get(mac)
         if old is not None:
             self._dynamic[mac] = (where, now)
