@@ -73,7 +73,7 @@ _EC_MAC_MOBILITY: Final = 0x0600
 # "This VTEP also speaks SCLP": a transitive extended community of the experimental
 # type range (RFC 7153 §5.1, 0x80-0x8F), sub-type 0x53 ("S"); value: the SCLP
 # carrier (0 = IP protocol 234, 1 = UDP), the SCLP UDP port (0 with the IP carrier),
-# the SCLP version (1), one reserved octet.  docs/evpn.md documents it.
+# the SCLP version (1), two reserved octets.  docs/evpn.md documents it.
 SCLP_MARKER_TYPE: Final = 0x8F53
 SCLP_VERSION: Final = 1
 _EC: Final = struct.Struct("!HHI")  # type+subtype, then 6 octets as 2 + 4
@@ -194,7 +194,7 @@ def mac_mobility_community(seq: int, sticky: bool = False) -> bytes:
 def sclp_community(carrier_udp: bool, udp_port: int) -> bytes:
     """The SCLP marker (see :data:`SCLP_MARKER_TYPE`)."""
     return struct.pack(
-        "!HBHBB",
+        "!HBHBH",
         SCLP_MARKER_TYPE,
         1 if carrier_udp else 0,
         udp_port if carrier_udp else 0,

@@ -68,10 +68,13 @@ def exabgp_config(
 
 
 class Speaker:
-    """One supervised ExaBGP.  ``state_dir`` holds its configuration and log."""
+    """One supervised ExaBGP.  ``state_dir`` holds its configuration and log; it
+    listens on ``bind`` (port 179) as well as connecting, so two speakers of ours
+    reach each other."""
 
-    def __init__(self, config: str, state_dir: str | Path) -> None:
+    def __init__(self, config: str, state_dir: str | Path, bind: str = "") -> None:
         self.state_dir = Path(state_dir)
+        self.bind = bind
         self.config_text = config
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
@@ -109,7 +112,7 @@ class Speaker:
             exabgp_log_destination="stderr",
             exabgp_log_level="WARNING",
             exabgp_api_cli="false",
-            exabgp_tcp_bind="",
+            exabgp_tcp_bind=self.bind,
             exabgp_api_ack="false",
             SCLP_PARENT_PID=str(os.getpid()),
         )

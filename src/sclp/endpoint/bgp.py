@@ -92,7 +92,7 @@ class EvpnLink:
         relay = f"{sys.executable} -m sclp.bgp.exabgp_main relay"
         neighbors = [Neighbor(n.address, n.asn) for n in bgp.neighbors]
         config = exabgp_config(bgp.asn, bgp.router_id, self.local, neighbors, bgp.hold_time, relay)
-        self.speaker = Speaker(config, f"{cfg.control_dir}/{cfg.name}.bgp")
+        self.speaker = Speaker(config, f"{cfg.control_dir}/{cfg.name}.bgp", bind=self.local)
         self.rib = RemoteRib(float(bgp.hold_time), self.local)
         self.advertiser = Advertiser(self.local)
         self.view = EvpnView()
