@@ -292,6 +292,23 @@ peers = ["10.0.0.3"]
             "conflicts": 0,
             "conflicts_now": [],
         },
+        "bgp": {
+            "asn": 65001,
+            "router_id": "10.0.0.1",
+            "speaker": {"running": True, "pid": 2, "restarts": 0, "last_exit": None},
+            "neighbors": [
+                {
+                    "address": "10.0.0.254",
+                    "asn": 65000,
+                    "state": "established",
+                    "for_s": 1.0,
+                    "flaps": 0,
+                    "routes_received": 2,
+                }
+            ],
+            "routes_advertised": 3,
+            "bad_messages": 0,
+        },
     }
 
 

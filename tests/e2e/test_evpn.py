@@ -47,7 +47,6 @@ from tests.e2e.helpers import (
 pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)"),
-    pytest.mark.skipif(not os.path.exists("/usr/lib/frr/bgpd"), reason="needs Debian's frr"),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,6 +171,8 @@ class Fabric:
 
 @pytest.fixture(scope="module")
 def fabric() -> Iterator[Fabric]:
+    if not os.path.exists("/usr/lib/frr/bgpd"):
+        pytest.fail("FRR is not installed: apt-get install frr (./quickstart.sh does)")
     topo = Topology()
     frr = Frr("", f"sclp-{topo.tag}")  # its namespace is made below
     try:

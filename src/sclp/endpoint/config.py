@@ -491,7 +491,9 @@ def _bgp(b: _Reader, underlay: Underlay, networks: list[Network]) -> Bgp | None:
         return None
     asn = _asn(b, "asn", b.get("asn", int, hint="add asn = 65001 (this endpoint's AS)"))
     default_id = underlay.local if ipaddress.ip_address(underlay.local).version == 4 else None
-    router_id = b.get("router_id", str, default_id, hint='add router_id = "10.0.0.1" (IPv4)')
+    router_id = b.get("router_id", str, default_id)
+    if router_id is None:
+        raise ConfigError('bgp.router_id: missing; add router_id = "10.0.0.1" (an IPv4 address)')
     try:
         router_id = str(ipaddress.IPv4Address(router_id))
     except ValueError:
