@@ -247,5 +247,5 @@ def test_bgp_needs_a_router_id_on_an_ipv6_underlay() -> None:
 
 def test_a_vxlan_sclp_network_with_bgp_needs_its_own_vxlan_port() -> None:
     text = BGP.replace("sclp_udp_port = 7300", "sclp_udp_port = 4789")
-    with pytest.raises(ConfigError, match="sclp_udp_port: 4789 is also underlay.vxlan_port"):
+    with pytest.raises(ConfigError, match=r"sclp_udp_port: 4789 is also underlay\.vxlan_port"):
         parse_config(text.replace('protocol = "vxlan"\n', 'protocol = "vxlan-sclp"\n'))
