@@ -195,6 +195,12 @@ def test_a_mac_that_moved_here_beats_the_sequence_number_it_had_elsewhere() -> N
     adv.update([net], {42: []}, {(42, mac): 9})
     adv.update([net], {42: [mac]}, {(42, mac): 9})
     assert adv.sequence(42, mac) == 10
+    # Still local here, but another VTEP advertises a higher number: it moved there.
+    # Withdrawn, and superseded (the caller forgets the stale local entry).
+    withdrawn = adv.update([net], {42: [mac]}, {(42, mac): 11})
+    assert withdrawn == [f"withdraw evpn {mac_nlri(net.rd, mac, 42).hex()} next-hop 10.99.0.1"]
+    assert adv.superseded == {(42, mac)}
+    assert adv.update([net], {42: []}, {(42, mac): 11}) == [] and not adv.superseded
     # First seen here, nobody else had it: no MAC mobility community (sequence 0).
     other = bytes.fromhex("020000000002")
     adv.update([net], {42: [mac, other]}, {})
@@ -248,8 +254,8 @@ def test_a_lost_neighbors_routes_stay_for_the_hold_time_then_go() -> None:
     )
     rib.apply(SessionEvent("10.99.0.2", False), 10.0)
     assert rib.next_deadline() == 13.0
-    assert not rib.expire(12.9) and rib.route_count("10.99.0.2") == 2
-    assert rib.expire(13.0) and rib.route_count("10.99.0.2") == 0
+    assert rib.expire(12.9) == [] and rib.route_count("10.99.0.2") == 2
+    assert rib.expire(13.0) == ["10.99.0.2"] and rib.route_count("10.99.0.2") == 0
     assert rib.view([our_vni()]).peers == {42: {}}
 
 
@@ -259,7 +265,7 @@ def test_a_neighbor_back_within_the_hold_time_keeps_its_routes() -> None:
     rib.apply(UpdateEvent("n", (imet_from("10.99.0.2"),)), 0.0)
     rib.apply(SessionEvent("n", False), 1.0)
     rib.apply(SessionEvent("n", True), 2.0)
-    assert not rib.expire(100.0) and rib.route_count("n") == 1
+    assert rib.expire(100.0) == [] and rib.route_count("n") == 1
 
 
 def test_the_view_imports_by_route_target_and_picks_the_encapsulation_per_vtep() -> None:

@@ -306,12 +306,17 @@ class Advertiser:
     highest sequence number other VTEPs advertised per (VNI, MAC), and returns the
     speaker commands (announcements and withdrawals) that turn what was advertised
     into that.  A MAC keeps its sequence number while it stays local; one that
-    appears here after another VTEP had it goes out with that number plus one."""
+    appears here after another VTEP had it goes out with that number plus one.  One
+    still local here that another VTEP advertises with a higher number has moved
+    there (RFC 7432 §15.1): it is withdrawn and listed in :attr:`superseded`, for
+    the caller to forget the stale local entry; when it is learned here again, it
+    goes out with the other number plus one."""
 
     def __init__(self, local: str) -> None:
         self.local = local
         self.advertised: dict[bytes, Route] = {}  # by NLRI
         self._seq: dict[tuple[int, bytes], int] = {}
+        self.superseded: set[tuple[int, bytes]] = set()
 
     def reset(self) -> None:
         """The speaker restarted: it holds nothing, announce everything again."""
@@ -328,6 +333,7 @@ class Advertiser:
     ) -> list[str]:
         want: dict[bytes, Route] = {}
         seqs: dict[tuple[int, bytes], int] = {}
+        superseded: set[tuple[int, bytes]] = set()
         for net in vnis:
             route = imet_route(net, self.local)
             want[route.nlri] = route
@@ -335,14 +341,16 @@ class Advertiser:
                 key = (net.vni, mac)
                 seq = self._seq.get(key)
                 remote = remote_seq.get(key)
-                if seq is None:
+                if seq is None:  # newly here
                     seq = 0 if remote is None else min(remote + 1, _MAX_SEQ)
-                elif remote is not None and remote >= seq:
-                    seq = min(remote + 1, _MAX_SEQ)  # it came back here after moving
+                elif remote is not None and remote > seq:  # it moved away: not ours now
+                    superseded.add(key)
+                    continue
                 seqs[key] = seq
                 route = mac_route(net, self.local, mac, seq)
                 want[route.nlri] = route
         self._seq = seqs
+        self.superseded = superseded
         commands = [r.withdraw() for n, r in self.advertised.items() if n not in want]
         commands += [r.announce() for n, r in want.items() if self.advertised.get(n) != r]
         self.advertised = want
@@ -585,15 +593,15 @@ class RemoteRib:
                 changed = True
         return changed
 
-    def expire(self, now: float) -> bool:
-        """Drop the routes of neighbors down for longer than the hold time; True if
-        any went."""
-        changed = False
-        for nb in self.neighbors.values():
+    def expire(self, now: float) -> list[str]:
+        """Drop the routes of neighbors down for longer than the hold time; returns
+        those neighbors."""
+        gone = []
+        for address, nb in self.neighbors.items():
             if nb.down_since is not None and now - nb.down_since >= self.hold_time and nb.routes:
                 nb.routes.clear()
-                changed = True
-        return changed
+                gone.append(address)
+        return gone
 
     def next_deadline(self) -> float | None:
         times = [

@@ -191,8 +191,14 @@ class EvpnLink:
                 self._session(SessionEvent(address, False), now)
                 self.rib.apply(SessionEvent(address, False), now)
                 session["state"] = "idle"
-        if self.rib.expire(now):
-            log.warning("bgp: routes of a neighbor down for %d s removed", self.bgp.hold_time)
+        expired = self.rib.expire(now)
+        if expired:
+            for address in expired:
+                log.warning(
+                    "bgp: %s down for the hold time (%d s): its routes removed",
+                    address,
+                    self.bgp.hold_time,
+                )
             self._publish()
         if not self.speaker.running:
             return
@@ -205,10 +211,17 @@ class EvpnLink:
             }
             commands = self.advertiser.update(self.vnis, macs, self.view.seqs)
             self.speaker.send(commands)
+            for vni, mac in self.advertiser.superseded:  # moved to another VTEP
+                dp.networks[vni].fdb.forget(mac)
         else:
             self.speaker.flush()
 
     # -- what sclp stats shows ------------------------------------------------------------
+
+    def set_config(self, cfg: Config) -> None:
+        """The networks changed (a reload): advertise what they are now."""
+        self.vnis = local_vnis(cfg)
+        self._advertised_at = -math.inf
 
     def status(self, now: float) -> dict[str, Any]:
         proc = self.speaker.proc

@@ -328,6 +328,8 @@ class Endpoint:
         peers = self._sync_peers()
         if self.registry is not None:
             self.registry.set_member(self.cfg)  # the VNIs it announces
+        if self.evpn is not None:
+            self.evpn.set_config(self.cfg)
         if plan.empty:
             log.info("reload: networks unchanged")
         failed = {vni for vni, _ in not_added}

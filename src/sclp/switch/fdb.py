@@ -167,6 +167,10 @@ class Fdb:
             origins.update(dict.fromkeys(macs, origin))
         self._remote, self._remote_origin = remote, origins
 
+    def forget(self, mac: bytes) -> bool:
+        """Drop what traffic taught about ``mac`` (a control plane says it moved)."""
+        return self._dynamic.pop(bytes(mac), None) is not None
+
     def local_macs(self) -> frozenset[bytes]:
         """The MACs learned behind this host's own ports (what this host announces)."""
         ports = self._port_set
