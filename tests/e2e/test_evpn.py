@@ -240,6 +240,8 @@ def test_sessions_come_up_and_routes_are_exchanged(fabric: Fabric) -> None:
     peers = {r["address"]: r for r in fabric.show(0, "peers")}
     assert peers[HF]["origin"] == "evpn" and peers[HF]["protocol"] == "vxlan"
     assert peers[H2]["origin"] == "evpn" and peers[H2]["protocol"] == "vxlan-sclp"
+    text = sclp_cli("stats", "--name", fabric.endpoints[0].name).stdout
+    assert "bgp: AS 65001" in text and f"{HF} (AS 65000) established" in text
 
 
 def test_ping_and_20_mib_both_ways_with_frrs_kernel_vtep(fabric: Fabric, tmp_path: Path) -> None:
