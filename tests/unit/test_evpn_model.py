@@ -300,3 +300,18 @@ def test_exabgp_gets_one_neighbor_block_each_with_the_evpn_family() -> None:
     assert "local-address 10.0.0.1;" in text.split("neighbor fd00::1")[0]
     assert "local-address" not in text.split("neighbor fd00::1")[1]
     assert "run relay;" in text and "encoder json;" in text and "hold-time 9;" in text
+
+
+def test_the_bgp_package_imports_only_itself_and_its_model_no_io() -> None:
+    from tests.unit.test_layering import FORBIDDEN_MODULES, SRC, imported_modules
+
+    for path in sorted((SRC / "bgp").glob("*.py")):
+        for module in imported_modules(path):
+            parts = module.split(".")
+            assert parts[0] != "sclp" or parts[1] == "bgp", f"{path.name} imports {module}"
+    bad = {
+        m
+        for m in imported_modules(SRC / "bgp" / "model.py")
+        if m.split(".")[0] in FORBIDDEN_MODULES | {"threading", "logging", "exabgp"}
+    }
+    assert not bad, f"model.py imports {sorted(bad)}"
