@@ -14,6 +14,7 @@ outlives the endpoint that owns its routes.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import ipaddress
 import os
 import signal
@@ -24,11 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-__all__ = ["BACKOFF_MAX", "Neighbor", "Speaker", "exabgp_config"]
+__all__ = ["BACKOFF_MAX", "EXABGP_MISSING", "Neighbor", "Speaker", "exabgp_config"]
 
 BACKOFF_MIN: Final = 1.0
 BACKOFF_MAX: Final = 30.0
 STABLE_AFTER: Final = 60.0  # a speaker that ran this long restarts without waiting
+EXABGP_MISSING: Final = (
+    "the BGP speaker ExaBGP is not installed; pip install 'exabgp>=5.0,<5.1' "
+    "(a dependency of sclp: reinstall it)"
+)
 _MAX_PENDING: Final = 8 << 20  # bytes of commands held while the speaker is busy
 
 
@@ -102,6 +107,8 @@ class Speaker:
 
     def start(self, now: float) -> None:
         """Start ExaBGP (OSError if it cannot be)."""
+        if importlib.util.find_spec("exabgp") is None:
+            raise OSError(EXABGP_MISSING)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         conf = self.state_dir / "exabgp.conf"
         conf.write_text(self.config_text)
