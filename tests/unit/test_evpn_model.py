@@ -265,6 +265,7 @@ def test_a_neighbor_back_within_the_hold_time_keeps_its_routes() -> None:
     rib.apply(UpdateEvent("n", (imet_from("10.99.0.2"),)), 0.0)
     rib.apply(SessionEvent("n", False), 1.0)
     rib.apply(SessionEvent("n", True), 2.0)
+    rib.apply(UpdateEvent("n", (imet_from("10.99.0.2"),)), 2.1)  # it sends it again
     assert rib.expire(100.0) == [] and rib.route_count("n") == 1
 
 
@@ -315,3 +316,17 @@ def test_the_bgp_package_imports_only_itself_and_its_model_no_io() -> None:
         if m.split(".")[0] in FORBIDDEN_MODULES | {"threading", "logging", "exabgp"}
     }
     assert not bad, f"model.py imports {sorted(bad)}"
+
+
+def test_routes_a_returning_neighbor_does_not_send_again_go_after_the_hold_time() -> None:
+    rib = RemoteRib(3.0, "10.99.0.1")
+    kept, dropped = mac_from("10.0.0.2", FRR_MAC), mac_from("10.0.0.2", b"\x02" * 6)
+    rib.apply(SessionEvent("n", True), 0.0)
+    rib.apply(UpdateEvent("n", (imet_from("10.0.0.2"), kept, dropped)), 0.0)
+    rib.apply(SessionEvent("n", False), 1.0)
+    rib.apply(SessionEvent("n", True), 2.0)  # back in time: all kept for now
+    rib.apply(UpdateEvent("n", (imet_from("10.0.0.2"), kept)), 2.5)  # sent again
+    assert rib.next_deadline() == 5.0
+    assert rib.expire(4.9) == [] and rib.route_count("n") == 3
+    assert rib.expire(5.0) == ["n"] and rib.route_count("n") == 2
+    assert rib.view([our_vni()]).macs == {42: {FRR_MAC: "10.0.0.2"}}

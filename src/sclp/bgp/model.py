@@ -561,12 +561,17 @@ class _Neighbor:
     up: bool = False
     down_since: float | None = None
     routes: dict[tuple[int, bytes, bytes | None], RemoteRoute] = field(default_factory=dict)
+    # After the session came back: the routes it held before are stale until sent
+    # again; those not sent again by ``stale_until`` go (what it withdrew meanwhile).
+    stale_until: float | None = None
+    fresh: set[tuple[int, bytes, bytes | None]] = field(default_factory=set)
 
 
 class RemoteRib:
     """The routes each neighbor sent.  A neighbor whose session went down keeps its
     routes for ``hold_time`` seconds (the data path keeps forwarding on them), then
-    they go; one that comes back up in time keeps them (it sends them again)."""
+    they go; one that comes back up in time keeps them while it sends them again,
+    and those it does not send again within another ``hold_time`` go then."""
 
     def __init__(self, hold_time: float, local: str) -> None:
         self.hold_time = hold_time
@@ -578,9 +583,11 @@ class RemoteRib:
         nb = self.neighbors.setdefault(event.neighbor, _Neighbor())
         if isinstance(event, SessionEvent):
             if event.up:
+                if not nb.up and nb.routes:
+                    nb.stale_until, nb.fresh = now + self.hold_time, set()
                 nb.up, nb.down_since = True, None
             elif nb.up or nb.down_since is None:
-                nb.up, nb.down_since = False, now
+                nb.up, nb.down_since, nb.stale_until = False, now, None
             return False
         changed = False
         for key in event.withdrawn:
@@ -588,19 +595,28 @@ class RemoteRib:
         for route in event.announced:
             if route.vtep == self.local:
                 continue  # our own routes, reflected back
+            if nb.stale_until is not None:
+                nb.fresh.add(route.key)
             if nb.routes.get(route.key) != route:
                 nb.routes[route.key] = route
                 changed = True
         return changed
 
     def expire(self, now: float) -> list[str]:
-        """Drop the routes of neighbors down for longer than the hold time; returns
-        those neighbors."""
+        """Drop the routes of neighbors down for longer than the hold time, and the
+        stale ones of neighbors that came back; returns those neighbors."""
         gone = []
         for address, nb in self.neighbors.items():
             if nb.down_since is not None and now - nb.down_since >= self.hold_time and nb.routes:
                 nb.routes.clear()
                 gone.append(address)
+            elif nb.stale_until is not None and now >= nb.stale_until:
+                stale = [key for key in nb.routes if key not in nb.fresh]
+                for key in stale:
+                    del nb.routes[key]
+                nb.stale_until, nb.fresh = None, set()
+                if stale:
+                    gone.append(address)
         return gone
 
     def next_deadline(self) -> float | None:
@@ -609,6 +625,7 @@ class RemoteRib:
             for nb in self.neighbors.values()
             if nb.down_since is not None and nb.routes
         ]
+        times += [nb.stale_until for nb in self.neighbors.values() if nb.stale_until is not None]
         return min(times, default=None)
 
     def route_count(self, neighbor: str) -> int:

@@ -157,14 +157,14 @@ class EvpnLink:
             event.neighbor, {"asn": None, "state": "idle", "since": None, "flaps": 0}
         )
         state = "established" if event.up else "down"
-        if session["state"] == state:
+        was = session["state"]
+        if was == state:
             return
-        if session["state"] == "established":
-            session["flaps"] += 1
         session["state"], session["since"] = state, now
         if event.up:
             log.info("bgp: session with %s (AS %s) established", event.neighbor, session["asn"])
-        else:
+        elif was == "established":
+            session["flaps"] += 1
             log.warning(
                 "bgp: session with %s down; its %d routes stay for the hold time (%d s)",
                 event.neighbor,
@@ -190,12 +190,12 @@ class EvpnLink:
             for address, session in self.sessions.items():
                 self._session(SessionEvent(address, False), now)
                 self.rib.apply(SessionEvent(address, False), now)
-                session["state"] = "idle"
+                session["state"] = "idle"  # no speaker: no session at all
         expired = self.rib.expire(now)
         if expired:
             for address in expired:
                 log.warning(
-                    "bgp: %s down for the hold time (%d s): its routes removed",
+                    "bgp: %s: routes not (re)sent within the hold time (%d s) removed",
                     address,
                     self.bgp.hold_time,
                 )
