@@ -65,9 +65,17 @@ def test_a_speaker_that_dies_is_restarted_after_its_back_off(tmp_path: Path) -> 
         first.wait(timeout=10)
         exited = speaker.poll(1.0)
         assert exited is not None and "signal 9" in exited and not speaker.running
-        assert speaker.poll(1.0 + BACKOFF_MIN) is None  # the back-off doubled: 2 s
-        assert speaker.poll(1.0 + 2 * BACKOFF_MIN) == "restarted"
-        assert speaker.running and speaker.restarts == 1 and speaker.proc is not first
+        assert speaker.poll(1.0 + BACKOFF_MIN / 2) is None  # waiting out the back-off
+        assert speaker.poll(1.0 + BACKOFF_MIN) == "restarted"
+        second = speaker.proc
+        assert speaker.running and speaker.restarts == 1 and second is not first
+        # It dies again at once: the back-off has doubled.
+        assert second is not None
+        os.killpg(second.pid, signal.SIGKILL)
+        second.wait(timeout=10)
+        assert speaker.poll(2.0) is not None
+        assert speaker.poll(2.0 + BACKOFF_MIN) is None
+        assert speaker.poll(2.0 + 2 * BACKOFF_MIN) == "restarted" and speaker.restarts == 2
     finally:
         speaker.close()
     assert not speaker.running

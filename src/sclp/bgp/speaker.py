@@ -29,7 +29,7 @@ __all__ = ["BACKOFF_MAX", "EXABGP_MISSING", "Neighbor", "Speaker", "exabgp_confi
 
 BACKOFF_MIN: Final = 1.0
 BACKOFF_MAX: Final = 30.0
-STABLE_AFTER: Final = 60.0  # a speaker that ran this long restarts without waiting
+STABLE_AFTER: Final = 60.0  # a speaker that ran this long starts the back-off afresh
 EXABGP_MISSING: Final = (
     "the BGP speaker ExaBGP is not installed; pip install 'exabgp>=5.0,<5.1' "
     "(a dependency of sclp: reinstall it)"
@@ -203,10 +203,10 @@ class Speaker:
             self._close_pipes()
             self.proc = None
             ran = now - self._started_at
-            self._backoff = (
-                BACKOFF_MIN if ran >= STABLE_AFTER else min(BACKOFF_MAX, self._backoff * 2)
-            )
-            self._restart_at = now + (0.0 if ran >= STABLE_AFTER else self._backoff)
+            if ran >= STABLE_AFTER:
+                self._backoff = BACKOFF_MIN
+            self._restart_at = now + self._backoff
+            self._backoff = min(BACKOFF_MAX, self._backoff * 2)
             how = f"signal {-code}" if code < 0 else f"status {code}"
             self.last_exit = f"exabgp exited with {how} after {ran:.1f} s (log: {self.log_path})"
             return self.last_exit
