@@ -487,8 +487,9 @@ class DataPath:
             else:  # a mixed VNI: VXLAN to its VXLAN-only peers (the frame is intact)
                 alt = net.alt_tunnel
                 assert alt is not None
-                sends = alt.transmit(vm, [p for p in peers if p in plain])
+                to_plain = [p for p in peers if p in plain]
                 others = [p for p in peers if p not in plain]
+                sends = alt.transmit(vm, to_plain) if to_plain else []
                 if others:
                     sends += net.tunnel.transmit(vm, others)
         except MalformedPacket as exc:
