@@ -213,6 +213,15 @@ def fabric() -> Iterator[Fabric]:
         topo.close()
 
 
+def _vteps(vni: dict[str, Any]) -> list[str]:
+    """The remote VTEPs of ``show evpn vni 42 json``: FRR 8.4 lists them under
+    ``numRemoteVteps`` (addresses, or objects with ``ip``)."""
+    found = vni.get("numRemoteVteps") or vni.get("remoteVteps") or []
+    if not isinstance(found, list):
+        return []
+    return [v["ip"] if isinstance(v, dict) else str(v) for v in found]
+
+
 def _established(ep: Endpoint) -> int:
     bgp = ep.stats().get("bgp") or {}
     return sum(1 for n in bgp.get("neighbors", ()) if n["state"] == "established")
@@ -234,9 +243,12 @@ def test_sessions_come_up_and_routes_are_exchanged(fabric: Fabric) -> None:
         10.0,
         what="FRR lists vm1's MAC as remote behind host1",
     )
-    rows = fabric.show(0, "fdb")
     entry = {"vni": 42, "mac": vmf_mac, "port": None, "peer": HF, "origin": "evpn", "age_s": None}
-    assert entry in rows
+    wait_for(
+        lambda: entry in fabric.show(0, "fdb"),
+        10.0,
+        what="sclp show fdb lists FRR's VM behind FRR with origin evpn",
+    )
     peers = {r["address"]: r for r in fabric.show(0, "peers")}
     assert peers[HF]["origin"] == "evpn" and peers[HF]["protocol"] == "vxlan"
     assert peers[H2]["origin"] == "evpn" and peers[H2]["protocol"] == "vxlan-sclp"
@@ -247,6 +259,17 @@ def test_sessions_come_up_and_routes_are_exchanged(fabric: Fabric) -> None:
 def test_ping_and_20_mib_both_ways_with_frrs_kernel_vtep(fabric: Fabric, tmp_path: Path) -> None:
     assert ping(fabric.ns["vm1"], VMF, count=3)
     assert ping(fabric.ns["vmf"], VM1, count=3)
+    assert ping(fabric.ns["vm2"], VMF, count=3)  # the other endpoint: plain VXLAN too
+    assert {r["address"]: r for r in fabric.show(1, "peers")}[HF]["protocol"] == "vxlan"
+    # FRR floods to both of ours (their type-3 routes): its remote VTEPs, and the
+    # kernel's all-zeros flood entries; an ARP request from FRR's VM reaches vm1.
+    vni = json.loads(fabric.frr.vtysh("show evpn vni 42 json"))
+    assert {H1, H2} <= set(_vteps(vni))
+    fdb = run_in(fabric.ns["vmf-host"], ["bridge", "fdb", "show", "dev", "vxlan42"]).stdout
+    for vtep in (H1, H2):
+        assert f"00:00:00:00:00:00 dst {vtep} self permanent" in fdb
+    run_in(fabric.ns["vmf"], ["ip", "neigh", "flush", "all"])
+    assert ping(fabric.ns["vmf"], VM1, count=2)
     data = tmp_path / "20mib"
     data.write_bytes(os.urandom(20 << 20))
     digest = hashlib.sha256(data.read_bytes()).hexdigest()
