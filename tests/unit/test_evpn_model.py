@@ -330,3 +330,53 @@ def test_routes_a_returning_neighbor_does_not_send_again_go_after_the_hold_time(
     assert rib.expire(4.9) == [] and rib.route_count("n") == 3
     assert rib.expire(5.0) == ["n"] and rib.route_count("n") == 2
     assert rib.view([our_vni()]).macs == {42: {FRR_MAC: "10.0.0.2"}}
+
+
+@given(
+    rd=st.tuples(st.ip_addresses(v=4), st.integers(1, 0xFFFF)).map(lambda t: f"{t[0]}:{t[1]}"),
+    mac=st.binary(min_size=6, max_size=6),
+    vni=st.integers(1, (1 << 24) - 1),
+    origin=st.ip_addresses().map(str),
+)
+def test_our_routes_decode_back_to_what_they_say(
+    rd: str, mac: bytes, vni: int, origin: str
+) -> None:
+    """What we send, as a neighbor's JSON would carry it back, decodes to the same
+    facts (IPv4 and IPv6 VTEPs)."""
+    net = LocalVni(vni, parse_rd(rd), (parse_rt(auto_rt(65001, vni)),), frozenset(), True)
+    commands = Advertiser(origin).update([net], {vni: [mac]}, {})
+    routes = []
+    for command in commands:
+        words = command.split()
+        nlri = bytes.fromhex(words[2])
+        communities = bytes.fromhex(words[6].split(":")[2])
+        attribute: dict[str, object] = {
+            "extended-community": [
+                {"value": int.from_bytes(communities[i : i + 8])}
+                for i in range(0, len(communities), 8)
+            ]
+        }
+        if nlri[0] == ROUTE_IMET:
+            attribute["pmsi"] = f"pmsi:ingressreplication:0:{vni >> 4}({vni}):{origin}"
+        message = {
+            "type": "update",
+            "neighbor": {
+                "address": {"peer": "192.0.2.1"},
+                "message": {
+                    "update": {
+                        "attribute": attribute,
+                        "announce": {
+                            "l2vpn evpn": {origin: [{"code": nlri[0], "raw": nlri.hex()}]}
+                        },
+                    }
+                },
+            },
+        }
+        event = decode_message(json.dumps(message))
+        assert isinstance(event, UpdateEvent)
+        routes += event.announced
+    imet, mac_route = sorted(routes, key=lambda r: r.kind, reverse=True)
+    assert imet.kind == ROUTE_IMET and imet.vtep == origin and imet.label_vni == vni
+    assert mac_route.mac == mac and mac_route.label_vni == vni and mac_route.vtep == origin
+    assert format_rd(imet.rd) == rd and mac_route.encaps == {8}
+    assert RemoteRib(3.0, "192.0.2.99").apply(UpdateEvent("n", tuple(routes)), 0.0)
