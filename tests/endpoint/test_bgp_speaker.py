@@ -111,3 +111,18 @@ def test_exabgp_dies_with_the_endpoint_that_started_it(tmp_path: Path) -> None:
         if owner.poll() is None:
             owner.kill()
             owner.wait()
+
+
+def test_a_speaker_that_cannot_start_says_why(tmp_path: Path) -> None:
+    """Port 179 not available on the address (here: not an address of this host):
+    ExaBGP exits, and the endpoint's line says what ExaBGP said."""
+    speaker = Speaker(config(), tmp_path / "bgp", bind="192.0.2.123")
+    try:
+        speaker.start(0.0)
+        assert speaker.proc is not None
+        speaker.proc.wait(timeout=20)
+        said = speaker.poll(1.0)
+        assert said is not None and "status 1" in said
+        assert "can not bind to 192.0.2.123:179" in said, said
+    finally:
+        speaker.close()

@@ -91,6 +91,7 @@ class Speaker:
         self._out = bytearray()
         self._log: IO[bytes] | None = None
         self.at_eof = False  # its output pipe closed: it is exiting
+        self._log_from = 0
 
     @property
     def running(self) -> bool:
@@ -127,6 +128,7 @@ class Speaker:
             env["exabgp_daemon_user"] = "root"
         if self._log is None:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
+        self._log_from = self._log.seek(0, os.SEEK_END)  # this run's lines start here
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sclp.bgp.exabgp_main", str(conf)],
             stdin=subprocess.PIPE,
@@ -208,7 +210,12 @@ class Speaker:
             self._restart_at = now + self._backoff
             self._backoff = min(BACKOFF_MAX, self._backoff * 2)
             how = f"signal {-code}" if code < 0 else f"status {code}"
-            self.last_exit = f"exabgp exited with {how} after {ran:.1f} s (log: {self.log_path})"
+            said = self._last_words()
+            self.last_exit = (
+                f"exabgp exited with {how} after {ran:.1f} s"
+                + (f": {said}" if said else "")
+                + f" (log: {self.log_path})"
+            )
             return self.last_exit
         if self._restart_at is not None and now >= self._restart_at:
             try:
@@ -220,6 +227,20 @@ class Speaker:
             self.restarts += 1
             return "restarted"
         return None
+
+    def _last_words(self) -> str:
+        """The first error line ExaBGP logged in its last run (why it exited), or ""."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(self._log_from, log.tell() - 4096))
+                lines = log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        for line in lines:
+            if "can not" in line or "error" in line.lower() or "could not" in line:
+                return " ".join(line.split())
+        return ""
 
     def _kill(self) -> None:
         if self.proc is not None:
