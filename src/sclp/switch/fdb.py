@@ -38,8 +38,9 @@ class LearnResult(enum.Enum):
 
 
 class Origin(enum.Enum):
-    """Who put an entry in the table.  Another control plane (EVPN, say) adds its own
-    member and its own part of the table; :meth:`Fdb.entries` reports each."""
+    """Who put an entry in the table.  Each control plane (the cluster registry, BGP
+    EVPN) has its own member and its own part of the table (:meth:`Fdb.set_remote`);
+    :meth:`Fdb.entries` reports each."""
 
     LEARNED = "learned"  # from a frame's source address (ages)
     STATIC = "static"  # from the configuration's ``static`` list (never ages)
