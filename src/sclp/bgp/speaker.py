@@ -194,6 +194,11 @@ class Speaker:
             return  # it exited: poll() notices
         del self._out[:written]
 
+    def exited(self) -> bool:
+        """It was running and has exited (:meth:`poll` will reap it and close its
+        pipes: stop watching them first)."""
+        return self.proc is not None and self.proc.poll() is not None
+
     def poll(self, now: float) -> str | None:
         """Supervise: a speaker that exited is reaped (returns a line saying how) and
         started again once its back-off has passed (returns "restarted")."""

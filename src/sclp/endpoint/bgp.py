@@ -178,6 +178,8 @@ class EvpnLink:
 
     def tick(self, now: float, dp: DataPath) -> None:
         """Supervise the speaker, expire lost neighbors' routes, follow the MACs."""
+        if self.speaker.exited():
+            self._unwatch_speaker()  # before poll() closes the pipe the loop watches
         what = self.speaker.poll(now)
         if what == "restarted":
             log.info("bgp: exabgp restarted (restart %d)", self.speaker.restarts)
@@ -186,7 +188,6 @@ class EvpnLink:
             self._advertised_at = -math.inf
         elif what is not None:
             log.warning("bgp: %s; restarting it", what)
-            self._unwatch_speaker()
             for address, session in self.sessions.items():
                 self._session(SessionEvent(address, False), now)
                 self.rib.apply(SessionEvent(address, False), now)
