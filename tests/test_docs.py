@@ -292,6 +292,23 @@ peers = ["10.0.0.3"]
             "conflicts": 0,
             "conflicts_now": [],
         },
+        "bgp": {
+            "asn": 65001,
+            "router_id": "10.0.0.1",
+            "speaker": {"running": True, "pid": 2, "restarts": 0, "last_exit": None},
+            "neighbors": [
+                {
+                    "address": "10.0.0.254",
+                    "asn": 65000,
+                    "state": "established",
+                    "for_s": 1.0,
+                    "flaps": 0,
+                    "routes_received": 2,
+                }
+            ],
+            "routes_advertised": 3,
+            "bad_messages": 0,
+        },
     }
 
 
@@ -488,3 +505,14 @@ def test_no_doc_or_message_installs_sclp_from_a_package_index() -> None:
         if wrong.search(line)
     }
     _fail_unless_empty(_missing("pip install of sclp from an index", found))
+
+
+# -- docs/evpn.md: the FRR configuration is the one the interop test runs --------------
+
+
+def test_evpn_doc_shows_the_frr_configuration_the_test_runs() -> None:
+    from tests.e2e.test_evpn import FRR_BGPD, FRR_KERNEL
+
+    text = (ROOT / "docs" / "evpn.md").read_text()
+    assert FRR_BGPD in text and FRR_KERNEL in text
+    assert "[docs/evpn.md](docs/evpn.md)" in (ROOT / "README.md").read_text()

@@ -269,6 +269,19 @@ def _print_stats(stats: dict[str, object]) -> None:
             f"{cluster.get('revision')}, conflicts {cluster.get('conflicts', 0)}, "
             f"last error: {cluster.get('last_error') or 'none'}"
         )
+    bgp = stats.get("bgp")
+    if isinstance(bgp, dict):
+        sessions = ", ".join(
+            f"{n.get('address')} (AS {n.get('asn')}) {n.get('state')}, "
+            f"{n.get('routes_received')} routes"
+            for n in bgp.get("neighbors", ())
+        )
+        speaker = bgp.get("speaker") or {}
+        console.print(
+            f"bgp: AS {bgp.get('asn')}, {bgp.get('routes_advertised')} routes advertised, "
+            f"speaker {'running' if speaker.get('running') else 'not running'} "
+            f"(restarts {speaker.get('restarts', 0)}); {sessions or 'no neighbors'}"
+        )
     ports = stats.get("ports") or {}
     assert isinstance(ports, dict)
     if ports:

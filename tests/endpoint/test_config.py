@@ -619,7 +619,8 @@ def test_table_keys_name_every_key_the_parser_reads(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(_Reader, "check_unknown", record)
     full = _before_networks(
         "[underlay.faults]\ndrop = 0.1\n[limits]\n[tuning]\n[metrics]\n"
-        '[cluster]\netcd = ["http://10.0.0.5:2379"]'
+        '[cluster]\netcd = ["http://10.0.0.5:2379"]\n'
+        '[bgp]\nasn = 65001\nneighbors = [{ address = "10.0.0.254", asn = 65000 }]'
     )
     parse_config(full)
     assert set(seen) == set(TABLE_KEYS)
@@ -637,3 +638,66 @@ def test_quoted_and_dotted_keys_carry_lines_and_missing_keys_their_table() -> No
     assert _error(no_port).startswith(
         "network[1].tap: missing from the [[network]] at line 16; add tap = "
     )
+
+
+BGP = (
+    GOOD
+    + """\
+rd = "10.0.0.1:9"
+route_targets = ["65000:43"]
+[bgp]
+asn = 65001
+neighbors = [{ address = "10.0.0.254", asn = 65000 }, { address = "fd00::fe", asn = 65000 }]
+hold_time = 6
+"""
+)
+
+
+def test_bgp_parses_with_the_router_id_from_the_underlay() -> None:
+    cfg = parse_config(BGP)
+    assert cfg.bgp is not None
+    assert (cfg.bgp.asn, cfg.bgp.router_id, cfg.bgp.hold_time) == (65001, "10.0.0.1", 6)
+    assert [(n.address, n.asn) for n in cfg.bgp.neighbors] == [
+        ("10.0.0.254", 65000),
+        ("fd00::fe", 65000),
+    ]
+    assert cfg.networks[1].rd == "10.0.0.1:9"
+    assert cfg.networks[1].route_targets == ("65000:43",)
+    assert cfg.networks[0].rd is None and cfg.networks[0].route_targets == ()
+    assert parse_config(GOOD).bgp is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("asn = 65001", "asn = 0", "bgp.asn (line 24): 0 is not an AS number"),
+        ("asn = 65001", 'asn = "x"', "bgp.asn (line 24): expected an integer"),
+        ("hold_time = 6", "hold_time = 2", "bgp.hold_time (line 26): 2 s is out of range"),
+        ('address = "10.0.0.254"', 'address = "10.0.0.1"', "is this endpoint"),
+        ('address = "10.0.0.254", asn', 'adress = "10.0.0.254", asn', "bgp.neighbors (line 25)"),
+        ('address = "10.0.0.254"', 'address = "fd00::fe"', "appears twice"),
+        ('rd = "10.0.0.1:9"', 'rd = "red"', "network[1].rd (line 21): 'red' is not"),
+        ('["65000:43"]', '["65000"]', "network[1].route_targets (line 22)"),
+        ("hold_time = 6", "hold_time = 6\ncolour = 1", "bgp.colour (line 27): unknown key"),
+    ],
+)
+def test_bgp_errors_name_the_key_and_line(old: str, new: str, expected: str) -> None:
+    assert old in BGP
+    with pytest.raises(ConfigError) as info:
+        parse_config(BGP.replace(old, new, 1))
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bgp_needs_a_router_id_on_an_ipv6_underlay() -> None:
+    text = BGP.replace('local = "10.0.0.1"', 'local = "fd00::1"')
+    with pytest.raises(ConfigError, match=r"bgp\.router_id: missing"):
+        parse_config(text)
+    cfg = parse_config(text.replace("asn = 65001", 'asn = 65001\nrouter_id = "10.0.0.1"'))
+    assert cfg.bgp is not None and cfg.bgp.router_id == "10.0.0.1"
+
+
+def test_a_vxlan_sclp_network_with_bgp_needs_its_own_vxlan_port() -> None:
+    text = BGP.replace("sclp_udp_port = 7300", "sclp_udp_port = 4789")
+    with pytest.raises(ConfigError, match=r"sclp_udp_port: 4789 is also underlay\.vxlan_port"):
+        parse_config(text.replace('protocol = "vxlan"\n', 'protocol = "vxlan-sclp"\n'))

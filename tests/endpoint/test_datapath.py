@@ -606,3 +606,64 @@ def test_a_peer_only_a_static_entry_names_counts_what_is_sent_to_it() -> None:
     assert C not in dp.networks[42].peer_counters  # nothing is taken from it
     _, other = pair("vxlan", "ip")
     assert transfer(C, dp, other.from_vm(other.networks[42].ports[0], *vm_read(frame), 0.0)) == []
+
+
+# -- per-peer encapsulation: one VNI, two SCLP-speaking endpoints and one VXLAN-only ---
+
+BGP = '[bgp]\nasn = 65001\nneighbors = [{ address = "10.9.0.254", asn = 65000 }]\n'
+
+
+@pytest.mark.parametrize("carrier", ["ip", "udp"])
+def test_a_mixed_vni_speaks_sclp_to_sclp_peers_and_vxlan_to_a_vxlan_only_peer(
+    carrier: str,
+) -> None:
+    """A and B run VXLAN over SCLP with [bgp]; C is a VXLAN-only VTEP (as FRR's kernel
+    device is).  A learned (from EVPN) that C takes only VXLAN: a flood from A's VM
+    goes to B as SCLP segments and to C as plain VXLAN datagrams, each delivered;
+    C's plain VXLAN is accepted by A; the VM MTU is the one VXLAN can carry."""
+    a = DataPath(parse_config(config(A, [], "vxlan-sclp", carrier, BGP)), 1500)
+    b = DataPath(parse_config(config(B, [], "vxlan-sclp", carrier, BGP)), 1500)
+    c = DataPath(parse_config(config(C, [A, B], "vxlan", "ip")), 1500)
+    a.set_peers(42, [B, C], plain=[C])
+    b.set_peers(42, [A, C], plain=[C])
+    assert a.networks[42].vm_mtu == c.networks[42].vm_mtu == 1450
+    assert {Channel.SCLP, Channel.VXLAN} <= a.channels
+    payload = bytes(range(256)) * 20  # 5,120 bytes: one TSO frame of 4 segments
+    mss = vm_mss(a)
+    buf, size = vm_read(tcp_frame(payload, partial=True), gso_size=mss)
+    sends = [s for s in a.from_vm(a.ports["t42"], buf, size, 0.0) if isinstance(s, Send)]
+    by_peer = {(s.peer, s.channel) for s in sends}
+    assert by_peer == {(B, Channel.SCLP), (C, Channel.VXLAN)}
+    to_b = transfer(A, b, [s for s in sends if s.peer == B])
+    to_c = transfer(A, c, [s for s in sends if s.peer == C])
+    assert len(to_b) == 1 and tcp_payload(bytes(to_b[0].frame)) == payload
+    assert len(to_c) == -(-len(payload) // mss)
+    assert b"".join(tcp_payload(bytes(d.frame)) for d in to_c) == payload
+    assert all(vm_accepts(d) for d in to_c)
+    assert b.stats()["counters"]["reasm_complete"] == 1  # B took SCLP segments
+    assert c.stats()["counters"]["reasm_complete"] == 0
+    # C answers with plain VXLAN: A takes it, although its network runs VXLAN over SCLP.
+    back = tcp_frame(b"pong" * 100)
+    back = MAC_A + MAC_B + back[12:]
+    cbuf, csize = vm_read(back)
+    csends = [s for s in c.from_vm(c.ports["t42"], cbuf, csize, 1.0) if isinstance(s, Send)]
+    delivered = transfer(C, a, [s for s in csends if s.peer == A], now=1.0)
+    assert [bytes(d.frame) for d in delivered] == [back]
+    assert a.stats()["counters"]["drop_unknown_vni"] == 0
+    # Now A knows where MAC_B lives (behind C): unicast goes to C alone, as VXLAN.
+    buf, size = vm_read(tcp_frame(b"x" * 100))
+    unicast = [s for s in a.from_vm(a.ports["t42"], buf, size, 2.0) if isinstance(s, Send)]
+    assert [(s.peer, s.channel) for s in unicast] == [(C, Channel.VXLAN)]
+    # A peer that advertises SCLP later (plain no more) gets SCLP from then on.
+    a.set_peers(42, [B, C], plain=[])
+    buf, size = vm_read(tcp_frame(b"y" * 100))
+    again = [s for s in a.from_vm(a.ports["t42"], buf, size, 3.0) if isinstance(s, Send)]
+    assert [(s.peer, s.channel) for s in again] == [(C, Channel.SCLP)]
+
+
+def test_without_bgp_a_vxlan_sclp_network_has_no_plain_vxlan() -> None:
+    a = DataPath(parse_config(config(A, [B], "vxlan-sclp", "ip")), 1500)
+    a.set_peers(42, [B], plain=[B])
+    assert a.networks[42].alt_tunnel is None and not a.networks[42].plain_peers
+    assert Channel.VXLAN not in a.channels
+    assert a.networks[42].vm_mtu == 1500

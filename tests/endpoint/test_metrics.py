@@ -186,6 +186,27 @@ def test_per_port_counters_name_the_port_its_vni_and_kind(
     assert value(s, "sclp_cluster_conflicts") == 1
 
 
+def test_bgp_sessions_and_routes(server: MetricsServer, fake: Fake) -> None:
+    fake.stats = copy.deepcopy(STATS)
+    fake.stats["bgp"] = {
+        "asn": 65001,
+        "speaker": {"running": True, "pid": 9, "restarts": 2, "last_exit": "..."},
+        "neighbors": [
+            {"address": "10.0.0.254", "state": "established", "routes_received": 7},
+            {"address": "10.0.0.253", "state": "down", "routes_received": 3},
+        ],
+        "routes_advertised": 4,
+    }
+    s = scrape(server)
+    assert value(s, "sclp_bgp_session_up", neighbor="10.0.0.254") == 1
+    assert value(s, "sclp_bgp_session_up", neighbor="10.0.0.253") == 0
+    assert value(s, "sclp_bgp_routes_received", neighbor="10.0.0.253") == 3
+    assert value(s, "sclp_bgp_routes_advertised") == 4
+    assert value(s, "sclp_bgp_speaker_restarts_total") == 2
+    fake.stats["bgp"] = None  # no [bgp]: no bgp families
+    assert not {n for n in names(scrape(server)) if n.startswith("sclp_bgp")}
+
+
 def test_drops_by_vni_and_reason_with_the_endpoint_wide_rest(
     server: MetricsServer, fake: Fake
 ) -> None:

@@ -157,4 +157,27 @@ def test_an_entry_record_is_frozen_and_rows_are_the_same_facts() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         entry.age = 0.0  # type: ignore[misc]
     assert fdb.rows(now=3.0) == [(A, "10.0.0.2", Origin.LEARNED, 2.0)]
-    assert {o.value for o in Origin} == {"learned", "static", "cluster"}
+    assert {o.value for o in Origin} == {"learned", "static", "cluster", "evpn"}
+
+
+def test_evpn_and_cluster_entries_keep_their_origin_and_evpn_wins_a_mac_both_name() -> None:
+    fdb = Fdb(PEERS)
+    fdb.set_remote({A: "10.0.0.2"}, Origin.CLUSTER)
+    fdb.set_remote({A: "10.0.0.3", B: "10.0.0.3", C: "10.9.9.9"}, Origin.EVPN)
+    assert sorted(fdb.rows(now=0.0)) == [
+        (A, "10.0.0.3", Origin.EVPN, None),
+        (B, "10.0.0.3", Origin.EVPN, None),
+    ]
+    assert fdb.lookup(A, 0.0).peers == ("10.0.0.3",)
+    # Replacing one origin's MACs leaves the other's; learning from another peer
+    # shadows the announcement in lookups but does not overwrite it.
+    fdb.set_remote({}, Origin.EVPN)
+    assert fdb.rows(now=0.0) == [(A, "10.0.0.2", Origin.CLUSTER, None)]
+    fdb.set_remote({B: "10.0.0.3"}, Origin.EVPN)
+    fdb.learn(B, "10.0.0.2", now=1.0)
+    assert fdb.lookup(B, 1.0).peers == ("10.0.0.2",)
+    fdb.expire(now=1000.0)
+    assert fdb.lookup(B, 1000.0).peers == ("10.0.0.3",)
+    # A peer that leaves takes its announced MACs with it.
+    fdb.set_peers(["10.0.0.2"])
+    assert fdb.rows(now=1000.0) == [(A, "10.0.0.2", Origin.CLUSTER, None)]

@@ -9,7 +9,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "sclp"
 PURE_PACKAGES = ("wire", "engine", "switch")
 FORBIDDEN_MODULES = {"socket", "fcntl", "select", "os", "time", "subprocess", "selectors"}
-LAYER_ORDER = ["wire", "engine", "switch", "io", "endpoint", "cni", "lab", "top", "cli"]
+LAYER_ORDER = ["wire", "engine", "switch", "io", "bgp", "endpoint", "cni", "lab", "top", "cli"]
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -16,11 +16,12 @@ import os
 import re
 import tomllib
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from sclp.bgp.model import parse_rd, parse_rt
 from sclp.wire.geneve import GENEVE_PORT
 from sclp.wire.sclp import Carrier
 from sclp.wire.vxlan import VXLAN_PORT
@@ -58,7 +59,17 @@ _SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
 
 # The keys each table takes (for "did you mean" and "belongs in [table]" hints).
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "": ("name", "control_dir", "underlay", "limits", "tuning", "metrics", "cluster", "network"),
+    "": (
+        "name",
+        "control_dir",
+        "underlay",
+        "limits",
+        "tuning",
+        "metrics",
+        "cluster",
+        "bgp",
+        "network",
+    ),
     "[underlay]": (
         "local",
         "mtu",
@@ -90,7 +101,10 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
         "mtu",
         "peers",
         "static",
+        "rd",
+        "route_targets",
     ),
+    "[bgp]": ("asn", "router_id", "neighbors", "hold_time"),
 }
 _TOP_SCALARS = ("name", "control_dir")
 
@@ -189,6 +203,24 @@ class Cluster:
 
 
 @dataclass(frozen=True, slots=True)
+class BgpNeighbor:
+    address: str
+    asn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bgp:
+    """BGP EVPN (``[bgp]``, docs/evpn.md): our AS, router ID, the neighbors, and the
+    hold time (seconds) both for the sessions and for keeping a lost neighbor's routes.
+    ``None`` in :attr:`Config.bgp` when the table is absent."""
+
+    asn: int
+    router_id: str
+    neighbors: tuple[BgpNeighbor, ...]
+    hold_time: int = 9
+
+
+@dataclass(frozen=True, slots=True)
 class StaticEntry:
     mac: bytes
     peer: str
@@ -207,6 +239,9 @@ class Network:
     # Shell-style patterns of existing interfaces (a QEMU/libvirt TAP, a container's
     # veth) that become ports of this network when they appear (docs/vms.md).
     attach: tuple[str, ...] = ()
+    # BGP EVPN: the RD and RTs of this VNI when not derived (docs/evpn.md).
+    rd: str | None = None
+    route_targets: tuple[str, ...] = ()
 
     @property
     def is_sclp(self) -> bool:
@@ -227,6 +262,7 @@ class Config:
     tuning: Tuning = field(default_factory=Tuning)
     metrics: Metrics = field(default_factory=Metrics)
     cluster: Cluster | None = None
+    bgp: Bgp | None = None
 
     @property
     def control_socket(self) -> str:
@@ -644,6 +680,13 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         reader = _Reader(raw, f"network[{index}].", lines, f"[[network]]#{index}", (top, "network"))
         networks.append(_network(reader))
         readers.append(reader)
+    bgp = None
+    if "bgp" in data:
+        bgp = _bgp(
+            _Reader(top.get("bgp", dict), "bgp.", lines, "[bgp]", (top, "bgp")),
+            underlay,
+            networks,
+        )
     top.check_unknown()
     _check_unique(networks, readers)
     _check_ports(u, underlay, networks)
@@ -661,6 +704,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         tuning=tuning,
         metrics=metrics,
         cluster=cluster,
+        bgp=bgp,
     )
 
 
@@ -784,6 +828,75 @@ def readable_file_problem(path: str) -> str | None:
     return None
 
 
+def _asn(r: _Reader, key: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 0xFFFFFFFF:
+        raise r.fail(key, f"{value!r} is not an AS number; use 1..4294967295 (64512.. private)")
+    return value
+
+
+def _bgp(b: _Reader, underlay: Underlay, networks: list[Network]) -> Bgp:
+    if not b.table:
+        line = b.table_line()
+        at = f" (line {line})" if line else ""
+        raise ConfigError(f"bgp{at}: empty [bgp]; add asn and neighbors or remove the table")
+    asn = _asn(b, "asn", b.get("asn", int, hint="add asn = 65001 (this endpoint's AS)"))
+    default_id = underlay.local if ipaddress.ip_address(underlay.local).version == 4 else None
+    router_id = b.get("router_id", str, default_id)
+    if router_id is None:
+        raise ConfigError('bgp.router_id: missing; add router_id = "10.0.0.1" (an IPv4 address)')
+    try:
+        router_id = str(ipaddress.IPv4Address(router_id))
+    except ValueError:
+        raise b.fail("router_id", f"{router_id!r} is not an IPv4 address") from None
+    raw = b.get("neighbors", list, hint='add neighbors = [{ address = "10.0.0.254", asn = 65000 }]')
+    if not raw:
+        raise b.fail(
+            "neighbors", 'empty; add neighbors = [{ address = "10.0.0.254", asn = 65000 }]'
+        )
+    neighbors = []
+    for entry in raw:
+        if not isinstance(entry, dict) or set(entry) != {"address", "asn"}:
+            raise b.fail("neighbors", 'entries look like { address = "10.0.0.254", asn = 65000 }')
+        if not isinstance(entry["address"], str):
+            raise b.fail("neighbors", f"{entry['address']!r} is not an address string")
+        address = _ip(b, "neighbors", entry["address"])
+        if address == underlay.local:
+            raise b.fail("neighbors", f"{address} is this endpoint (underlay.local)")
+        neighbors.append(BgpNeighbor(address, _asn(b, "neighbors", entry["asn"])))
+    if len({n.address for n in neighbors}) != len(neighbors):
+        raise b.fail("neighbors", "a neighbor address appears twice")
+    hold = b.get("hold_time", int, 9)
+    if not 3 <= hold <= 65535:
+        raise b.fail("hold_time", f"{hold} s is out of range; use 3..65535 (BGP's minimum is 3)")
+    b.check_unknown()
+    if any(n.protocol is Protocol.VXLAN_SCLP for n in networks) and (
+        underlay.sclp_carrier is Carrier.UDP and underlay.sclp_udp_port == underlay.vxlan_port
+    ):
+        raise ConfigError(
+            f"underlay.sclp_udp_port: {underlay.sclp_udp_port} is also underlay.vxlan_port, "
+            "which a vxlan-sclp network opens for its plain-VXLAN EVPN peers; change one"
+        )
+    return Bgp(asn=asn, router_id=router_id, neighbors=tuple(neighbors), hold_time=hold)
+
+
+def _rd_rt(n: _Reader) -> tuple[str | None, tuple[str, ...]]:
+    rd = n.get("rd", str, None)
+    if rd is not None:
+        try:
+            parse_rd(rd)
+        except ValueError as exc:
+            raise n.fail("rd", f'{exc}; write rd = "10.0.0.1:42" or "65001:42"') from None
+    targets = n.get("route_targets", list, [])
+    for rt in targets:
+        try:
+            parse_rt(rt if isinstance(rt, str) else "")
+        except ValueError:
+            raise n.fail(
+                "route_targets", f'{rt!r} is not a route target; write ["65000:42"]'
+            ) from None
+    return rd, tuple(targets)
+
+
 def _network(n: _Reader) -> Network:
     vni = n.get("vni", int, hint="add vni = 42 (1..16777215)")
     if not 0 < vni < 1 << 24:
@@ -843,6 +956,9 @@ def _network(n: _Reader) -> Network:
         static=tuple(static),
         attach=attach,
     )
+    rd, route_targets = _rd_rt(n)
+    if rd is not None or route_targets:
+        network = replace(network, rd=rd, route_targets=route_targets)
     n.check_unknown()
     return network
 

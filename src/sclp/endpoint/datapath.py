@@ -50,7 +50,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
-from sclp.endpoint.config import Config, Network
+from sclp.endpoint.config import Config, Network, Protocol
 from sclp.endpoint.tunnels import (
     GSO_NONE,
     GSO_TCPV4,
@@ -167,6 +167,7 @@ class VirtualNetwork:
     name (a frame may be sent to them), sharing the objects."""
 
     __slots__ = (
+        "alt_tunnel",
         "counters",
         "fdb",
         "max_plain_frame",
@@ -174,6 +175,7 @@ class VirtualNetwork:
         "network",
         "peer_counters",
         "peers",
+        "plain_peers",
         "rx_partial_csum",
         "tunnel",
         "tx_counters",
@@ -181,20 +183,29 @@ class VirtualNetwork:
         "vni",
     )
 
-    def __init__(self, network: Network, tunnel: Tunnel, fdb: Fdb) -> None:
+    def __init__(
+        self, network: Network, tunnel: Tunnel, fdb: Fdb, alt_tunnel: Tunnel | None = None
+    ) -> None:
         self.network = network
         self.vni = network.vni
         self.tunnel = tunnel
         self.fdb = fdb
         self.peers = frozenset(network.peers)
-        self.vm_mtu = network.mtu or tunnel.default_vm_mtu()
+        # Per-peer encapsulation (docs/evpn.md): a VXLAN-over-SCLP network that BGP
+        # EVPN may give VXLAN-only peers also has plain VXLAN (``alt_tunnel``), for
+        # the peers in ``plain_peers`` (decided when the peers are set); its VM MTU
+        # and largest frame are what both carry.
+        self.alt_tunnel = alt_tunnel
+        self.plain_peers: frozenset[Hashable] = frozenset()
+        tunnels = (tunnel,) if alt_tunnel is None else (tunnel, alt_tunnel)
+        self.vm_mtu = network.mtu or min(t.default_vm_mtu() for t in tunnels)
         # A frame longer than this left the sender as a GSO frame (VLAN tag allowed).
         self.max_plain_frame = self.vm_mtu + 18
         # The largest frame the tunnel carries whole; longer GSO frames are split.
-        self.max_tunnel_frame = tunnel.max_vm_frame()
+        self.max_tunnel_frame = min(t.max_vm_frame() for t in tunnels)
         # Classic tunnels may come from a kernel peer that left inner checksums
         # partial (_partial_csum); SCLP and STT peers are ours and complete them.
-        self.rx_partial_csum = type(tunnel) in _CLASSIC_TUNNELS
+        self.rx_partial_csum = any(type(t) in _CLASSIC_TUNNELS for t in tunnels)
         self.counters: Counter[str] = Counter()
         self.peer_counters: dict[Hashable, PeerCounters] = {}
         self.tx_counters: dict[Hashable, PeerCounters] = {}
@@ -289,10 +300,13 @@ class DataPath:
             raise ValueError(f"vni {network.vni} is served already")
         lim = self.cfg.limits
         tunnel = tunnel_for(network.protocol, network.vni, self.underlay, *self._segmenters)
+        alt = None
+        if self.cfg.bgp is not None and network.protocol is Protocol.VXLAN_SCLP:
+            alt = VxlanTunnel(network.vni, self.underlay)  # for VXLAN-only EVPN peers
         fdb = Fdb(network.peers, lim.fdb_aging, lim.fdb_max_entries)
         for entry in network.static:
             fdb.add_static(entry.mac, entry.peer)
-        net = self.networks[network.vni] = VirtualNetwork(network, tunnel, fdb)
+        net = self.networks[network.vni] = VirtualNetwork(network, tunnel, fdb, alt)
         if network.tap is not None:
             self.add_port(network.tap, network.vni, owned=True)
         self._refresh()
@@ -307,11 +321,16 @@ class DataPath:
         self._refresh()
         return net
 
-    def set_peers(self, vni: int, peers: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
+    def set_peers(
+        self, vni: int, peers: Iterable[str], plain: Iterable[str] = ()
+    ) -> tuple[frozenset[str], frozenset[str]]:
         """Replace the peers of ``vni`` (MACs behind a peer that left are forgotten);
-        returns (joined, left)."""
+        returns (joined, left).  ``plain``: the peers that take plain VXLAN on a
+        network that has it as well (its ``alt_tunnel``; ignored on the others)."""
         net = self.networks[vni]
         new = frozenset(peers)
+        if net.alt_tunnel is not None:
+            net.plain_peers = frozenset(plain) & new
         joined, left = new - net.peers, net.peers - new
         if joined or left:
             net.set_peers(new)
@@ -322,7 +341,9 @@ class DataPath:
     def _refresh(self) -> None:
         self.peers = frozenset(p for n in self.networks.values() for p in n.peers)
         self._peer_packed = {p: ipaddress.ip_address(p).packed for p in self.peers}
-        self.channels = frozenset(n.tunnel.channel for n in self.networks.values())
+        self.channels = frozenset(n.tunnel.channel for n in self.networks.values()) | {
+            n.alt_tunnel.channel for n in self.networks.values() if n.alt_tunnel is not None
+        }
 
     # -- ports -----------------------------------------------------------------------------
 
@@ -460,7 +481,17 @@ class DataPath:
                 counters[DropReason.OVERSIZE.counter] += 1
                 return []
             vm = VmFrame(buf, flen, gso_size, csum_start, gso_type)
-            sends = net.tunnel.transmit(vm, peers)
+            plain = net.plain_peers
+            if not plain:
+                sends = net.tunnel.transmit(vm, peers)
+            else:  # a mixed VNI: VXLAN to its VXLAN-only peers (the frame is intact)
+                alt = net.alt_tunnel
+                assert alt is not None
+                to_plain = [p for p in peers if p in plain]
+                others = [p for p in peers if p not in plain]
+                sends = alt.transmit(vm, to_plain) if to_plain else []
+                if others:
+                    sends += net.tunnel.transmit(vm, others)
         except MalformedPacket as exc:
             counters[exc.reason.counter] += 1
             return []
@@ -604,7 +635,10 @@ class DataPath:
             self.counters[exc.reason.counter] += 1
             return
         net = self.networks.get(vni)
-        if net is None or type(net.tunnel) is not tunnel:
+        if net is None or (
+            type(net.tunnel) is not tunnel
+            and (net.alt_tunnel is None or type(net.alt_tunnel) is not tunnel)
+        ):
             self.counters[DropReason.UNKNOWN_VNI.counter] += 1
             return
         self._deliver_net(net, src, memoryview(payload)[inner_offset:], mss, now, out)

@@ -238,6 +238,34 @@ def _families(stats: Mapping[str, Any], default_name: str) -> list[Metric]:
             gauge.add_metric([ep], float(raw) if isinstance(raw, bool) else _num(raw))
             out.append(gauge)
 
+    bgp: Mapping[str, Any] | None = stats.get("bgp")
+    if bgp:
+        session = GaugeMetricFamily(
+            "sclp_bgp_session_up",
+            "1 while the BGP session with the neighbor is established.",
+            labels=["endpoint", "neighbor"],
+        )
+        received = GaugeMetricFamily(
+            "sclp_bgp_routes_received",
+            "EVPN routes held from the neighbor.",
+            labels=["endpoint", "neighbor"],
+        )
+        for n in bgp.get("neighbors", ()):
+            labels = [ep, str(n.get("address", ""))]
+            session.add_metric(labels, 1.0 if n.get("state") == "established" else 0.0)
+            received.add_metric(labels, _num(n.get("routes_received")))
+        advertised = GaugeMetricFamily(
+            "sclp_bgp_routes_advertised", "EVPN routes this VTEP advertises.", labels=["endpoint"]
+        )
+        advertised.add_metric([ep], _num(bgp.get("routes_advertised")))
+        restarts = CounterMetricFamily(
+            "sclp_bgp_speaker_restarts",
+            "Times the BGP speaker (ExaBGP) was started again after it exited.",
+            labels=["endpoint"],
+        )
+        restarts.add_metric([ep], _num((bgp.get("speaker") or {}).get("restarts")))
+        out += [session, received, advertised, restarts]
+
     faults: Mapping[str, Any] | None = stats.get("faults")
     if faults:
         fault = CounterMetricFamily(

@@ -24,8 +24,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from sclp.bgp.model import Encap, EvpnView
 from sclp.cluster.model import ClusterView
 from sclp.endpoint import provision, reconcile, service, show
+from sclp.endpoint.bgp import EvpnLink
 from sclp.endpoint.config import Config, ConfigError, Network, load_config, vm_mtu_problem
 from sclp.endpoint.control import ControlServer
 from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork, VmPort
@@ -39,6 +41,7 @@ from sclp.endpoint.tunnels import Channel
 from sclp.io import nft
 from sclp.io.rxring import RxRing
 from sclp.io.tap import TapDevice
+from sclp.switch.fdb import Origin
 
 __all__ = ["Endpoint", "EndpointError"]
 
@@ -87,6 +90,9 @@ class Endpoint:
         self._discovered: dict[int, frozenset[str]] = {}
         self._member_names: dict[str, str] = {}
         self._published_macs_at = -math.inf
+        # BGP EVPN (None without [bgp]): the VTEPs per VNI with their encapsulation.
+        self.evpn: EvpnLink | None = None
+        self._evpn_peers: dict[int, dict[str, Encap]] = {}
         faults = cfg.underlay.faults
         self._faults = FaultInjector(faults) if faults.enabled else None
         self._stack = contextlib.ExitStack()
@@ -150,6 +156,8 @@ class Endpoint:
             self._start_attached()
         if cfg.cluster is not None:
             self._start_registry()
+        if cfg.bgp is not None:
+            self._start_evpn()
         for channel in sorted(dp.channels, key=lambda c: c.value):
             self._serve_channel(channel)
         self._started_at = self.clock()
@@ -258,6 +266,8 @@ class Endpoint:
         if self.registry is not None and now - self._published_macs_at >= MAC_PUBLISH_INTERVAL:
             self._published_macs_at = now
             self.registry.publish(self._datapath())
+        if self.evpn is not None:
+            self.evpn.tick(now, self._datapath())
 
     def _reload_on_request(self) -> dict[str, Any]:
         """``sclp reload``: what :meth:`_reload` did, as JSON."""
@@ -327,6 +337,8 @@ class Endpoint:
         peers = self._sync_peers()
         if self.registry is not None:
             self.registry.set_member(self.cfg)  # the VNIs it announces
+        if self.evpn is not None:
+            self.evpn.set_config(self.cfg)
         if plan.empty:
             log.info("reload: networks unchanged")
         failed = {vni for vni, _ in not_added}
@@ -419,7 +431,11 @@ class Endpoint:
         changes: list[PeerChange] = []
         for vni, vnet in dp.networks.items():
             want = reconcile.wanted_peers(vnet.network, self._discovered, self.cfg.underlay.local)
-            joined, left = dp.set_peers(vni, want)
+            evpn = self._evpn_peers.get(vni, {})
+            others = want  # the file's and the cluster's speak the network's protocol
+            want |= evpn.keys()
+            plain = [p for p, e in evpn.items() if e is Encap.VXLAN and p not in others]
+            joined, left = dp.set_peers(vni, want, plain)
             for peer in sorted(joined):
                 log.info("vni %d: peer %s%s joined", vni, peer, _named(names, peer))
             for peer in sorted(left):
@@ -487,6 +503,25 @@ class Endpoint:
         if self.registry is not None:
             self.counters["cluster_conflicts"] += self.registry.conflicts(view)
 
+    # -- BGP EVPN -------------------------------------------------------------------------
+
+    def _start_evpn(self) -> None:
+        runner = self._runner()
+        link = EvpnLink(self.cfg, self._apply_evpn, runner.watch, runner.unwatch)
+        self._stack.callback(link.close)
+        try:
+            link.start(self.clock())
+        except OSError as exc:
+            raise EndpointError(f"bgp: starting exabgp: {exc}") from None
+        self.evpn = link
+
+    def _apply_evpn(self, view: EvpnView) -> None:
+        """New EVPN routes (in the loop): the VTEPs become peers, their MACs entries."""
+        self._evpn_peers = view.peers
+        self._sync_peers()
+        for vni, vnet in self._datapath().networks.items():
+            vnet.fdb.set_remote(view.macs.get(vni, {}), Origin.EVPN)
+
     def health(self) -> tuple[bool, str]:
         """Is the endpoint serving?  The loop ticked within HEALTH_TICK_AGE seconds, and
         every TAP and underlay socket is open.  Safe to call from another thread (it
@@ -526,6 +561,7 @@ class Endpoint:
         self.peer_filter = None
         self.attached = None
         self.registry = None
+        self.evpn = None
 
     # -- sclp show ------------------------------------------------------------------------
 
@@ -536,7 +572,7 @@ class Endpoint:
         return {
             "show fdb": lambda: show.fdb_streamed(self._datapath(), self.clock(), self._show({})),
             "show peers": lambda: self._show(
-                show.peers(self._datapath(), self.clock(), self._discovered)
+                show.peers(self._datapath(), self.clock(), self._discovered, self._evpn_peers)
             ),
             "show ports": lambda: self._show(show.ports(self._datapath())),
         }
@@ -579,6 +615,7 @@ class Endpoint:
             "peers": report.get("peers", {}),
             "faults": self._faults.counters() if self._faults else None,
             "cluster": self.registry.status() if self.registry is not None else None,
+            "bgp": self.evpn.status(self.clock()) if self.evpn is not None else None,
             "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},
             "rx_taps": self._tap_stats(),
             "tx_rings": self._tx_ring_stats(),

@@ -12,10 +12,12 @@ start.  Every problem is one line, the one ``sclp run`` prints.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sclp.bgp.speaker import EXABGP_MISSING
 from sclp.endpoint import provision
 from sclp.endpoint.config import Config, ConfigError, load_config
 from sclp.endpoint.datapath import DataPath
@@ -51,6 +53,9 @@ class CheckReport:
         if cfg.cluster is not None:
             tls = ", tls" if any((cfg.cluster.ca, cfg.cluster.cert)) else ""
             cluster = f"cluster on ({', '.join(cfg.cluster.etcd)}{tls})"
+        if cfg.bgp is not None:
+            count = len(cfg.bgp.neighbors)
+            cluster += f", bgp AS {cfg.bgp.asn} ({count} neighbor{'s' if count > 1 else ''})"
         if self.underlay_mtu is None:
             mtu = f"underlay mtu: {self.mtu_source}"
         else:
@@ -67,6 +72,8 @@ def check_config(path: str | Path, *, host: bool = True) -> CheckReport:
     checks the file alone (one written for another machine): no namespaces, no
     addresses, and the MTU only from ``underlay.mtu``."""
     cfg = load_config(path)
+    if cfg.bgp is not None and importlib.util.find_spec("exabgp") is None:
+        raise EndpointError(f"bgp: {EXABGP_MISSING}")
     mtu, source = cfg.underlay.mtu, "underlay.mtu"
     if host:
         mtu, source = _check_host(cfg)

@@ -10,7 +10,7 @@ so the traffic of networks that did not change goes on untouched.
 A network whose tunnel, ports, MTU or static entries changed is re-created (removed,
 then added: its FDB starts empty); one whose only change is its ``peers`` keeps
 running and has its peers replaced.  Changes outside ``[[network]]`` (underlay,
-limits, tuning, metrics, cluster) need a restart: :func:`restart_needed` names them.
+limits, tuning, metrics, cluster, bgp) need a restart: :func:`restart_needed` names them.
 What one reload did is a :class:`ReloadReport`: logged after SIGHUP, returned as JSON
 to ``sclp reload``.
 """
@@ -68,7 +68,7 @@ def plan_networks(current: Mapping[int, Network], new: Mapping[int, Network]) ->
 
 def restart_needed(current: Config, new: Config) -> list[str]:
     """The top-level settings that differ and that only a restart applies."""
-    keys = ("name", "underlay", "limits", "control_dir", "tuning", "metrics", "cluster")
+    keys = ("name", "underlay", "limits", "control_dir", "tuning", "metrics", "cluster", "bgp")
     return [key for key in keys if getattr(current, key) != getattr(new, key)]
 
 

@@ -14,7 +14,7 @@ FDB, which can be that long, is copied at once and sent in parts
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any, Final
 
 from sclp.endpoint.control import Streamed
@@ -45,7 +45,7 @@ PORT_COLUMNS: Final = (
     "rx_frames",
     "rx_bytes",
 )
-PEER_ORIGINS: Final = ("static", "cluster")
+PEER_ORIGINS: Final = ("static", "cluster", "evpn")
 CHUNK_ROWS: Final = 1000  # FDB rows made into JSON per turn of the event loop
 _ORIGIN_NAMES: Final = {o: o.value for o in Origin}
 _UDP_CARRIED: Final = frozenset(("vxlan", "geneve"))
@@ -115,9 +115,15 @@ def _fdb_rows(
     return rows
 
 
-def peers(dp: DataPath, now: float, cluster: dict[int, frozenset[str]]) -> dict[str, Any]:
+def peers(
+    dp: DataPath,
+    now: float,
+    cluster: dict[int, frozenset[str]],
+    evpn: Mapping[int, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Every peer of every VNI: the file's (``static``: its ``peers`` and the peers its
-    static entries name) and the cluster registry's (``cluster``), with the tunnel,
+    static entries name), the cluster registry's (``cluster``) and BGP EVPN's
+    (``evpn``; a peer both found is listed with the first of these), with the tunnel,
     when a frame was last taken from it and its frames and bytes each way."""
     carrier = dp.underlay.carrier.value
     rows: list[list[Any]] = []
@@ -127,15 +133,19 @@ def peers(dp: DataPath, now: float, cluster: dict[int, frozenset[str]]) -> dict[
         udp = "udp" if protocol in _UDP_CARRIED else "ip"
         how = carrier if network.protocol.is_sclp else udp
         found = cluster.get(vni, frozenset())
+        routed = evpn.get(vni, {}) if evpn is not None else {}
         for address, pc in sorted(net.tx_counters.items(), key=lambda kv: str(kv[0])):
-            origin = "cluster" if address in found and address not in network.peers else "static"
+            origin = "static"
+            if address not in network.peers:
+                origin = "cluster" if address in found else "evpn" if address in routed else origin
             last = pc.last_rx
+            plain = address in net.plain_peers  # VXLAN to a VXLAN-only EVPN peer
             rows.append(
                 [
                     vni,
                     str(address),
-                    protocol,
-                    how,
+                    "vxlan" if plain else protocol,
+                    "udp" if plain else how,
                     origin,
                     None if last is None else round(max(0.0, now - last), 3),
                     pc.tx_frames,

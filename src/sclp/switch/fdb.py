@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 DEFAULT_AGING = 300.0  # seconds, like the Linux bridge and the kernel VXLAN driver
@@ -38,12 +38,14 @@ class LearnResult(enum.Enum):
 
 
 class Origin(enum.Enum):
-    """Who put an entry in the table.  Another control plane (EVPN, say) adds its own
-    member and its own part of the table; :meth:`Fdb.entries` reports each."""
+    """Who put an entry in the table.  Each control plane (the cluster registry, BGP
+    EVPN) has its own member and its own part of the table (:meth:`Fdb.set_remote`);
+    :meth:`Fdb.entries` reports each."""
 
     LEARNED = "learned"  # from a frame's source address (ages)
     STATIC = "static"  # from the configuration's ``static`` list (never ages)
     CLUSTER = "cluster"  # announced by another host through the cluster registry
+    EVPN = "evpn"  # advertised by another VTEP in a BGP EVPN MAC/IP route
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +92,13 @@ class Fdb:
         # mac -> (peer or port, last seen); order = least recently refreshed first
         self._dynamic: OrderedDict[bytes, tuple[Hashable, float]] = OrderedDict()
         self._static: dict[bytes, Hashable] = {}
-        # Announced by the cluster registry: where other hosts say their VMs' MACs are.
-        # Consulted after what traffic taught us, so a VM that moved is found at once.
+        # Announced by a control plane (the cluster registry, BGP EVPN): where other
+        # hosts say their VMs' MACs are, per origin, merged into ``_remote`` (EVPN's
+        # last: it has sequence numbers).  Consulted after what traffic taught us, so a
+        # VM that moved is found at once.
+        self._announced: dict[Origin, dict[bytes, Hashable]] = {}
         self._remote: dict[bytes, Hashable] = {}
+        self._remote_origin: dict[bytes, Origin] = {}
         self.peers: tuple[Hashable, ...] = ()
         self.ports: tuple[Hashable, ...] = ()
         self._dest: dict[Hashable, Destination] = {}
@@ -133,7 +139,12 @@ class Fdb:
         new = tuple(dict.fromkeys(peers))
         gone = self._peer_set - set(new)
         self._set_places(new, self.ports)
-        self._remote = {m: p for m, p in self._remote.items() if p not in gone}
+        if gone and self._announced:
+            self._announced = {
+                o: {m: p for m, p in macs.items() if p not in gone}
+                for o, macs in self._announced.items()
+            }
+            self._merge()
         return sum(self._forget(p) for p in gone)
 
     def _forget(self, place: Hashable) -> int:
@@ -142,10 +153,24 @@ class Fdb:
             del self._dynamic[mac]
         return len(stale)
 
-    def set_remote(self, macs: dict[bytes, Hashable]) -> None:
-        """Replace the MACs announced by other hosts (``mac -> peer``); entries whose
-        peer is not a flooding peer of this VNI are ignored."""
-        self._remote = {bytes(m): p for m, p in macs.items() if p in self._peer_set}
+    def set_remote(self, macs: Mapping[bytes, Hashable], origin: Origin = Origin.CLUSTER) -> None:
+        """Replace the MACs announced by other hosts through ``origin`` (``mac ->
+        peer``); entries whose peer is not a flooding peer of this VNI are ignored."""
+        self._announced[origin] = {bytes(m): p for m, p in macs.items() if p in self._peer_set}
+        self._merge()
+
+    def _merge(self) -> None:
+        remote: dict[bytes, Hashable] = {}
+        origins: dict[bytes, Origin] = {}
+        for origin in (Origin.CLUSTER, Origin.EVPN):
+            macs = self._announced.get(origin, {})
+            remote.update(macs)
+            origins.update(dict.fromkeys(macs, origin))
+        self._remote, self._remote_origin = remote, origins
+
+    def forget(self, mac: bytes) -> bool:
+        """Drop what traffic taught about ``mac`` (a control plane says it moved)."""
+        return self._dynamic.pop(bytes(mac), None) is not None
 
     def local_macs(self) -> frozenset[bytes]:
         """The MACs learned behind this host's own ports (what this host announces)."""
@@ -166,6 +191,13 @@ class Fdb:
             return LearnResult.MULTICAST_SOURCE
         if mac in self._static:
             return LearnResult.STATIC
+        if (
+            self._remote
+            and self._remote_origin.get(mac) is Origin.EVPN
+            and self._remote[mac] == where
+        ):  # where EVPN says it is: nothing to learn (`sclp show fdb` says evpn)
+            self._dynamic.pop(mac, None)
+            return LearnResult.REFRESHED
         old = self._dynamic.get(mac)
         if old is not None:
             self._dynamic[mac] = (where, now)
@@ -210,7 +242,7 @@ class Fdb:
     def entries(self, now: float) -> list[FdbEntry]:
         """Every entry that :meth:`lookup` would use at ``now``: static ones first,
         then the learned ones (least recently seen first, aged-out ones left out),
-        then the cluster's that neither shadows."""
+        then the control planes' (cluster, EVPN) that neither shadows."""
         return [FdbEntry(*row) for row in self.rows(now)]
 
     def rows(self, now: float) -> list[tuple[bytes, Hashable, Origin, float | None]]:
@@ -227,8 +259,9 @@ class Fdb:
         )
         if self._remote:
             shadow = self._static
+            origin = self._remote_origin
             out.extend(
-                (m, p, cluster, None)
+                (m, p, origin.get(m, cluster), None)
                 for m, p in self._remote.items()
                 if m not in shadow and (m not in dynamic or dynamic[m][1] < oldest)
             )
