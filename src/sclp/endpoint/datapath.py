@@ -47,10 +47,11 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
-from typing import Any, Final, NamedTuple
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Final, NamedTuple
 
 from sclp.endpoint.config import Config, Network
+from sclp.endpoint.stats import DataPathStats, PortStats, VniStats, sorted_counters
 from sclp.endpoint.tunnels import (
     GSO_NONE,
     GSO_TCPV4,
@@ -181,7 +182,7 @@ class VirtualNetwork:
         "vni",
     )
 
-    def __init__(self, network: Network, tunnel: Tunnel, fdb: Fdb) -> None:
+    def __init__(self, network: Network, tunnel: Tunnel, fdb: Fdb[str, VmPort]) -> None:
         self.network = network
         self.vni = network.vni
         self.tunnel = tunnel
@@ -196,8 +197,8 @@ class VirtualNetwork:
         # partial (_partial_csum); SCLP and STT peers are ours and complete them.
         self.rx_partial_csum = type(tunnel) in _CLASSIC_TUNNELS
         self.counters: Counter[str] = Counter()
-        self.peer_counters: dict[Hashable, PeerCounters] = {}
-        self.tx_counters: dict[Hashable, PeerCounters] = {}
+        self.peer_counters: dict[str, PeerCounters] = {}
+        self.tx_counters: dict[str, PeerCounters] = {}
         self.set_peers(self.peers)
 
     def set_peers(self, peers: frozenset[str]) -> None:
@@ -217,7 +218,7 @@ class VirtualNetwork:
 
     @property
     def ports(self) -> tuple[VmPort, ...]:
-        return self.fdb.ports  # type: ignore[return-value]
+        return self.fdb.ports
 
 
 class VmPort:
@@ -289,7 +290,7 @@ class DataPath:
             raise ValueError(f"vni {network.vni} is served already")
         lim = self.cfg.limits
         tunnel = tunnel_for(network.protocol, network.vni, self.underlay, *self._segmenters)
-        fdb = Fdb(network.peers, lim.fdb_aging, lim.fdb_max_entries)
+        fdb: Fdb[str, VmPort] = Fdb(network.peers, lim.fdb_aging, lim.fdb_max_entries)
         for entry in network.static:
             fdb.add_static(entry.mac, entry.peer)
         net = self.networks[network.vni] = VirtualNetwork(network, tunnel, fdb)
@@ -355,7 +356,9 @@ class DataPath:
 
     # -- VM -> underlay ------------------------------------------------------------------
 
-    def from_vm(self, port: VmPort, buf: bytearray, size: int, now: float) -> list[Send | Deliver]:
+    def from_vm(
+        self, port: VmPort, buf: bytearray, size: int, now: float
+    ) -> Sequence[Send | Deliver]:
         """A frame read from VM port ``port``: ``size`` bytes at ``buf[HEADROOM -
         VNET_LEN:]``, the virtio-net header first.  The headroom in front may be
         overwritten.  Returns the packets to send to peers and the frames for other
@@ -393,15 +396,15 @@ class DataPath:
                 to = tx[peer]
                 to.tx_frames += 1
                 to.tx_bytes += flen
-        return sends  # type: ignore[return-value]
+        return sends
 
     def _switch(
         self,
         port: VmPort,
         buf: bytearray,
         flen: int,
-        peers: tuple[Hashable, ...],
-        local: tuple[Hashable, ...],
+        peers: tuple[str, ...],
+        local: tuple[VmPort, ...],
         now: float,
     ) -> list[Send | Deliver]:
         """A frame for other local ports (and peers, when flooded): the local ports get
@@ -431,11 +434,11 @@ class DataPath:
                 vnet = VNET_NONE  # _encapsulate completed the checksum in place
         frame = memoryview(buf)[HEADROOM : HEADROOM + flen]
         counters["tx_local"] += len(others)
-        out.extend(Deliver(p, vnet, frame) for p in others)  # type: ignore[arg-type]
+        out.extend(Deliver(p, vnet, frame) for p in others)
         return out
 
     def _encapsulate(
-        self, net: VirtualNetwork, buf: bytearray, flen: int, peers: tuple[Hashable, ...]
+        self, net: VirtualNetwork, buf: bytearray, flen: int, peers: tuple[str, ...]
     ) -> list[Send]:
         counters = net.counters
         flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET.unpack_from(
@@ -479,7 +482,7 @@ class DataPath:
         gso_size: int,
         csum_start: int,
         gso_type: int,
-        peers: tuple[Hashable, ...],
+        peers: tuple[str, ...],
     ) -> list[Send]:
         """A GSO frame longer than the tunnel carries (from an attached port, whose
         sender's ``gso_max_size`` we do not set): cut into GSO frames that fit, at
@@ -659,7 +662,7 @@ class DataPath:
         pc.last_rx = now
         fdb = net.fdb
         fdb.learn(bytes(frame[6:12]), src, now)
-        ports: tuple[Hashable, ...] = fdb.ports
+        ports = fdb.ports
         if len(ports) > 1:
             ports = fdb.lookup(bytes(frame[:6]), now).ports or ports
         elif not ports:
@@ -669,7 +672,7 @@ class DataPath:
             vnet = VNET_NONE
             if net.rx_partial_csum:
                 vnet = _partial_csum(frame, flen)
-            out.extend(Deliver(p, vnet, frame) for p in ports)  # type: ignore[arg-type]
+            out.extend(Deliver(p, vnet, frame) for p in ports)
             return
         try:
             info = parse_frame(frame)
@@ -677,7 +680,7 @@ class DataPath:
             counters[exc.reason.counter] += 1
             return
         if not info.tcp_header_len:
-            out.extend(Deliver(p, VNET_NONE, frame) for p in ports)  # type: ignore[arg-type]
+            out.extend(Deliver(p, VNET_NONE, frame) for p in ports)
             return
         l4 = info.l4_offset
         if not mss:
@@ -692,11 +695,11 @@ class DataPath:
                 counters[exc.reason.counter] += 1
                 return
             for p in ports:
-                out.extend(Deliver(p, VNET_NONE, seg) for seg in segments)  # type: ignore[arg-type]
+                out.extend(Deliver(p, VNET_NONE, seg) for seg in segments)
             return
         gso = GSO_TCPV4 if info.ip_version == 4 else GSO_TCPV6
         vnet = VNET.pack(F_NEEDS_CSUM, gso, l4 + info.tcp_header_len, mss, l4, _TCP_CSUM_OFFSET)
-        out.extend(Deliver(p, vnet, frame) for p in ports)  # type: ignore[arg-type]
+        out.extend(Deliver(p, vnet, frame) for p in ports)
 
     # -- timers and state ----------------------------------------------------------------
 
@@ -711,13 +714,14 @@ class DataPath:
         (FDB aging is lazy and may wait for the runner's periodic tick)."""
         return self.reassembly.next_deadline()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, extra: Mapping[str, int] | None = None) -> DataPathStats:
         """Counters: ``counters`` (every name in :data:`COUNTER_NAMES`, totals over
-        the VNIs, the endpoint's own and the reassemblers'), ``vni`` (per VNI, with
-        its ports), ``ports`` (frames and bytes per port) and ``peers`` (how many
-        peers each VNI has)."""
+        the VNIs, the endpoint's own and the reassemblers', plus ``extra``: what the
+        I/O around the data path counted), ``vni`` (per VNI, with its ports),
+        ``ports`` (frames and bytes per port) and ``peers`` (how many peers each VNI
+        has)."""
         totals: Counter[str] = Counter()
-        per_vni: dict[str, Any] = {}
+        per_vni: dict[str, VniStats] = {}
         for net in self.networks.values():
             totals.update(net.counters)
             per_vni[str(net.vni)] = {
@@ -727,7 +731,7 @@ class DataPath:
                 "peers": sorted(net.peers),
                 "vm_mtu": net.vm_mtu,
                 "fdb_entries": len(net.fdb),
-                **dict(sorted(net.counters.items())),
+                **sorted_counters(net.counters),
             }
         totals.update(self.counters)
         reasm = (self.reassembler, self.stt_reassembler)
@@ -739,24 +743,26 @@ class DataPath:
         base["reasm_complete"] = sum(r.completed for r in reasm)
         base["reasm_bytes_held"] = sum(r.bytes_held for r in reasm)
         base["reasm_entries"] = sum(r.entries for r in reasm)
+        for name, value in (extra or {}).items():
+            base[name] = base.get(name, 0) + value
         peers = {str(net.vni): len(net.peers) for net in self.networks.values()}
-        ports = {
+        ports: dict[str, PortStats] = {
             name: {
                 "vni": port.vni,
                 "kind": "tap" if port.owned else "attached",
-                **{k: port.counters[k] for k in _PORT_COUNTERS},
+                "tx_frames": port.counters["tx_frames"],
+                "tx_bytes": port.counters["tx_bytes"],
+                "rx_frames": port.counters["rx_frames"],
+                "rx_bytes": port.counters["rx_bytes"],
             }
             for name, port in sorted(self.ports.items())
         }
         return {
-            "counters": dict(sorted(base.items())),
+            "counters": sorted_counters(base),
             "vni": per_vni,
             "ports": ports,
             "peers": peers,
         }
-
-
-_PORT_COUNTERS: Final = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes")
 
 
 def _partial_csum(frame: memoryview, flen: int) -> bytes:

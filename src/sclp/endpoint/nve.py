@@ -35,6 +35,13 @@ from sclp.endpoint.provision import EndpointError
 from sclp.endpoint.reconcile import PeerChange, ReloadReport
 from sclp.endpoint.registry import RegistryLink
 from sclp.endpoint.runner import FaultySender, Runner, UnderlaySender
+from sclp.endpoint.stats import (
+    EndpointStats,
+    HealthReport,
+    RxTapStats,
+    TxRingStats,
+    sorted_counters,
+)
 from sclp.endpoint.tunnels import Channel
 from sclp.io import nft
 from sclp.io.rxring import RxRing
@@ -66,7 +73,7 @@ class Endpoint:
         self.config_path = config_path  # re-read on SIGHUP
         # The stats as last published by the loop (every PUBLISH_INTERVAL): what the
         # metrics thread reads, so a scrape never touches the data path.
-        self.snapshot: dict[str, Any] | None = None
+        self.snapshot: EndpointStats | None = None
         self._published_at = -math.inf
         self._last_tick = -math.inf
         self._reload_requested = False
@@ -494,7 +501,7 @@ class Endpoint:
             f"socket(s) open, {self._summary()}"
         )
 
-    def health_report(self) -> dict[str, Any]:
+    def health_report(self) -> HealthReport:
         ok, detail = self.health()
         return {"name": self.cfg.name, "ok": ok, "detail": detail}
 
@@ -530,23 +537,33 @@ class Endpoint:
     def _show(self, table: dict[str, Any]) -> dict[str, Any]:
         return {"name": self.cfg.name, "vnis": sorted(self._datapath().networks), **table}
 
-    def _requested_stats(self) -> dict[str, Any]:
+    def _requested_stats(self) -> EndpointStats:
         """``sclp stats``: the kernel's not-peer counter at most 0.5 s old."""
         return self.stats(provision.PEER_COUNTER_ON_REQUEST)
 
-    def stats(self, kernel_max_age: float = provision.PEER_COUNTER_REFRESH) -> dict[str, Any]:
+    def stats(self, kernel_max_age: float = provision.PEER_COUNTER_REFRESH) -> EndpointStats:
         """What ``sclp stats`` shows (all zero before :meth:`start`); the kernel's
         not-peer counter in it is at most ``kernel_max_age`` seconds old."""
-        dp = self.dp
-        report = dp.stats() if dp is not None else {"counters": dict.fromkeys(COUNTER_NAMES, 0)}
-        counters = report["counters"]
-        for name, value in self.counters.items():
-            counters[name] = counters.get(name, 0) + value
         # Dropped by the kernel's peer filter: never received, so not in rx_packets
         # (docs/security.md); nft runs only when the last read is older than allowed.
         pf = self.peer_filter
         kernel_drops = pf.drops(kernel_max_age) if pf is not None else 0
-        counters["drop_not_peer"] = counters.get("drop_not_peer", 0) + kernel_drops
+        extra = dict(self.counters)
+        extra["drop_not_peer"] = extra.get("drop_not_peer", 0) + kernel_drops
+        dp = self.dp
+        if dp is not None:
+            report = dp.stats(extra)
+            counters, vni, ports, peers = (
+                report["counters"],
+                report["vni"],
+                report["ports"],
+                report["peers"],
+            )
+        else:
+            base = dict.fromkeys(COUNTER_NAMES, 0)
+            for name, value in extra.items():
+                base[name] = base.get(name, 0) + value
+            counters, vni, ports, peers = sorted_counters(base), {}, {}, {}
         return {
             "name": self.cfg.name,
             "pid": os.getpid(),
@@ -559,10 +576,10 @@ class Endpoint:
                 "vxlan_port": self.cfg.underlay.vxlan_port,
                 "geneve_port": self.cfg.underlay.geneve_port,
             },
-            "counters": dict(sorted(counters.items())),
-            "vni": report.get("vni", {}),
-            "ports": report.get("ports", {}),
-            "peers": report.get("peers", {}),
+            "counters": counters,
+            "vni": vni,
+            "ports": ports,
+            "peers": peers,
             "faults": self._faults.counters() if self._faults else None,
             "cluster": self.registry.status() if self.registry is not None else None,
             "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},
@@ -570,14 +587,14 @@ class Endpoint:
             "tx_rings": self._tx_ring_stats(),
         }
 
-    def _tap_stats(self) -> dict[str, Any]:
+    def _tap_stats(self) -> dict[str, RxTapStats]:
         """Per channel read by packet taps (STT, native SCLP): the devices, ``ring``
         or ``recvmmsg``, the packets the kernel dropped for want of a free ring frame
         (``tp_drops``) and those larger than a frame or slot (dropped)."""
         sockets = self._underlay
         if sockets is None:
             return {}
-        report: dict[str, Any] = {}
+        report: dict[str, RxTapStats] = {}
         for channel, taps in sockets.taps.items():
             rings = [tap for tap in taps if isinstance(tap, RxRing)]
             report[channel.value] = {
@@ -588,7 +605,7 @@ class Endpoint:
             }
         return report
 
-    def _tx_ring_stats(self) -> dict[str, Any]:
+    def _tx_ring_stats(self) -> dict[str, TxRingStats]:
         """Per channel sent through TX rings (STT, native SCLP): the devices, the
         batches per path (``ring``, or why the raw socket sent one), how often the
         kernel said "later" (EAGAIN/ENOBUFS: queued frames wait for the next send) and
@@ -596,7 +613,7 @@ class Endpoint:
         sockets = self._underlay
         if sockets is None:
             return {}
-        report: dict[str, Any] = {}
+        report: dict[str, TxRingStats] = {}
         for channel, sender in sockets.tx.items():
             rings = list(sender.rings.values())
             report[channel.value] = {

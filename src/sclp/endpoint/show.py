@@ -14,7 +14,7 @@ FDB, which can be that long, is copied at once and sent in parts
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from typing import Any, Final
 
 from sclp.endpoint.control import Streamed
@@ -80,9 +80,8 @@ def fdb_streamed(dp: DataPath, now: float, head: dict[str, Any]) -> Streamed:
     return Streamed(parts())
 
 
-_Snapshot = list[
-    tuple[int, dict[Hashable, str], list[tuple[bytes, Hashable, Origin, float | None]]]
-]
+_Row = tuple[bytes, str | VmPort, Origin, float | None]  # Fdb.rows: mac, place, origin, age
+_Snapshot = list[tuple[int, dict[str | VmPort, str], list[_Row]]]
 
 
 def _fdb_snapshot(dp: DataPath, now: float) -> _Snapshot:
@@ -94,8 +93,8 @@ def _fdb_snapshot(dp: DataPath, now: float) -> _Snapshot:
 
 def _fdb_rows(
     vni: int,
-    ports: dict[Hashable, str],
-    entries: list[tuple[bytes, Hashable, Origin, float | None]],
+    ports: dict[str | VmPort, str],
+    entries: list[_Row],
 ) -> list[list[Any]]:
     names = _ORIGIN_NAMES
     rows: list[list[Any]] = []
