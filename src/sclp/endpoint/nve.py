@@ -228,15 +228,16 @@ class Endpoint:
             interval = service.watchdog_interval()
             if interval is not None:
                 self._watchdog = service.Watchdog(self.notifier, interval)
-            self.notifier.notify("READY=1", f"STATUS=forwarding: {self._summary()}")
+            self.notifier.ready(f"forwarding: {self.summary()}")
         try:
             self._runner().run(install_signals)
         finally:
             if self.notifier is not None:
-                self.notifier.notify("STOPPING=1")
+                self.notifier.stopping()
                 self.notifier.close()
 
-    def _summary(self) -> str:
+    def summary(self) -> str:
+        """The networks served, in a few words (systemd's STATUS, the health line)."""
         return ", ".join(f"vni {n.vni} {n.protocol}" for n in self.networks.values())
 
     def _request_reload(self) -> None:
@@ -389,7 +390,7 @@ class Endpoint:
         """Is the endpoint serving (:func:`sclp.endpoint.report.health`)?  Safe to call
         from another thread (it reads plain fields)."""
         age = self.clock() - self._last_tick
-        return report.health(self.runner, age, self._sockets, self._summary())
+        return report.health(self.runner, age, self._sockets, self.summary())
 
     def health_report(self) -> HealthReport:
         return report.health_report(self.cfg.name, self.health())

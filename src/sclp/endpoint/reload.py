@@ -34,9 +34,11 @@ log = logging.getLogger("sclp")
 def reload_file(ep: Endpoint, trigger: str) -> ReloadReport:
     """SIGHUP or ``sclp reload`` (``trigger``): re-read ``ep``'s configuration file
     and reconcile the running endpoint to it (:func:`apply_config`).  A file that
-    cannot be read or is invalid changes nothing."""
+    cannot be read or is invalid changes nothing.  systemd hears ``RELOADING=1`` (with
+    ``MONOTONIC_USEC``, as ``Type=notify-reload`` requires) before and ``READY=1``
+    with the networks now served after, whatever the outcome."""
     if ep.notifier is not None:
-        ep.notifier.notify("RELOADING=1")
+        ep.notifier.reloading()
     try:
         path = ep.config_path
         if path is None:
@@ -53,7 +55,7 @@ def reload_file(ep: Endpoint, trigger: str) -> ReloadReport:
         return apply_config(ep, new, path)
     finally:
         if ep.notifier is not None:
-            ep.notifier.notify("READY=1")
+            ep.notifier.ready(f"forwarding: {ep.summary()}")
 
 
 def apply_config(ep: Endpoint, new: Config, path: str | None = None) -> ReloadReport:
