@@ -120,7 +120,9 @@ class Endpoint:
             {
                 "stats": self._requested_stats,
                 "health": self.health_report,
-                **self._show_handlers(),
+                **show.handlers(
+                    self.cfg.name, self._datapath, self.clock, lambda: self._discovered
+                ),
             },
             watch=lambda fd, write, resume: self._runner().watch(fd, lambda _n: resume(), write),
             unwatch=lambda fd: self._runner().unwatch(fd),
@@ -410,22 +412,7 @@ class Endpoint:
         self.attached = None
         self.registry = None
 
-    # -- sclp show ------------------------------------------------------------------------
-
-    def _show_handlers(self) -> dict[str, Callable[[], Any]]:
-        """The control socket's ``show ...`` requests (:mod:`sclp.endpoint.show`),
-        answered from the loop: each reads the data path once, as plain rows (the
-        FDB's sent in parts, a turn of the loop each)."""
-        return {
-            "show fdb": lambda: show.fdb_streamed(self._datapath(), self.clock(), self._show({})),
-            "show peers": lambda: self._show(
-                show.peers(self._datapath(), self.clock(), self._discovered)
-            ),
-            "show ports": lambda: self._show(show.ports(self._datapath())),
-        }
-
-    def _show(self, table: dict[str, Any]) -> dict[str, Any]:
-        return {"name": self.cfg.name, "vnis": sorted(self._datapath().networks), **table}
+    # -- sclp stats -----------------------------------------------------------------------
 
     def _requested_stats(self) -> EndpointStats:
         """``sclp stats``: the kernel's not-peer counter at most 0.5 s old."""

@@ -14,7 +14,7 @@ FDB, which can be that long, is copied at once and sent in parts
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from sclp.endpoint.control import Streamed
@@ -49,6 +49,37 @@ PEER_ORIGINS: Final = ("static", "cluster")
 CHUNK_ROWS: Final = 1000  # FDB rows made into JSON per turn of the event loop
 _ORIGIN_NAMES: Final = {o: o.value for o in Origin}
 _UDP_CARRIED: Final = frozenset(("vxlan", "geneve"))
+
+
+def handlers(
+    name: str,
+    datapath: Callable[[], DataPath],
+    clock: Callable[[], float],
+    discovered: Callable[[], dict[int, frozenset[str]]],
+) -> dict[str, Callable[[], object]]:
+    """The control socket's ``show ...`` requests of endpoint ``name``, answered from
+    the loop: each reads the data path once, as plain rows (the FDB's sent in parts, a
+    turn of the loop each), after the endpoint's name and VNIs.  ``discovered``: the
+    peers the cluster registry found per VNI."""
+
+    def head(dp: DataPath) -> dict[str, Any]:
+        return {"name": name, "vnis": sorted(dp.networks)}
+
+    def show_fdb() -> Streamed:
+        dp = datapath()
+        return fdb_streamed(dp, clock(), head(dp))
+
+    def show_peers() -> dict[str, Any]:
+        dp = datapath()
+        table = peers(dp, clock(), discovered())
+        return {**head(dp), **table}
+
+    def show_ports() -> dict[str, Any]:
+        dp = datapath()
+        table = ports(dp)
+        return {**head(dp), **table}
+
+    return {"show fdb": show_fdb, "show peers": show_peers, "show ports": show_ports}
 
 
 def fdb(dp: DataPath, now: float) -> dict[str, Any]:
