@@ -15,9 +15,12 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sclp import __version__
+
+if TYPE_CHECKING:  # the commands import what they run when they run it
+    from sclp.endpoint.stats import EndpointStats
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -229,7 +232,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_stats(stats: dict[str, object]) -> None:
+def _print_stats(stats: EndpointStats) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -238,14 +241,12 @@ def _print_stats(stats: dict[str, object]) -> None:
         f"endpoint [bold]{stats['name']}[/] (pid {stats['pid']}, up {stats['uptime_s']} s)"
     )
     counters = stats["counters"]
-    assert isinstance(counters, dict)
     table = Table("counter", "value", title="totals")
     for key, value in counters.items():
         if value or not key.startswith("drop_"):
             table.add_row(key, str(value))
     console.print(table)
     per_vni = stats["vni"]
-    assert isinstance(per_vni, dict)
     for vni, values in per_vni.items():
         t = Table("counter", "value", title=f"vni {vni}")
         for key, value in values.items():
@@ -258,7 +259,7 @@ def _print_stats(stats: dict[str, object]) -> None:
             t.add_row(key, shown)
         console.print(t)
     cluster = stats.get("cluster")
-    if isinstance(cluster, dict):
+    if cluster is not None:
         state = (
             "connected to " + str(cluster.get("endpoint"))
             if cluster.get("connected")
@@ -283,7 +284,6 @@ def _print_stats(stats: dict[str, object]) -> None:
             f"(restarts {speaker.get('restarts', 0)}); {sessions or 'no neighbors'}"
         )
     ports = stats.get("ports") or {}
-    assert isinstance(ports, dict)
     if ports:
         t = Table("port", "vni", "kind", "tx frames", "tx bytes", "rx frames", "rx bytes")
         t.title = "VM ports"

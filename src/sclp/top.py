@@ -17,13 +17,14 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeGuard
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from sclp.endpoint.control import ControlError, query, socket_path
+from sclp.endpoint.stats import Counters, EndpointStats, VniStats
 
 __all__ = ["TOTAL", "Row", "human_gbps", "human_rate", "rates", "render", "run_top"]
 
@@ -53,11 +54,11 @@ class Row:
         return self.packets_in + self.packets_out
 
 
-def _int(value: Any) -> int:
+def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _deltas(prev: Mapping[str, Any], cur: Mapping[str, Any]) -> dict[str, int]:
+def _deltas(prev: Mapping[str, object], cur: Mapping[str, object]) -> dict[str, int]:
     """The growth of every integer counter of ``cur``; one that went backwards (or is
     new) grows by 0."""
     out: dict[str, int] = {}
@@ -100,7 +101,7 @@ def _vni_key(vni: str) -> tuple[int, str]:
     return (int(vni), vni) if vni.isdigit() else (1 << 32, vni)
 
 
-def rates(prev: Mapping[str, Any], cur: Mapping[str, Any], seconds: float) -> list[Row]:
+def rates(prev: EndpointStats, cur: EndpointStats, seconds: float) -> list[Row]:
     """One row per VNI of ``cur`` (in VNI order) and a last :data:`TOTAL` row, the
     rates between two ``stats`` answers ``seconds`` apart.
 
@@ -110,20 +111,19 @@ def rates(prev: Mapping[str, Any], cur: Mapping[str, Any], seconds: float) -> li
     The total comes from the endpoint's totals, which also hold what no VNI is
     charged for (e.g. packets from a stranger, underlay receive counts)."""
     before, now = prev.get("uptime_s"), cur.get("uptime_s")
-    if isinstance(before, (int, float)) and isinstance(now, (int, float)) and now < before:
-        prev = {}
-    prev_vnis: Mapping[str, Any] = prev.get("vni") or {}
-    cur_vnis: Mapping[str, Any] = cur.get("vni") or {}
+    restarted = isinstance(before, int | float) and isinstance(now, int | float) and now < before
+    prev_vnis: dict[str, VniStats] = {} if restarted else prev.get("vni") or {}
+    cur_vnis: dict[str, VniStats] = cur.get("vni") or {}
     rows: list[Row] = []
     fdb_total = 0
     for vni in sorted(cur_vnis, key=_vni_key):
-        now = cur_vnis[vni]
-        fdb = _int(now.get("fdb_entries"))
+        entry = cur_vnis[vni]
+        fdb = _int(entry.get("fdb_entries"))
         fdb_total += fdb
-        delta = _deltas(prev_vnis.get(vni) or {}, now) if vni in prev_vnis else {}
-        rows.append(_row(vni, str(now.get("protocol", "?")), fdb, delta, seconds))
-    cur_totals: Mapping[str, Any] = cur.get("counters") or {}
-    prev_totals: Mapping[str, Any] = prev.get("counters") or {}
+        delta = _deltas(prev_vnis.get(vni) or {}, entry) if vni in prev_vnis else {}
+        rows.append(_row(vni, str(entry.get("protocol", "?")), fdb, delta, seconds))
+    cur_totals: Counters = cur.get("counters") or {}
+    prev_totals: Counters = {} if restarted else prev.get("counters") or {}
     delta = _deltas(prev_totals, cur_totals) if prev_totals else {}
     rows.append(_row(TOTAL, "", fdb_total, delta, seconds))
     return rows
@@ -181,14 +181,15 @@ def human_duration(seconds: float) -> str:
     return f"{s}s"
 
 
-def render(rows: list[Row], stats: Mapping[str, Any], interval: float) -> Table:
+def render(rows: list[Row], stats: EndpointStats, interval: float) -> Table:
     """The table of ``rows`` under a title naming the endpoint (name, local address,
     carrier, uptime) and the interval."""
-    underlay: Mapping[str, Any] = stats.get("underlay") or {}
+    underlay = stats.get("underlay")
     uptime = stats.get("uptime_s")
     title = (
-        f"sclp top: {stats.get('name', '?')}  local {underlay.get('local', '?')}"
-        f"  carrier {underlay.get('sclp_carrier', '?')}"
+        f"sclp top: {stats.get('name', '?')}"
+        f"  local {underlay.get('local', '?') if underlay else '?'}"
+        f"  carrier {underlay.get('sclp_carrier', '?') if underlay else '?'}"
         f"  up {human_duration(float(uptime)) if isinstance(uptime, (int, float)) else '?'}"
         f"  every {interval:g} s"
     )
@@ -223,7 +224,7 @@ def render(rows: list[Row], stats: Mapping[str, Any], interval: float) -> Table:
     return table
 
 
-def _waiting(stats: Mapping[str, Any], interval: float) -> Table:
+def _waiting(stats: EndpointStats, interval: float) -> Table:
     rows = [
         Row(vni, str(v.get("protocol", "?")), 0, 0, 0, 0, 0, 0, 0, None, 0)
         for vni, v in sorted((stats.get("vni") or {}).items(), key=lambda kv: _vni_key(kv[0]))
@@ -248,18 +249,24 @@ class _TopError(Exception):
     pass
 
 
-def _query(path: str) -> dict[str, Any]:
+def _is_stats(answer: object) -> TypeGuard[EndpointStats]:
+    """The endpoint's ``stats`` answer is JSON of :class:`EndpointStats` (this module
+    reads every key with a default, so an older endpoint's answer serves too)."""
+    return isinstance(answer, dict) and "error" not in answer
+
+
+def _query(path: str) -> EndpointStats:
     try:
         answer = query(path, "stats")
     except ControlError:
         raise
     except (OSError, ValueError) as exc:
         raise _TopError(f"{path}: no usable answer ({exc}); is the endpoint healthy?") from None
-    if not isinstance(answer, dict):
-        raise _TopError(f"{path}: unexpected answer {answer!r}")
-    if "error" in answer:
+    if _is_stats(answer):
+        return answer
+    if isinstance(answer, dict):
         raise _TopError(f"{path}: {answer['error']}")
-    return answer
+    raise _TopError(f"{path}: unexpected answer {answer!r}")
 
 
 def run_top(
@@ -323,7 +330,7 @@ def run_top(
     return 0
 
 
-def _seconds(prev: Mapping[str, Any], cur: Mapping[str, Any], measured: float) -> float:
+def _seconds(prev: EndpointStats, cur: EndpointStats, measured: float) -> float:
     """The time between two answers: the endpoint's own clock (``uptime_s``, taken
     with the counters) when it moved forward, else what this side measured."""
     a, b = prev.get("uptime_s"), cur.get("uptime_s")

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from sclp.endpoint import reload
+from sclp.endpoint.config import load_config
+from sclp.endpoint.nve import Endpoint
 from sclp.endpoint.service import Notifier, Watchdog, watchdog_interval
 
 UNIT = Path(__file__).resolve().parents[2] / "contrib" / "systemd" / "sclp@.service"
@@ -81,6 +84,52 @@ def test_reloading_stamps_the_monotonic_clock(path_manager: tuple[socket.socket,
     assert match is not None
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     assert 0 <= now - int(match[1]) < 5_000_000
+
+
+ENDPOINT_CONFIG = """
+name = "h1"
+[underlay]
+local = "10.0.0.1"
+[[network]]
+vni = 42
+protocol = "vxlan"
+tap = "t42"
+peers = ["10.0.0.2"]
+"""
+
+
+def _monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+@pytest.mark.parametrize("edit", ["unchanged", "broken"])
+def test_a_reload_tells_systemd_reloading_with_its_time_then_ready(
+    path_manager: tuple[socket.socket, str], tmp_path: Path, edit: str
+) -> None:
+    """``Type=notify-reload`` (sd_notify(3)): RELOADING=1 carries MONOTONIC_USEC, and
+    READY=1 follows whatever the reload found (here: the same file, or a broken one)."""
+    sock, address = path_manager
+    path = tmp_path / "h1.toml"
+    path.write_text(ENDPOINT_CONFIG)
+    ep = Endpoint(load_config(path), config_path=str(path))
+    if edit == "broken":
+        path.write_text("this is not toml")
+    with Notifier(address) as notifier:
+        ep.notifier = notifier
+        before = _monotonic_usec()
+        report = reload.reload_file(ep, "SIGHUP")
+        after = _monotonic_usec()
+        reloading = _received(sock)
+        ready = _received(sock)
+    assert report.ok == (edit == "unchanged")
+    assert reloading[0] == "RELOADING=1"
+    assert len(reloading) == 2
+    match = re.fullmatch(r"MONOTONIC_USEC=(\d+)", reloading[1])
+    assert match is not None, reloading
+    assert before <= int(match.group(1)) <= after
+    assert ready[0] == "READY=1"
+    assert ready[1].startswith("STATUS=forwarding")
+    assert _nothing_waiting(sock)
 
 
 def test_states_reach_an_abstract_socket() -> None:

@@ -66,6 +66,8 @@ _NAMED_IN_MODULE = {
     "sclp.io.attach": ("AttachedPort",),
     "sclp.io.packet": ("PacketTap",),
     "sclp.io.rxring": ("RxRing",),
+    "sclp.io._mmsg": ("RawReceiver",),
+    "sclp.endpoint.service": ("Notifier.ready", "Notifier.reloading", "Notifier.stopping"),
     "sclp.wire.errors": ("MalformedPacket", "DropReason"),
 }
 

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Unpack
 
 from sclp.cluster.etcd import (
     REQUEST_TIMEOUT,
@@ -45,7 +45,16 @@ from sclp.cluster.etcd import (
     WatchMessage,
     WatchStream,
 )
-from sclp.cluster.model import ClusterView, Member, build_view, encode_macs, macs_key, member_key
+from sclp.cluster.model import (
+    AgentStatus,
+    AgentStatusUpdate,
+    ClusterView,
+    Member,
+    build_view,
+    encode_macs,
+    macs_key,
+    member_key,
+)
 
 log = logging.getLogger("sclp.cluster")
 
@@ -97,7 +106,7 @@ class ClusterAgent:
         self._lock = threading.Lock()
         self._me = me
         self._macs: dict[int, frozenset[bytes]] = {}
-        self._status: dict[str, Any] = {
+        self._status: AgentStatus = {
             "connected": False,
             "endpoint": None,
             "members": 0,
@@ -186,11 +195,11 @@ class ClusterAgent:
             self._me = me
         self._wake()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> AgentStatus:
         """A snapshot: connected, endpoint (URL or None), members, revision,
         last_error (None or one line), lease_id, conflicts (lines in the view)."""
         with self._lock:
-            return dict(self._status)
+            return self._status.copy()
 
     @property
     def view(self) -> ClusterView | None:
@@ -201,7 +210,7 @@ class ClusterAgent:
         with contextlib.suppress(OSError):  # already woken (full pipe), or stopped
             os.write(self._wake_w, b"x")
 
-    def _set_status(self, **values: Any) -> None:
+    def _set_status(self, **values: Unpack[AgentStatusUpdate]) -> None:
         with self._lock:
             self._status.update(values)
 

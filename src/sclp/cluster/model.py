@@ -37,7 +37,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypedDict
 
 CARRIERS = ("ip", "udp")
 MAX_VNI = (1 << 24) - 1
@@ -53,6 +53,32 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # comes from a version that always used them.
 VXLAN_PORT = 4789
 GENEVE_PORT = 6081
+
+
+class AgentStatus(TypedDict):
+    """What the cluster agent reports of itself (``sclp stats``' ``cluster``): connected
+    to etcd (at ``endpoint``, a URL), the members and revision of its view, the last
+    error (one line), its lease and how many mismatch lines the view has."""
+
+    connected: bool
+    endpoint: str | None
+    members: int
+    revision: int
+    last_error: str | None
+    lease_id: int | None
+    conflicts: int
+
+
+class AgentStatusUpdate(TypedDict, total=False):
+    """Some fields of :class:`AgentStatus`, as the agent changes them."""
+
+    connected: bool
+    endpoint: str | None
+    members: int
+    revision: int
+    last_error: str | None
+    lease_id: int | None
+    conflicts: int
 
 
 def _short(value: object) -> str:

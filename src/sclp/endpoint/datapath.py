@@ -47,10 +47,11 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
-from typing import Any, Final, NamedTuple
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Final, NamedTuple
 
 from sclp.endpoint.config import Config, Network, Protocol
+from sclp.endpoint.stats import DataPathStats, PortStats, VniStats, sorted_counters
 from sclp.endpoint.tunnels import (
     GSO_NONE,
     GSO_TCPV4,
@@ -184,7 +185,11 @@ class VirtualNetwork:
     )
 
     def __init__(
-        self, network: Network, tunnel: Tunnel, fdb: Fdb, alt_tunnel: Tunnel | None = None
+        self,
+        network: Network,
+        tunnel: Tunnel,
+        fdb: Fdb[str, VmPort],
+        alt_tunnel: Tunnel | None = None,
     ) -> None:
         self.network = network
         self.vni = network.vni
@@ -207,8 +212,8 @@ class VirtualNetwork:
         # partial (_partial_csum); SCLP and STT peers are ours and complete them.
         self.rx_partial_csum = any(type(t) in _CLASSIC_TUNNELS for t in tunnels)
         self.counters: Counter[str] = Counter()
-        self.peer_counters: dict[Hashable, PeerCounters] = {}
-        self.tx_counters: dict[Hashable, PeerCounters] = {}
+        self.peer_counters: dict[str, PeerCounters] = {}
+        self.tx_counters: dict[str, PeerCounters] = {}
         self.set_peers(self.peers)
 
     def set_peers(self, peers: frozenset[str]) -> None:
@@ -228,7 +233,7 @@ class VirtualNetwork:
 
     @property
     def ports(self) -> tuple[VmPort, ...]:
-        return self.fdb.ports  # type: ignore[return-value]
+        return self.fdb.ports
 
 
 class VmPort:
@@ -303,7 +308,7 @@ class DataPath:
         alt = None
         if self.cfg.bgp is not None and network.protocol is Protocol.VXLAN_SCLP:
             alt = VxlanTunnel(network.vni, self.underlay)  # for VXLAN-only EVPN peers
-        fdb = Fdb(network.peers, lim.fdb_aging, lim.fdb_max_entries)
+        fdb: Fdb[str, VmPort] = Fdb(network.peers, lim.fdb_aging, lim.fdb_max_entries)
         for entry in network.static:
             fdb.add_static(entry.mac, entry.peer)
         net = self.networks[network.vni] = VirtualNetwork(network, tunnel, fdb, alt)
@@ -376,7 +381,9 @@ class DataPath:
 
     # -- VM -> underlay ------------------------------------------------------------------
 
-    def from_vm(self, port: VmPort, buf: bytearray, size: int, now: float) -> list[Send | Deliver]:
+    def from_vm(
+        self, port: VmPort, buf: bytearray, size: int, now: float
+    ) -> Sequence[Send | Deliver]:
         """A frame read from VM port ``port``: ``size`` bytes at ``buf[HEADROOM -
         VNET_LEN:]``, the virtio-net header first.  The headroom in front may be
         overwritten.  Returns the packets to send to peers and the frames for other
@@ -414,15 +421,15 @@ class DataPath:
                 to = tx[peer]
                 to.tx_frames += 1
                 to.tx_bytes += flen
-        return sends  # type: ignore[return-value]
+        return sends
 
     def _switch(
         self,
         port: VmPort,
         buf: bytearray,
         flen: int,
-        peers: tuple[Hashable, ...],
-        local: tuple[Hashable, ...],
+        peers: tuple[str, ...],
+        local: tuple[VmPort, ...],
         now: float,
     ) -> list[Send | Deliver]:
         """A frame for other local ports (and peers, when flooded): the local ports get
@@ -452,11 +459,11 @@ class DataPath:
                 vnet = VNET_NONE  # _encapsulate completed the checksum in place
         frame = memoryview(buf)[HEADROOM : HEADROOM + flen]
         counters["tx_local"] += len(others)
-        out.extend(Deliver(p, vnet, frame) for p in others)  # type: ignore[arg-type]
+        out.extend(Deliver(p, vnet, frame) for p in others)
         return out
 
     def _encapsulate(
-        self, net: VirtualNetwork, buf: bytearray, flen: int, peers: tuple[Hashable, ...]
+        self, net: VirtualNetwork, buf: bytearray, flen: int, peers: tuple[str, ...]
     ) -> list[Send]:
         counters = net.counters
         flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET.unpack_from(
@@ -510,7 +517,7 @@ class DataPath:
         gso_size: int,
         csum_start: int,
         gso_type: int,
-        peers: tuple[Hashable, ...],
+        peers: tuple[str, ...],
     ) -> list[Send]:
         """A GSO frame longer than the tunnel carries (from an attached port, whose
         sender's ``gso_max_size`` we do not set): cut into GSO frames that fit, at
@@ -693,7 +700,7 @@ class DataPath:
         pc.last_rx = now
         fdb = net.fdb
         fdb.learn(bytes(frame[6:12]), src, now)
-        ports: tuple[Hashable, ...] = fdb.ports
+        ports = fdb.ports
         if len(ports) > 1:
             ports = fdb.lookup(bytes(frame[:6]), now).ports or ports
         elif not ports:
@@ -703,7 +710,7 @@ class DataPath:
             vnet = VNET_NONE
             if net.rx_partial_csum:
                 vnet = _partial_csum(frame, flen)
-            out.extend(Deliver(p, vnet, frame) for p in ports)  # type: ignore[arg-type]
+            out.extend(Deliver(p, vnet, frame) for p in ports)
             return
         try:
             info = parse_frame(frame)
@@ -711,7 +718,7 @@ class DataPath:
             counters[exc.reason.counter] += 1
             return
         if not info.tcp_header_len:
-            out.extend(Deliver(p, VNET_NONE, frame) for p in ports)  # type: ignore[arg-type]
+            out.extend(Deliver(p, VNET_NONE, frame) for p in ports)
             return
         l4 = info.l4_offset
         if not mss:
@@ -726,11 +733,11 @@ class DataPath:
                 counters[exc.reason.counter] += 1
                 return
             for p in ports:
-                out.extend(Deliver(p, VNET_NONE, seg) for seg in segments)  # type: ignore[arg-type]
+                out.extend(Deliver(p, VNET_NONE, seg) for seg in segments)
             return
         gso = GSO_TCPV4 if info.ip_version == 4 else GSO_TCPV6
         vnet = VNET.pack(F_NEEDS_CSUM, gso, l4 + info.tcp_header_len, mss, l4, _TCP_CSUM_OFFSET)
-        out.extend(Deliver(p, vnet, frame) for p in ports)  # type: ignore[arg-type]
+        out.extend(Deliver(p, vnet, frame) for p in ports)
 
     # -- timers and state ----------------------------------------------------------------
 
@@ -745,13 +752,14 @@ class DataPath:
         (FDB aging is lazy and may wait for the runner's periodic tick)."""
         return self.reassembly.next_deadline()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, extra: Mapping[str, int] | None = None) -> DataPathStats:
         """Counters: ``counters`` (every name in :data:`COUNTER_NAMES`, totals over
-        the VNIs, the endpoint's own and the reassemblers'), ``vni`` (per VNI, with
-        its ports), ``ports`` (frames and bytes per port) and ``peers`` (how many
-        peers each VNI has)."""
+        the VNIs, the endpoint's own and the reassemblers', plus ``extra``: what the
+        I/O around the data path counted), ``vni`` (per VNI, with its ports),
+        ``ports`` (frames and bytes per port) and ``peers`` (how many peers each VNI
+        has)."""
         totals: Counter[str] = Counter()
-        per_vni: dict[str, Any] = {}
+        per_vni: dict[str, VniStats] = {}
         for net in self.networks.values():
             totals.update(net.counters)
             per_vni[str(net.vni)] = {
@@ -761,7 +769,7 @@ class DataPath:
                 "peers": sorted(net.peers),
                 "vm_mtu": net.vm_mtu,
                 "fdb_entries": len(net.fdb),
-                **dict(sorted(net.counters.items())),
+                **sorted_counters(net.counters),
             }
         totals.update(self.counters)
         reasm = (self.reassembler, self.stt_reassembler)
@@ -773,24 +781,26 @@ class DataPath:
         base["reasm_complete"] = sum(r.completed for r in reasm)
         base["reasm_bytes_held"] = sum(r.bytes_held for r in reasm)
         base["reasm_entries"] = sum(r.entries for r in reasm)
+        for name, value in (extra or {}).items():
+            base[name] = base.get(name, 0) + value
         peers = {str(net.vni): len(net.peers) for net in self.networks.values()}
-        ports = {
+        ports: dict[str, PortStats] = {
             name: {
                 "vni": port.vni,
                 "kind": "tap" if port.owned else "attached",
-                **{k: port.counters[k] for k in _PORT_COUNTERS},
+                "tx_frames": port.counters["tx_frames"],
+                "tx_bytes": port.counters["tx_bytes"],
+                "rx_frames": port.counters["rx_frames"],
+                "rx_bytes": port.counters["rx_bytes"],
             }
             for name, port in sorted(self.ports.items())
         }
         return {
-            "counters": dict(sorted(base.items())),
+            "counters": sorted_counters(base),
             "vni": per_vni,
             "ports": ports,
             "peers": peers,
         }
-
-
-_PORT_COUNTERS: Final = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes")
 
 
 def _partial_csum(frame: memoryview, flen: int) -> bytes:

@@ -71,11 +71,20 @@ from prometheus_client.core import (
     Metric,
 )
 
+from sclp.endpoint.stats import (
+    ClusterStats,
+    Counters,
+    EndpointStats,
+    PortStats,
+    UnderlayStats,
+    VniStats,
+)
+
 __all__ = ["Health", "MetricsServer", "Snapshot", "SnapshotCollector"]
 
 log = logging.getLogger(__name__)
 
-Snapshot = Callable[[], Mapping[str, Any] | None]
+Snapshot = Callable[[], EndpointStats | None]
 """Returns the endpoint's last published stats (``sclp stats --json``) or ``None``."""
 Health = Callable[[], tuple[bool, str]]
 """Returns ``(healthy, one-line detail)``."""
@@ -130,31 +139,34 @@ class SnapshotCollector:
         yield from families
 
 
-def _num(value: Any) -> float:
+def _num(value: object) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
-def _families(stats: Mapping[str, Any], default_name: str) -> list[Metric]:
-    """Every ``sclp_*`` family (but ``sclp_up``) of one stats snapshot."""
+def _families(stats: EndpointStats, default_name: str) -> list[Metric]:
+    """Every ``sclp_*`` family (but ``sclp_up``) of one stats snapshot (a key it
+    lacks, as from an older endpoint, gives no samples or zeros)."""
     ep = str(stats.get("name", default_name))
-    totals: Mapping[str, Any] = stats.get("counters") or {}
-    vnis: Mapping[str, Mapping[str, Any]] = stats.get("vni") or {}
-    underlay: Mapping[str, Any] = stats.get("underlay") or {}
+    totals: Counters = stats.get("counters") or {}
+    vnis: dict[str, VniStats] = stats.get("vni") or {}
+    underlay: UnderlayStats | None = stats.get("underlay")
     out: list[Metric] = []
 
     info = InfoMetricFamily(
         "sclp_endpoint", "The endpoint's underlay.", labels=["endpoint", "local", "carrier"]
     )
-    info.add_metric([ep, str(underlay.get("local", "")), str(underlay.get("sclp_carrier", ""))], {})
+    local = underlay.get("local", "") if underlay else ""
+    carrier = underlay.get("sclp_carrier", "") if underlay else ""
+    info.add_metric([ep, str(local), str(carrier)], {})
     out.append(info)
     uptime = GaugeMetricFamily(
         "sclp_uptime_seconds", "Seconds since the endpoint started.", labels=["endpoint"]
     )
     uptime.add_metric([ep], _num(stats.get("uptime_s")))
     out.append(uptime)
-    if underlay.get("mtu") is not None:
+    if underlay and underlay.get("mtu") is not None:
         mtu = GaugeMetricFamily("sclp_underlay_mtu", "Underlay path MTU.", labels=["endpoint"])
-        mtu.add_metric([ep], _num(underlay["mtu"]))
+        mtu.add_metric([ep], _num(underlay.get("mtu")))
         out.append(mtu)
 
     for key, family, doc in TRAFFIC:
@@ -165,7 +177,7 @@ def _families(stats: Mapping[str, Any], default_name: str) -> list[Metric]:
             per_vni += value
             counter.add_metric([ep, vni], value)
         if key in totals:
-            counter.add_metric([ep, ""], max(0.0, _num(totals[key]) - per_vni))
+            counter.add_metric([ep, ""], max(0.0, _num(totals.get(key)) - per_vni))
         out.append(counter)
 
     drops = CounterMetricFamily(
@@ -175,13 +187,13 @@ def _families(stats: Mapping[str, Any], default_name: str) -> list[Metric]:
     )
     by_reason: dict[str, float] = {}
     for vni, entry in vnis.items():
-        for key, value in entry.items():
+        for key, count in entry.items():
             if key.startswith(_DROP):
-                drops.add_metric([ep, vni, key[len(_DROP) :]], _num(value))
-                by_reason[key] = by_reason.get(key, 0.0) + _num(value)
-    for key, value in totals.items():
+                drops.add_metric([ep, vni, key[len(_DROP) :]], _num(count))
+                by_reason[key] = by_reason.get(key, 0.0) + _num(count)
+    for key, count in totals.items():
         if key.startswith(_DROP):
-            rest = max(0.0, _num(value) - by_reason.get(key, 0.0))
+            rest = max(0.0, _num(count) - by_reason.get(key, 0.0))
             drops.add_metric([ep, "", key[len(_DROP) :]], rest)
     out.append(drops)
 
@@ -193,7 +205,7 @@ def _families(stats: Mapping[str, Any], default_name: str) -> list[Metric]:
         if key in totals:
             cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             metric = cls(family, doc, labels=["endpoint"])
-            metric.add_metric([ep], _num(totals[key]))
+            metric.add_metric([ep], _num(totals.get(key)))
             out.append(metric)
 
     vni_info = InfoMetricFamily(
@@ -210,22 +222,22 @@ def _families(stats: Mapping[str, Any], default_name: str) -> list[Metric]:
         vm_mtu.add_metric([ep, vni], _num(entry.get("vm_mtu")))
         fdb.add_metric([ep, vni], _num(entry.get("fdb_entries")))
     out += [vni_info, vm_mtu, fdb]
-    peers_of: Mapping[str, Any] | None = stats.get("peers")
+    peers_of: dict[str, int] | None = stats.get("peers")
     if peers_of is not None:
         peers = GaugeMetricFamily("sclp_peers", "Peers of the VNI.", labels=["endpoint", "vni"])
         for vni, count in peers_of.items():
             peers.add_metric([ep, str(vni)], _num(count))
         out.append(peers)
 
-    ports: Mapping[str, Mapping[str, Any]] = stats.get("ports") or {}
+    ports: dict[str, PortStats] = stats.get("ports") or {}
     for key, family, doc in PORT_TRAFFIC:
         counter = CounterMetricFamily(family, doc, labels=["endpoint", "port", "vni", "kind"])
-        for name, entry in ports.items():
-            labels = [ep, name, str(entry.get("vni", "")), str(entry.get("kind", ""))]
-            counter.add_metric(labels, _num(entry.get(key, 0)))
+        for name, port in ports.items():
+            labels = [ep, name, str(port.get("vni", "")), str(port.get("kind", ""))]
+            counter.add_metric(labels, _num(port.get(key, 0)))
         out.append(counter)
 
-    cluster: Mapping[str, Any] | None = stats.get("cluster")
+    cluster: ClusterStats | None = stats.get("cluster")
     if cluster:
         for key, family, doc in (
             ("connected", "sclp_cluster_connected", "1 while the registry (etcd) answers."),
@@ -266,7 +278,7 @@ def _families(stats: Mapping[str, Any], default_name: str) -> list[Metric]:
         restarts.add_metric([ep], _num((bgp.get("speaker") or {}).get("restarts")))
         out += [session, received, advertised, restarts]
 
-    faults: Mapping[str, Any] | None = stats.get("faults")
+    faults: dict[str, int] | None = stats.get("faults")
     if faults:
         fault = CounterMetricFamily(
             "sclp_faults",

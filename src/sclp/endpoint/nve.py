@@ -7,16 +7,20 @@
 - :class:`~sclp.endpoint.datapath.DataPath` forwards, without I/O;
 - :class:`~sclp.endpoint.runner.Runner` owns the epoll loop, signals and timers;
 - :class:`~sclp.endpoint.control.ControlServer` answers ``sclp stats`` from the loop
-  without blocking it.
+  without blocking it;
+- :mod:`~sclp.endpoint.reload` carries out a reload (SIGHUP, ``sclp reload``) on these
+  parts, and :mod:`~sclp.endpoint.report` builds the ``stats`` and ``health`` reports.
+
+What is left here is the composition itself: building and undoing the parts in
+order, serving the underlay channels, and the peers every network should have now
+(the file's and the cluster registry's).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
-import os
 import signal
 import socket
 import time
@@ -26,20 +30,23 @@ from typing import Any
 
 from sclp.bgp.model import Encap, EvpnView
 from sclp.cluster.model import ClusterView
-from sclp.endpoint import provision, reconcile, service, show
+from sclp.endpoint import provision, reconcile, reload, report, service, show
 from sclp.endpoint.bgp import EvpnLink
-from sclp.endpoint.config import Config, ConfigError, Network, load_config, vm_mtu_problem
+from sclp.endpoint.config import Config
 from sclp.endpoint.control import ControlServer
-from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork, VmPort
+from sclp.endpoint.datapath import DataPath, VirtualNetwork, VmPort
 from sclp.endpoint.faults import FaultInjector
 from sclp.endpoint.ports import AttachedPorts, control_commands
 from sclp.endpoint.provision import EndpointError
 from sclp.endpoint.reconcile import PeerChange, ReloadReport
 from sclp.endpoint.registry import RegistryLink
 from sclp.endpoint.runner import FaultySender, Runner, UnderlaySender
+from sclp.endpoint.stats import (
+    EndpointStats,
+    HealthReport,
+)
 from sclp.endpoint.tunnels import Channel
 from sclp.io import nft
-from sclp.io.rxring import RxRing
 from sclp.io.tap import TapDevice
 from sclp.switch.fdb import Origin
 
@@ -48,7 +55,6 @@ __all__ = ["Endpoint", "EndpointError"]
 log = logging.getLogger("sclp")
 
 PUBLISH_INTERVAL = 0.5  # seconds between stats snapshots for the metrics thread
-HEALTH_TICK_AGE = 2.0  # a loop that has not ticked for this long is unhealthy
 MAC_PUBLISH_INTERVAL = 1.0  # seconds between checks of the MACs to announce
 
 
@@ -69,12 +75,12 @@ class Endpoint:
         self.config_path = config_path  # re-read on SIGHUP
         # The stats as last published by the loop (every PUBLISH_INTERVAL): what the
         # metrics thread reads, so a scrape never touches the data path.
-        self.snapshot: dict[str, Any] | None = None
+        self.snapshot: EndpointStats | None = None
         self._published_at = -math.inf
         self._last_tick = -math.inf
         self._reload_requested = False
         self._sockets: list[socket.socket] = []  # the underlay's, for the health check
-        self._notifier: service.Notifier | None = None
+        self.notifier: service.Notifier | None = None
         self._watchdog: service.Watchdog | None = None
         self.counters: Counter[str] = Counter()  # what the runner's sender counts
         self.dp: DataPath | None = None
@@ -120,7 +126,13 @@ class Endpoint:
             {
                 "stats": self._requested_stats,
                 "health": self.health_report,
-                **self._show_handlers(),
+                **show.handlers(
+                    self.cfg.name,
+                    self._datapath,
+                    self.clock,
+                    lambda: self._discovered,
+                    lambda: self._evpn_peers,
+                ),
             },
             watch=lambda fd, write, resume: self._runner().watch(fd, lambda _n: resume(), write),
             unwatch=lambda fd: self._runner().unwatch(fd),
@@ -131,7 +143,7 @@ class Endpoint:
         control.handlers["reload"] = self._reload_on_request
         # `attach <ifname> <vni>`, `detach <ifname>`: ports handed over by sclp-cni.
         control.commands.update(control_commands(self._attached_ports))
-        taps = [(port, self._open_tap(port)) for port in list(dp.ports.values())]
+        taps = [(port, self.open_tap(port)) for port in list(dp.ports.values())]
         sockets = self._underlay = provision.open_underlay(cfg, dp, stack)
         self.peer_filter = provision.install_peer_filter(cfg, dp, sockets, stack)
         self._list_sockets()
@@ -153,7 +165,7 @@ class Endpoint:
         for port, tap in taps:
             runner.add_port(port, tap)
         if any(n.attach for n in cfg.networks):
-            self._start_attached()
+            self.start_attached()
         if cfg.cluster is not None:
             self._start_registry()
         if cfg.bgp is not None:
@@ -173,7 +185,7 @@ class Endpoint:
             ),
         )
 
-    def _open_tap(self, port: VmPort) -> TapDevice:
+    def open_tap(self, port: VmPort) -> TapDevice:
         """The owned TAP of ``port``, closed with its network (or the endpoint)."""
         stack = self._network_stacks.setdefault(port.vni, contextlib.ExitStack())
         return provision.open_tap(port, stack)
@@ -196,7 +208,7 @@ class Endpoint:
         assert self.dp is not None, "the endpoint is not started"
         return self.dp
 
-    def _start_attached(self) -> None:
+    def start_attached(self) -> None:
         attached = AttachedPorts(self.cfg.name, self._datapath(), self._runner())
         try:
             attached.start()
@@ -208,7 +220,7 @@ class Endpoint:
     def _attached_ports(self) -> AttachedPorts:
         """The attached ports, started on the first request if no pattern did."""
         if self.attached is None:
-            self._start_attached()
+            self.start_attached()
         assert self.attached is not None
         return self.attached
 
@@ -234,20 +246,21 @@ class Endpoint:
         Tells systemd READY=1 once the loop runs, when started as a notify service."""
         if install_signals:
             signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
-        self._notifier = service.Notifier.from_environment()
-        if self._notifier is not None:
+        self.notifier = service.Notifier.from_environment()
+        if self.notifier is not None:
             interval = service.watchdog_interval()
             if interval is not None:
-                self._watchdog = service.Watchdog(self._notifier, interval)
-            self._notifier.notify("READY=1", f"STATUS=forwarding: {self._summary()}")
+                self._watchdog = service.Watchdog(self.notifier, interval)
+            self.notifier.ready(f"forwarding: {self.summary()}")
         try:
             self._runner().run(install_signals)
         finally:
-            if self._notifier is not None:
-                self._notifier.notify("STOPPING=1")
-                self._notifier.close()
+            if self.notifier is not None:
+                self.notifier.stopping()
+                self.notifier.close()
 
-    def _summary(self) -> str:
+    def summary(self) -> str:
+        """The networks served, in a few words (systemd's STATUS, the health line)."""
         return ", ".join(f"vni {n.vni} {n.protocol}" for n in self.networks.values())
 
     def _request_reload(self) -> None:
@@ -274,135 +287,34 @@ class Endpoint:
         return self._reload("sclp reload").to_json()
 
     def _reload(self, trigger: str) -> ReloadReport:
-        """SIGHUP or ``sclp reload`` (``trigger``): re-read the configuration and
-        reconcile the running endpoint to it (:mod:`sclp.endpoint.reconcile`): networks
-        added, removed or re-created, peers replaced, the rest untouched; one log line
-        per change.  A file that cannot be read or is invalid changes nothing."""
-        if self._notifier is not None:
-            self._notifier.notify("RELOADING=1")
-        try:
-            path = self.config_path
-            if path is None:
-                log.warning("%s: no configuration file to re-read", trigger)
-                return ReloadReport(
-                    None, error="the endpoint was started without a configuration file"
-                )
-            try:
-                new = load_config(path)
-            except ConfigError as exc:
-                log.error("%s: %s; still running the previous configuration", trigger, exc)
-                return ReloadReport(path, error=str(exc))
-            if new == self.cfg:
-                log.info("%s: %s re-read, unchanged", trigger, path)
-                return ReloadReport(path)
-            return self.apply_config(new, path)
-        finally:
-            if self._notifier is not None:
-                self._notifier.notify("READY=1")
+        """SIGHUP or ``sclp reload`` (``trigger``): :func:`sclp.endpoint.reload.reload_file`."""
+        return reload.reload_file(self, trigger)
 
     def apply_config(self, new: Config, path: str | None = None) -> ReloadReport:
-        """Make the running endpoint serve ``new``'s networks; other changed settings
-        are logged as needing a restart.  Call it from the loop (or before run).
-        Returns what changed (``path``: the file ``new`` came from, for the report)."""
-        restart = reconcile.restart_needed(self.cfg, new)
-        for key in restart:
-            log.warning("reload: [%s] changed; restart the endpoint to apply it", key)
-        current = {n.vni: n for n in self.cfg.networks}
-        plan = reconcile.plan_networks(current, {n.vni: n for n in new.networks})
-        serving = dict(current)
-        for vni in plan.remove:
-            self._remove_network(vni, "removed from the configuration")
-            del serving[vni]
-        for net in plan.recreate:
-            self._remove_network(net.vni, "changed in the configuration, re-creating it")
-            del serving[net.vni]
-        not_added: list[tuple[int, str]] = []
-        for net in (*plan.add, *plan.recreate):
-            error = self._add_network(net)
-            if error is None:
-                serving[net.vni] = net
-            else:
-                not_added.append((net.vni, error))
-        dp = self._datapath()
-        for net in plan.peers:
-            dp.networks[net.vni].network = net
-            serving[net.vni] = net
-        self.cfg = dataclasses.replace(
-            self.cfg, networks=tuple(serving[n.vni] for n in new.networks if n.vni in serving)
-        )
-        if self.attached is not None:
-            self.attached.rescan()
-        elif any(n.attach for n in self.cfg.networks):
-            self._start_attached()
-        peers = self._sync_peers()
-        if self.registry is not None:
-            self.registry.set_member(self.cfg)  # the VNIs it announces
-        if self.evpn is not None:
-            self.evpn.set_config(self.cfg)
-        if plan.empty:
-            log.info("reload: networks unchanged")
-        failed = {vni for vni, _ in not_added}
-        return ReloadReport(
-            path,
-            added=tuple(n.vni for n in plan.add if n.vni not in failed),
-            removed=plan.remove,
-            recreated=tuple(n.vni for n in plan.recreate if n.vni not in failed),
-            not_added=tuple(not_added),
-            peers=tuple(peers),
-            restart_needed=tuple(restart),
-        )
+        """Make the running endpoint serve ``new``'s networks
+        (:func:`sclp.endpoint.reload.apply_config`); call it from the loop (or
+        before run)."""
+        return reload.apply_config(self, new, path)
 
-    def _add_network(self, net: Network) -> str | None:
-        """Start serving ``net``; None, or why it could not be (then nothing of it
-        remains)."""
-        dp, runner = self._datapath(), self._runner()
-        underlay = self.cfg.underlay
-        problem = vm_mtu_problem(net, underlay.local, dp.underlay.mtu, underlay.sclp_carrier)
-        if problem:
-            log.error("reload: vni %d not added: mtu %s", net.vni, problem)
-            return f"mtu {problem}"
-        vnet = dp.add_network(net)
+    def open_channel(self, channel: Channel) -> None:
+        """Open ``channel``'s underlay socket(s), unless open, and serve them (for a
+        network added at run time): the sender, the health check and the kernel's
+        peer filter take them in.  Raises EndpointError or OSError."""
         sockets = self._underlay
         assert sockets is not None
-        try:
-            channel = vnet.tunnel.channel
-            if channel not in sockets.udp and channel not in sockets.raw:
-                provision.open_channel(self.cfg, dp, channel, sockets, self._stack)
-                self._serve_channel(channel)
-                runner.sender.add_channels()
-                self._list_sockets()
-                self._install_peer_filter()
-            for port in vnet.ports:
-                runner.add_port(port, self._open_tap(port))
-        except (EndpointError, OSError) as exc:
-            log.error("reload: vni %d not added: %s", net.vni, exc)
-            for port in vnet.ports:
-                runner.remove_port(port)
-            dp.remove_network(net.vni)
-            stack = self._network_stacks.pop(net.vni, None)
-            if stack is not None:
-                stack.close()
-            return str(exc)
-        log.info(
-            "vni %d added: %s, mtu %d, ports %s",
-            net.vni,
-            vnet.protocol,
-            vnet.vm_mtu,
-            ",".join(p.name for p in vnet.ports) or "(attach only)",
-        )
-        return None
+        if channel in sockets.udp or channel in sockets.raw:
+            return
+        provision.open_channel(self.cfg, self._datapath(), channel, sockets, self._stack)
+        self._serve_channel(channel)
+        self._runner().sender.add_channels()
+        self._list_sockets()
+        self._install_peer_filter()
 
-    def _remove_network(self, vni: int, why: str) -> None:
-        dp, runner = self._datapath(), self._runner()
-        if self.attached is not None:
-            self.attached.detach_network(vni, "its network was removed")
-        for port in dp.networks[vni].ports:
-            runner.remove_port(port)
-        dp.remove_network(vni)
+    def close_network(self, vni: int) -> None:
+        """Close what was opened for network ``vni`` (its owned TAPs)."""
         stack = self._network_stacks.pop(vni, None)
         if stack is not None:
             stack.close()
-        log.info("vni %d %s", vni, why)
 
     def _serve_channel(self, channel: Channel) -> None:
         """Have the loop read ``channel``'s open socket(s) (or its packet taps)."""
@@ -422,7 +334,7 @@ class Endpoint:
             self.cfg, self._datapath(), self._underlay, self._stack
         )
 
-    def _sync_peers(self) -> list[PeerChange]:
+    def sync_peers(self) -> list[PeerChange]:
         """Give every network the peers it should have now (the file's and the
         cluster's); one log line per peer that joins or leaves a VNI.  Returns the
         changes, per VNI."""
@@ -496,7 +408,7 @@ class Endpoint:
         names = {m.address: name for name, m in view.members.items()}
         self._member_names.update(names)  # a member that left is still named in its line
         self._discovered = {vni: frozenset(peers) for vni, peers in view.peers.items()}
-        self._sync_peers()
+        self.sync_peers()
         self._member_names = names
         for vni, vnet in self._datapath().networks.items():
             vnet.fdb.set_remote(dict(view.macs.get(vni, {})))
@@ -518,34 +430,18 @@ class Endpoint:
     def _apply_evpn(self, view: EvpnView) -> None:
         """New EVPN routes (in the loop): the VTEPs become peers, their MACs entries."""
         self._evpn_peers = view.peers
-        self._sync_peers()
+        self.sync_peers()
         for vni, vnet in self._datapath().networks.items():
             vnet.fdb.set_remote(view.macs.get(vni, {}), Origin.EVPN)
 
     def health(self) -> tuple[bool, str]:
-        """Is the endpoint serving?  The loop ticked within HEALTH_TICK_AGE seconds, and
-        every TAP and underlay socket is open.  Safe to call from another thread (it
-        reads plain fields)."""
-        runner = self.runner
-        if runner is None:
-            return False, "not started"
+        """Is the endpoint serving (:func:`sclp.endpoint.report.health`)?  Safe to call
+        from another thread (it reads plain fields)."""
         age = self.clock() - self._last_tick
-        if age > HEALTH_TICK_AGE:
-            return False, f"event loop stalled or stopped (last tick {age:.1f} s ago)"
-        readers = runner.port_readers()
-        closed = [r.name for r in readers if r.closed]
-        if closed:
-            return False, f"port closed: {', '.join(closed)}"
-        if any(sock.fileno() < 0 for sock in self._sockets):
-            return False, "an underlay socket is closed"
-        return True, (
-            f"loop alive, {len(readers)} VM port(s) and {len(self._sockets)} underlay "
-            f"socket(s) open, {self._summary()}"
-        )
+        return report.health(self.runner, age, self._sockets, self.summary())
 
-    def health_report(self) -> dict[str, Any]:
-        ok, detail = self.health()
-        return {"name": self.cfg.name, "ok": ok, "detail": detail}
+    def health_report(self) -> HealthReport:
+        return report.health_report(self.cfg.name, self.health())
 
     def stop(self) -> None:
         if self.runner is not None:
@@ -563,100 +459,27 @@ class Endpoint:
         self.registry = None
         self.evpn = None
 
-    # -- sclp show ------------------------------------------------------------------------
+    # -- sclp stats -----------------------------------------------------------------------
 
-    def _show_handlers(self) -> dict[str, Callable[[], Any]]:
-        """The control socket's ``show ...`` requests (:mod:`sclp.endpoint.show`),
-        answered from the loop: each reads the data path once, as plain rows (the
-        FDB's sent in parts, a turn of the loop each)."""
-        return {
-            "show fdb": lambda: show.fdb_streamed(self._datapath(), self.clock(), self._show({})),
-            "show peers": lambda: self._show(
-                show.peers(self._datapath(), self.clock(), self._discovered, self._evpn_peers)
-            ),
-            "show ports": lambda: self._show(show.ports(self._datapath())),
-        }
-
-    def _show(self, table: dict[str, Any]) -> dict[str, Any]:
-        return {"name": self.cfg.name, "vnis": sorted(self._datapath().networks), **table}
-
-    def _requested_stats(self) -> dict[str, Any]:
+    def _requested_stats(self) -> EndpointStats:
         """``sclp stats``: the kernel's not-peer counter at most 0.5 s old."""
         return self.stats(provision.PEER_COUNTER_ON_REQUEST)
 
-    def stats(self, kernel_max_age: float = provision.PEER_COUNTER_REFRESH) -> dict[str, Any]:
-        """What ``sclp stats`` shows (all zero before :meth:`start`); the kernel's
+    def stats(self, kernel_max_age: float = provision.PEER_COUNTER_REFRESH) -> EndpointStats:
+        """What ``sclp stats`` shows (:func:`sclp.endpoint.report.stats`); the kernel's
         not-peer counter in it is at most ``kernel_max_age`` seconds old."""
-        dp = self.dp
-        report = dp.stats() if dp is not None else {"counters": dict.fromkeys(COUNTER_NAMES, 0)}
-        counters = report["counters"]
-        for name, value in self.counters.items():
-            counters[name] = counters.get(name, 0) + value
-        # Dropped by the kernel's peer filter: never received, so not in rx_packets
-        # (docs/security.md); nft runs only when the last read is older than allowed.
-        pf = self.peer_filter
-        kernel_drops = pf.drops(kernel_max_age) if pf is not None else 0
-        counters["drop_not_peer"] = counters.get("drop_not_peer", 0) + kernel_drops
-        return {
-            "name": self.cfg.name,
-            "pid": os.getpid(),
-            "uptime_s": round(self.clock() - self._started_at, 3),
-            "underlay": {
-                "local": self.cfg.underlay.local,
-                "mtu": dp.underlay.mtu if dp is not None else None,
-                "sclp_carrier": self.cfg.underlay.sclp_carrier.value,
-                "sclp_udp_port": self.cfg.underlay.sclp_udp_port,
-                "vxlan_port": self.cfg.underlay.vxlan_port,
-                "geneve_port": self.cfg.underlay.geneve_port,
-            },
-            "counters": dict(sorted(counters.items())),
-            "vni": report.get("vni", {}),
-            "ports": report.get("ports", {}),
-            "peers": report.get("peers", {}),
-            "faults": self._faults.counters() if self._faults else None,
-            "cluster": self.registry.status() if self.registry is not None else None,
-            "bgp": self.evpn.status(self.clock()) if self.evpn is not None else None,
-            "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},
-            "rx_taps": self._tap_stats(),
-            "tx_rings": self._tx_ring_stats(),
-        }
-
-    def _tap_stats(self) -> dict[str, Any]:
-        """Per channel read by packet taps (STT, native SCLP): the devices, ``ring``
-        or ``recvmmsg``, the packets the kernel dropped for want of a free ring frame
-        (``tp_drops``) and those larger than a frame or slot (dropped)."""
-        sockets = self._underlay
-        if sockets is None:
-            return {}
-        report: dict[str, Any] = {}
-        for channel, taps in sockets.taps.items():
-            rings = [tap for tap in taps if isinstance(tap, RxRing)]
-            report[channel.value] = {
-                "devices": sockets.tap_devices.get(channel, []),
-                "kind": "ring" if rings else "recvmmsg",
-                "ring_full_drops": sum(ring.read_drops() for ring in rings),
-                "truncated": sum(tap.truncated for tap in taps),
-            }
-        return report
-
-    def _tx_ring_stats(self) -> dict[str, Any]:
-        """Per channel sent through TX rings (STT, native SCLP): the devices, the
-        batches per path (``ring``, or why the raw socket sent one), how often the
-        kernel said "later" (EAGAIN/ENOBUFS: queued frames wait for the next send) and
-        frames it refused as malformed."""
-        sockets = self._underlay
-        if sockets is None:
-            return {}
-        report: dict[str, Any] = {}
-        for channel, sender in sockets.tx.items():
-            rings = list(sender.rings.values())
-            report[channel.value] = {
-                "devices": sorted(ring.ifname for ring in rings),
-                "batches": dict(sorted((p.name.lower(), n) for p, n in sender.paths.items())),
-                "deferred": sum(ring.deferred for ring in rings),
-                "wrong_format": sum(ring.wrong_format for ring in rings),
-            }
-        return report
+        parts = report.Parts(
+            self.cfg,
+            self.dp,
+            self.counters,
+            self.peer_filter,
+            self._underlay,
+            self._faults,
+            self.registry,
+            self.evpn,
+            self.clock(),
+        )
+        return report.stats(parts, self.clock() - self._started_at, kernel_max_age)
 
 
 def _named(names: dict[str, str], address: str) -> str:

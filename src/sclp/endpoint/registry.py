@@ -23,12 +23,12 @@ import logging
 import os
 import queue
 from collections.abc import Callable
-from typing import Any
 
 from sclp.cluster.agent import ClusterAgent
 from sclp.cluster.model import ClusterView, Member
 from sclp.endpoint.config import Config
 from sclp.endpoint.datapath import DataPath
+from sclp.endpoint.stats import ClusterStats
 
 log = logging.getLogger("sclp")
 
@@ -120,7 +120,5 @@ class RegistryLink:
         self._conflicts = set(view.conflicts)
         return len(new)
 
-    def status(self) -> dict[str, Any]:
-        status: dict[str, Any] = dict(self.agent.status())
-        status["conflicts_now"] = sorted(self._conflicts)
-        return status
+    def status(self) -> ClusterStats:
+        return {**self.agent.status(), "conflicts_now": sorted(self._conflicts)}

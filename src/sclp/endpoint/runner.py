@@ -34,7 +34,7 @@ from sclp.endpoint.faults import FaultInjector
 from sclp.endpoint.tunnels import Channel, Send
 from sclp.engine.segmenter import Pieces
 from sclp.io import packet as packet_io
-from sclp.io.rawip import RawIpSocket, source_key
+from sclp.io.rawip import RawIpSocket, RawReceiver, source_key
 from sclp.io.rxring import RxRing
 from sclp.io.txring import TxRingSender
 from sclp.io.udp import UdpSocket
@@ -248,9 +248,7 @@ class Runner:
         else:
             self.watch(sock.fileno(), lambda now: self._on_udp(channel, sock, batch, now))
 
-    def add_raw(
-        self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap | RxRing, batch: int
-    ) -> None:
+    def add_raw(self, channel: Channel, sock: RawReceiver, batch: int) -> None:
         """Watch ``sock``, whose ``recv_batch`` returns up to ``batch`` packets; with
         ``batch`` 1 one plain read per packet (checksums verified by the engines), except
         from a receive ring, which has no per-packet read."""
@@ -325,10 +323,10 @@ class Runner:
             if not size:
                 return
             for out in from_vm(port, buf, size, now):
-                if type(out) is Deliver:
+                if isinstance(out, Deliver):
                     deliver((out,))
                 else:
-                    send(out, now)  # type: ignore[arg-type]
+                    send(out, now)
 
     def _on_udp(self, channel: Channel, sock: UdpSocket, batch: int, now: float) -> None:
         dp = self.dp
@@ -348,7 +346,7 @@ class Runner:
     def _on_raw(
         self,
         channel: Channel,
-        sock: RawIpSocket | packet_io.PacketTap | RxRing,
+        sock: RawReceiver,
         batch: int,
         now: float,
     ) -> None:
@@ -403,9 +401,7 @@ class Runner:
             if out:
                 self._deliver(out)
 
-    def _on_raw_one(
-        self, channel: Channel, sock: RawIpSocket | packet_io.PacketTap, now: float
-    ) -> None:
+    def _on_raw_one(self, channel: Channel, sock: RawReceiver, now: float) -> None:
         view = self._rx_view
         recv = sock.sock.recvfrom_into
         dp = self.dp

@@ -14,7 +14,7 @@ FDB, which can be that long, is copied at once and sent in parts
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from sclp.endpoint.control import Streamed
@@ -51,6 +51,38 @@ _ORIGIN_NAMES: Final = {o: o.value for o in Origin}
 _UDP_CARRIED: Final = frozenset(("vxlan", "geneve"))
 
 
+def handlers(
+    name: str,
+    datapath: Callable[[], DataPath],
+    clock: Callable[[], float],
+    discovered: Callable[[], dict[int, frozenset[str]]],
+    evpn: Callable[[], Mapping[int, Mapping[str, Any]]] = dict,
+) -> dict[str, Callable[[], object]]:
+    """The control socket's ``show ...`` requests of endpoint ``name``, answered from
+    the loop: each reads the data path once, as plain rows (the FDB's sent in parts, a
+    turn of the loop each), after the endpoint's name and VNIs.  ``discovered``: the
+    peers the cluster registry found per VNI."""
+
+    def head(dp: DataPath) -> dict[str, Any]:
+        return {"name": name, "vnis": sorted(dp.networks)}
+
+    def show_fdb() -> Streamed:
+        dp = datapath()
+        return fdb_streamed(dp, clock(), head(dp))
+
+    def show_peers() -> dict[str, Any]:
+        dp = datapath()
+        table = peers(dp, clock(), discovered(), evpn())
+        return {**head(dp), **table}
+
+    def show_ports() -> dict[str, Any]:
+        dp = datapath()
+        table = ports(dp)
+        return {**head(dp), **table}
+
+    return {"show fdb": show_fdb, "show peers": show_peers, "show ports": show_ports}
+
+
 def fdb(dp: DataPath, now: float) -> dict[str, Any]:
     """Every FDB entry of every VNI: (vni, mac, port name or None, peer address or
     None, origin, seconds since last seen or None)."""
@@ -80,9 +112,8 @@ def fdb_streamed(dp: DataPath, now: float, head: dict[str, Any]) -> Streamed:
     return Streamed(parts())
 
 
-_Snapshot = list[
-    tuple[int, dict[Hashable, str], list[tuple[bytes, Hashable, Origin, float | None]]]
-]
+_Row = tuple[bytes, str | VmPort, Origin, float | None]  # Fdb.rows: mac, place, origin, age
+_Snapshot = list[tuple[int, dict[str | VmPort, str], list[_Row]]]
 
 
 def _fdb_snapshot(dp: DataPath, now: float) -> _Snapshot:
@@ -94,8 +125,8 @@ def _fdb_snapshot(dp: DataPath, now: float) -> _Snapshot:
 
 def _fdb_rows(
     vni: int,
-    ports: dict[Hashable, str],
-    entries: list[tuple[bytes, Hashable, Origin, float | None]],
+    ports: dict[str | VmPort, str],
+    entries: list[_Row],
 ) -> list[list[Any]]:
     names = _ORIGIN_NAMES
     rows: list[list[Any]] = []

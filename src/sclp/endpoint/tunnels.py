@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, NamedTuple
 
@@ -81,7 +81,7 @@ class Send(NamedTuple):
     frame).  ``data`` is valid until the data path is called again."""
 
     channel: Channel
-    peer: Hashable
+    peer: str
     data: Buffer | Pieces
     stride: int
     packets: int
@@ -230,7 +230,7 @@ class Tunnel:
         """The largest (TSO) frame the VM may hand us (the TAP's gso_max_size)."""
         return MAX_VM_FRAME
 
-    def transmit(self, vm: VmFrame, peers: Sequence[Hashable]) -> list[Send]:
+    def transmit(self, vm: VmFrame, peers: Sequence[str]) -> list[Send]:
         raise NotImplementedError
 
 
@@ -262,7 +262,7 @@ class _UdpTunnel(_PerFrameTunnel):
     def _header(self) -> bytes:
         raise NotImplementedError
 
-    def transmit(self, vm: VmFrame, peers: Sequence[Hashable]) -> list[Send]:
+    def transmit(self, vm: VmFrame, peers: Sequence[str]) -> list[Send]:
         buf, flen, gso_size, *_ = vm
         frames = self._frames(buf, flen, gso_size)
         hdr = self.header
@@ -309,7 +309,7 @@ class NvgreTunnel(_PerFrameTunnel):
     l4_len = 0
     decapsulate = staticmethod(nvgre_decapsulate)
 
-    def transmit(self, vm: VmFrame, peers: Sequence[Hashable]) -> list[Send]:
+    def transmit(self, vm: VmFrame, peers: Sequence[str]) -> list[Send]:
         buf, flen, gso_size, *_ = vm
         frames = self._frames(buf, flen, gso_size)
         hdr = nvgre_header(self.vni, flow_hash(parse_frame(frames[0])))
@@ -344,7 +344,7 @@ class _SclpTunnel(Tunnel):
     def _header(self, gso_size: int) -> bytes:
         raise NotImplementedError
 
-    def transmit(self, vm: VmFrame, peers: Sequence[Hashable]) -> list[Send]:
+    def transmit(self, vm: VmFrame, peers: Sequence[str]) -> list[Send]:
         buf, flen, gso_size, *_ = vm
         hdr = self._header(gso_size)
         start = HEADROOM - len(hdr)
@@ -400,9 +400,9 @@ class SttTunnel(Tunnel):
         self.segmenter = segmenter
         self.mss = underlay.mtu - underlay.ip_header_len - 20
         self._local = ipaddress.ip_address(underlay.local).packed
-        self._packed: dict[Hashable, bytes] = {}
+        self._packed: dict[str, bytes] = {}
 
-    def transmit(self, vm: VmFrame, peers: Sequence[Hashable]) -> list[Send]:
+    def transmit(self, vm: VmFrame, peers: Sequence[str]) -> list[Send]:
         buf, flen, gso_size, csum_start, gso_type = vm
         sflags = stt.SttFlags.NONE
         l4_offset = 0
@@ -429,7 +429,7 @@ class SttTunnel(Tunnel):
             sends.append(Send(Channel.STT, peer, batch.buffer, batch.stride, batch.count))
         return sends
 
-    def _packed_of(self, peer: Hashable) -> bytes:
+    def _packed_of(self, peer: str) -> bytes:
         packed = self._packed.get(peer)
         if packed is None:
             packed = self._packed[peer] = ipaddress.ip_address(str(peer)).packed

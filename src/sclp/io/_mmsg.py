@@ -52,7 +52,7 @@ import socket
 import struct
 import sys
 from collections.abc import Hashable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -243,6 +243,22 @@ class RawBatch(NamedTuple):
     sources: list[Hashable]
     offsets: list[int]
     l4_sums: list[int]
+
+
+class RawReceiver(Protocol):
+    """What reads an underlay raw channel a :class:`RawBatch` at a time: a raw IP
+    socket (:class:`sclp.io.rawip.RawIpSocket`), a packet tap
+    (:class:`sclp.io.packet.PacketTap`) or a receive ring
+    (:class:`sclp.io.rxring.RxRing`).  ``sock`` is the socket itself (a ring's
+    packets are read from its mapped frames, never with ``recvfrom``)."""
+
+    sock: socket.socket
+
+    def fileno(self) -> int: ...
+
+    def recv_batch(self, max_msgs: int | None = None) -> RawBatch: ...
+
+    def close(self) -> None: ...
 
 
 def _fold(sums: npt.NDArray[Any]) -> npt.NDArray[Any]:

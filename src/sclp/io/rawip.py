@@ -33,7 +33,15 @@ from typing import Final, Self
 
 import numpy as np
 
-from sclp.io._mmsg import BatchReceiver, RawBatch, StridedSender, encode_sockaddr, v4_key, v6_key
+from sclp.io._mmsg import (
+    BatchReceiver,
+    RawBatch,
+    RawReceiver,
+    StridedSender,
+    encode_sockaddr,
+    v4_key,
+    v6_key,
+)
 from sclp.io._sockopt import (
     DEFAULT_SOCKET_BUFFER,
     SocketAdapter,
@@ -54,6 +62,7 @@ __all__ = [
     "IPPROTO_TCP",
     "RawBatch",
     "RawIpSocket",
+    "RawReceiver",
     "source_key",
 ]
 

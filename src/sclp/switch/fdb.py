@@ -3,7 +3,8 @@
 Strategy: one :class:`Fdb` per virtual network (VNI), so isolation between VNIs is
 structural: a lookup in one table can never return a peer learned in another.  A
 MAC lives behind a *peer* (the underlay address of a remote NVE) or a local *port*
-(a VM's TAP or attached interface on this host); both are opaque hashables, and the
+(a VM's TAP or attached interface on this host); both are opaque hashables of their
+own types (``Fdb[PeerT, PortT]``: the endpoint's is ``Fdb[str, VmPort]``), and the
 table knows which is which, so a lookup says whether a frame stays on this host.
 Learning only happens from frames that arrived from a configured peer or a port of
 this VNI; the caller checks that before calling :meth:`Fdb.learn` (``NOT_PEER``
@@ -20,9 +21,13 @@ import enum
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 DEFAULT_AGING = 300.0  # seconds, like the Linux bridge and the kernel VXLAN driver
 DEFAULT_MAX_ENTRIES = 4096
+
+PeerT = TypeVar("PeerT", bound=Hashable)  # what a remote NVE is known by (its address)
+PortT = TypeVar("PortT", bound=Hashable)  # what a local port is known by
 
 
 class LearnResult(enum.Enum):
@@ -49,26 +54,26 @@ class Origin(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class FdbEntry:
+class FdbEntry(Generic[PeerT, PortT]):
     """One entry as :meth:`Fdb.entries` reports it: the MAC, the peer or port it is
     behind, where it came from, and for a learned entry the seconds since its MAC was
     last seen (None for the others, which do not age)."""
 
     mac: bytes
-    place: Hashable
+    place: PeerT | PortT
     origin: Origin
     age: float | None
 
 
 @dataclass(frozen=True, slots=True)
-class Destination:
+class Destination(Generic[PeerT, PortT]):
     """Where a frame goes: ``peers`` and local ``ports`` (the one of a known unicast
     MAC, or all of the VNI's when flooding) and whether it was a flood.  The caller
     leaves out the port a frame came in on."""
 
-    peers: tuple[Hashable, ...]
+    peers: tuple[PeerT, ...]
     flooded: bool
-    ports: tuple[Hashable, ...] = ()
+    ports: tuple[PortT, ...] = ()
 
 
 def is_group_mac(mac: bytes) -> bool:
@@ -76,45 +81,48 @@ def is_group_mac(mac: bytes) -> bool:
     return bool(mac[0] & 1)
 
 
-class Fdb:
+class Fdb(Generic[PeerT, PortT]):
     """The forwarding table of one VNI.  Lookups return shared :class:`Destination`
     objects (one per place, one for the flood), so the per-frame path allocates
     nothing."""
 
     def __init__(
         self,
-        peers: Iterable[Hashable],
+        peers: Iterable[PeerT],
         aging: float = DEFAULT_AGING,
         max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         self.aging = aging
         self.max_entries = max_entries
         # mac -> (peer or port, last seen); order = least recently refreshed first
-        self._dynamic: OrderedDict[bytes, tuple[Hashable, float]] = OrderedDict()
-        self._static: dict[bytes, Hashable] = {}
+        self._dynamic: OrderedDict[bytes, tuple[PeerT | PortT, float]] = OrderedDict()
+        self._static: dict[bytes, PeerT] = {}
         # Announced by a control plane (the cluster registry, BGP EVPN): where other
         # hosts say their VMs' MACs are, per origin, merged into ``_remote`` (EVPN's
         # last: it has sequence numbers).  Consulted after what traffic taught us, so a
         # VM that moved is found at once.
-        self._announced: dict[Origin, dict[bytes, Hashable]] = {}
-        self._remote: dict[bytes, Hashable] = {}
+        self._announced: dict[Origin, dict[bytes, PeerT]] = {}
+        self._remote: dict[bytes, PeerT] = {}
         self._remote_origin: dict[bytes, Origin] = {}
-        self.peers: tuple[Hashable, ...] = ()
-        self.ports: tuple[Hashable, ...] = ()
-        self._dest: dict[Hashable, Destination] = {}
-        self._flood = Destination((), flooded=True)
+        self.peers: tuple[PeerT, ...] = ()
+        self.ports: tuple[PortT, ...] = ()
+        self._dest: dict[PeerT | PortT, Destination[PeerT, PortT]] = {}
+        self._flood: Destination[PeerT, PortT] = Destination((), flooded=True)
         self._set_places(tuple(dict.fromkeys(peers)), ())
 
     def __len__(self) -> int:
         return len(self._dynamic) + len(self._static) + len(self._remote)
 
-    def _set_places(self, peers: tuple[Hashable, ...], ports: tuple[Hashable, ...]) -> None:
+    def _set_places(self, peers: tuple[PeerT, ...], ports: tuple[PortT, ...]) -> None:
         self.peers, self.ports = peers, ports
         self._peer_set = frozenset(peers)
         self._port_set = frozenset(ports)
         self._flood = Destination(peers, flooded=True, ports=ports)
-        self._dest = {p: Destination((p,), flooded=False) for p in peers}
-        self._dest.update((p, Destination((), flooded=False, ports=(p,))) for p in ports)
+        dest: dict[PeerT | PortT, Destination[PeerT, PortT]] = {
+            p: Destination((p,), flooded=False) for p in peers
+        }
+        dest.update((p, Destination((), flooded=False, ports=(p,))) for p in ports)
+        self._dest = dest
 
     def is_peer(self, peer: Hashable) -> bool:
         return peer in self._peer_set
@@ -122,18 +130,18 @@ class Fdb:
     def is_port(self, port: Hashable) -> bool:
         return port in self._port_set
 
-    def add_port(self, port: Hashable) -> None:
+    def add_port(self, port: PortT) -> None:
         """A local port joins the VNI: it gets floods, and MACs can be learned on it."""
         if port not in self._port_set:
             self._set_places(self.peers, (*self.ports, port))
 
-    def remove_port(self, port: Hashable) -> int:
+    def remove_port(self, port: PortT) -> int:
         """A local port leaves: no more floods to it, and every MAC learned on it is
         forgotten; returns how many."""
         self._set_places(self.peers, tuple(p for p in self.ports if p != port))
         return self._forget(port)
 
-    def set_peers(self, peers: Iterable[Hashable]) -> int:
+    def set_peers(self, peers: Iterable[PeerT]) -> int:
         """Replace the flooding peers; MACs learned behind a peer that is gone are
         forgotten (returns how many).  Static entries stay."""
         new = tuple(dict.fromkeys(peers))
@@ -147,20 +155,20 @@ class Fdb:
             self._merge()
         return sum(self._forget(p) for p in gone)
 
-    def _forget(self, place: Hashable) -> int:
+    def _forget(self, place: PeerT | PortT) -> int:
         stale = [mac for mac, (where, _) in self._dynamic.items() if where == place]
         for mac in stale:
             del self._dynamic[mac]
         return len(stale)
 
-    def set_remote(self, macs: Mapping[bytes, Hashable], origin: Origin = Origin.CLUSTER) -> None:
+    def set_remote(self, macs: Mapping[bytes, PeerT], origin: Origin = Origin.CLUSTER) -> None:
         """Replace the MACs announced by other hosts through ``origin`` (``mac ->
         peer``); entries whose peer is not a flooding peer of this VNI are ignored."""
         self._announced[origin] = {bytes(m): p for m, p in macs.items() if p in self._peer_set}
         self._merge()
 
     def _merge(self) -> None:
-        remote: dict[bytes, Hashable] = {}
+        remote: dict[bytes, PeerT] = {}
         origins: dict[bytes, Origin] = {}
         for origin in (Origin.CLUSTER, Origin.EVPN):
             macs = self._announced.get(origin, {})
@@ -177,12 +185,12 @@ class Fdb:
         ports = self._port_set
         return frozenset(mac for mac, (where, _) in self._dynamic.items() if where in ports)
 
-    def add_static(self, mac: bytes, peer: Hashable) -> None:
+    def add_static(self, mac: bytes, peer: PeerT) -> None:
         """Pin ``mac`` behind ``peer`` (which need not be a flooding peer)."""
         self._static[bytes(mac)] = peer
         self._dynamic.pop(bytes(mac), None)
 
-    def learn(self, mac: bytes, where: Hashable, now: float) -> LearnResult:
+    def learn(self, mac: bytes, where: PeerT | PortT, now: float) -> LearnResult:
         """Record that ``mac`` was seen as a source behind the peer or local port
         ``where`` at ``now``."""
         if where not in self._peer_set and where not in self._port_set:
@@ -210,7 +218,7 @@ class Fdb:
             return LearnResult.EVICTED_OLDEST
         return LearnResult.NEW
 
-    def lookup(self, mac: bytes, now: float) -> Destination:
+    def lookup(self, mac: bytes, now: float) -> Destination[PeerT, PortT]:
         """Where a frame to ``mac`` goes: its peer or port (static entries first, then
         what traffic taught us, then what other hosts announced), or a flood to all."""
         if not is_group_mac(mac):
@@ -239,17 +247,17 @@ class Fdb:
             removed += 1
         return removed
 
-    def entries(self, now: float) -> list[FdbEntry]:
+    def entries(self, now: float) -> list[FdbEntry[PeerT, PortT]]:
         """Every entry that :meth:`lookup` would use at ``now``: static ones first,
         then the learned ones (least recently seen first, aged-out ones left out),
         then the control planes' (cluster, EVPN) that neither shadows."""
         return [FdbEntry(*row) for row in self.rows(now)]
 
-    def rows(self, now: float) -> list[tuple[bytes, Hashable, Origin, float | None]]:
+    def rows(self, now: float) -> list[tuple[bytes, PeerT | PortT, Origin, float | None]]:
         """:meth:`entries` as plain tuples (mac, place, origin, age), for a listing
         of many entries that should cost the caller's loop as little as possible."""
         static, learned, cluster = Origin.STATIC, Origin.LEARNED, Origin.CLUSTER
-        out: list[tuple[bytes, Hashable, Origin, float | None]] = [
+        out: list[tuple[bytes, PeerT | PortT, Origin, float | None]] = [
             (m, p, static, None) for m, p in self._static.items()
         ]
         oldest = now - self.aging
