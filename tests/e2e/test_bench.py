@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -141,7 +142,9 @@ def _check_measured(r: dict[str, Any], repeat: int, floor: float) -> None:
         assert r["cpu_s_per_gb"] > 0, where
         # The multiple of the floor is computed from the same run's floor.
         assert r["cpu_per_gb_vs_floor"] == pytest.approx(r["cpu_s_per_gb"] / floor), where
-        assert 1 < r["rss_mb_peak"] < 4096, where
+        # An endpoint's VmHWM: an interpreter with NumPy and its buffers (docs/results.md:
+        # 58-71 MB), under the project's 150 MB goal (goals.py, rss_mb_peak_max).
+        assert 20 < r["rss_mb_peak"] < 150, where
 
 
 @pytest.mark.netns
@@ -549,8 +552,22 @@ def test_command_line_reproduces_the_options() -> None:
 
 
 def test_own_process_figures_are_read_from_proc() -> None:
-    assert process_cpu_seconds(os.getpid()) > 0
-    assert 1 < process_peak_rss_mb(os.getpid()) < 65536
+    """The figures are this process's, read from /proc: what the kernel reports through
+    getrusage too (CPU time, peak RSS), and a peak no smaller than the RSS now."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = process_cpu_seconds(os.getpid())
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = before.ru_utime + before.ru_stime
+    cpu_after = after.ru_utime + after.ru_stime
+    assert cpu_before - 0.05 <= cpu <= cpu_after + 0.05  # /proc counts in 10 ms ticks
+    peak = process_peak_rss_mb(os.getpid())
+    assert peak == pytest.approx(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rel=0.05
+    )
+    with open(f"/proc/{os.getpid()}/status") as f:
+        rss_now = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    # VmHWM follows VmRSS lazily (the kernel batches RSS counters): within 1 MB.
+    assert 20 < rss_now <= peak + 1 < 4096  # pytest, Hypothesis and NumPy are loaded
 
 
 @pytest.mark.parametrize(

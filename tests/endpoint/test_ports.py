@@ -265,14 +265,22 @@ def test_split_parts_segment_exactly_like_the_whole_frame(
     assert all(p[:3] == b"\0\0\0" and len(p) - 3 <= limit for p in parts)
     cut = [bytes(s) for p in parts for s in segment_tcp_frame(p[3:], mss)]
     assert cut == [bytes(s) for s in segment_tcp_frame(whole, mss)]
-    for part in parts:  # each part's partial checksum completes to a valid one
+    for part in parts:  # each part: a NEEDS_CSUM frame of its own (field = pseudo sum)
         p = bytearray(part[3:])
         l4 = 14 + (40 if v6 else 20)
-        (pseudo,) = struct.unpack_from("!H", p, l4 + 16)
-        struct.pack_into("!H", p, l4 + 16, 0)
-        assert internet_checksum(p[l4:], pseudo) != 0 or len(p) == l4  # computable
-        if not v6:
+        l4_len = len(p) - l4
+        if v6:
+            assert struct.unpack_from("!H", p, 18)[0] == l4_len  # payload length
+            pseudo = ipv6.pseudo_header_sum(bytes(p[22:38]), bytes(p[38:54]), 6, l4_len)
+        else:
+            assert struct.unpack_from("!H", p, 16)[0] == len(p) - 14  # total length
             assert internet_checksum(p[14:34]) == 0  # IPv4 header checksum valid
+            pseudo = ipv4.pseudo_header_sum(bytes(p[26:30]), bytes(p[30:34]), 6, l4_len)
+        (field,) = struct.unpack_from("!H", p, l4 + 16)
+        assert field == pseudo & 0xFFFF
+        # Completed as a NIC would (sum from csum_start, field included), it verifies.
+        struct.pack_into("!H", p, l4 + 16, internet_checksum(p[l4:]))
+        assert internet_checksum(p[l4:], pseudo) == 0
 
 
 @pytest.mark.parametrize(("protocol", "carrier"), CASES)

@@ -110,12 +110,6 @@ class Fdb:
         self._dest = {p: Destination((p,), flooded=False) for p in peers}
         self._dest.update((p, Destination((), flooded=False, ports=(p,))) for p in ports)
 
-    def is_peer(self, peer: Hashable) -> bool:
-        return peer in self._peer_set
-
-    def is_port(self, port: Hashable) -> bool:
-        return port in self._port_set
-
     def add_port(self, port: Hashable) -> None:
         """A local port joins the VNI: it gets floods, and MACs can be learned on it."""
         if port not in self._port_set:
