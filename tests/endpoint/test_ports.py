@@ -12,13 +12,10 @@ import re
 import struct
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from sclp.endpoint.config import ConfigError, parse_config
 from sclp.endpoint.datapath import HEADROOM, DataPath, Deliver, VmPort
 from sclp.endpoint.tunnels import Send
-from sclp.engine.tso import segment_tcp_frame, split_gso_frame
 from sclp.switch.fdb import Fdb, LearnResult
 from sclp.wire import ipv4, ipv6
 from sclp.wire.checksum import internet_checksum
@@ -246,41 +243,6 @@ def tcp_frame(payload: bytes, *, v6: bool = False, flags: int = 0x18) -> bytes:
     struct.pack_into("!H", tcp, 16, ipv4.pseudo_header_sum(IP_A, IP_B, 6, len(tcp)) & 0xFFFF)
     ip = ipv4.encode(ipv4.IPv4Header(IP_A, IP_B, 6, 20 + len(tcp), ident=0xFFF0))
     return MAC_B + MAC_A + b"\x08\x00" + ip + bytes(tcp)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    size=st.integers(1, 65_400),
-    mss=st.integers(500, 9000),
-    limit=st.integers(20_000, 65_000),
-    v6=st.booleans(),
-    flags=st.sampled_from([0x18, 0x19, 0x98, 0x10]),
-)
-def test_split_parts_segment_exactly_like_the_whole_frame(
-    size: int, mss: int, limit: int, v6: bool, flags: int
-) -> None:
-    """The wire sees the same TCP segments whether the frame is split first or not."""
-    whole = tcp_frame(bytes(i % 251 for i in range(size)), v6=v6, flags=flags)
-    parts = split_gso_frame(whole, mss, limit, headroom=3)
-    assert all(p[:3] == b"\0\0\0" and len(p) - 3 <= limit for p in parts)
-    cut = [bytes(s) for p in parts for s in segment_tcp_frame(p[3:], mss)]
-    assert cut == [bytes(s) for s in segment_tcp_frame(whole, mss)]
-    for part in parts:  # each part: a NEEDS_CSUM frame of its own (field = pseudo sum)
-        p = bytearray(part[3:])
-        l4 = 14 + (40 if v6 else 20)
-        l4_len = len(p) - l4
-        if v6:
-            assert struct.unpack_from("!H", p, 18)[0] == l4_len  # payload length
-            pseudo = ipv6.pseudo_header_sum(bytes(p[22:38]), bytes(p[38:54]), 6, l4_len)
-        else:
-            assert struct.unpack_from("!H", p, 16)[0] == len(p) - 14  # total length
-            assert internet_checksum(p[14:34]) == 0  # IPv4 header checksum valid
-            pseudo = ipv4.pseudo_header_sum(bytes(p[26:30]), bytes(p[30:34]), 6, l4_len)
-        (field,) = struct.unpack_from("!H", p, l4 + 16)
-        assert field == pseudo & 0xFFFF
-        # Completed as a NIC would (sum from csum_start, field included), it verifies.
-        struct.pack_into("!H", p, l4 + 16, internet_checksum(p[l4:]))
-        assert internet_checksum(p[l4:], pseudo) == 0
 
 
 @pytest.mark.parametrize(("protocol", "carrier"), CASES)

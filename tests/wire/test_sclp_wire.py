@@ -11,7 +11,7 @@ from sclp.wire.errors import DropReason, MalformedPacket
 from sclp.wire.geneve import GENEVE_PORT
 from sclp.wire.sclp import SCLP_HLEN, Carrier, SclpHeader
 from sclp.wire.vxlan import VXLAN_PORT
-from tests.unit.sclp_vectors import REPO_COPY, case_payload, load_cases, shared_copy
+from tests.wire.sclp_vectors import REPO_COPY, case_payload, load_cases, shared_copy
 
 CASES = load_cases()
 
