@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sclp.endpoint import tunnels
 from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttSegmenter, pseudo_sum_for
 from sclp.io import netns as nsio
@@ -88,7 +87,7 @@ def raw_sclp(
     first: bool,
     remaining: int,
     data: bytes,
-    dport: int = tunnels.SCLP_VXLAN_PORT,
+    dport: int = sclp.SCLP_PORT_VXLAN,
     sport: int = 50000,
     checksum: bool = True,
 ) -> bytes:
@@ -104,7 +103,7 @@ def sclp_segments(
     carrier: str,
     seg_size: int = 1000,
     ident: int | None = None,
-    dport: int = tunnels.SCLP_VXLAN_PORT,
+    dport: int = sclp.SCLP_PORT_VXLAN,
 ) -> list[bytes]:
     """``payload`` (tunnel header + frame) as an endpoint would segment it."""
     mode = Carrier.UDP if carrier == "udp" else Carrier.IP
@@ -181,9 +180,9 @@ def tunnel_packets(
     if protocol == "stt":
         return RAW_TCP, stt_segments(frame, src, dst, vni=vni)
     if protocol == "vxlan-sclp":
-        payload, dport = vxlan.header(vni) + frame, tunnels.SCLP_VXLAN_PORT
+        payload, dport = vxlan.header(vni) + frame, sclp.SCLP_PORT_VXLAN
     else:
-        payload, dport = geneve.header(vni) + frame, tunnels.SCLP_GENEVE_PORT
+        payload, dport = geneve.header(vni) + frame, sclp.SCLP_PORT_GENEVE
     segments = sclp_segments(payload, carrier, dport=dport)
     return (UDP_SCLP if carrier == "udp" else RAW_SCLP), segments
 

@@ -132,13 +132,6 @@ def stt_decapsulate(view: Buffer) -> Decapsulated:
     return Decapsulated(hdr.context_id, stt.STT_HLEN, hdr.mss)
 
 
-# SCLP destination port -> the tunnel format it carries (sclp-spec §2): numbers in the
-# SCLP header that name the format, not UDP ports, so underlay.vxlan_port and
-# underlay.geneve_port (the classic tunnels' UDP ports) never change them.
-SCLP_VXLAN_PORT: Final = SCLP_PORT_VXLAN
-SCLP_GENEVE_PORT: Final = SCLP_PORT_GENEVE
-
-
 # -- the tunnel types -----------------------------------------------------------------
 
 
@@ -309,7 +302,7 @@ class _SclpTunnel(Tunnel):
 
 class VxlanSclpTunnel(_SclpTunnel):
     protocol = Protocol.VXLAN_SCLP
-    sclp_port = SCLP_VXLAN_PORT
+    sclp_port = SCLP_PORT_VXLAN
     decapsulate = staticmethod(vxlan.frame_of)
 
     def __init__(self, vni: int, underlay: Underlay, segmenter: Segmenter) -> None:
@@ -322,7 +315,7 @@ class VxlanSclpTunnel(_SclpTunnel):
 
 class GeneveSclpTunnel(_SclpTunnel):
     protocol = Protocol.GENEVE_SCLP
-    sclp_port = SCLP_GENEVE_PORT
+    sclp_port = SCLP_PORT_GENEVE
     decapsulate = staticmethod(geneve.frame_of)
 
     def _header(self, gso_size: int) -> bytes:
@@ -390,14 +383,15 @@ TUNNEL_TYPES: Final[dict[Protocol, type[Tunnel]]] = {
     )
 }
 # The SCLP destination port of each SCLP protocol, and back: the tunnel type a port
-# carries (sclp-spec §2).
+# carries (sclp-spec §2).  Numbers in the SCLP header that name the format, not UDP
+# ports, so underlay.vxlan_port and underlay.geneve_port never change them.
 SCLP_PORT_OF: Final[dict[Protocol, int]] = {
-    Protocol.VXLAN_SCLP: SCLP_VXLAN_PORT,
-    Protocol.GENEVE_SCLP: SCLP_GENEVE_PORT,
+    Protocol.VXLAN_SCLP: SCLP_PORT_VXLAN,
+    Protocol.GENEVE_SCLP: SCLP_PORT_GENEVE,
 }
 SCLP_TUNNEL_OF_PORT: Final[dict[int, type[Tunnel]]] = {
-    SCLP_VXLAN_PORT: VxlanSclpTunnel,
-    SCLP_GENEVE_PORT: GeneveSclpTunnel,
+    SCLP_PORT_VXLAN: VxlanSclpTunnel,
+    SCLP_PORT_GENEVE: GeneveSclpTunnel,
 }
 
 
