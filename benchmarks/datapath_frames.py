@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 
 from sclp.endpoint.config import parse_config
-from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET, VNET_LEN, DataPath
+from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, DataPath
+from sclp.wire.virtio_net import VNET_HDR, VNET_HDR_LEN
 
 A, B = "10.9.0.1", "10.9.0.2"
 MAC_A, MAC_B = bytes.fromhex("020000000a01"), bytes.fromhex("020000000b01")
@@ -80,9 +81,9 @@ def case(
     frame = _frame(payload_len)
     buf = bytearray(FRAME_BUF)
     if gso:
-        VNET.pack_into(buf, HEADROOM - VNET_LEN, 1, 1, 54, gso, 34, 16)
+        VNET_HDR.pack_into(buf, HEADROOM - VNET_HDR_LEN, 1, 1, 54, gso, 34, 16)
     buf[HEADROOM : HEADROOM + len(frame)] = frame
-    size = VNET_LEN + len(frame)
+    size = VNET_HDR_LEN + len(frame)
     # B learns A's VM behind A (and A learns B's VM behind B), so sends are unicast.
     back = bytearray(FRAME_BUF)
     back[HEADROOM : HEADROOM + 14] = MAC_A + MAC_B + b"\x08\x00"

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from sclp.engine.reassembler import Reassembler
 from sclp.engine.segmenter import Segmenter
 from sclp.wire.checksum import checksum_reference, internet_checksum
-from sclp.wire.sclp import Carrier, segment_payload_size
+from sclp.wire.sclp import SCLP_PORT_VXLAN, Carrier, segment_payload_size
 
 PAYLOAD_LEN = 65_000
 MTU = 1500
@@ -49,7 +49,7 @@ def run(number: int, rounds: int) -> list[dict[str, object]]:
     payload = random.Random(1).randbytes(PAYLOAD_LEN)
     m = segment_payload_size(MTU, 4, Carrier.IP)
     segmenter = Segmenter(ident_start=1)
-    batch = segmenter.segment_payload(payload, 50000, 4789, m)
+    batch = segmenter.segment_payload(payload, 50000, SCLP_PORT_VXLAN, m)
     in_order = [bytes(s) for s in batch.segments()]
     shuffled = in_order[:]
     random.Random(2).shuffle(shuffled)
@@ -94,10 +94,14 @@ def run(number: int, rounds: int) -> list[dict[str, object]]:
         return done
 
     cases: list[tuple[str, Callable[[], object], int]] = [
-        ("segment + checksum", lambda: segmenter.segment_payload(payload, 50000, 4789, m), 1),
+        (
+            "segment + checksum",
+            lambda: segmenter.segment_payload(payload, 50000, SCLP_PORT_VXLAN, m),
+            1,
+        ),
         (
             "segment, no checksum (UDP carrier)",
-            lambda: segmenter.segment_payload(payload, 50000, 4789, m, checksum=False),
+            lambda: segmenter.segment_payload(payload, 50000, SCLP_PORT_VXLAN, m, checksum=False),
             1,
         ),
         ("reassemble in order (add_segment each)", reassemble(in_order), 1),

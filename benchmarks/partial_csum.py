@@ -5,11 +5,11 @@ header + a 1,392-byte inner Ethernet/IPv4/TCP frame), as one call per datagram a
 a 44-datagram GRO buffer (per datagram), with the check (``Port.rx_partial_csum``, the
 default for VXLAN, Geneve and NVGRE) and without it (the delivery before the check
 existed).  The inner checksum is complete (what a NIC-backed kernel peer or another
-of our endpoints sends: the check runs in full and answers VNET_NONE) or partial
+of our endpoints sends: the check runs in full and answers VNET_HDR_NONE) or partial
 (a kernel peer over a veth: NEEDS_CSUM).  The best of several rounds, each round the
 mean of many calls (time.perf_counter), the variants taking turns; plus the check
-alone (``datapath._partial_csum`` on the inner frame).  Figures for scale on the
-machine at hand, never thresholds.
+alone (``sclp.wire.frame.l4_checksum`` on the inner frame: the parsing the
+decision needs).  Figures for scale on the machine at hand, never thresholds.
 
     python benchmarks/partial_csum.py            # a table
     python benchmarks/partial_csum.py --json     # machine-readable
@@ -27,10 +27,11 @@ from collections.abc import Callable
 from functools import partial
 
 from sclp.endpoint.config import parse_config
-from sclp.endpoint.datapath import DataPath, _partial_csum
-from sclp.endpoint.tunnels import Channel, vxlan_header
-from sclp.wire import ipv4
+from sclp.endpoint.datapath import DataPath
+from sclp.endpoint.tunnels import Channel
+from sclp.wire import ipv4, vxlan
 from sclp.wire.checksum import internet_checksum
+from sclp.wire.frame import l4_checksum
 
 DATAGRAM = 1400  # outer UDP payload
 GRO_SEGMENTS = 44
@@ -76,12 +77,12 @@ def run(number: int, rounds: int) -> list[dict[str, object]]:
     cases = []
     for inner in ("complete", "partial"):
         frame = inner_frame(inner == "partial")
-        datagram = vxlan_header(42) + frame
+        datagram = vxlan.header(42) + frame
         assert len(datagram) == DATAGRAM
         one = memoryview(bytearray(datagram))
         gro = memoryview(bytearray(datagram * GRO_SEGMENTS))
         view = memoryview(frame)
-        fns[f"{inner}/check alone"] = partial(_partial_csum, view, len(view))
+        fns[f"{inner}/check alone"] = partial(l4_checksum, view, len(view))
         for check in (False, True):
             dp = DataPath(parse_config(CONFIG), 1500)
             dp.networks[42].rx_partial_csum = check
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("partial-checksum check")
     table.add_column("µs / datagram (one per call)", justify="right")
     table.add_column(f"µs / datagram (GRO x{GRO_SEGMENTS})", justify="right")
-    table.add_column("µs: _partial_csum alone", justify="right")
+    table.add_column("µs: l4_checksum alone", justify="right")
     for r in results:
         table.add_row(
             str(r["inner_checksum"]),

@@ -13,12 +13,12 @@ from sclp.engine.reassembler import Reassembler
 from sclp.engine.segmenter import Segmenter
 from sclp.wire.checksum import checksum_reference, internet_checksum
 from sclp.wire.errors import DropReason
-from sclp.wire.sclp import Carrier, segment_payload_size
+from sclp.wire.sclp import SCLP_PORT_VXLAN, Carrier, segment_payload_size
 
 
 def _round_trip(payload: bytes, mtu: int, carrier: Carrier, order: str, rng: random.Random) -> bool:
     seg_size = segment_payload_size(mtu, 4, carrier)
-    batch = Segmenter().segment_payload(payload, 50000, 4789, seg_size)
+    batch = Segmenter().segment_payload(payload, 50000, SCLP_PORT_VXLAN, seg_size)
     reasm = Reassembler(carrier)
     out = []
     if order == "coalesced":
@@ -50,7 +50,7 @@ def run_selfcheck() -> int:
                     failures += 1
                     print(f"FAIL round trip mtu={mtu} carrier={carrier.name} order={order}")
     # a corrupted byte in native mode is a counted bad checksum, never a delivery
-    batch = Segmenter().segment_payload(rng.randbytes(5000), 50000, 4789, 1468)
+    batch = Segmenter().segment_payload(rng.randbytes(5000), 50000, SCLP_PORT_VXLAN, 1468)
     seg = bytearray(batch.segments()[1])
     seg[100] ^= 0x40
     reasm = Reassembler(Carrier.IP)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_layering import FORBIDDEN_MODULES, SRC, imported_modules
+from tests.structure.test_layering import FORBIDDEN_MODULES, SRC, imported_modules
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -84,7 +84,7 @@ def mixed(request: pytest.FixtureRequest) -> Iterator[Mixed]:
         # The kernel peer keeps its default offloads: its underlay veth claims transmit
         # checksum offload, so the inner TCP/UDP checksums of what vx0 sends arrive
         # partial (pseudo-header sum only) and our endpoint must hand them to VM 1
-        # with NEEDS_CSUM (datapath._partial_csum).  No ethtool on either side.
+        # with NEEDS_CSUM (datapath._PARTIAL_VNET).  No ethtool on either side.
         with nsio.NetNS(h2) as ns:
             assert ns.get_offloads("ul0")["tx-checksum-ip-generic"]
             assert ns.get_offloads("vm0")["tx-checksum-ip-generic"]

@@ -24,7 +24,7 @@ from sclp.engine.stt import SttSegmenter
 from sclp.io import netns as nsio
 from sclp.lab import testbed as sclp_testbed
 from sclp.lab.testbed import OVERLAY, UNDERLAY, VNI
-from sclp.wire import geneve, stt, vxlan
+from sclp.wire import geneve, nvgre, stt, vxlan
 from sclp.wire.checksum import internet_checksum
 from sclp.wire.sclp import Carrier, segment_payload_size
 
@@ -90,18 +90,18 @@ def tunnel_packets(
     ``src`` to ``dst`` as an endpoint of ``protocol`` would."""
     sport = 50000
     if protocol == "vxlan":
-        return socket.SOCK_DGRAM, vxlan.VXLAN_PORT, [tunnels.vxlan_header(VNI) + frame]
+        return socket.SOCK_DGRAM, vxlan.VXLAN_PORT, [vxlan.header(VNI) + frame]
     if protocol == "geneve":
-        return socket.SOCK_DGRAM, geneve.GENEVE_PORT, [tunnels.geneve_header(VNI) + frame]
+        return socket.SOCK_DGRAM, geneve.GENEVE_PORT, [geneve.header(VNI) + frame]
     if protocol == "nvgre":
-        return socket.SOCK_RAW, socket.IPPROTO_GRE, [tunnels.nvgre_header(VNI, 0) + frame]
+        return socket.SOCK_RAW, socket.IPPROTO_GRE, [nvgre.header(VNI, 0) + frame]
     if protocol == "stt":
         stt_frame = stt.encode(stt.SttHeader(context_id=VNI)) + frame
         src_b, dst_b = (ipaddress.IPv4Address(a).packed for a in (src, dst))
         stt_batch = SttSegmenter().segment_frame(stt_frame, sport, 1460, src_b, dst_b)
         return socket.SOCK_RAW, socket.IPPROTO_TCP, [bytes(s) for s in stt_batch.segments()]
     mode = Carrier.UDP if carrier == "udp" else Carrier.IP
-    header = tunnels.vxlan_header(VNI) if protocol == "vxlan-sclp" else tunnels.geneve_header(VNI)
+    header = vxlan.header(VNI) if protocol == "vxlan-sclp" else geneve.header(VNI)
     batch = Segmenter().segment_payload(
         header + frame,
         sport,

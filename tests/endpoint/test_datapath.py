@@ -21,13 +21,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sclp.endpoint.config import Protocol, parse_config
-from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET, VNET_LEN, VNET_NONE, DataPath, Deliver
-from sclp.endpoint.tunnels import Channel, Send, geneve_header, vxlan_header
+from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, DataPath, Deliver
+from sclp.endpoint.tunnels import Channel, Send
 from sclp.engine.segmenter import Pieces
 from sclp.engine.tso import complete_checksum
-from sclp.wire import ipv4, ipv6
+from sclp.wire import geneve, ipv4, ipv6, vxlan
 from sclp.wire.checksum import internet_checksum, ones_sum
 from sclp.wire.errors import DropReason
+from sclp.wire.virtio_net import VNET_HDR, VNET_HDR_LEN, VNET_HDR_NONE
 
 A, B, C = "10.9.0.1", "10.9.0.2", "10.9.0.3"
 MAC_A, MAC_B = bytes.fromhex("020000000a01"), bytes.fromhex("020000000b01")
@@ -70,9 +71,9 @@ def vm_read(frame: bytes, gso_size: int = 0) -> tuple[bytearray, int]:
     """A read buffer as the runner fills it from a TAP: virtio header, then the frame."""
     buf = bytearray(FRAME_BUF)
     if gso_size:
-        VNET.pack_into(buf, HEADROOM - VNET_LEN, 1, 1, 54, gso_size, 34, 16)
+        VNET_HDR.pack_into(buf, HEADROOM - VNET_HDR_LEN, 1, 1, 54, gso_size, 34, 16)
     buf[HEADROOM : HEADROOM + len(frame)] = frame
-    return buf, VNET_LEN + len(frame)
+    return buf, VNET_HDR_LEN + len(frame)
 
 
 def vm_mss(dp: DataPath) -> int:
@@ -133,7 +134,7 @@ def test_a_plain_frame_arrives_whole_and_the_source_is_learned(
     sends = a.from_vm(a.networks[42].ports[0], *vm_read(frame), now=0.0)
     assert [s.peer for s in sends] == [B]
     out = transfer(A, b, sends, gro=gro)
-    assert [(d.port.vni, d.vnet, bytes(d.frame)) for d in out] == [(42, VNET_NONE, frame)]
+    assert [(d.port.vni, d.vnet, bytes(d.frame)) for d in out] == [(42, VNET_HDR_NONE, frame)]
     assert b.networks[42].fdb.lookup(MAC_A, 0.0).peers == (A,)
     assert a.networks[42].counters["tx_frames"] == 1
     assert b.stats()["counters"]["rx_packets"] == sends[0].packets
@@ -152,14 +153,14 @@ def test_a_tso_frame_crosses_as_one_gso_frame_or_as_mss_frames(
     out = transfer(A, b, sends, sums=sums)
     if protocol in SEGMENTING:
         assert len(out) == 1
-        flags, gso_type, hdr_len, gso_size, csum_start, csum_off = VNET.unpack(out[0].vnet)
+        flags, gso_type, hdr_len, gso_size, csum_start, csum_off = VNET_HDR.unpack(out[0].vnet)
         assert (flags, gso_type, hdr_len, csum_start, csum_off) == (1, 1, 54, 34, 16)
         # STT and Geneve carry the sender's MSS; VXLAN over SCLP uses the VM's MTU.
         assert gso_size == (1460 if protocol == "vxlan-sclp" else MSS)
         assert bytes(out[0].frame) == frame
     else:
         assert len(out) == -(-len(data) // mss)
-        assert all(d.vnet == VNET_NONE for d in out)
+        assert all(d.vnet == VNET_HDR_NONE for d in out)
         assert b"".join(tcp_payload(bytes(d.frame)) for d in out) == data
         for d in out:  # complete checksums, made by the sender's software TSO
             seg = bytes(d.frame)
@@ -295,9 +296,9 @@ def test_unknown_destinations_flood_to_every_peer(protocol: str, carrier: str) -
 def test_a_frame_over_the_largest_is_dropped_as_oversize() -> None:
     a, _ = pair("vxlan-sclp", "ip")
     buf = bytearray(FRAME_BUF + 100)
-    assert a.from_vm(a.networks[42].ports[0], buf, VNET_LEN + 65_600, 0.0) == []
+    assert a.from_vm(a.networks[42].ports[0], buf, VNET_HDR_LEN + 65_600, 0.0) == []
     assert a.networks[42].counters["drop_oversize"] == 1
-    assert a.from_vm(a.networks[42].ports[0], buf, VNET_LEN + 10, 0.0) == []
+    assert a.from_vm(a.networks[42].ports[0], buf, VNET_HDR_LEN + 10, 0.0) == []
     assert a.networks[42].counters["drop_too_short"] == 1
 
 
@@ -312,7 +313,7 @@ def test_level_two_off_delivers_mss_frames(protocol: str) -> None:
         a.networks[42].ports[0], *vm_read(tcp_frame(data, partial=True), MSS), now=0.0
     )
     out = transfer(A, b, sends)
-    assert len(out) > 1 and all(d.vnet == VNET_NONE for d in out)
+    assert len(out) > 1 and all(d.vnet == VNET_HDR_NONE for d in out)
     assert b"".join(tcp_payload(bytes(d.frame)) for d in out) == data
 
 
@@ -406,7 +407,7 @@ def l4_frame(
 def vxlan_receive(frame: bytes, protocol: str = "vxlan") -> list[Deliver]:
     """What B delivers of one datagram from a kernel peer at A carrying ``frame``."""
     _, b = pair(protocol, "ip")
-    header = vxlan_header(42) if protocol == "vxlan" else geneve_header(42)
+    header = vxlan.header(42) if protocol == "vxlan" else geneve.header(42)
     datagram = header + frame
     channel = Channel.VXLAN if protocol == "vxlan" else Channel.GENEVE
     return b.from_udp(channel, A, memoryview(bytearray(datagram)), len(datagram), 0.0)
@@ -427,7 +428,7 @@ def vm_accepts(d: Deliver) -> bool:
         l4 = ip + 40
         proto, src, dst = frame[ip + 6], frame[ip + 8 : ip + 24], frame[ip + 24 : ip + 40]
         pseudo = ipv6.pseudo_header_sum(bytes(src), bytes(dst), proto, len(frame) - l4)
-    flags, gso_type, _, _, csum_start, csum_offset = VNET.unpack(d.vnet)
+    flags, gso_type, _, _, csum_start, csum_offset = VNET_HDR.unpack(d.vnet)
     if flags:
         assert (flags, gso_type, csum_start) == (1, 0, l4)
         complete_checksum(frame, csum_start, csum_offset)
@@ -447,7 +448,7 @@ def test_a_partial_inner_tcp_checksum_is_delivered_with_needs_csum(
     out = vxlan_receive(frame, protocol)
     assert [bytes(d.frame) for d in out] == [frame]
     l4 = 34 if version == 4 else 54
-    assert VNET.unpack(out[0].vnet) == (1, 0, 0, 0, l4, 16)  # NEEDS_CSUM, GSO_NONE
+    assert VNET_HDR.unpack(out[0].vnet) == (1, 0, 0, 0, l4, 16)  # NEEDS_CSUM, GSO_NONE
     assert vm_accepts(out[0])
 
 
@@ -456,7 +457,7 @@ def test_a_complete_checksum_equal_to_the_pseudo_sum_is_the_one_blind_spot() -> 
     complete checksum that equals the pseudo-header sum.  Delivered as NEEDS_CSUM it
     completes to the same value, so the frame itself is harmless.  Corrupted in its
     payload on the way, it is still delivered as NEEDS_CSUM and the VM trusts it:
-    the residual risk _partial_csum's docstring puts at ~2**-16 of corrupted
+    the residual risk datapath's _PARTIAL_VNET comment puts at ~2**-16 of corrupted
     frames.  Corrupting its checksum field instead makes it plain, and it fails."""
     pseudo = ipv4.pseudo_header_sum(IP_A, IP_B, 6, 20 + 102)
     # The last payload word w makes the complete checksum ~(pseudo + rest + w) == pseudo.
@@ -466,16 +467,16 @@ def test_a_complete_checksum_equal_to_the_pseudo_sum_is_the_one_blind_spot() -> 
     frame = l4_frame(6, payload)
     assert struct.unpack_from("!H", frame, 50)[0] == pseudo
     (d,) = vxlan_receive(frame)
-    assert VNET.unpack(d.vnet) == (1, 0, 0, 0, 34, 16)
+    assert VNET_HDR.unpack(d.vnet) == (1, 0, 0, 0, 34, 16)
     completed = bytearray(frame)
     complete_checksum(completed, 34, 16)
     assert bytes(completed) == frame
     (blind,) = vxlan_receive(l4_frame(6, payload, csum="corrupt"))
-    assert blind.vnet != VNET_NONE
+    assert blind.vnet != VNET_HDR_NONE
     field_hit = bytearray(frame)
     field_hit[51] ^= 0x04
     (caught,) = vxlan_receive(bytes(field_hit))
-    assert caught.vnet == VNET_NONE and not vm_accepts(caught)
+    assert caught.vnet == VNET_HDR_NONE and not vm_accepts(caught)
 
 
 @pytest.mark.parametrize("version", [4, 6])
@@ -485,26 +486,26 @@ def test_complete_and_corrupted_inner_checksums_stay_plain_for_the_vm_to_verify(
     payload = b"hello" * 200
     (good,) = vxlan_receive(l4_frame(6, payload, version=version))
     (bad,) = vxlan_receive(l4_frame(6, payload, version=version, csum="corrupt"))
-    assert good.vnet == VNET_NONE and bad.vnet == VNET_NONE
+    assert good.vnet == VNET_HDR_NONE and bad.vnet == VNET_HDR_NONE
     assert vm_accepts(good) and not vm_accepts(bad)
 
 
 def test_a_partial_udp_checksum_gets_offset_six_and_udp_zero_stays_plain() -> None:
     (partial,) = vxlan_receive(l4_frame(17, b"u" * 500, csum="partial"))
-    assert VNET.unpack(partial.vnet) == (1, 0, 0, 0, 34, 6)
+    assert VNET_HDR.unpack(partial.vnet) == (1, 0, 0, 0, 34, 6)
     assert vm_accepts(partial)
     (zero,) = vxlan_receive(l4_frame(17, b"u" * 500, csum="zero"))
-    assert zero.vnet == VNET_NONE and vm_accepts(zero)
+    assert zero.vnet == VNET_HDR_NONE and vm_accepts(zero)
     (v6,) = vxlan_receive(l4_frame(17, b"u" * 500, version=6, csum="partial"))
-    assert VNET.unpack(v6.vnet) == (1, 0, 0, 0, 54, 6)
+    assert VNET_HDR.unpack(v6.vnet) == (1, 0, 0, 0, 54, 6)
 
 
 def test_a_vlan_tagged_partial_frame_and_non_l4_frames() -> None:
     (tagged,) = vxlan_receive(l4_frame(6, b"t" * 300, csum="partial", vlan=True))
-    assert VNET.unpack(tagged.vnet) == (1, 0, 0, 0, 38, 16)
+    assert VNET_HDR.unpack(tagged.vnet) == (1, 0, 0, 0, 38, 16)
     arp = MAC_B + MAC_A + b"\x08\x06" + bytes(28)
     (plain,) = vxlan_receive(arp)
-    assert plain.vnet == VNET_NONE
+    assert plain.vnet == VNET_HDR_NONE
     # An ICMP echo, a fragment and a frame cut short of its IP length stay plain.
     icmp = bytearray(l4_frame(6, b"i" * 64, csum="partial"))
     icmp[23] = 1
@@ -513,7 +514,7 @@ def test_a_vlan_tagged_partial_frame_and_non_l4_frames() -> None:
     short = l4_frame(6, b"s" * 64, csum="partial")[:-1]
     for frame in (icmp, fragment, short):
         (d,) = vxlan_receive(bytes(frame))
-        assert d.vnet == VNET_NONE
+        assert d.vnet == VNET_HDR_NONE
 
 
 def test_partial_checksums_over_sclp_are_not_looked_for() -> None:
@@ -540,9 +541,9 @@ def test_the_pseudo_header_sum_matches_the_reference_for_any_addresses(
     (d,) = vxlan_receive(frame)
     pseudo = ipv4.pseudo_header_sum(src, dst, proto, len(frame) - 34)
     field = struct.unpack_from("!H", frame, 34 + (16 if proto == 6 else 6))[0]
-    assert (d.vnet != VNET_NONE) == (field == pseudo)  # a complete one may coincide
+    assert (d.vnet != VNET_HDR_NONE) == (field == pseudo)  # a complete one may coincide
     if partial:
-        assert d.vnet != VNET_NONE
+        assert d.vnet != VNET_HDR_NONE
     assert vm_accepts(d)  # and a coinciding complete one completes to itself
 
 

@@ -12,24 +12,14 @@ import re
 import struct
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from sclp.endpoint.config import ConfigError, parse_config
-from sclp.endpoint.datapath import (
-    HEADROOM,
-    VNET,
-    VNET_LEN,
-    VNET_NONE,
-    DataPath,
-    Deliver,
-    VmPort,
-)
+from sclp.endpoint.datapath import HEADROOM, DataPath, Deliver, VmPort
 from sclp.endpoint.tunnels import Send
-from sclp.engine.tso import segment_tcp_frame, split_gso_frame
 from sclp.switch.fdb import Fdb, LearnResult
 from sclp.wire import ipv4, ipv6
 from sclp.wire.checksum import internet_checksum
+from sclp.wire.virtio_net import VNET_HDR, VNET_HDR_LEN, VNET_HDR_NONE
 from tests.endpoint.test_datapath import CASES, IP_A, IP_B, MAC_A, MAC_B, A, B, transfer, vm_read
 
 MAC_C = bytes.fromhex("020000000c01")
@@ -149,7 +139,7 @@ def test_local_unicast_is_switched_without_the_underlay() -> None:
     out = dp.from_vm(p1, *vm_read(data), now=0.1)
     assert sends(out) == []
     [d] = delivers(out)
-    assert (d.port, d.vnet, bytes(d.frame)) == (p2, VNET_NONE, data)
+    assert (d.port, d.vnet, bytes(d.frame)) == (p2, VNET_HDR_NONE, data)
     net = dp.networks[42]
     assert net.counters["tx_local"] == 2 and net.counters["tx_packets"] == 1  # the broadcast
     assert p1.counters["tx_frames"] == 1 and p2.counters["tx_frames"] == 1
@@ -162,7 +152,7 @@ def test_a_local_gso_frame_keeps_its_virtio_header() -> None:
     dp.from_vm(p2, *vm_read(frame(BROADCAST, MAC_B)), now=0.0)
     big = tcp_frame(b"g" * 60_000)
     buf, size = vm_read(big, gso_size=1448)
-    header = bytes(buf[HEADROOM - VNET_LEN : HEADROOM])
+    header = bytes(buf[HEADROOM - VNET_HDR_LEN : HEADROOM])
     [d] = dp.from_vm(p1, buf, size, now=0.1)
     assert isinstance(d, Deliver) and d.port is p2 and d.vnet == header
     assert bytes(d.frame) == big
@@ -255,33 +245,6 @@ def tcp_frame(payload: bytes, *, v6: bool = False, flags: int = 0x18) -> bytes:
     return MAC_B + MAC_A + b"\x08\x00" + ip + bytes(tcp)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    size=st.integers(1, 65_400),
-    mss=st.integers(500, 9000),
-    limit=st.integers(20_000, 65_000),
-    v6=st.booleans(),
-    flags=st.sampled_from([0x18, 0x19, 0x98, 0x10]),
-)
-def test_split_parts_segment_exactly_like_the_whole_frame(
-    size: int, mss: int, limit: int, v6: bool, flags: int
-) -> None:
-    """The wire sees the same TCP segments whether the frame is split first or not."""
-    whole = tcp_frame(bytes(i % 251 for i in range(size)), v6=v6, flags=flags)
-    parts = split_gso_frame(whole, mss, limit, headroom=3)
-    assert all(p[:3] == b"\0\0\0" and len(p) - 3 <= limit for p in parts)
-    cut = [bytes(s) for p in parts for s in segment_tcp_frame(p[3:], mss)]
-    assert cut == [bytes(s) for s in segment_tcp_frame(whole, mss)]
-    for part in parts:  # each part's partial checksum completes to a valid one
-        p = bytearray(part[3:])
-        l4 = 14 + (40 if v6 else 20)
-        (pseudo,) = struct.unpack_from("!H", p, l4 + 16)
-        struct.pack_into("!H", p, l4 + 16, 0)
-        assert internet_checksum(p[l4:], pseudo) != 0 or len(p) == l4  # computable
-        if not v6:
-            assert internet_checksum(p[14:34]) == 0  # IPv4 header checksum valid
-
-
 @pytest.mark.parametrize(("protocol", "carrier"), CASES)
 def test_an_attached_ports_oversize_gso_frame_is_split_and_arrives_intact(
     protocol: str, carrier: str
@@ -298,7 +261,7 @@ def test_an_attached_ports_oversize_gso_frame_is_split_and_arrives_intact(
         len(big) > a.networks[42].max_tunnel_frame
     )  # 65,534 > 65,511 (MAX_VM_FRAME) and the UDP carrier's ~63,700
     buf, size = vm_read(big)
-    VNET.pack_into(buf, HEADROOM - VNET_LEN, 1, 1, 54, 1400, 34, 16)
+    VNET_HDR.pack_into(buf, HEADROOM - VNET_HDR_LEN, 1, 1, 54, 1400, 34, 16)
     out = a.from_vm(port, buf, size, now=0.0)
     assert a.networks[42].counters["tx_split"] == 1
     [local] = delivers(out)  # unknown MAC: flooded to the network's TAP too, whole
@@ -307,11 +270,11 @@ def test_an_attached_ports_oversize_gso_frame_is_split_and_arrives_intact(
     data = b"".join(bytes(d.frame)[54:] for d in got)
     assert data == payload
     for d in got:  # a plain frame (a one-segment remainder) has a complete checksum
-        if d.vnet == VNET_NONE:
+        if d.vnet == VNET_HDR_NONE:
             f = bytes(d.frame)
             pseudo = ipv4.pseudo_header_sum(f[26:30], f[30:34], 6, len(f) - 34)
             assert internet_checksum(f[34:], pseudo) == 0, len(f)
-    assert any(d.vnet == VNET_NONE for d in got) == (
+    assert any(d.vnet == VNET_HDR_NONE for d in got) == (
         carrier == "ip" or not protocol.endswith("sclp")
     )
 

@@ -18,7 +18,7 @@ from sclp.engine.segmenter import Segmenter
 from sclp.wire import ipv4, sclp
 from sclp.wire.errors import DropReason
 from sclp.wire.sclp import Carrier, SclpHeader
-from tests.unit.sclp_vectors import case_payload, load_cases
+from tests.wire.sclp_vectors import case_payload, load_cases
 
 from .packets import inner_tcp_frame
 

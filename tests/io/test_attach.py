@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import select
-import struct
 import subprocess
 import sys
 import threading
@@ -23,11 +22,12 @@ import pytest
 from sclp.io.attach import AttachedPort
 from sclp.io.links import LinkWatch, current_links
 from sclp.io.netns import NetNS, create_veth, run_in_netns
+from sclp.wire.virtio_net import VNET_HDR
 
 from ..e2e.helpers import wait_for
 
 NsFactory = Callable[[], NetNS]
-VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+
 MTU = 1500
 _SERVER = r"""
 import hashlib, socket, sys
@@ -88,7 +88,7 @@ class Switch:
             for fd in ready:
                 src, dst = self.ports[fd]
                 while size := src.read_into(buf):
-                    self.headers.append(VNET.unpack_from(buf))
+                    self.headers.append(VNET_HDR.unpack_from(buf))
                     self.sizes.append(size - 10)
                     dst.write(bytes(buf[:10]), memoryview(buf)[10:size])
 

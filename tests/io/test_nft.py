@@ -33,11 +33,13 @@ from sclp.io.nft import (
 )
 from sclp.io.packet import MAX_FILTER_PEERS, drop_all_filter, open_ipv4_tap, stt_filter
 from sclp.wire.checksum import internet_checksum
+from sclp.wire.stt import STT_PORT
+from sclp.wire.vxlan import VXLAN_PORT
 
 NsFactory = Callable[[], NetNS]
 LOCAL, PEER, STRANGER = "10.73.0.1", "10.73.0.2", "10.73.0.3"
 DEV_A, DEV_B = "sclpna", "sclpnb"
-VXLAN, STT = 4789, 7471
+VXLAN, STT = VXLAN_PORT, STT_PORT
 
 
 @pytest.fixture

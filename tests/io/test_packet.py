@@ -33,6 +33,7 @@ from sclp.io.packet import (
 from sclp.io.rawip import IPPROTO_TCP, RawIpSocket, source_key
 from sclp.wire.checksum import internet_checksum, ones_sum
 from sclp.wire.errors import DropReason, MalformedPacket
+from sclp.wire.stt import STT_PORT
 
 from ..e2e.helpers import wait_for
 
@@ -40,7 +41,6 @@ NsFactory = Callable[[], NetNS]
 SOL_PACKET, PACKET_STATISTICS = 263, 6  # <linux/if_packet.h>
 IP_A, IP_B, IP_B2 = "10.72.0.1", "10.72.0.2", "10.72.0.3"
 DEV_A, DEV_B = "sclppa", "sclppb"
-STT_PORT = 7471
 
 
 @pytest.fixture

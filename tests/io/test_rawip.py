@@ -35,6 +35,7 @@ from sclp.io.rawip import (
     source_key,
 )
 from sclp.wire.checksum import internet_checksum, ones_sum
+from sclp.wire.stt import STT_PORT
 
 from ..e2e.helpers import wait_for
 
@@ -43,7 +44,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 NsFactory = Callable[[], NetNS]
 IP_A, IP_B = "10.71.0.1", "10.71.0.2"
 IP6_A, IP6_B = "fd71::1", "fd71::2"
-STT_PORT = 7471
 
 
 @pytest.fixture

@@ -18,11 +18,13 @@ import pytest
 
 from sclp.endpoint import provision
 from sclp.endpoint.config import parse_config
-from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET_LEN, VNET_NONE, DataPath
+from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, DataPath
 from sclp.endpoint.runner import UnderlaySender
-from sclp.endpoint.tunnels import Channel, geneve_header, vxlan_header
+from sclp.endpoint.tunnels import Channel
 from sclp.io.netns import NetNS, run_in_netns
 from sclp.io.udp import UdpSocket
+from sclp.wire import geneve, vxlan
+from sclp.wire.virtio_net import VNET_HDR_LEN, VNET_HDR_NONE
 
 NsFactory = Callable[[], NetNS]
 LOCAL, PEER = "127.0.0.1", "127.0.0.2"
@@ -30,8 +32,8 @@ VNI = 42
 MAC_VM, MAC_REMOTE = bytes.fromhex("020000000a01"), bytes.fromhex("020000000b01")
 # protocol, its channel, the key, the port set, the header a datagram starts with
 CASES = [
-    ("vxlan", Channel.VXLAN, "vxlan_port", 8472, vxlan_header(VNI)),
-    ("geneve", Channel.GENEVE, "geneve_port", 6082, geneve_header(VNI)),
+    ("vxlan", Channel.VXLAN, "vxlan_port", 8472, vxlan.header(VNI)),
+    ("geneve", Channel.GENEVE, "geneve_port", 6082, geneve.header(VNI)),
 ]
 
 
@@ -85,7 +87,7 @@ def test_classic_tunnel_uses_the_configured_port(
         buf = bytearray(FRAME_BUF)
         out_frame = _frame(b"\xff" * 6, MAC_VM, b"to the peer")
         buf[HEADROOM : HEADROOM + len(out_frame)] = out_frame
-        sends = dp.from_vm(vm_port, buf, VNET_LEN + len(out_frame), 0.0)
+        sends = dp.from_vm(vm_port, buf, VNET_HDR_LEN + len(out_frame), 0.0)
         counters: Counter[str] = Counter()
         sender = UnderlaySender(sockets.udp, sockets.raw, counters)
         for send in sends:
@@ -105,7 +107,7 @@ def test_classic_tunnel_uses_the_configured_port(
         assert sources == [(PEER, port)]
         delivered = dp.from_udp(channel, sources[0][0], views[0], seg_sizes[0], 0.0)
         assert [(d.port, d.vnet, bytes(d.frame)) for d in delivered] == [
-            (vm_port, VNET_NONE, in_frame)
+            (vm_port, VNET_HDR_NONE, in_frame)
         ]
 
 

@@ -24,12 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sclp.endpoint import tunnels
 from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttSegmenter, pseudo_sum_for
 from sclp.io import netns as nsio
 from sclp.lab.testbed import OVERLAY
-from sclp.wire import geneve, sclp, stt, vxlan
+from sclp.wire import geneve, nvgre, sclp, stt, vxlan
 from sclp.wire.checksum import internet_checksum
 from sclp.wire.sclp import Carrier, SclpHeader
 
@@ -88,7 +87,7 @@ def raw_sclp(
     first: bool,
     remaining: int,
     data: bytes,
-    dport: int = tunnels.SCLP_VXLAN_PORT,
+    dport: int = sclp.SCLP_PORT_VXLAN,
     sport: int = 50000,
     checksum: bool = True,
 ) -> bytes:
@@ -104,7 +103,7 @@ def sclp_segments(
     carrier: str,
     seg_size: int = 1000,
     ident: int | None = None,
-    dport: int = tunnels.SCLP_VXLAN_PORT,
+    dport: int = sclp.SCLP_PORT_VXLAN,
 ) -> list[bytes]:
     """``payload`` (tunnel header + frame) as an endpoint would segment it."""
     mode = Carrier.UDP if carrier == "udp" else Carrier.IP
@@ -161,7 +160,7 @@ def stt_segments(
 # Where each kind of underlay packet goes: ("udp", port) or ("raw", IP protocol).
 UDP_VXLAN = ("udp", vxlan.VXLAN_PORT)  # the endpoint's default vxlan_port
 UDP_GENEVE = ("udp", geneve.GENEVE_PORT)  # ... and geneve_port
-UDP_SCLP = ("udp", 7234)
+UDP_SCLP = ("udp", sclp.SCLP_UDP_PORT)  # the endpoint's default sclp_udp_port
 RAW_SCLP = ("raw", 234)
 RAW_GRE = ("raw", socket.IPPROTO_GRE)
 RAW_TCP = ("raw", socket.IPPROTO_TCP)
@@ -173,17 +172,17 @@ def tunnel_packets(
     """The underlay packets that carry ``frame`` from ``src`` to ``dst`` as an
     endpoint of ``protocol`` would send them, and where they go."""
     if protocol == "vxlan":
-        return UDP_VXLAN, [tunnels.vxlan_header(vni) + frame]
+        return UDP_VXLAN, [vxlan.header(vni) + frame]
     if protocol == "geneve":
-        return UDP_GENEVE, [tunnels.geneve_header(vni) + frame]
+        return UDP_GENEVE, [geneve.header(vni) + frame]
     if protocol == "nvgre":
-        return RAW_GRE, [tunnels.nvgre_header(vni, 0) + frame]
+        return RAW_GRE, [nvgre.header(vni, 0) + frame]
     if protocol == "stt":
         return RAW_TCP, stt_segments(frame, src, dst, vni=vni)
     if protocol == "vxlan-sclp":
-        payload, dport = tunnels.vxlan_header(vni) + frame, tunnels.SCLP_VXLAN_PORT
+        payload, dport = vxlan.header(vni) + frame, sclp.SCLP_PORT_VXLAN
     else:
-        payload, dport = tunnels.geneve_header(vni) + frame, tunnels.SCLP_GENEVE_PORT
+        payload, dport = geneve.header(vni) + frame, sclp.SCLP_PORT_GENEVE
     segments = sclp_segments(payload, carrier, dport=dport)
     return (UDP_SCLP if carrier == "udp" else RAW_SCLP), segments
 

@@ -34,10 +34,10 @@ from typing import Any
 
 import pytest
 
-from sclp.endpoint import tunnels
 from sclp.io import netns as nsio
 from sclp.lab import testbed as sclp_testbed
 from sclp.lab.testbed import OVERLAY, UNDERLAY
+from sclp.wire import vxlan
 
 from ..e2e.helpers import counters, delta, link_mac, popen_in, shut_down, stop
 from .hostile import (
@@ -405,7 +405,7 @@ def _overlap_packets(
         forged_data = b"X" * 200
         forged = stt_segment(total, last_off - 100, ident, forged_data, src, dst)
         return RAW_TCP, [good[-1], forged, *good[:-1]]
-    payload = tunnels.vxlan_header(42) + frame
+    payload = vxlan.header(42) + frame
     good = sclp_segments(payload, tb.carrier, seg_size=400, ident=ident)
     last_rem = 0
     last_len = len(good[-1]) - 12

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sclp.endpoint import tunnels
 from sclp.engine.stt import pseudo_sum_for
 from sclp.io import netns as nsio
-from sclp.wire import stt
+from sclp.wire import geneve, stt, vxlan
 
 from ..e2e.helpers import Endpoint, Topology, counters, delta, link_mac, wait_for_counters
 from .hostile import (
@@ -163,7 +162,7 @@ class Case:
 
 def cases(bed: Bed, name: str) -> tuple[Case, list[bytes]]:
     """The packets of case ``name`` and what they must do."""
-    vx5 = tunnels.vxlan_header(5)
+    vx5 = vxlan.header(5)
     if name == "sclp-truncated-headers":
         return Case("a", RAW_SCLP, {"drop_too_short": 12}), [bytes(k) for k in range(12)]
     if name == "sclp-bad-and-zero-checksum":
@@ -202,13 +201,13 @@ def cases(bed: Bed, name: str) -> tuple[Case, list[bytes]]:
         return Case("a", RAW_SCLP, {"drop_malformed": 1}), slivers
     if name == "sclp-unknown-port-and-vni":
         wrong_port = raw_sclp(2011, True, 0, vx5 + frame_to(bed, 5, "port"), dport=9)
-        wrong_vni = raw_sclp(2012, True, 0, tunnels.vxlan_header(1) + frame_to(bed, 1, "vni"))
+        wrong_vni = raw_sclp(2012, True, 0, vxlan.header(1) + frame_to(bed, 1, "vni"))
         case = Case("a", RAW_SCLP, {"drop_unknown_port": 1, "drop_unknown_vni": 1})
         return case, [wrong_port, wrong_vni]
     if name == "udp-sclp-empty-and-truncated":
         return Case("b", UDP_SCLP, {"drop_too_short": 12}), [bytes(k) for k in range(12)]
     if name == "udp-sclp-checksums":
-        g6 = tunnels.geneve_header(6)
+        g6 = geneve.header(6)
         bad = bytearray(raw_sclp(3001, True, 0, g6 + frame_to(bed, 6, "bad"), dport=6081))
         bad[-1] ^= 0x01
         zero = raw_sclp(3002, True, 0, g6 + frame_to(bed, 6, "udpzero"), dport=6081, checksum=False)
@@ -224,9 +223,9 @@ def cases(bed: Bed, name: str) -> tuple[Case, list[bytes]]:
             b"",
             bytes(7),
             bytes(8),  # I flag clear
-            tunnels.vxlan_header(999) + frame_to(bed, 1, "x"),
-            tunnels.vxlan_header(5) + frame_to(bed, 5, "x"),  # VNI 5 is not VXLAN here
-            tunnels.vxlan_header(1) + bytes(10),  # inner frame shorter than Ethernet
+            vxlan.header(999) + frame_to(bed, 1, "x"),
+            vxlan.header(5) + frame_to(bed, 5, "x"),  # VNI 5 is not VXLAN here
+            vxlan.header(1) + bytes(10),  # inner frame shorter than Ethernet
         ]
         expect = {"drop_too_short": 3, "drop_bad_tunnel_header": 1, "drop_unknown_vni": 2}
         return Case("a", UDP_VXLAN, expect), packets

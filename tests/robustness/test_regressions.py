@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 
 from sclp.endpoint.config import parse_config
-from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET_LEN, DataPath, Deliver
+from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, DataPath, Deliver
 from sclp.endpoint.runner import Runner, UnderlaySender
-from sclp.endpoint.tunnels import Channel, vxlan_header
+from sclp.endpoint.tunnels import Channel
+from sclp.wire import vxlan
+from sclp.wire.virtio_net import VNET_HDR_LEN
 
 PEER = "10.77.0.2"
 VM_MTU = 1450  # VXLAN's default over a 1500-byte underlay
@@ -50,7 +52,7 @@ def ipv6_tcp_frame(ext_len: int, payload: int) -> bytes:
 
 
 def receive_vxlan(dp: DataPath, frame: bytes) -> list[Deliver]:
-    datagram = memoryview(vxlan_header(42) + frame)
+    datagram = memoryview(vxlan.header(42) + frame)
     return dp.from_udp(Channel.VXLAN, PEER, datagram, len(datagram), 0.0)
 
 
@@ -115,8 +117,8 @@ def test_stt_gso_frame_with_l4_beyond_255_bytes_is_dropped_not_fatal() -> None:
     l4 = 14 + 40 + 256
     buf = bytearray(FRAME_BUF)
     # NEEDS_CSUM, GSO_TCPV6
-    struct.pack_into("<BBHHHH", buf, HEADROOM - VNET_LEN, 1, 4, l4 + 20, 1400, l4, 16)
+    struct.pack_into("<BBHHHH", buf, HEADROOM - VNET_HDR_LEN, 1, 4, l4 + 20, 1400, l4, 16)
     buf[HEADROOM : HEADROOM + len(frame)] = frame
-    assert dp.from_vm(net.ports[0], buf, VNET_LEN + len(frame), 0.0) == []
+    assert dp.from_vm(net.ports[0], buf, VNET_HDR_LEN + len(frame), 0.0) == []
     assert net.counters["tx_frames"] == 1
     assert net.counters["drop_malformed"] == 1

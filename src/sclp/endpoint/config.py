@@ -23,7 +23,7 @@ from typing import Any
 
 from sclp.bgp.model import parse_rd, parse_rt
 from sclp.wire.geneve import GENEVE_PORT
-from sclp.wire.sclp import Carrier
+from sclp.wire.sclp import SCLP_UDP_PORT, Carrier
 from sclp.wire.vxlan import VXLAN_PORT
 
 
@@ -134,7 +134,7 @@ class Underlay:
     local: str
     mtu: int | None = None
     sclp_carrier: Carrier = Carrier.IP
-    sclp_udp_port: int = 7234
+    sclp_udp_port: int = SCLP_UDP_PORT
     namespace: str | None = None
     faults: Faults = field(default_factory=Faults)
     # UDP destination ports of the classic tunnels; a Linux vxlan device made without
@@ -594,7 +594,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     carrier = u.get("sclp_carrier", str, "ip")
     if carrier not in CARRIERS:
         raise u.fail("sclp_carrier", f'{carrier!r} is not a carrier; use "ip" or "udp"')
-    port = u.get("sclp_udp_port", int, 7234)
+    port = u.get("sclp_udp_port", int, SCLP_UDP_PORT)
     if not 1 <= port <= 65535:
         raise u.fail("sclp_udp_port", f"{port} is not a UDP port; use 1..65535")
     vxlan_port = u.get("vxlan_port", int, VXLAN_PORT)

@@ -45,7 +45,6 @@ Counters: per VNI in :attr:`VirtualNetwork.counters` (frames in and out per port
 from __future__ import annotations
 
 import ipaddress
-import struct
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Final, NamedTuple
@@ -53,8 +52,6 @@ from typing import Final, NamedTuple
 from sclp.endpoint.config import Config, Network, Protocol
 from sclp.endpoint.stats import DataPathStats, PortStats, VniStats, sorted_counters
 from sclp.endpoint.tunnels import (
-    GSO_NONE,
-    GSO_TCPV4,
     HEADROOM,
     MAX_VM_FRAME,
     SCLP_TUNNEL_OF_PORT,
@@ -78,14 +75,24 @@ from sclp.switch.fdb import Fdb
 from sclp.wire import stt
 from sclp.wire.checksum import Buffer
 from sclp.wire.errors import DropReason, MalformedPacket
-from sclp.wire.frame import parse_frame
+from sclp.wire.frame import l4_checksum, parse_frame
+from sclp.wire.tcp import TCP_CSUM_OFFSET
+from sclp.wire.udp import UDP_CSUM_OFFSET
+from sclp.wire.virtio_net import (
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    NEEDS_CSUM,
+    VNET_HDR,
+    VNET_HDR_LEN,
+    VNET_HDR_NONE,
+)
 
 __all__ = [
     "COUNTER_NAMES",
     "FRAME_BUF",
     "HEADROOM",
     "MAX_VM_FRAME",
-    "VNET_LEN",
     "DataPath",
     "Deliver",
     "PeerCounters",
@@ -93,34 +100,29 @@ __all__ = [
     "VmPort",
 ]
 
-# virtio_net_hdr (without num_buffers): flags, gso_type, hdr_len, gso_size, csum_start,
-# csum_offset — linux/virtio_net.h.
-VNET: Final = struct.Struct("<BBHHHH")
-VNET_LEN: Final = 10
-VNET_NONE: Final = bytes(VNET_LEN)
-F_NEEDS_CSUM: Final = 1
-GSO_TCPV6: Final = 4
 FRAME_BUF: Final = 65536 + 256  # a read buffer: headroom + virtio header + any frame
 # The largest frame a VM port can hand over: an IP packet of 65,535 bytes behind an
 # Ethernet header and a VLAN tag (sclp.io.tap.MAX_FRAME_LEN).
 MAX_PORT_FRAME: Final = 65_535 + 18
-_TCP_CSUM_OFFSET: Final = 16
-_UDP_CSUM_OFFSET: Final = 6
-# Receive side, classic tunnels: finding a partial inner checksum (see _partial_csum).
+# Receive side, classic tunnels: a plain inner frame whose TCP/UDP checksum field holds
+# exactly the pseudo-header sum (wire.frame.l4_checksum) goes to the VM as NEEDS_CSUM at
+# its L4 header, as a virtio NIC hands over a partial checksum.  Why: a Linux vxlan,
+# geneve or gretap device whose underlay claims checksum offload (a veth, by default)
+# sends the inner checksum CHECKSUM_PARTIAL for a NIC that never comes; a kernel
+# receiver learns that from the skb, we see bytes, and the VM would drop the frame as a
+# bad checksum.  Every other value (every complete checksum, right or wrong; UDP's 0,
+# which a folded pseudo-header sum never is) goes on as VNET_HDR_NONE and the VM
+# verifies it.  A complete checksum equals the pseudo-header sum about once in 2**16
+# frames, harmless (completing it rewrites the same value); corruption slips through
+# only if it hits such a frame or turns the field into exactly that value: about
+# 2**-16 of corrupted frames, on top of what the 16-bit checksum misses anyway.
+# SCLP and STT peers are ours and complete their checksums.  benchmarks/partial_csum.py
+# measures the check.
 _CLASSIC_TUNNELS: Final = frozenset((VxlanTunnel, GeneveTunnel, NvgreTunnel))
-# From byte 12 of a frame: ethertype, then IPv4 without options: version/IHL, (tos),
-# total length, (ident), flags/fragment offset, (ttl), protocol, (checksum), source,
-# destination, then the UDP checksum field (bytes 40-41) and the TCP one (50-51).
-_IPV4_AT_12: Final = struct.Struct("!HBxH2xHxB2xII6xH8xH")
-_VLAN_TPIDS: Final = frozenset((b"\x81\x00", b"\x88\xa8"))
-_ETHERTYPE_IPV4: Final = b"\x08\x00"
-_ETHERTYPE_IPV6: Final = b"\x86\xdd"
-_U16: Final = struct.Struct("!H")
-# A partial checksum, delivered as a virtio NIC would: NEEDS_CSUM at the L4 header.
 _PARTIAL_VNET: Final = {
-    (l4, off): VNET.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, l4, off)
+    (l4, off): VNET_HDR.pack(NEEDS_CSUM, GSO_NONE, 0, 0, l4, off)
     for l4 in range(14, 14 + 4 * 4 + 60 + 1, 2)
-    for off in (_TCP_CSUM_OFFSET, _UDP_CSUM_OFFSET)
+    for off in (TCP_CSUM_OFFSET, UDP_CSUM_OFFSET)
 }
 
 COUNTER_NAMES: Final = (
@@ -209,7 +211,7 @@ class VirtualNetwork:
         # The largest frame the tunnel carries whole; longer GSO frames are split.
         self.max_tunnel_frame = min(t.max_vm_frame() for t in tunnels)
         # Classic tunnels may come from a kernel peer that left inner checksums
-        # partial (_partial_csum); SCLP and STT peers are ours and complete them.
+        # partial (_PARTIAL_VNET); SCLP and STT peers are ours and complete them.
         self.rx_partial_csum = any(type(t) in _CLASSIC_TUNNELS for t in tunnels)
         self.counters: Counter[str] = Counter()
         self.peer_counters: dict[str, PeerCounters] = {}
@@ -385,16 +387,16 @@ class DataPath:
         self, port: VmPort, buf: bytearray, size: int, now: float
     ) -> Sequence[Send | Deliver]:
         """A frame read from VM port ``port``: ``size`` bytes at ``buf[HEADROOM -
-        VNET_LEN:]``, the virtio-net header first.  The headroom in front may be
+        VNET_HDR_LEN:]``, the virtio-net header first.  The headroom in front may be
         overwritten.  Returns the packets to send to peers and the frames for other
         local ports (none when dropped and counted), to be carried out before the next
         read into ``buf``."""
         net = port.net
         counters = net.counters
-        if size <= VNET_LEN + 14:
+        if size <= VNET_HDR_LEN + 14:
             counters[DropReason.TOO_SHORT.counter] += 1
             return []
-        flen = size - VNET_LEN
+        flen = size - VNET_HDR_LEN
         counters["tx_frames"] += 1
         counters["tx_bytes"] += flen
         pc = port.counters
@@ -440,7 +442,7 @@ class DataPath:
         if not others and not peers:
             counters["tx_filtered"] += 1  # its destination is behind the port it came from
             return []
-        vnet = bytes(buf[HEADROOM - VNET_LEN : HEADROOM])
+        vnet = bytes(buf[HEADROOM - VNET_HDR_LEN : HEADROOM])
         out: list[Send | Deliver] = []
         if peers:
             counters["tx_flooded"] += 1
@@ -452,11 +454,11 @@ class DataPath:
                     to.tx_frames += 1
                     to.tx_bytes += flen
             out.extend(sends)
-            partial = buf[HEADROOM - VNET_LEN] & F_NEEDS_CSUM
+            partial = buf[HEADROOM - VNET_HDR_LEN] & NEEDS_CSUM
             if partial and (
-                buf[HEADROOM - VNET_LEN + 1] == GSO_NONE or flen <= net.max_plain_frame
+                buf[HEADROOM - VNET_HDR_LEN + 1] == GSO_NONE or flen <= net.max_plain_frame
             ):
-                vnet = VNET_NONE  # _encapsulate completed the checksum in place
+                vnet = VNET_HDR_NONE  # _encapsulate completed the checksum in place
         frame = memoryview(buf)[HEADROOM : HEADROOM + flen]
         counters["tx_local"] += len(others)
         out.extend(Deliver(p, vnet, frame) for p in others)
@@ -466,13 +468,13 @@ class DataPath:
         self, net: VirtualNetwork, buf: bytearray, flen: int, peers: tuple[str, ...]
     ) -> list[Send]:
         counters = net.counters
-        flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET.unpack_from(
-            buf, HEADROOM - VNET_LEN
+        flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(
+            buf, HEADROOM - VNET_HDR_LEN
         )
         try:
             if gso_type == GSO_NONE:
                 gso_size = 0
-                if flags & F_NEEDS_CSUM:
+                if flags & NEEDS_CSUM:
                     frame = memoryview(buf)[HEADROOM : HEADROOM + flen]
                     complete_checksum(frame, csum_start, csum_offset)
             elif flen > net.max_tunnel_frame:
@@ -530,15 +532,15 @@ class DataPath:
         for part in parts:
             # Each part is a frame as a VM would hand it over (a one-segment remainder
             # is then completed and sent plain by _encapsulate, as any such frame).
-            VNET.pack_into(
+            VNET_HDR.pack_into(
                 part,
-                HEADROOM - VNET_LEN,
-                F_NEEDS_CSUM,
+                HEADROOM - VNET_HDR_LEN,
+                NEEDS_CSUM,
                 gso_type,
                 0,
                 gso_size,
                 csum_start,
-                _TCP_CSUM_OFFSET,
+                TCP_CSUM_OFFSET,
             )
             for send in self._encapsulate(net, part, len(part) - HEADROOM, peers):
                 # A tunnel may reuse one buffer for every frame: own each part's copy.
@@ -707,9 +709,11 @@ class DataPath:
             counters[DropReason.NO_ROUTE.counter] += 1  # every port of the VNI is gone
             return
         if flen <= net.max_plain_frame:
-            vnet = VNET_NONE
-            if net.rx_partial_csum:
-                vnet = _partial_csum(frame, flen)
+            vnet = VNET_HDR_NONE
+            if net.rx_partial_csum:  # a kernel peer's partial checksum (_PARTIAL_VNET)
+                csum = l4_checksum(frame, flen)
+                if csum is not None and csum[2] == csum[3]:
+                    vnet = _PARTIAL_VNET[csum[0], csum[1]]
             out.extend(Deliver(p, vnet, frame) for p in ports)
             return
         try:
@@ -718,7 +722,7 @@ class DataPath:
             counters[exc.reason.counter] += 1
             return
         if not info.tcp_header_len:
-            out.extend(Deliver(p, VNET_NONE, frame) for p in ports)
+            out.extend(Deliver(p, VNET_HDR_NONE, frame) for p in ports)
             return
         l4 = info.l4_offset
         if not mss:
@@ -733,10 +737,10 @@ class DataPath:
                 counters[exc.reason.counter] += 1
                 return
             for p in ports:
-                out.extend(Deliver(p, VNET_NONE, seg) for seg in segments)
+                out.extend(Deliver(p, VNET_HDR_NONE, seg) for seg in segments)
             return
         gso = GSO_TCPV4 if info.ip_version == 4 else GSO_TCPV6
-        vnet = VNET.pack(F_NEEDS_CSUM, gso, l4 + info.tcp_header_len, mss, l4, _TCP_CSUM_OFFSET)
+        vnet = VNET_HDR.pack(NEEDS_CSUM, gso, l4 + info.tcp_header_len, mss, l4, TCP_CSUM_OFFSET)
         out.extend(Deliver(p, vnet, frame) for p in ports)
 
     # -- timers and state ----------------------------------------------------------------
@@ -801,102 +805,3 @@ class DataPath:
             "ports": ports,
             "peers": peers,
         }
-
-
-def _partial_csum(frame: memoryview, flen: int) -> bytes:
-    """The virtio-net header for a plain inner frame from a classic tunnel: NEEDS_CSUM
-    at the L4 header when the frame is IPv4/IPv6 TCP or UDP whose checksum field holds
-    exactly the folded pseudo-header sum, else :data:`VNET_NONE`.
-
-    Why: a Linux ``vxlan`` (or ``geneve``, ``gretap``) device whose underlay claims
-    checksum offload — a veth, in its default settings — sends the inner TCP/UDP
-    checksum CHECKSUM_PARTIAL, for a NIC that never comes: the field holds only the
-    pseudo-header sum (``~csum_tcpudp_magic(..., 0)``).  A kernel receiver learns
-    that from the skb; we see bytes.  Handed over as a plain frame, the VM drops it
-    as a bad checksum.  Handed over with NEEDS_CSUM, the VM treats it exactly as a
-    virtio NIC's partial frame: trusted when delivered locally, completed when
-    forwarded.
-
-    Why corrupted traffic is still caught: every frame whose field is anything else
-    — every complete checksum, right or wrong — goes on as VNET_NONE and the VM
-    verifies it as before.  A frame escapes that check only if its field equals the
-    pseudo-header sum.  For a correct complete checksum that happens about once in
-    2**16 frames (the field is ~(pseudo + data), a value spread over 16 bits), and
-    then it is harmless: completing a partial checksum over such a frame rewrites the
-    same value, and the data is right.  For corruption to slip through, it has to hit
-    such a frame, or turn the field (or the addresses/length the pseudo-header sum
-    covers) into exactly that one value out of 65,535: again about 2**-16 of the
-    corrupted frames, on top of the ~2**-16 that the 16-bit Internet checksum misses
-    anyway.  The consequence in those rare cases is what a checksum collision always
-    was: the VM's TCP/UDP accepts the bytes (Ethernet's CRC on each hop and the outer
-    UDP checksum, when the peer sends one, are what catches most damage before).
-
-    UDP's 0 (IPv4: "no checksum") never matches: a pseudo-header sum includes the
-    protocol and length and is never 0 in ones' complement (we fold to 1..0xFFFF, as
-    the kernel does), so such frames go on as VNET_NONE and the VM accepts them
-    unchecked, as it would from any NIC.  IPv4 fragments, IPv6 extension headers,
-    frames shorter than their IP length and everything not TCP/UDP stay VNET_NONE.
-
-    Cost: an untagged IPv4 frame without options (the usual one) is answered from
-    one struct unpack, and the pseudo-header sum is one modulo (2**16 = 1 mod
-    0xFFFF, so the folded ones' complement sum of the words is their value mod
-    0xFFFF, 0 read as 0xFFFF; never 0 here, as in the kernel); everything else goes
-    through :func:`_l4_of`.  benchmarks/partial_csum.py measures it."""
-    if flen >= 52:  # Ethernet + IPv4 + TCP up to its checksum field
-        ethertype, vihl, total, frag, proto, src, dst, udp_field, tcp_field = (
-            _IPV4_AT_12.unpack_from(frame, 12)
-        )
-        if ethertype == 0x0800 and vihl == 0x45:
-            l4_len = total - 20
-            if frag & 0x3FFF or 14 + total > flen:  # a fragment, or cut short
-                return VNET_NONE
-            pseudo = (src + dst + proto + l4_len) % 0xFFFF or 0xFFFF
-            if proto == 6 and l4_len >= 18 and tcp_field == pseudo:
-                return _PARTIAL_VNET[34, _TCP_CSUM_OFFSET]
-            if proto == 17 and l4_len >= 8 and udp_field == pseudo:
-                return _PARTIAL_VNET[34, _UDP_CSUM_OFFSET]
-            return VNET_NONE
-    found = _l4_of(frame, flen)
-    if found is None:
-        return VNET_NONE
-    l4, proto, l4_len, end, addr_sum = found
-    if proto == 6:
-        csum_offset = _TCP_CSUM_OFFSET
-    elif proto == 17:
-        csum_offset = _UDP_CSUM_OFFSET
-    else:
-        return VNET_NONE
-    if end > flen or l4_len < csum_offset + 2:
-        return VNET_NONE
-    (field,) = _U16.unpack_from(frame, l4 + csum_offset)
-    if field != ((addr_sum + proto + l4_len) % 0xFFFF or 0xFFFF):
-        return VNET_NONE
-    return _PARTIAL_VNET[l4, csum_offset]
-
-
-def _l4_of(frame: memoryview, flen: int) -> tuple[int, int, int, int, int] | None:
-    """:func:`_partial_csum` for the other frames (VLAN tags, IPv4 options, IPv6,
-    short frames): (L4 offset, protocol, L4 length, end of the IP packet, the
-    addresses as one integer), or None when there is no unfragmented IP header."""
-    ethertype = frame[12:14].tobytes()
-    l3 = 14
-    while ethertype in _VLAN_TPIDS and l3 < 14 + 4 * 4:
-        ethertype = frame[l3 + 2 : l3 + 4].tobytes()
-        l3 += 4
-    if ethertype == _ETHERTYPE_IPV4:
-        if flen < l3 + 20:
-            return None
-        vihl = frame[l3]
-        ihl = (vihl & 0x0F) << 2
-        if vihl >> 4 != 4 or ihl < 20 or frame[l3 + 6] & 0x3F or frame[l3 + 7]:
-            return None  # not IPv4, or a fragment (MF / offset)
-        (total,) = _U16.unpack_from(frame, l3 + 2)
-        addresses = frame[l3 + 12 : l3 + 20]
-        return l3 + ihl, frame[l3 + 9], total - ihl, l3 + total, int.from_bytes(addresses)
-    if ethertype == _ETHERTYPE_IPV6:
-        if flen < l3 + 40 or frame[l3] >> 4 != 6:
-            return None
-        (l4_len,) = _U16.unpack_from(frame, l3 + 4)
-        addresses = frame[l3 + 8 : l3 + 40]
-        return l3 + 40, frame[l3 + 6], l4_len, l3 + 40 + l4_len, int.from_bytes(addresses)
-    return None

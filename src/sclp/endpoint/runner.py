@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Final, Protocol
 
-from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, VNET_LEN, DataPath, Deliver, VmPort
+from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, DataPath, Deliver, VmPort
 from sclp.endpoint.faults import FaultInjector
 from sclp.endpoint.tunnels import Channel, Send
 from sclp.engine.segmenter import Pieces
@@ -40,6 +40,7 @@ from sclp.io.txring import TxRingSender
 from sclp.io.udp import UdpSocket
 from sclp.logs import RateLimited
 from sclp.wire.errors import DropReason, MalformedPacket
+from sclp.wire.virtio_net import VNET_HDR_LEN
 
 log = logging.getLogger("sclp")
 
@@ -310,7 +311,7 @@ class Runner:
         deliver = self._deliver
         for _ in range(TAP_BUDGET):
             try:
-                size = reader.read_into(view, HEADROOM - VNET_LEN)
+                size = reader.read_into(view, HEADROOM - VNET_HDR_LEN)
             except OSError as exc:  # an attached interface went down or away
                 WARNINGS.warning(
                     ("port", port.name, exc.errno),

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, NamedTuple
@@ -38,7 +37,6 @@ from sclp.engine.tso import segment_tcp_frame
 from sclp.wire import geneve, nvgre, stt, vxlan
 from sclp.wire.checksum import Buffer
 from sclp.wire.errors import DropReason, MalformedPacket
-from sclp.wire.ethernet import ETHERTYPE_TEB
 from sclp.wire.frame import entropy_port, flow_hash, parse_frame
 from sclp.wire.sclp import (
     SCLP_HLEN,
@@ -47,6 +45,7 @@ from sclp.wire.sclp import (
     Carrier,
     segment_payload_size,
 )
+from sclp.wire.virtio_net import GSO_TCPV4
 
 HEADROOM: Final = 64  # room in front of a VM frame for the biggest tunnel header
 # Largest VM frame we take: tunnel header (<= 18 B for STT) + frame <= 65,535 (the SCLP
@@ -57,9 +56,6 @@ MAX_VM_FRAME: Final = 65535 - 24
 # oldest kernels we run on take 64 segments per send.
 _GRO_WHOLE_MAX: Final = {4: 65_536 - 14 - 20 - 8 - 1, 6: 65_536 - 14 - 40 - 8 - 1}
 _GSO_MAX_SEGMENTS: Final = 64
-
-GSO_NONE: Final = 0
-GSO_TCPV4: Final = 1
 
 
 class Channel(enum.Enum):
@@ -126,77 +122,14 @@ class Underlay:
         return 20 if self.ip_version == 4 else 40
 
 
-# -- headers and decapsulation, per format ------------------------------------------
-
-_VXLAN = struct.Struct("!II")  # flags(8)|reserved(24), VNI(24)|reserved(8)
-_GENEVE_BASE = struct.Struct("!BBHI")
-_GENEVE_MSS_OPT = struct.Struct("!HBBH2x")  # class, type, length(5), mss, reserved
-_NVGRE_FAST = struct.Struct("!HHI")
-_NVGRE_K_ONLY = 0x2000  # flags|version word of an NVGRE header: K set, all else 0
+# -- decapsulation, per format: the wire modules' receive fast paths, and STT ----------
 
 
-def vxlan_header(vni: int) -> bytes:
-    """RFC 7348 §5: flags with I set, 24-bit VNI."""
-    return _VXLAN.pack(0x08 << 24, vni << 8)
-
-
-def vxlan_decapsulate(payload: Buffer) -> Decapsulated:
-    return Decapsulated(vxlan.vni_of(payload), vxlan.VXLAN_LEN)
-
-
-def geneve_header(vni: int, mss: int = 0) -> bytes:
-    """RFC 8926 §3.4 with no options, or with the project's MSS option (spec §6)
-    when ``mss`` is given (Geneve over SCLP tells the receiver the sender's MSS)."""
-    if not mss:
-        return _GENEVE_BASE.pack(0, 0, ETHERTYPE_TEB, vni << 8)
-    return _GENEVE_BASE.pack(2, 0, ETHERTYPE_TEB, vni << 8) + _GENEVE_MSS_OPT.pack(
-        geneve.MSS_OPTION_CLASS, geneve.MSS_OPTION_TYPE, 1, mss
-    )
-
-
-def geneve_decapsulate(payload: Buffer) -> Decapsulated:
-    # Hot path: version 0, no options, Ethernet payload (what we and most senders
-    # emit) is read with one unpack; everything else goes through the full codec.
-    if len(payload) >= geneve.GENEVE_BASE_LEN:
-        ver_optlen, _flags, proto, vni_word = _GENEVE_BASE.unpack_from(payload, 0)
-        if ver_optlen == 0 and proto == ETHERTYPE_TEB:
-            return Decapsulated(vni_word >> 8, geneve.GENEVE_BASE_LEN, 0)
-    hdr = geneve.decode(payload)
-    if hdr.protocol_type != ETHERTYPE_TEB:
-        raise MalformedPacket(
-            DropReason.BAD_TUNNEL_HEADER,
-            f"geneve protocol {hdr.protocol_type:#06x} is not Ethernet",
-        )
-    if any(opt.critical for opt in hdr.options if opt.opt_class != geneve.MSS_OPTION_CLASS):
-        # RFC 8926 §3.5.1: a critical option we do not understand means drop.
-        raise MalformedPacket(DropReason.BAD_TUNNEL_HEADER, "unknown critical geneve option")
-    return Decapsulated(hdr.vni, hdr.header_len, geneve.find_mss(hdr) or 0)
-
-
-def nvgre_header(vni: int, flow_id: int) -> bytes:
-    return nvgre.encode(nvgre.NvgreHeader(vsid=vni, flow_id=flow_id & 0xFF))
-
-
-def nvgre_decapsulate(payload: Buffer) -> Decapsulated:
-    if len(payload) >= nvgre.NVGRE_LEN:
-        word, proto, key = _NVGRE_FAST.unpack_from(payload, 0)
-        if word == _NVGRE_K_ONLY and proto == ETHERTYPE_TEB:
-            return Decapsulated(key >> 8, nvgre.NVGRE_LEN, 0)
-    return Decapsulated(nvgre.decode(payload).vsid, nvgre.NVGRE_LEN)
-
-
-def stt_decapsulate(payload: Buffer) -> Decapsulated:
-    hdr = stt.decode(payload)
+def stt_decapsulate(view: Buffer) -> Decapsulated:
+    hdr = stt.decode(view)
     if hdr.context_id >= 1 << 24:
         raise MalformedPacket(DropReason.UNKNOWN_VNI, f"stt context {hdr.context_id:#x}")
     return Decapsulated(hdr.context_id, stt.STT_HLEN, hdr.mss)
-
-
-# SCLP destination port -> the tunnel format it carries (sclp-spec §2): numbers in the
-# SCLP header that name the format, not UDP ports, so underlay.vxlan_port and
-# underlay.geneve_port (the classic tunnels' UDP ports) never change them.
-SCLP_VXLAN_PORT: Final = SCLP_PORT_VXLAN
-SCLP_GENEVE_PORT: Final = SCLP_PORT_GENEVE
 
 
 # -- the tunnel types -----------------------------------------------------------------
@@ -212,7 +145,9 @@ class Tunnel:
 
     protocol: ClassVar[Protocol]
     channel: ClassVar[Channel]
-    decapsulate = staticmethod(vxlan_decapsulate)
+    # (VNI, offset of the inner frame, the sender's MSS or 0) of a received payload;
+    # raises MalformedPacket.
+    decapsulate = staticmethod(vxlan.frame_of)
 
     def __init__(self, vni: int, underlay: Underlay) -> None:
         self.vni = vni
@@ -286,20 +221,20 @@ class VxlanTunnel(_UdpTunnel):
     protocol = Protocol.VXLAN
     channel = Channel.VXLAN
     header_len = vxlan.VXLAN_LEN
-    decapsulate = staticmethod(vxlan_decapsulate)
+    decapsulate = staticmethod(vxlan.frame_of)
 
     def _header(self) -> bytes:
-        return vxlan_header(self.vni)
+        return vxlan.header(self.vni)
 
 
 class GeneveTunnel(_UdpTunnel):
     protocol = Protocol.GENEVE
     channel = Channel.GENEVE
     header_len = geneve.GENEVE_BASE_LEN
-    decapsulate = staticmethod(geneve_decapsulate)
+    decapsulate = staticmethod(geneve.frame_of)
 
     def _header(self) -> bytes:
-        return geneve_header(self.vni)
+        return geneve.header(self.vni)
 
 
 class NvgreTunnel(_PerFrameTunnel):
@@ -307,12 +242,12 @@ class NvgreTunnel(_PerFrameTunnel):
     channel = Channel.GRE
     header_len = nvgre.NVGRE_LEN
     l4_len = 0
-    decapsulate = staticmethod(nvgre_decapsulate)
+    decapsulate = staticmethod(nvgre.frame_of)
 
     def transmit(self, vm: VmFrame, peers: Sequence[str]) -> list[Send]:
         buf, flen, gso_size, *_ = vm
         frames = self._frames(buf, flen, gso_size)
-        hdr = nvgre_header(self.vni, flow_hash(parse_frame(frames[0])))
+        hdr = nvgre.header(self.vni, flow_hash(parse_frame(frames[0])))
         count = len(frames)
         stride = len(hdr) + len(frames[0])
         data = hdr + hdr.join(frames) if count > 1 else hdr + frames[0]
@@ -367,12 +302,12 @@ class _SclpTunnel(Tunnel):
 
 class VxlanSclpTunnel(_SclpTunnel):
     protocol = Protocol.VXLAN_SCLP
-    sclp_port = SCLP_VXLAN_PORT
-    decapsulate = staticmethod(vxlan_decapsulate)
+    sclp_port = SCLP_PORT_VXLAN
+    decapsulate = staticmethod(vxlan.frame_of)
 
     def __init__(self, vni: int, underlay: Underlay, segmenter: Segmenter) -> None:
         super().__init__(vni, underlay, segmenter)
-        self._vxlan = vxlan_header(vni)
+        self._vxlan = vxlan.header(vni)
 
     def _header(self, gso_size: int) -> bytes:
         return self._vxlan
@@ -380,11 +315,11 @@ class VxlanSclpTunnel(_SclpTunnel):
 
 class GeneveSclpTunnel(_SclpTunnel):
     protocol = Protocol.GENEVE_SCLP
-    sclp_port = SCLP_GENEVE_PORT
-    decapsulate = staticmethod(geneve_decapsulate)
+    sclp_port = SCLP_PORT_GENEVE
+    decapsulate = staticmethod(geneve.frame_of)
 
     def _header(self, gso_size: int) -> bytes:
-        return geneve_header(self.vni, gso_size)
+        return geneve.header(self.vni, gso_size)
 
 
 class SttTunnel(Tunnel):
@@ -448,14 +383,15 @@ TUNNEL_TYPES: Final[dict[Protocol, type[Tunnel]]] = {
     )
 }
 # The SCLP destination port of each SCLP protocol, and back: the tunnel type a port
-# carries (sclp-spec §2).
+# carries (sclp-spec §2).  Numbers in the SCLP header that name the format, not UDP
+# ports, so underlay.vxlan_port and underlay.geneve_port never change them.
 SCLP_PORT_OF: Final[dict[Protocol, int]] = {
-    Protocol.VXLAN_SCLP: SCLP_VXLAN_PORT,
-    Protocol.GENEVE_SCLP: SCLP_GENEVE_PORT,
+    Protocol.VXLAN_SCLP: SCLP_PORT_VXLAN,
+    Protocol.GENEVE_SCLP: SCLP_PORT_GENEVE,
 }
 SCLP_TUNNEL_OF_PORT: Final[dict[int, type[Tunnel]]] = {
-    SCLP_VXLAN_PORT: VxlanSclpTunnel,
-    SCLP_GENEVE_PORT: GeneveSclpTunnel,
+    SCLP_PORT_VXLAN: VxlanSclpTunnel,
+    SCLP_PORT_GENEVE: GeneveSclpTunnel,
 }
 
 
@@ -488,4 +424,4 @@ def largest_vm_mtu(protocol: Protocol, underlay: Underlay) -> int | None:
 def decapsulate(protocol: Protocol | str, payload: Buffer) -> Decapsulated:
     """Find the VNI and inner frame of a payload of ``protocol``'s tunnel format.
     Raises :class:`MalformedPacket` (BAD_TUNNEL_HEADER, TOO_SHORT, ...)."""
-    return TUNNEL_TYPES[Protocol(protocol)].decapsulate(payload)
+    return Decapsulated(*TUNNEL_TYPES[Protocol(protocol)].decapsulate(payload))

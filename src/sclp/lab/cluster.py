@@ -346,17 +346,6 @@ class ClusterLab:
         self.start(host, timeout)
         return host
 
-    def add_hosts(self, count: int, timeout: float = 60.0) -> list[Host]:
-        """``count`` more hosts whose endpoints start all at once (not one after the
-        other); returns them once every control socket answers, within ``timeout``."""
-        hosts = [self.prepare_host() for _ in range(count)]
-        for host in hosts:
-            self.spawn(host)
-        deadline = time.monotonic() + timeout
-        for host in hosts:
-            self.wait_up(host, max(0.0, deadline - time.monotonic()))
-        return hosts
-
     def prepare_host(self, protocol: str | None = None) -> Host:
         """One more host's namespaces, underlay port and configuration; its endpoint
         is not started (:meth:`spawn`, :meth:`start`)."""

@@ -225,10 +225,6 @@ class Guest:
 
     # -- starting ------------------------------------------------------------------
 
-    @property
-    def console_path(self) -> Path | None:
-        return self.workdir / "console.log" if self.workdir else None
-
     def console_tail(self, lines: int = 5) -> str:
         """The last ``lines`` lines of the guest's console and QEMU's own errors."""
         if self.workdir is None:

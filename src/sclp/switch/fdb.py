@@ -124,12 +124,6 @@ class Fdb(Generic[PeerT, PortT]):
         dest.update((p, Destination((), flooded=False, ports=(p,))) for p in ports)
         self._dest = dest
 
-    def is_peer(self, peer: Hashable) -> bool:
-        return peer in self._peer_set
-
-    def is_port(self, port: Hashable) -> bool:
-        return port in self._port_set
-
     def add_port(self, port: PortT) -> None:
         """A local port joins the VNI: it gets floods, and MACs can be learned on it."""
         if port not in self._port_set:

@@ -41,6 +41,7 @@ __all__ = [
     "FrameInfo",
     "entropy_port",
     "flow_hash",
+    "l4_checksum",
     "parse_frame",
 ]
 
@@ -70,6 +71,16 @@ _EXT = struct.Struct("!BB")  # next header, length
 _PORTS = struct.Struct("!HH")
 _TCP_DOFF = 12
 _HASH_L4 = struct.Struct("!BHH")
+# l4_checksum: from byte 12 of a frame: ethertype, then IPv4 without options:
+# version/IHL, (tos), total length, (ident), flags/fragment offset, (ttl), protocol,
+# (checksum), source, destination, then the UDP checksum field (bytes 40-41) and the
+# TCP one (50-51).
+_IPV4_AT_12: Final = struct.Struct("!HBxH2xHxB2xII6xH8xH")
+_VLAN_TPIDS: Final = frozenset((b"\x81\x00", b"\x88\xa8"))
+_ETHERTYPE_IPV4_BYTES: Final = b"\x08\x00"
+_ETHERTYPE_IPV6_BYTES: Final = b"\x86\xdd"
+_TCP_CSUM_OFFSET: Final = 16  # == sclp.wire.tcp.TCP_CSUM_OFFSET
+_UDP_CSUM_OFFSET: Final = 6  # == sclp.wire.udp.UDP_CSUM_OFFSET
 _HASH_L2 = struct.Struct("!6s6sH")
 
 
@@ -204,3 +215,79 @@ def entropy_port(h: int) -> int:
     """Map a flow hash to an outer UDP source port in 49152..65535 (RFC 7348 §5).
     The high half of the hash is folded in so every bit of ``h`` matters."""
     return ENTROPY_PORT_MIN | ((h ^ (h >> 16)) & 0x3FFF)
+
+
+def l4_checksum(frame: Buffer, flen: int) -> tuple[int, int, int, int] | None:
+    """The TCP or UDP checksum of an unfragmented IPv4/IPv6 frame, for a caller that
+    asks whether it is partial: ``(csum_start, csum_offset, field, pseudo)`` with
+    ``csum_start`` the L4 header's offset, ``csum_offset`` the field's offset in it
+    (16 TCP, 6 UDP), ``field`` the value it holds and ``pseudo`` the folded
+    pseudo-header sum (RFC 9293 §3.1, RFC 8200 §8.1) over the IP addresses, the
+    protocol and the L4 length, folded to 1..0xFFFF as the kernel does, so never 0.
+
+    None for everything else: not IP, an IPv4 fragment, IPv6 extension headers, not
+    TCP/UDP, a frame shorter than its IP length or an L4 length shorter than the
+    field.  ``flen`` is the frame's length (``len(frame)``).  Never raises.
+
+    Cost: an untagged IPv4 frame without options (the usual one) is answered from one
+    struct unpack, and the pseudo-header sum is one modulo (2**16 = 1 mod 0xFFFF, so
+    the folded ones' complement sum of the words is their value mod 0xFFFF, 0 read as
+    0xFFFF); VLAN tags, IPv4 options and IPv6 go through :func:`_l4_of`.
+    """
+    if flen >= 52:  # Ethernet + IPv4 + TCP up to its checksum field
+        ethertype, vihl, total, frag, proto, src, dst, udp_field, tcp_field = (
+            _IPV4_AT_12.unpack_from(frame, 12)
+        )
+        if ethertype == 0x0800 and vihl == 0x45:
+            l4_len = total - 20
+            if frag & 0x3FFF or 14 + total > flen:  # a fragment, or cut short
+                return None
+            pseudo = (src + dst + proto + l4_len) % 0xFFFF or 0xFFFF
+            if proto == 6 and l4_len >= 18:
+                return 34, _TCP_CSUM_OFFSET, tcp_field, pseudo
+            if proto == 17 and l4_len >= 8:
+                return 34, _UDP_CSUM_OFFSET, udp_field, pseudo
+            return None
+    found = _l4_of(frame, flen)
+    if found is None:
+        return None
+    l4, proto, l4_len, end, addr_sum = found
+    if proto == 6:
+        csum_offset = _TCP_CSUM_OFFSET
+    elif proto == 17:
+        csum_offset = _UDP_CSUM_OFFSET
+    else:
+        return None
+    if end > flen or l4_len < csum_offset + 2:
+        return None
+    (field,) = _U16.unpack_from(frame, l4 + csum_offset)
+    return l4, csum_offset, field, (addr_sum + proto + l4_len) % 0xFFFF or 0xFFFF
+
+
+def _l4_of(frame: Buffer, flen: int) -> tuple[int, int, int, int, int] | None:
+    """:func:`l4_checksum` for the other frames (VLAN tags, IPv4 options, IPv6, short
+    frames): (L4 offset, protocol, L4 length, end of the IP packet, the addresses as
+    one integer), or None when there is no unfragmented IP header."""
+    view = memoryview(frame)
+    ethertype = bytes(view[12:14])
+    l3 = 14
+    while ethertype in _VLAN_TPIDS and l3 < 14 + 4 * _MAX_VLAN_TAGS:
+        ethertype = bytes(view[l3 + 2 : l3 + 4])
+        l3 += 4
+    if ethertype == _ETHERTYPE_IPV4_BYTES:
+        if flen < l3 + 20:
+            return None
+        vihl = view[l3]
+        ihl = (vihl & 0x0F) << 2
+        if vihl >> 4 != 4 or ihl < 20 or view[l3 + 6] & 0x3F or view[l3 + 7]:
+            return None  # not IPv4, or a fragment (MF / offset)
+        (total,) = _U16.unpack_from(view, l3 + 2)
+        addresses = view[l3 + 12 : l3 + 20]
+        return l3 + ihl, view[l3 + 9], total - ihl, l3 + total, int.from_bytes(addresses)
+    if ethertype == _ETHERTYPE_IPV6_BYTES:
+        if flen < l3 + 40 or view[l3] >> 4 != 6:
+            return None
+        (l4_len,) = _U16.unpack_from(view, l3 + 4)
+        addresses = view[l3 + 8 : l3 + 40]
+        return l3 + 40, view[l3 + 6], l4_len, l3 + 40 + l4_len, int.from_bytes(addresses)
+    return None

@@ -16,8 +16,11 @@ Option (RFC 8926 §3.5)::
     0-1    Option Class   2  Type (high bit = critical)   3  R R R | Length(5)
     4-     data, Length * 4 bytes (at most 124)
 
-Reserved bits are ignored on receipt.  Options are parsed but not interpreted; the
-decapsulator decides what to do with critical options it does not understand.
+Reserved bits are ignored on receipt.  :func:`decode` parses options without
+interpreting them; :func:`frame_of`, the data path's receive step, drops a packet with
+a critical option outside the MSS option's class (RFC 8926 §3.5.1).  :func:`header` and
+:func:`frame_of` are :func:`encode` and :func:`decode` without header objects, for the
+hot path (tests/wire/test_geneve.py holds them equal).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ __all__ = [
     "encode",
     "encode_into",
     "find_mss",
+    "frame_of",
+    "header",
     "mss_option",
 ]
 
@@ -69,6 +74,7 @@ _MSS_DATA = struct.Struct("!H2x")
 
 _BASE = struct.Struct("!BBHI")  # ver|optlen, flags, protocol type, VNI(24)|reserved(8)
 _OPT = struct.Struct("!HBB")  # class, type, rsvd(3)|length(5)
+_MSS_OPT = struct.Struct("!HBBH2x")  # the MSS option whole: class, type, length 1, MSS
 
 
 class GeneveFlags(enum.IntFlag):
@@ -224,3 +230,39 @@ def find_mss(hdr: GeneveHeader) -> int | None:
             if mss:
                 return int(mss)
     return None
+
+
+def header(vni: int, mss: int = 0) -> bytes:
+    """``encode(GeneveHeader(vni))`` — with ``options=(mss_option(mss),)`` when
+    ``mss`` is given — without objects or range checks (the transmit hot path): the
+    base header, version 0, no flags, Ethernet payload."""
+    if not mss:
+        return _BASE.pack(0, 0, ETHERTYPE_TEB, vni << 8)
+    return _BASE.pack(2, 0, ETHERTYPE_TEB, vni << 8) + _MSS_OPT.pack(
+        MSS_OPTION_CLASS, MSS_OPTION_TYPE, 1, mss
+    )
+
+
+def frame_of(view: Buffer) -> tuple[int, int, int]:
+    """(VNI, offset of the inner Ethernet frame, the MSS option's value or 0) of the
+    Geneve packet at the start of ``view``: the receive hot path.  Version 0 without
+    options carrying Ethernet (what this project and most senders emit) is read with
+    one unpack; anything else goes through :func:`decode`.
+
+    Raises :class:`MalformedPacket` as :func:`decode` does, and BAD_TUNNEL_HEADER for
+    a payload that is not Ethernet or a critical option outside the MSS option's class
+    (RFC 8926 §3.5.1: a critical option the receiver does not understand means drop).
+    """
+    if len(view) >= GENEVE_BASE_LEN:
+        ver_optlen, _flags, proto, vni_word = _BASE.unpack_from(view, 0)
+        if ver_optlen == 0 and proto == ETHERTYPE_TEB:
+            return vni_word >> 8, GENEVE_BASE_LEN, 0
+    hdr = decode(view)
+    if hdr.protocol_type != ETHERTYPE_TEB:
+        raise MalformedPacket(
+            DropReason.BAD_TUNNEL_HEADER,
+            f"geneve protocol {hdr.protocol_type:#06x} is not Ethernet",
+        )
+    if any(opt.critical for opt in hdr.options if opt.opt_class != MSS_OPTION_CLASS):
+        raise MalformedPacket(DropReason.BAD_TUNNEL_HEADER, "unknown critical geneve option")
+    return hdr.vni, hdr.header_len, find_mss(hdr) or 0

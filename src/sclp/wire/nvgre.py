@@ -4,7 +4,9 @@ extension of RFC 2890).
 NVGRE is one of the classic tunnels SCLP is compared with.  It runs directly over IP
 (protocol 47) and always has exactly one shape: K set, C and S clear, version 0,
 protocol type 0x6558 (Transparent Ethernet Bridging), and a key holding the 24-bit
-Virtual Subnet ID and an 8-bit FlowID.
+Virtual Subnet ID and an 8-bit FlowID.  :func:`header` and :func:`frame_of` are
+:func:`encode` and :func:`decode` without a header object, for the data path
+(tests/wire/test_nvgre.py holds them equal).
 
 Layout (RFC 2890 §2 with RFC 7637 §3.2)::
 
@@ -37,6 +39,8 @@ __all__ = [
     "decode",
     "encode",
     "encode_into",
+    "frame_of",
+    "header",
 ]
 
 NVGRE_LEN: Final = 8
@@ -114,3 +118,22 @@ def encode(hdr: NvgreHeader) -> bytes:
     buf = bytearray(NVGRE_LEN)
     encode_into(buf, 0, hdr)
     return bytes(buf)
+
+
+def header(vsid: int, flow_id: int) -> bytes:
+    """``encode(NvgreHeader(vsid, flow_id & 0xFF))`` without the object or the range
+    checks (the transmit hot path; ``vsid`` is a valid VSID, ``flow_id`` any flow
+    hash, of which the low 8 bits are taken)."""
+    return _HDR.pack(_NVGRE_WORD0, ETHERTYPE_TEB, (vsid << 8) | (flow_id & 0xFF))
+
+
+def frame_of(view: Buffer) -> tuple[int, int, int]:
+    """(VSID, offset of the inner frame, 0), in the shape of
+    :func:`sclp.wire.geneve.frame_of`: the one shape this project and most senders
+    emit (K only, Ethernet) is read with one unpack, anything else goes through
+    :func:`decode` (same exceptions)."""
+    if len(view) >= NVGRE_LEN:
+        word, proto, key = _HDR.unpack_from(view, 0)
+        if word == _NVGRE_WORD0 and proto == ETHERTYPE_TEB:
+            return key >> 8, NVGRE_LEN, 0
+    return decode(view).vsid, NVGRE_LEN, 0

@@ -27,7 +27,9 @@ from typing import Final
 
 from sclp.wire.checksum import Buffer, ones_sum
 from sclp.wire.errors import DropReason, MalformedPacket
+from sclp.wire.geneve import GENEVE_PORT
 from sclp.wire.ipproto import IPPROTO_SCLP
+from sclp.wire.vxlan import VXLAN_PORT
 
 __all__ = [
     "IPPROTO_SCLP",
@@ -54,8 +56,9 @@ SCLP_HLEN: Final = 12
 SCLP_CSUM_OFFSET: Final = 10  # offset of the checksum field in the header
 SCLP_MAX_PAYLOAD: Final = 65535  # Remaining must fit in 16 bits (sclp-spec §1)
 SCLP_IDENT_MAX: Final = 0x7FFFFFFF  # identification is 31 bits
-SCLP_PORT_VXLAN: Final = 4789  # VXLAN over SCLP (sclp-spec §2)
-SCLP_PORT_GENEVE: Final = 6081  # Geneve over SCLP (sclp-spec §2, extension)
+# The SCLP destination port names the format it carries by that format's UDP port.
+SCLP_PORT_VXLAN: Final = VXLAN_PORT  # VXLAN over SCLP (sclp-spec §2)
+SCLP_PORT_GENEVE: Final = GENEVE_PORT  # Geneve over SCLP (sclp-spec §2, extension)
 SCLP_UDP_PORT: Final = 7234  # default UDP destination port of the carrier (sclp-spec §5)
 
 UDP_HLEN: Final = 8

@@ -2,7 +2,8 @@
 
 VXLAN is the tunnel header SCLP was built to carry (sclp-spec §2) and one of the
 classic UDP tunnels it is compared with, so this module sits on the hot path of both:
-:func:`vni_of` reads the VNI without building a header object.
+:func:`header` and :func:`frame_of` are :func:`encode` and :func:`decode` without a
+header object, for the data path (tests/wire/test_vxlan.py holds them equal).
 
 Layout (RFC 7348 §5)::
 
@@ -33,6 +34,8 @@ __all__ = [
     "decode",
     "encode",
     "encode_into",
+    "frame_of",
+    "header",
     "vni_of",
 ]
 
@@ -98,3 +101,20 @@ def encode(hdr: VxlanHeader) -> bytes:
     buf = bytearray(VXLAN_LEN)
     encode_into(buf, 0, hdr)
     return bytes(buf)
+
+
+def header(vni: int) -> bytes:
+    """``encode(VxlanHeader(vni))`` without the object or the range checks (the
+    transmit hot path; ``vni`` is a valid VNI): the I flag and the 24-bit VNI."""
+    return _HDR.pack(VxlanFlags.I.value, vni << 8)
+
+
+def frame_of(view: Buffer) -> tuple[int, int, int]:
+    """(VNI, offset of the inner frame, 0): :func:`decode` without the object (the
+    receive hot path), in the shape of :func:`sclp.wire.geneve.frame_of` (VXLAN carries
+    no MSS, hence the 0).  Same checks and exceptions as :func:`vni_of`."""
+    if len(view) < VXLAN_LEN:
+        raise MalformedPacket(DropReason.TOO_SHORT, f"vxlan header needs 8 bytes, got {len(view)}")
+    if not view[0] & 0x08:  # VxlanFlags.I
+        raise MalformedPacket(DropReason.BAD_TUNNEL_HEADER, f"vxlan I flag clear: {view[0]:#04x}")
+    return (view[4] << 16) | (view[5] << 8) | view[6], VXLAN_LEN, 0

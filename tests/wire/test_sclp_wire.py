@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 from sclp.wire import sclp
 from sclp.wire.checksum import checksum_reference
 from sclp.wire.errors import DropReason, MalformedPacket
+from sclp.wire.geneve import GENEVE_PORT
 from sclp.wire.sclp import SCLP_HLEN, Carrier, SclpHeader
-from tests.unit.sclp_vectors import REPO_COPY, case_payload, load_cases, shared_copy
+from sclp.wire.vxlan import VXLAN_PORT
+from tests.wire.sclp_vectors import REPO_COPY, case_payload, load_cases, shared_copy
 
 CASES = load_cases()
 
@@ -42,6 +44,8 @@ def test_constants() -> None:
     assert sclp.SCLP_HLEN == 12
     assert sclp.IPPROTO_SCLP == 234
     assert (sclp.SCLP_PORT_VXLAN, sclp.SCLP_PORT_GENEVE) == (4789, 6081)
+    # sclp-spec §2: the SCLP port names the format by that format's UDP port.
+    assert (sclp.SCLP_PORT_VXLAN, sclp.SCLP_PORT_GENEVE) == (VXLAN_PORT, GENEVE_PORT)
     assert sclp.SCLP_UDP_PORT == 7234
     assert sclp.SCLP_MAX_PAYLOAD == 65535
 

@@ -2,6 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sclp.wire import geneve
 from sclp.wire.errors import DropReason, MalformedPacket
 from sclp.wire.geneve import (
     GENEVE_BASE_LEN,
@@ -235,3 +236,54 @@ def test_random_bytes_decode_or_malformed(data: bytes) -> None:
     # what was decoded re-encodes to the same bytes, reserved bits aside
     raw = encode(hdr)
     assert raw[0] == data[0] and raw[2:7] == data[2:7]
+
+
+# -- the data path's fast paths: the same bytes as the codec --------------------------
+
+
+def test_fast_paths_on_the_vectors() -> None:
+    assert geneve.header(123) == NO_OPTIONS
+    assert geneve.header(123, 1460) == bytes([0x02]) + NO_OPTIONS[1:] + MSS_OPTION_1460
+    assert geneve.frame_of(NO_OPTIONS + bytes(14)) == (123, 8, 0)
+    assert geneve.frame_of(geneve.header(123, 1460) + bytes(14)) == (123, 16, 1460)
+
+
+@settings(max_examples=300)
+@given(st.integers(0, 0xFFFFFF), st.integers(0, 0xFFFF))
+def test_header_is_encode(vni: int, mss: int) -> None:
+    options = (mss_option(mss),) if mss else ()
+    assert geneve.header(vni, mss) == encode(GeneveHeader(vni, options=options))
+
+
+def test_frame_of_drops_what_it_does_not_understand() -> None:
+    unknown_critical = GeneveOption(0x0103, 0x80, bytes(4))
+    with pytest.raises(MalformedPacket, match="critical") as exc:
+        geneve.frame_of(encode(GeneveHeader(1, options=(unknown_critical,))) + bytes(14))
+    assert exc.value.reason is DropReason.BAD_TUNNEL_HEADER
+    with pytest.raises(MalformedPacket, match="not Ethernet"):
+        geneve.frame_of(encode(GeneveHeader(1, protocol_type=0x0800)) + bytes(20))
+    # A non-critical unknown option is skipped; the MSS option's class is ours.
+    ours = GeneveOption(MSS_OPTION_CLASS, 0x81, bytes(4))
+    hdr = GeneveHeader(9, options=(GeneveOption(0x0103, 0x01, bytes(4)), ours))
+    assert geneve.frame_of(encode(hdr)) == (9, 24, 0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=40), st.booleans())
+def test_frame_of_is_decode(data: bytes, shaped: bool) -> None:
+    if shaped and len(data) >= 4:  # make the fast path's shape (no options, TEB) likely
+        data = bytes([0, data[1], 0x65, 0x58]) + data[4:]
+    try:
+        hdr = decode(data)
+        critical = any(o.critical and o.opt_class != MSS_OPTION_CLASS for o in hdr.options)
+        if hdr.protocol_type != 0x6558 or critical:
+            expected: object = DropReason.BAD_TUNNEL_HEADER
+        else:
+            expected = (hdr.vni, hdr.header_len, find_mss(hdr) or 0)
+    except MalformedPacket as exc:
+        expected = exc.reason
+    try:
+        got: object = geneve.frame_of(data)
+    except MalformedPacket as exc:
+        got = exc.reason
+    assert got == expected

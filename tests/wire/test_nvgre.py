@@ -2,6 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sclp.wire import nvgre
 from sclp.wire.errors import DropReason, MalformedPacket
 from sclp.wire.nvgre import (
     IPPROTO_GRE,
@@ -95,3 +96,34 @@ def test_random_bytes_decode_or_malformed(data: bytes) -> None:
         return
     assert int.from_bytes(data[4:8], "big") == (hdr.vsid << 8) | hdr.flow_id
     assert data[2:4] == b"\x65\x58"
+
+
+# -- the data path's fast paths: the same bytes as the codec --------------------------
+
+
+def test_fast_paths_on_the_rfc_vector() -> None:
+    assert nvgre.header(0x123456, 0x78) == RFC_VECTOR
+    assert nvgre.header(0x123456, 0x1278) == RFC_VECTOR  # the low 8 bits of a flow hash
+    assert nvgre.frame_of(RFC_VECTOR + b"\xaa" * 14) == (0x123456, NVGRE_LEN, 0)
+
+
+@settings(max_examples=300)
+@given(st.integers(0, nvgre.VSID_MAX), st.integers(0, 2**32 - 1))
+def test_header_is_encode(vsid: int, flow: int) -> None:
+    assert nvgre.header(vsid, flow) == encode(NvgreHeader(vsid, flow & 0xFF))
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=24), st.booleans())
+def test_frame_of_is_decode(data: bytes, shaped: bool) -> None:
+    if shaped and len(data) >= 4:  # make the fast path's shape (K only, TEB) likely
+        data = bytes([0x20, 0, 0x65, 0x58]) + data[4:]
+    try:
+        expected: object = (decode(data).vsid, NVGRE_LEN, 0)
+    except MalformedPacket as exc:
+        expected = exc.reason
+    try:
+        got: object = nvgre.frame_of(data)
+    except MalformedPacket as exc:
+        got = exc.reason
+    assert got == expected

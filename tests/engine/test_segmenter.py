@@ -15,7 +15,7 @@ from sclp.engine.segmenter import (
 from sclp.wire import sclp
 from sclp.wire.checksum import checksum_reference
 from sclp.wire.sclp import SCLP_HLEN, SCLP_MAX_PAYLOAD, Carrier
-from tests.unit.sclp_vectors import case_payload, load_cases
+from tests.wire.sclp_vectors import case_payload, load_cases
 
 CASES = load_cases()
 

@@ -304,7 +304,7 @@ def test_exabgp_gets_one_neighbor_block_each_with_the_evpn_family() -> None:
 
 
 def test_the_bgp_package_imports_only_itself_and_its_model_no_io() -> None:
-    from tests.unit.test_layering import FORBIDDEN_MODULES, SRC, imported_modules
+    from tests.structure.test_layering import FORBIDDEN_MODULES, SRC, imported_modules
 
     for path in sorted((SRC / "bgp").glob("*.py")):
         for module in imported_modules(path):

@@ -13,6 +13,7 @@ from sclp.wire.frame import (
     FrameInfo,
     entropy_port,
     flow_hash,
+    l4_checksum,
     parse_frame,
 )
 from sclp.wire.ipv4 import IPv4Flags, IPv4Header
@@ -291,3 +292,71 @@ def test_entropy_ports_spread() -> None:
         f[34:36] = (10000 + i).to_bytes(2, "big")
         ports.add(entropy_port(flow_hash(parse_frame(f))))
     assert len(ports) > 240  # 256 flows into 16384 ports: few collisions
+
+
+# -- l4_checksum: where the TCP/UDP checksum is and what a partial one would hold ------
+
+
+def _with_field(frame: bytes, at: int, value: int) -> bytes:
+    return frame[:at] + value.to_bytes(2, "big") + frame[at + 2 :]
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from([6, 17]),
+    st.sampled_from([(), (0x8100,), (0x88A8, 0x8100)]),
+    st.binary(min_size=0, max_size=40).map(lambda b: b + bytes(-len(b) % 4)),
+    st.binary(max_size=60),
+    st.booleans(),
+)
+def test_l4_checksum_agrees_with_parse_frame_and_the_pseudo_header(
+    proto: int, tags: tuple[int, ...], ip_options: bytes, payload: bytes, v6: bool
+) -> None:
+    """Fast path (untagged IPv4 without options) and the general one alike: the L4
+    offset is parse_frame's, the field is the one at the checksum offset, the sum is
+    ipv4/ipv6.pseudo_header_sum's."""
+    l4 = (
+        tcp.encode(TcpHeader(1234, 80, 1, 0, TcpFlags.ACK, 100, checksum=0xBEEF))
+        if proto == 6
+        else udp.encode(UdpHeader(5000, 4789, 8 + len(payload), 0xBEEF))
+    ) + payload
+    if v6:
+        ip = ipv6.encode(IPv6Header(V6_A, V6_B, proto, len(l4)))
+        pseudo = ipv6.pseudo_header_sum(V6_A, V6_B, proto, len(l4))
+        ethertype = 0x86DD
+    else:
+        ip = ipv4.encode(
+            IPv4Header(V4_A, V4_B, proto, 20 + len(ip_options) + len(l4), options=ip_options)
+        )
+        pseudo = ipv4.pseudo_header_sum(V4_A, V4_B, proto, len(l4))
+        ethertype = 0x0800
+    frame = ethernet.encode(EthernetHeader(MAC_B, MAC_A, ethertype, tags)) + ip + l4
+    offset = parse_frame(frame).l4_offset
+    csum_offset = 16 if proto == 6 else 6
+    assert l4_checksum(frame, len(frame)) == (offset, csum_offset, 0xBEEF, pseudo or 0xFFFF)
+    partial = _with_field(frame, offset + csum_offset, pseudo)
+    found = l4_checksum(partial, len(partial))
+    assert found is not None and found[2] == found[3]
+    # Cut short of its IP length: not answered (the field may be missing).
+    assert l4_checksum(frame[:-1], len(frame) - 1) is None
+
+
+def test_l4_checksum_is_none_for_what_has_no_checksum_to_finish() -> None:
+    arp = ethernet.encode(EthernetHeader(MAC_B, MAC_A, 0x0806)) + bytes(46)
+    icmp = v4_tcp_frame()
+    icmp = icmp[:23] + b"\x01" + icmp[24:]  # IPv4 protocol 1
+    fragment = (
+        ethernet.encode(EthernetHeader(MAC_B, MAC_A, 0x0800))
+        + ipv4.encode(IPv4Header(V4_A, V4_B, 6, 20 + 40, flags=IPv4Flags.MF))
+        + bytes(40)
+    )
+    hop_by_hop = v6_udp_frame(ext=bytes([17, 0]) + bytes(6), first_nh=0)
+    for frame in (arp, icmp, fragment, hop_by_hop, b"", bytes(13)):
+        assert l4_checksum(frame, len(frame)) is None
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=120))
+def test_l4_checksum_never_raises(data: bytes) -> None:
+    found = l4_checksum(data, len(data))
+    assert found is None or (0 < found[3] <= 0xFFFF and found[0] + found[1] + 2 <= len(data))

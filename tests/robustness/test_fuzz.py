@@ -47,15 +47,7 @@ from hypothesis import strategies as st
 import sclp.wire as wire_package
 from sclp.endpoint import tunnels
 from sclp.endpoint.config import parse_config
-from sclp.endpoint.datapath import (
-    FRAME_BUF,
-    HEADROOM,
-    MAX_VM_FRAME,
-    VNET,
-    VNET_LEN,
-    DataPath,
-    Deliver,
-)
+from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, MAX_VM_FRAME, DataPath, Deliver
 from sclp.endpoint.runner import Runner, UnderlaySender
 from sclp.endpoint.tunnels import Channel
 from sclp.engine.reassembler import Reassembler
@@ -64,11 +56,12 @@ from sclp.engine.stt import SttReassembler, SttSegmenter, pseudo_sum_for
 from sclp.engine.tso import parse_tcp_frame, segment_tcp_frame
 from sclp.io.packet import ipv4_payload_bounds
 from sclp.io.rawip import source_key
-from sclp.wire import ipv4, sclp, stt, vxlan
+from sclp.wire import geneve, ipv4, nvgre, sclp, stt, vxlan
 from sclp.wire.checksum import internet_checksum, ones_sum
 from sclp.wire.errors import DropReason, MalformedPacket
 from sclp.wire.frame import parse_frame
 from sclp.wire.sclp import SCLP_HLEN, Carrier, SclpHeader
+from sclp.wire.virtio_net import VNET_HDR, VNET_HDR_LEN
 
 # -- the targets ----------------------------------------------------------------------
 
@@ -147,14 +140,14 @@ GENEVE_OPTS = (
     bytes([(4 + 2) & 0x3F, 0x40])
     + b"\x65\x58"
     + (42 << 8).to_bytes(4, "big")
-    + tunnels.geneve_header(42, 1400)[8:]  # the MSS option (2 words)
+    + geneve.header(42, 1400)[8:]  # the MSS option (2 words)
     + b"\x01\x02\x81\x03"
     + bytes(12)  # a critical option with 3 words of data
 )
 SCLP_SEGMENTS = [
     bytes(s)
     for s in Segmenter(ident_start=5)
-    .segment_payload(tunnels.vxlan_header(42) + ETH_V4_TCP, 50000, 4789, 100)
+    .segment_payload(vxlan.header(42) + ETH_V4_TCP, 50000, 4789, 100)
     .segments()[:3]
 ]
 STT_SEGMENTS = [
@@ -170,10 +163,10 @@ SEEDS = [
     ETH_VLAN_V6_UDP,
     ETH_V4_TCP[14:],
     ETH_VLAN_V6_UDP[18:],
-    tunnels.vxlan_header(42) + ETH_V4_TCP,
-    tunnels.geneve_header(42) + ETH_V4_TCP,
+    vxlan.header(42) + ETH_V4_TCP,
+    geneve.header(42) + ETH_V4_TCP,
     GENEVE_OPTS + ETH_VLAN_V6_UDP,
-    tunnels.nvgre_header(42, 7) + ETH_V4_TCP,
+    nvgre.header(42, 7) + ETH_V4_TCP,
     stt.encode(
         stt.SttHeader(context_id=42, flags=stt.SttFlags.CSUM_PARTIAL, mss=1400, l4_offset=34)
     )
@@ -433,7 +426,7 @@ def _runner(dp: DataPath) -> Iterator[Runner]:
                     written = theirs.recv(1 << 17)
                 except BlockingIOError:
                     break
-                assert len(written) >= VNET_LEN + 14
+                assert len(written) >= VNET_HDR_LEN + 14
     finally:
         runner.close()
         for mine, theirs in pairs.values():
@@ -584,9 +577,9 @@ def test_endpoint_transmit_step_counts_and_shapes_every_frame(
     if info.l4_offset + csum_field + 2 > len(frame):
         return
     buf = bytearray(FRAME_BUF)
-    VNET.pack_into(
+    VNET_HDR.pack_into(
         buf,
-        HEADROOM - VNET_LEN,
+        HEADROOM - VNET_HDR_LEN,
         1,
         gso_type,
         info.l4_offset + l4_len,
@@ -597,7 +590,7 @@ def test_endpoint_transmit_step_counts_and_shapes_every_frame(
     buf[HEADROOM : HEADROOM + len(frame)] = frame
     net = dp.networks[vni]
     before = sum(net.counters.values())
-    sends = dp.from_vm(net.ports[0], buf, VNET_LEN + len(frame), 0.0)
+    sends = dp.from_vm(net.ports[0], buf, VNET_HDR_LEN + len(frame), 0.0)
     assert sum(net.counters.values()) > before  # counted as sent or as dropped
     for s in sends:
         assert s.packets == -(-len(s.data) // s.stride)

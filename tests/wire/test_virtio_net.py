@@ -100,3 +100,15 @@ def test_random_bytes_decode_or_malformed(data: bytes) -> None:
         assert len(data) < VNET_HDR_LEN
         return
     assert virtio_net.encode(h) == data[:VNET_HDR_LEN]
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers)
+def test_the_data_paths_struct_is_the_codec(h: VirtioNetHeader) -> None:
+    """The data path packs and unpacks VNET_HDR directly (no header object per frame):
+    the same bytes as encode/decode, and VNET_HDR_NONE is the all-default header."""
+    fields = (h.flags, h.gso_type, h.hdr_len, h.gso_size, h.csum_start, h.csum_offset)
+    assert virtio_net.VNET_HDR.pack(*fields) == virtio_net.encode(h)
+    assert virtio_net.VNET_HDR.unpack_from(virtio_net.encode(h) + b"frame") == fields
+    assert virtio_net.VNET_HDR.size == VNET_HDR_LEN
+    assert virtio_net.encode(VirtioNetHeader()) == VNET_HDR_NONE

@@ -113,3 +113,33 @@ def test_random_bytes_decode_or_malformed(data: bytes) -> None:
         return
     assert vni_of(data) == hdr.vni
     assert hdr.flags == data[0]
+
+
+# -- the data path's fast paths: the same bytes as the codec --------------------------
+
+
+def test_fast_paths_on_the_rfc_vector() -> None:
+    assert vxlan.header(0x123456) == RFC_VECTOR
+    assert vxlan.frame_of(RFC_VECTOR + b"\xaa" * 14) == (0x123456, VXLAN_LEN, 0)
+
+
+@settings(max_examples=300)
+@given(st.integers(0, vxlan.VNI_MAX))
+def test_header_is_encode(vni: int) -> None:
+    assert vxlan.header(vni) == encode(VxlanHeader(vni))
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=24), st.booleans())
+def test_frame_of_is_decode(data: bytes, flagged: bool) -> None:
+    if flagged and data:  # make the I flag likely
+        data = bytes([data[0] | 0x08]) + data[1:]
+    try:
+        expected: object = (decode(data).vni, VXLAN_LEN, 0)
+    except MalformedPacket as exc:
+        expected = exc.reason
+    try:
+        got: object = vxlan.frame_of(data)
+    except MalformedPacket as exc:
+        got = exc.reason
+    assert got == expected

@@ -17,8 +17,10 @@ from sclp.engine.tso import (
     gso_segment_sizes,
     parse_tcp_frame,
     segment_tcp_frame,
+    split_gso_frame,
 )
-from sclp.wire.checksum import checksum_reference, ones_sum
+from sclp.wire import ipv4, ipv6
+from sclp.wire.checksum import checksum_reference, internet_checksum, ones_sum
 from sclp.wire.errors import DropReason, MalformedPacket
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = (1 << b for b in range(8))
@@ -365,3 +367,55 @@ def test_scapy_recomputes_the_same_checksums(version: int) -> None:
     assert out == payload
     assert str(layers.Ether(bytes(segs[-1]))[inet.TCP].flags) == "FPA"
     assert str(layers.Ether(bytes(segs[0]))[inet.TCP].flags) == "A"
+
+
+# -- splitting a GSO frame too big for the tunnel (engine/tso.split_gso_frame) -----------
+
+
+def partial_frame(payload: bytes, *, v6: bool, flags: int) -> bytes:
+    """A TCP GSO frame as a VM hands it over (NEEDS_CSUM: the TCP field holds the
+    pseudo-header sum), its sequence number and IPv4 ident about to wrap."""
+    l4_len = 20 + len(payload)
+    if v6:
+        pseudo = ipv6.pseudo_header_sum(SRC6, DST6, 6, l4_len)
+    else:
+        pseudo = ipv4.pseudo_header_sum(SRC4, DST4, 6, l4_len)
+    version = 6 if v6 else 4
+    return build_frame(
+        version, payload, flags=flags, seq=0xFFFFF000, ack=7, ident=0xFFF0, tcp_csum=pseudo & 0xFFFF
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(1, 65_400),
+    mss=st.integers(500, 9000),
+    limit=st.integers(20_000, 65_000),
+    v6=st.booleans(),
+    flags=st.sampled_from([0x18, 0x19, 0x98, 0x10]),
+)
+def test_split_parts_segment_exactly_like_the_whole_frame(
+    size: int, mss: int, limit: int, v6: bool, flags: int
+) -> None:
+    """The wire sees the same TCP segments whether the frame is split first or not."""
+    whole = partial_frame(bytes(i % 251 for i in range(size)), v6=v6, flags=flags)
+    parts = split_gso_frame(whole, mss, limit, headroom=3)
+    assert all(p[:3] == b"\0\0\0" and len(p) - 3 <= limit for p in parts)
+    cut = [bytes(s) for p in parts for s in segment_tcp_frame(p[3:], mss)]
+    assert cut == [bytes(s) for s in segment_tcp_frame(whole, mss)]
+    for part in parts:  # each part: a NEEDS_CSUM frame of its own (field = pseudo sum)
+        p = bytearray(part[3:])
+        l4 = 14 + (40 if v6 else 20)
+        l4_len = len(p) - l4
+        if v6:
+            assert struct.unpack_from("!H", p, 18)[0] == l4_len  # payload length
+            pseudo = ipv6.pseudo_header_sum(bytes(p[22:38]), bytes(p[38:54]), 6, l4_len)
+        else:
+            assert struct.unpack_from("!H", p, 16)[0] == len(p) - 14  # total length
+            assert internet_checksum(p[14:34]) == 0  # IPv4 header checksum valid
+            pseudo = ipv4.pseudo_header_sum(bytes(p[26:30]), bytes(p[30:34]), 6, l4_len)
+        (field,) = struct.unpack_from("!H", p, l4 + 16)
+        assert field == pseudo & 0xFFFF
+        # Completed as a NIC would (sum from csum_start, field included), it verifies.
+        struct.pack_into("!H", p, l4 + 16, internet_checksum(p[l4:]))
+        assert internet_checksum(p[l4:], pseudo) == 0
