@@ -8,11 +8,13 @@ one libvirtd in the root namespace; the lab's two "hosts" are namespaces, so
 :class:`Libvirtd` runs one private daemon *inside* each host namespace
 (``ip netns exec H``): each domain's TAP is then created in that host's namespace,
 where the host's endpoint (``underlay.namespace = H``, ``attach = [...]``) finds it,
-and ``virsh destroy`` removes it there.  The alternatives measured on the project's
-machine were worse: moving a TAP libvirt made in the root namespace into the host
-namespace races with the endpoint and leaves libvirt deleting a device it no longer
-sees; running the endpoints in the root namespace would put the test's TAPs and
-underlay next to the machine's own interfaces.
+and ``virsh destroy`` removes it there: each lab host is what a real one is, a
+libvirtd and an endpoint in one namespace.  Measured alternative: moving the TAP
+(``ip link set NAME netns H``) after ``virsh create`` works too (the guest's traffic
+flows, ``virsh destroy`` removes it without complaint), but needs that step after
+every start, racing with the guest's boot; running the endpoints in the root
+namespace would put the test's TAPs and underlay next to the machine's own
+interfaces.
 
 A private daemon: libvirtd as root always uses fixed paths (``/run/libvirt``,
 ``/var/lib/libvirt``, ``/var/cache/libvirt``, ``/var/log/libvirt``,
