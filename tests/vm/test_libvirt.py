@@ -8,7 +8,8 @@ end); each creates a transient domain booting the lab's guest whose NIC is an
 endpoint adopts it by ``attach = ["t42-*"]``.  Ping and a SHA-256-checked TCP
 transfer between the guests over VXLAN over SCLP; ``virsh destroy`` of one guest
 detaches its port (one log line, its FDB entries flushed), ``virsh create`` attaches
-it again and the traffic resumes.
+it again and the traffic resumes.  The ``<network>`` variant of the doc: the guests'
+TAPs on a bridge a libvirt network names, the endpoint on one veth from that bridge.
 
 Only a missing root skips this (tests/vm's conftest); a missing libvirt fails it:
 ``./quickstart.sh`` installs the packages.
@@ -16,6 +17,7 @@ Only a missing root skips this (tests/vm's conftest); a missing libvirt fails it
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tomllib
@@ -28,12 +30,19 @@ import pytest
 from sclp.lab.guest import GuestImage
 from sclp.lab.libvirt import (
     ATTACH,
+    BRIDGE,
+    BRIDGED_TAPS,
     GUEST_MACS,
     GUEST_TAPS,
+    NETWORK,
+    UPLINK,
     LibvirtGuest,
     LibvirtTestbed,
+    bridge_commands,
     interface_xml,
     libvirt_missing,
+    network_interface_element,
+    network_xml,
 )
 from sclp.lab.testbed import OVERLAY, VNI
 from tests.e2e.helpers import record_figures, wait_for
@@ -62,13 +71,24 @@ def _canonical(xml: str) -> str:
 
 def test_the_docs_recipe_is_the_one_the_test_runs() -> None:
     """docs/vms.md's libvirt interface element is the one the lab gives guest 1
-    (same elements, attributes and values; comments and layout aside), and its
-    ``attach`` pattern is the endpoints' and matches both guests' TAPs."""
+    (same elements, attributes and values; comments and layout aside), and so are
+    its network variant's network and interface; its ``attach`` pattern is the
+    endpoints' and matches both guests' TAPs (not the bridged ones)."""
     section = _doc_section()
-    (snippet,) = _blocks(section, "xml")
-    assert _canonical(snippet) == _canonical(
+    ethernet, network, on_network = _blocks(section, "xml")
+    assert _canonical(ethernet) == _canonical(
         interface_xml(GUEST_TAPS[0], GUEST_MACS[0], DOC_VM_MTU)
     ), "docs/vms.md's <interface> differs from sclp.lab.libvirt.interface_element"
+    assert _canonical(network) == _canonical(network_xml(NETWORK, BRIDGE))
+    generated = network_interface_element(NETWORK, BRIDGED_TAPS[0], GUEST_MACS[0], DOC_VM_MTU)
+    assert _canonical(on_network) == _canonical(ET.tostring(generated, encoding="unicode"))
+    (shell,) = _blocks(section, "sh")
+    commands = [line.split("#")[0].strip() for line in shell.splitlines()]
+    assert [c for c in commands if c.startswith("ip ")] == [
+        " ".join(command) for command in bridge_commands(DOC_VM_MTU)
+    ], "docs/vms.md's bridge and uplink differ from sclp.lab.libvirt.bridge_commands"
+    assert fnmatchcase(UPLINK[0], ATTACH)
+    assert all(not fnmatchcase(tap, ATTACH) for tap in (*BRIDGED_TAPS, UPLINK[1], BRIDGE))
     configs = [tomllib.loads(block) for block in _blocks(section, "toml")]
     patterns = [net["attach"] for config in configs for net in config.get("network", [])]
     assert patterns == [[ATTACH]], patterns
@@ -190,3 +210,47 @@ def test_libvirt_guests_over_the_overlay(guest_image: GuestImage, tmp_path: Path
         )
     # Nothing left running: the daemons and every QEMU they started are gone.
     assert [pid for pid in pids if _running(pid)] == []
+
+
+def _master(netns: str, name: str) -> str | None:
+    shown = subprocess.run(
+        ["ip", "-n", netns, "-j", "link", "show", "dev", name],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    master: str | None = json.loads(shown.stdout)[0].get("master")
+    return master
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(240)
+def test_a_libvirt_network_on_a_bridge_with_a_veth_to_the_endpoint(
+    guest_image: GuestImage,
+) -> None:
+    """The variant of docs/vms.md for a libvirt ``<network>``: libvirt puts each
+    guest's TAP on a bridge of ours (``<forward mode='bridge'/>``), and the endpoint
+    adopts the one veth from that bridge; ping and a SHA-256-checked transfer."""
+    missing = libvirt_missing()
+    if missing is not None:
+        pytest.fail(f"./quickstart.sh installs libvirt: {missing}")
+    with LibvirtTestbed(
+        protocol="vxlan-sclp", carrier="udp", image=guest_image, libvirt_network=True
+    ) as tb:
+        one, two = tb.guests
+        for i in range(2):
+            wait_for(
+                lambda i=i: tb.stats(i)["ports"].get(UPLINK[0], {}).get("kind") == "attached",
+                5.0,
+                what=f"{UPLINK[0]} attached in host {i + 1}",
+            )
+            ports = tb.stats(i)["ports"]
+            assert [p for p, v in ports.items() if v.get("kind") == "attached"] == [UPLINK[0]]
+            assert _master(tb.hosts[i], BRIDGED_TAPS[i]) == BRIDGE
+            assert _master(tb.hosts[i], UPLINK[1]) == BRIDGE
+        ping = tb.ping(3)
+        assert ping.returncode == 0 and "3 packets received" in ping.stdout, ping.stdout
+        transfer(one, two, OVERLAY[1], TRANSFER_BYTES)
+        for i in range(2):
+            assert "WARNING" not in tb.log_text(i), tb.log_text(i)[-800:]

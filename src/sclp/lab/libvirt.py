@@ -67,10 +67,13 @@ __all__ = [
     "LibvirtGuest",
     "LibvirtTestbed",
     "Libvirtd",
+    "bridge_commands",
     "domain_xml",
     "interface_element",
     "interface_xml",
     "libvirt_missing",
+    "network_interface_element",
+    "network_xml",
     "prepare_host",
 ]
 
@@ -101,6 +104,12 @@ CAPS_CACHE: Final = "libvirt-qemu-capabilities"  # under the guest cache
 ATTACH: Final = "t42-*"
 GUEST_TAPS: Final = ("t42-web0", "t42-web1")
 GUEST_MACS: Final = ("52:54:00:42:00:01", "52:54:00:42:00:02")
+# The libvirt-network variant: the guests' TAPs (names the pattern does not match) on a
+# bridge of our own that a libvirt <network> names, one veth from it to the endpoint.
+NETWORK: Final = "sclp42"
+BRIDGE: Final = "br42"
+UPLINK: Final = ("t42-uplink", "br42-up")  # (the endpoint's end, the bridge's end)
+BRIDGED_TAPS: Final = ("n42-web0", "n42-web1")
 
 
 class LibvirtError(Exception):
@@ -164,9 +173,48 @@ def interface_element(tap: str, mac: str, mtu: int) -> ET.Element:
 
 def interface_xml(tap: str, mac: str, mtu: int) -> str:
     """:func:`interface_element` as indented text."""
-    iface = interface_element(tap, mac, mtu)
-    ET.indent(iface)
-    return ET.tostring(iface, encoding="unicode")
+    return _text(interface_element(tap, mac, mtu))
+
+
+def network_interface_element(network: str, tap: str, mac: str, mtu: int) -> ET.Element:
+    """A guest NIC on the libvirt network ``network`` (libvirt puts its TAP ``tap`` on
+    that network's bridge)."""
+    iface = ET.Element("interface", type="network")
+    ET.SubElement(iface, "source", network=network)
+    ET.SubElement(iface, "target", dev=tap)
+    ET.SubElement(iface, "mac", address=mac)
+    ET.SubElement(iface, "model", type="virtio")
+    ET.SubElement(iface, "mtu", size=str(mtu))
+    return iface
+
+
+def network_xml(name: str, bridge: str) -> str:
+    """A libvirt network over an existing bridge (``<forward mode='bridge'/>``):
+    libvirt only puts its guests' TAPs on ``bridge``, no addresses, no dnsmasq."""
+    net = ET.Element("network")
+    ET.SubElement(net, "name").text = name
+    ET.SubElement(net, "forward", mode="bridge")
+    ET.SubElement(net, "bridge", name=bridge)
+    return _text(net)
+
+
+def bridge_commands(mtu: int) -> list[list[str]]:
+    """The ``ip`` commands that make :data:`BRIDGE` and the veth pair :data:`UPLINK`
+    from it to the endpoint, all at ``mtu`` (the endpoint brings its end up)."""
+    return [
+        ["ip", "link", "add", BRIDGE, "mtu", str(mtu), "type", "bridge"],
+        [
+            *("ip", "link", "add", UPLINK[0], "mtu", str(mtu), "type", "veth"),
+            *("peer", "name", UPLINK[1], "mtu", str(mtu)),
+        ],
+        ["ip", "link", "set", UPLINK[1], "master", BRIDGE, "up"],
+        ["ip", "link", "set", BRIDGE, "up"],
+    ]
+
+
+def _text(element: ET.Element) -> str:
+    ET.indent(element)
+    return ET.tostring(element, encoding="unicode")
 
 
 def domain_xml(
@@ -370,13 +418,17 @@ class LibvirtGuest(Guest):
         image: GuestImage | None = None,
         accel: str = "auto",
         memory: int = 256,
+        network: str | None = None,
     ) -> None:
         super().__init__(name, daemon.netns, tap, address, mtu, mac, image, accel, memory)
         self.daemon = daemon
         self.domain = f"sclp-{name}"
+        self.network = network  # a libvirt network's name: an interface on it
 
     @property
     def interface(self) -> ET.Element:
+        if self.network is not None:
+            return network_interface_element(self.network, self.tap, self.mac, self.mtu or 1500)
         return interface_element(self.tap, self.mac, self.mtu or 1500)
 
     def _domain_xml(self) -> str:
@@ -508,10 +560,17 @@ class LibvirtTestbed(GuestTestbed):
     (TAP :data:`GUEST_TAPS` ``[i]``, MAC :data:`GUEST_MACS` ``[i]``, the VM MTU the
     endpoint reports), and each endpoint adopts it by ``attach = ["t42-*"]``.
     ``daemons[i]`` is host ``i``'s libvirtd; ``daemon_seconds`` how long they took
-    to come up."""
+    to come up.
+
+    ``libvirt_network=True``: the libvirt-network variant instead.  Each host has a
+    bridge :data:`BRIDGE` and a veth pair :data:`UPLINK` from it to the endpoint
+    (which adopts ``t42-uplink``); each daemon has a network :data:`NETWORK`
+    (:func:`network_xml`) over that bridge, and each guest's interface is on that
+    network (TAP :data:`BRIDGED_TAPS` ``[i]``, which the pattern does not match)."""
 
     __test__ = False
 
+    libvirt_network: bool = False
     daemons: list[Libvirtd] = field(default_factory=list)
     daemon_seconds: list[float] = field(default_factory=list)
 
@@ -528,7 +587,7 @@ class LibvirtTestbed(GuestTestbed):
         super().build()
 
     def tap_name(self, i: int) -> str:
-        return GUEST_TAPS[i]
+        return BRIDGED_TAPS[i] if self.libvirt_network else GUEST_TAPS[i]
 
     def port_keys(self, i: int) -> str:
         return f'attach = ["{ATTACH}"]\n'
@@ -545,18 +604,33 @@ class LibvirtTestbed(GuestTestbed):
         except LibvirtError as exc:
             raise TestbedError(str(exc)) from None
 
+    def _network(self, i: int, mtu: int) -> None:
+        """Host ``i``'s bridge, its uplink to the endpoint, and the libvirt network."""
+        assert self.workdir is not None
+        for command in bridge_commands(mtu):
+            self._ip(self.hosts[i], *command[1:])
+        path = self.workdir / f"network-h{i + 1}.xml"
+        path.write_text(network_xml(NETWORK, BRIDGE))
+        try:
+            self.daemons[i].virsh("net-create", str(path))
+        except LibvirtError as exc:
+            raise TestbedError(str(exc)) from None
+
     def make_guest(self, i: int, mtu: int) -> Guest:
         if not self.daemons:
             self._start_daemons()
+        if self.libvirt_network:
+            self._network(i, mtu)
         return LibvirtGuest(
             f"{self.tag}-{i + 1}",
             self.daemons[i],
-            GUEST_TAPS[i],
+            self.tap_name(i),
             f"{OVERLAY[i]}/24",
             mtu,
             mac=GUEST_MACS[i],
             image=self.image,
             accel=self.accel,
+            network=NETWORK if self.libvirt_network else None,
         )
 
     def close(self) -> None:
