@@ -132,14 +132,13 @@ def libvirt_missing() -> str | None:
 
 def prepare_host() -> None:
     """The one-time set-up a privileged libvirtd needs here, idempotent: the
-    ``libvirt-qemu`` user and the ``kvm`` group it resolves at start (even when its
-    qemu.conf says ``user = "root"``; Debian's ``libvirt-daemon-system`` would create
-    them) and the directories :class:`Libvirtd` binds its own over."""
+    ``libvirt-qemu`` user, which its QEMU driver resolves at start even when its
+    qemu.conf says ``user = "root"`` (without it: "Failed to parse user
+    'libvirt-qemu'"; Debian's ``libvirt-daemon-system`` would create it), and the
+    directories :class:`Libvirtd` binds its own over."""
     steps = []
     if _lookup("getent", "passwd", "libvirt-qemu") is None:
         steps.append(["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", "libvirt-qemu"])
-    if _lookup("getent", "group", "kvm") is None:
-        steps.append(["groupadd", "-f", "-r", "kvm"])
     for args in steps:
         result = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
         if result.returncode:
@@ -240,9 +239,17 @@ def domain_xml(
     ET.SubElement(os_, "kernel").text = str(image.kernel)
     ET.SubElement(os_, "initrd").text = str(image.initrd)
     ET.SubElement(os_, "cmdline").text = cmdline
+    # As plain QEMU has them: without <acpi/> libvirt passes -no-acpi, and the guest
+    # finds no APIC, HPET or ACPI PM timer and keeps time by jiffies (under TCG that
+    # stalled a transfer for 30 s); no USB controller (libvirt adds one, which only
+    # costs an emulated CPU its polling).
+    features = ET.SubElement(dom, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
     for event in ("on_reboot", "on_crash"):
         ET.SubElement(dom, event).text = "destroy"
     devices = ET.SubElement(dom, "devices")
+    ET.SubElement(devices, "controller", type="usb", model="none")
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=str(console))
     ET.SubElement(serial, "target", port="0")
