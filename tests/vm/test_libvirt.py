@@ -170,8 +170,8 @@ def test_libvirt_guests_over_the_overlay(guest_image: GuestImage, tmp_path: Path
             _blocks(_doc_section(), "xml")[0]
         ), "guest 1 did not run with docs/vms.md's interface"
         boot = [guest.boot_seconds for guest in tb.guests]
-        # The domain has ACPI (<features><acpi/>): without, the guest keeps time by
-        # jiffies, and under TCG a transfer stalled for 30 s.
+        # The domain has ACPI (<features><acpi/>): without, libvirt passes -no-acpi and
+        # the guest keeps time by jiffies (no APIC tables, HPET or ACPI PM timer).
         clock = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
         for guest in tb.guests:
             assert "jiffies" not in guest.run(f"cat {clock}", timeout=10).output

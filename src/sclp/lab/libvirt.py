@@ -240,9 +240,8 @@ def domain_xml(
     ET.SubElement(os_, "initrd").text = str(image.initrd)
     ET.SubElement(os_, "cmdline").text = cmdline
     # As plain QEMU has them: without <acpi/> libvirt passes -no-acpi, and the guest
-    # finds no APIC, HPET or ACPI PM timer and keeps time by jiffies (under TCG that
-    # stalled a transfer for 30 s); no USB controller (libvirt adds one, which only
-    # costs an emulated CPU its polling).
+    # finds no APIC tables, HPET or ACPI PM timer and keeps time by jiffies; no USB
+    # controller (libvirt adds one, which only costs an emulated CPU its polling).
     features = ET.SubElement(dom, "features")
     ET.SubElement(features, "acpi")
     ET.SubElement(features, "apic")
