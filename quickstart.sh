@@ -19,6 +19,7 @@ fi
 
 DEB_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping iperf3 tshark ethtool nftables procps tinc
   qemu-system-x86 busybox-static  # the virtio-net test guest (sclp guest build)
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients  # tests/vm/test_libvirt.py (its own libvirtds)
   etcd-server openssl  # the cluster registry of the demo and tests (sclp demo --hosts N); openssl: the TLS test's certificates
   podman runc containernetworking-plugins  # containers through sclp-cni (docs/containers.md)
   frr)  # BGP EVPN interop tests (docs/evpn.md): zebra and bgpd with a kernel VXLAN VTEP

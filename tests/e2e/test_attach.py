@@ -8,6 +8,8 @@ VNI 42 and ``c43-*`` to VNI 43.  Checked:
 - hot-plug: a container created after the endpoint is attached within a second (the
   endpoint's stats list its port), one log line; deleted, it is detached within a
   second with its FDB entries; the traffic of another port keeps flowing meanwhile;
+- an interface that exists for an instant (as libvirt deletes a stopped guest's TAP:
+  it creates it again and closes it at once) never becomes a port;
 - local switching: two containers on host 1 talk without the underlay;
 - a TCP transfer across the overlay arrives intact (SHA-256); over VXLAN over SCLP
   the receiving container gets GSO frames (bytes per frame delivered far above the
@@ -17,6 +19,7 @@ VNI 42 and ``c43-*`` to VNI 43.  Checked:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,6 +130,28 @@ def test_a_container_is_attached_within_a_second_and_detached_when_it_goes(
     assert log.count("detached c42-web from vni 42: interface gone, 1 FDB entry flushed") == 1
     assert attach_s < 1.0 and detach_s < 1.0
     run_in(db, ["true"])  # the other side is untouched
+
+
+# A TAP created and deleted 10 ms later (TUNSETIFF, then close without persist):
+# libvirt's way of deleting a guest's TAP, which it does after each stop (0.3 ms).
+_FLEETING_TAP = """
+import fcntl, os, struct, time
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"c42-fleeting", 0x0002 | 0x1000))
+time.sleep(0.01)
+os.close(fd)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_an_interface_that_exists_for_an_instant_is_not_attached(hosts: Hosts) -> None:
+    run_in(hosts.hosts[0], [sys.executable, "-c", _FLEETING_TAP])
+    # Link events are handled in order: once a later interface is attached, the
+    # fleeting one's creation and deletion have been seen.
+    hosts.container(0, "c42-later", f"{SUBNET}.31")
+    wait_for(lambda: _attached(hosts, 0, "c42-later"), 2.0, what="c42-later attached")
+    log = hosts.endpoints[0].log_text()
+    assert "c42-fleeting" not in log, log[-800:]
 
 
 @pytest.mark.timeout(120)

@@ -45,6 +45,21 @@ def test_commands_status_output_and_time_limit(guest_image: GuestImage, netns: s
 
 
 @pytest.mark.netns
+@pytest.mark.timeout(150)
+def test_every_command_line_reaches_the_guest_whole(guest_image: GuestImage, netns: str) -> None:
+    """Hundreds of commands in a row, each answered with its own output.  busybox
+    ``timeout`` leaves a watchdog that exits up to a second after its command and,
+    orphaned, signals PID 1: while the command loop ran there, a ``read`` that signal
+    interrupted started again and lost the start of the next line (one command in
+    30 to 120 came back garbled, then the channel hung)."""
+    with Guest("many", netns, "tapm", image=guest_image) as guest:
+        guest.wait_ready()
+        for k in range(250):
+            line = f"{k}-" + "x" * 150  # long lines: more time inside each read
+            assert guest.run(f"echo {line}", timeout=10).output.strip() == line, k
+
+
+@pytest.mark.netns
 @pytest.mark.timeout(90)
 def test_failed_boot_is_one_clear_error(
     guest_image: GuestImage, netns: str, tmp_path: Path

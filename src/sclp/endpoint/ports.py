@@ -8,9 +8,11 @@ data path's ports in step with the interfaces that exist:
 
 - at start, every matching interface is attached;
 - a link notification (:class:`~sclp.io.links.LinkWatch`, read by the loop) for a new
-  matching interface attaches it within the same wake-up; one for an interface that
-  is gone (deleted, moved to another namespace, renamed) detaches it and flushes the
-  FDB entries learned on it;
+  matching interface attaches it once it has lasted :data:`SETTLE` seconds (at the
+  loop's next tick: 0.05–0.15 s): an interface that is gone again by then was never
+  a port (libvirt deletes a stopped guest's TAP by creating it for well under a
+  millisecond); one for an interface that is gone (deleted, moved to another
+  namespace, renamed) detaches it and flushes the FDB entries learned on it;
 - the other ports and the underlay are never touched, and each change is one log line.
 
 Attaching an interface: its MTU becomes the network's VM MTU and it is brought up (as
@@ -34,7 +36,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from sclp.endpoint.datapath import DataPath, VirtualNetwork, VmPort
 from sclp.endpoint.provision import EndpointError
@@ -45,6 +47,8 @@ from sclp.io.links import LinkEvent, LinkWatch, current_links
 
 log = logging.getLogger("sclp")
 
+SETTLE: Final = 0.05  # seconds a new interface must last before it is attached
+
 
 class PortHost(Protocol):
     """What :class:`AttachedPorts` needs from the runner: watch a descriptor, and
@@ -53,6 +57,8 @@ class PortHost(Protocol):
     def watch(self, fd: int, handler: Callable[[float], None], write: bool = False) -> None: ...
 
     def unwatch(self, fd: int) -> None: ...
+
+    def on_tick(self, hook: Callable[[float], None]) -> None: ...
 
     def add_port(self, port: VmPort, reader: AttachedPort) -> None: ...
 
@@ -80,6 +86,7 @@ class AttachedPorts:
         self._guard_failed = False
         self._failed: dict[str, int] = {}  # name -> ifindex whose attach failed (no retry)
         self.requested: dict[str, int] = {}  # name -> vni, attached on request (CNI)
+        self._new: dict[str, tuple[int, float]] = {}  # name -> (ifindex, seen at): settling
 
     def start(self) -> None:
         """Subscribe to link notifications, then attach what exists (in that order,
@@ -88,6 +95,7 @@ class AttachedPorts:
             return
         self._watch = LinkWatch.open()
         self.host.watch(self._watch.fileno(), self._on_events)
+        self.host.on_tick(self._on_tick)
         self._resync()
 
     def close(self) -> None:
@@ -119,21 +127,37 @@ class AttachedPorts:
         assert self._watch is not None
         events, lost = self._watch.drain()
         for event in events:
-            self._on_event(event)
+            self._on_event(event, now)
         if lost:
             log.warning("link notifications were lost; re-reading the interface list")
             self._resync()
 
-    def _on_event(self, event: LinkEvent) -> None:
+    def _on_event(self, event: LinkEvent, now: float) -> None:
         name, index, present = event
         # A known index under another name: renamed, so the old port is gone.
         for old, entry in list(self.attached.items()):
             if entry.ifindex == index and (old != name or not present):
                 self._detach(old, "renamed" if present else "interface gone")
-        if present and name not in self.attached:
-            self._consider(name, index)
+        for new, (new_index, _) in list(self._new.items()):
+            if new_index == index and (new != name or not present):
+                del self._new[new]
+        appeared = present and name not in self.attached and name not in self._new
+        if appeared and self.dp.network_for(name) is not None:
+            self._new[name] = (index, now)
         if not present:
             self._failed.pop(name, None)
+
+    def _on_tick(self, now: float) -> None:
+        """Attach the new interfaces that have lasted :data:`SETTLE` seconds and are
+        still there under the same name and index."""
+        due = [name for name, (_, seen) in self._new.items() if now - seen >= SETTLE]
+        if not due:
+            return
+        links = current_links()
+        for name in due:
+            index, _ = self._new.pop(name)
+            if links.get(index) == name and name not in self.attached:
+                self._consider(name, index)
 
     def _resync(self) -> None:
         links = current_links()
@@ -142,6 +166,7 @@ class AttachedPorts:
                 self._detach(name, "interface gone")
         for index, name in sorted(links.items()):
             if name not in self.attached:
+                self._new.pop(name, None)
                 self._consider(name, index)
 
     def _consider(self, name: str, index: int) -> None:
@@ -154,6 +179,11 @@ class AttachedPorts:
         try:
             self._attach(name, index, net)
         except (OSError, nsio.NetnsError, ValueError) as exc:
+            if current_links().get(index) != name:
+                # Gone before we got to it, which is no fault of its own: libvirt
+                # deletes a stopped guest's TAP by creating it for an instant.
+                log.debug("%s (ifindex %d) went away before it could be attached", name, index)
+                return
             self._failed[name] = index
             log.warning(
                 "cannot attach %s to vni %d: %s; fix it and re-create the interface",

@@ -313,6 +313,11 @@ class Runner:
             try:
                 size = reader.read_into(view, HEADROOM - VNET_HDR_LEN)
             except OSError as exc:  # an attached interface went down or away
+                if exc.errno == errno.ENETDOWN:
+                    # Reported once per going down (a guest's TAP as its QEMU exits,
+                    # just before the link event detaches it); reads resume once up.
+                    log.debug("port %s went down", port.name)
+                    return
                 WARNINGS.warning(
                     ("port", port.name, exc.errno),
                     "reading port %s failed: %s",

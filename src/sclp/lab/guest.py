@@ -229,24 +229,31 @@ class Guest:
         """The last ``lines`` lines of the guest's console and QEMU's own errors."""
         if self.workdir is None:
             return ""
-        texts = {}
-        for name in ("console.log", "qemu.err"):
-            try:
-                texts[name] = (self.workdir / name).read_text(errors="replace")
-            except OSError:
-                texts[name] = ""
-        console = [line.strip() for line in texts["console.log"].splitlines() if line.strip()]
+        try:
+            text = (self.workdir / "console.log").read_text(errors="replace")
+        except OSError:
+            text = ""
+        console = [line.strip() for line in text.splitlines() if line.strip()]
         # A panic's cause sits above its backtrace: keep the telling lines too.
         telling = [line for line in console if _TELLING.search(line)][-3:]
         tail = console[-lines:]
         shown = [line for line in telling if line not in tail] + tail
-        qemu = [
-            line.strip()
-            for line in texts["qemu.err"].splitlines()
-            if line.strip() and "info: QEMU waiting for connection" not in line
-        ]
+        qemu = self._qemu_messages()
         out = "console: " + (" | ".join(shown) or "(empty)")
         return out + (f"; qemu: {' | '.join(qemu[-3:])}" if qemu else "")
+
+    def _qemu_messages(self) -> list[str]:
+        """What QEMU itself wrote (its stderr), one entry per non-empty line."""
+        assert self.workdir is not None
+        try:
+            text = (self.workdir / "qemu.err").read_text(errors="replace")
+        except OSError:
+            return []
+        return [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and "info: QEMU waiting for connection" not in line
+        ]
 
     def _qemu_args(self, accel: str) -> list[str]:
         assert self.workdir is not None and self._image is not None
@@ -336,6 +343,12 @@ class Guest:
         except OSError:
             return False
 
+    def _wait_exit(self, timeout: float) -> None:
+        """Give an exiting QEMU up to ``timeout`` seconds to be gone."""
+        assert self.proc is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout)
+
     def _check_alive(self, doing: str) -> None:
         assert self.proc is not None
         code = self.proc.poll()
@@ -375,9 +388,7 @@ class Guest:
                 self._check_alive(doing)
                 continue
             if not chunk:  # QEMU is exiting (a panic, a power-off): say how it ended
-                assert self.proc is not None
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=5)
+                self._wait_exit(5.0)
                 self._check_alive(doing)
                 raise GuestError(
                     f"guest {self.name}: command channel closed while {doing}: "

@@ -114,10 +114,14 @@ else
 fi
 # The command channel on ttyS1: a line "NONCE SECONDS BASE64-SCRIPT" runs the script
 # under a time limit; its output follows, then a line "{END_MARK} NONCE STATUS".
+# The loop runs in a subshell, not in PID 1: busybox timeout leaves a watchdog that
+# exits up to a second after the command and, orphaned, signals PID 1 (SIGCHLD); a
+# `read` that signal interrupts starts again and loses what it had read of a line.
 stty -F /dev/ttyS1 raw -echo
 exec 3<>/dev/ttyS1
 echo "{READY_MARK}" >&3
 say "ready"
+(
 while read -r nonce limit code <&3; do
   echo "$code" | base64 -d > /tmp/.cmd.sh
   timeout -s KILL "$limit" sh /tmp/.cmd.sh < /dev/null > /tmp/.cmd.out 2>&1
@@ -125,6 +129,7 @@ while read -r nonce limit code <&3; do
   cat /tmp/.cmd.out >&3
   printf '\n{END_MARK} %s %s\n' "$nonce" "$status" >&3
 done
+)
 say "command channel closed; powering off"
 poweroff -f
 """

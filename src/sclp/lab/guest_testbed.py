@@ -96,15 +96,7 @@ class GuestTestbed(Testbed):
             mtus = [int(self.stats(i)["vni"][str(VNI)]["vm_mtu"]) for i in range(2)]
         try:
             for i in range(2):
-                guest = Guest(
-                    f"{self.tag}-{i + 1}",
-                    self.guest_host(i),
-                    self.tap_name(i),
-                    f"{OVERLAY[i]}/24",
-                    mtus[i],
-                    image=self.image,
-                    accel=self.accel,
-                )
+                guest = self.make_guest(i, mtus[i])
                 self.guests.append(guest)
                 guest.start()
             if self.protocol == "bridge":
@@ -117,6 +109,18 @@ class GuestTestbed(Testbed):
                 guest.wait_ready(self.boot_timeout)
         except GuestError as exc:
             raise TestbedError(str(exc)) from None
+
+    def make_guest(self, i: int, mtu: int) -> Guest:
+        """VM ``i`` (not started yet), with address ``OVERLAY[i]`` and ``mtu``."""
+        return Guest(
+            f"{self.tag}-{i + 1}",
+            self.guest_host(i),
+            self.tap_name(i),
+            f"{OVERLAY[i]}/24",
+            mtu,
+            image=self.image,
+            accel=self.accel,
+        )
 
     def port_keys(self, i: int) -> str:
         """The guest's TAP, made by QEMU in the host namespace, attached by pattern."""
