@@ -39,6 +39,7 @@ from sclp.io._sockopt import (
     SocketAdapter,
     closed_on_error,
     family_of,
+    report_errors,
     send_one,
     set_pmtu_discover,
     set_socket_buffers,
@@ -93,6 +94,7 @@ class RawIpSocket(SocketAdapter):
         sock.setblocking(False)
         set_pmtu_discover(sock, dont_fragment)
         set_socket_buffers(sock, socket_buffer)
+        report_errors(sock)
         self._rx = BatchReceiver(batch, slot_size, zeroed=l4_sums)
         self._sums = l4_sums
         self._tx = StridedSender()

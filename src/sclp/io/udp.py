@@ -45,6 +45,7 @@ from sclp.io._sockopt import (
     SocketAdapter,
     closed_on_error,
     family_of,
+    report_errors,
     send_one,
     set_pmtu_discover,
     set_socket_buffers,
@@ -122,6 +123,7 @@ class UdpSocket(SocketAdapter):
         sock.setblocking(False)
         self.family = sock.family
         set_socket_buffers(sock, socket_buffer)
+        report_errors(sock)
         if pmtu_discover is not None:
             set_pmtu_discover(sock, pmtu_discover)
         self.gro = False
