@@ -374,8 +374,9 @@ def _print_show(what: str, name: str, served: list[int], rows: list[dict[str, ob
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """One line and exit 0 when the endpoint serves, 1 when it does not (or is not
-    running): for a health check or a systemd ExecStartPost."""
+    """One line and exit 0 when the endpoint serves (``ok:``, or ``degraded:`` while
+    sends to some peers fail), 1 when it does not (or is not running): for a health
+    check or a systemd ExecStartPost."""
     from sclp.endpoint.control import ControlError, query, socket_path
 
     name = _endpoint_name(args)
@@ -387,7 +388,12 @@ def cmd_health(args: argparse.Namespace) -> int:
         print(f"unhealthy: {name}: {exc}")
         return EXIT_ERROR
     ok = bool(report.get("ok"))
-    print(f"{'ok' if ok else 'unhealthy'}: {name}: {report.get('detail', '')}")
+    detail = str(report.get("detail", ""))
+    state = "unhealthy"
+    if ok:  # degraded: it serves, but sends to some peers fail (exit 0 still)
+        state = str(report.get("state") or "ok")
+        detail = detail.removeprefix(f"{state}: ")
+    print(f"{state}: {name}: {detail}")
     return 0 if ok else EXIT_ERROR
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sclp.cluster.model import ClusterView
-from sclp.endpoint import provision, reconcile, service, show
+from sclp.endpoint import provision, reconcile, service, show, txerrors
 from sclp.endpoint.config import Config, ConfigError, Network, load_config, vm_mtu_problem
 from sclp.endpoint.control import ControlServer
 from sclp.endpoint.datapath import COUNTER_NAMES, DataPath, VirtualNetwork, VmPort
@@ -503,6 +503,9 @@ class Endpoint:
             return False, f"port closed: {', '.join(closed)}"
         if any(sock.fileno() < 0 for sock in self._sockets):
             return False, "an underlay socket is closed"
+        failing = txerrors.degraded(self._tx_errors(), self.clock())
+        if failing:
+            return True, failing
         return True, (
             f"loop alive, {len(readers)} VM port(s) and {len(self._sockets)} underlay "
             f"socket(s) open, {self._summary()}"
@@ -510,7 +513,8 @@ class Endpoint:
 
     def health_report(self) -> dict[str, Any]:
         ok, detail = self.health()
-        return {"name": self.cfg.name, "ok": ok, "detail": detail}
+        state = "unhealthy" if not ok else txerrors.health_state(detail)
+        return {"name": self.cfg.name, "ok": ok, "state": state, "detail": detail}
 
     def stop(self) -> None:
         if self.runner is not None:
@@ -536,7 +540,7 @@ class Endpoint:
         return {
             "show fdb": lambda: show.fdb_streamed(self._datapath(), self.clock(), self._show({})),
             "show peers": lambda: self._show(
-                show.peers(self._datapath(), self.clock(), self._discovered)
+                show.peers(self._datapath(), self.clock(), self._discovered, self._tx_errors())
             ),
             "show ports": lambda: self._show(show.ports(self._datapath())),
         }
@@ -561,6 +565,7 @@ class Endpoint:
         pf = self.peer_filter
         kernel_drops = pf.drops(kernel_max_age) if pf is not None else 0
         counters["drop_not_peer"] = counters.get("drop_not_peer", 0) + kernel_drops
+        counters["tx_sent"] = txerrors.sent(counters)
         return {
             "name": self.cfg.name,
             "pid": os.getpid(),
@@ -582,7 +587,13 @@ class Endpoint:
             "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},
             "rx_taps": self._tap_stats(),
             "tx_rings": self._tx_ring_stats(),
+            "tx_errors": self._tx_errors().report(self.clock()),
         }
+
+    def _tx_errors(self) -> txerrors.TxErrors:
+        """The sender's refused sends and reported errors (empty before start)."""
+        runner = self.runner
+        return runner.sender.errors if runner is not None else txerrors.TxErrors({})
 
     def _tap_stats(self) -> dict[str, Any]:
         """Per channel read by packet taps (STT, native SCLP): the devices, ``ring``

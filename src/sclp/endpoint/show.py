@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from sclp.endpoint.control import Streamed
 from sclp.endpoint.datapath import DataPath, VmPort
+from sclp.endpoint.txerrors import TxErrors
 from sclp.switch.fdb import Origin
 
 FDB_COLUMNS: Final = ("vni", "mac", "port", "peer", "origin", "age_s")
@@ -33,6 +34,10 @@ PEER_COLUMNS: Final = (
     "tx_bytes",
     "rx_frames",
     "rx_bytes",
+    "tx_refused",
+    "tx_async_errors",
+    "failing_since_s",
+    "last_error",
 )
 PORT_COLUMNS: Final = (
     "vni",
@@ -115,10 +120,19 @@ def _fdb_rows(
     return rows
 
 
-def peers(dp: DataPath, now: float, cluster: dict[int, frozenset[str]]) -> dict[str, Any]:
+def peers(
+    dp: DataPath,
+    now: float,
+    cluster: dict[int, frozenset[str]],
+    errors: TxErrors | None = None,
+) -> dict[str, Any]:
     """Every peer of every VNI: the file's (``static``: its ``peers`` and the peers its
     static entries name) and the cluster registry's (``cluster``), with the tunnel,
-    when a frame was last taken from it and its frames and bytes each way."""
+    when a frame was last taken from it, its frames and bytes each way, and what
+    became of the packets sent to it (``errors``: per underlay address, so the same
+    on each VNI's row): packets the kernel refused, errors reported later, since when
+    sends to it fail (None: they do not) and the last error."""
+    error_of = errors.peers if errors is not None else {}
     carrier = dp.underlay.carrier.value
     rows: list[list[Any]] = []
     for vni, net in sorted(dp.networks.items()):
@@ -130,6 +144,8 @@ def peers(dp: DataPath, now: float, cluster: dict[int, frozenset[str]]) -> dict[
         for address, pc in sorted(net.tx_counters.items(), key=lambda kv: str(kv[0])):
             origin = "cluster" if address in found and address not in network.peers else "static"
             last = pc.last_rx
+            pe = error_of.get(str(address))
+            failing = pe.failing_since(now) if pe is not None else None
             rows.append(
                 [
                     vni,
@@ -142,6 +158,10 @@ def peers(dp: DataPath, now: float, cluster: dict[int, frozenset[str]]) -> dict[
                     pc.tx_bytes,
                     pc.rx_frames,
                     pc.rx_bytes,
+                    pe.refused if pe is not None else 0,
+                    pe.async_errors if pe is not None else 0,
+                    None if failing is None else round(failing, 3),
+                    pe.last if pe is not None else None,
                 ]
             )
     return {"columns": PEER_COLUMNS, "rows": rows}

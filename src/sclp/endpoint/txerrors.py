@@ -167,7 +167,7 @@ class TxErrors:
     def failing(self, now: float) -> dict[str, tuple[float, str]]:
         """The failing peers: seconds since they fail and their last error."""
         out: dict[str, tuple[float, str]] = {}
-        for peer, state in self.peers.items():
+        for peer, state in list(self.peers.items()):  # a copy: the health check's thread
             since = state.failing_since(now)
             if since is not None:
                 out[peer] = (since, state.last or "")
@@ -196,3 +196,22 @@ def sent(counters: dict[str, int]) -> int:
     made for sending; the ``drop_tx_*`` refusals did not leave)."""
     refused = sum(counters.get(reason.counter, 0) for reason in REFUSALS)
     return max(0, counters.get("tx_packets", 0) - refused)
+
+
+DEGRADED: Final = "degraded: "
+
+
+def degraded(errors: TxErrors, now: float) -> str | None:
+    """The health detail while sends to some peers fail (``degraded: ...``, the
+    endpoint still serves the others), None when none fails."""
+    failing = sorted(errors.failing(now).items())
+    if not failing:
+        return None
+    listed = "; ".join(f"{peer} {last} for {since:.0f} s" for peer, (since, last) in failing[:5])
+    more = f" and {len(failing) - 5} more" if len(failing) > 5 else ""
+    return f"{DEGRADED}sends to {len(failing)} peer(s) failing: {listed}{more}"
+
+
+def health_state(detail: str) -> str:
+    """``ok`` or ``degraded`` for a healthy endpoint's detail."""
+    return "degraded" if detail.startswith(DEGRADED) else "ok"
