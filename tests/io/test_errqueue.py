@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
+from sclp.endpoint.runner import UnderlaySender
+from sclp.endpoint.tunnels import Channel, Send
 from sclp.io.errqueue import (
     IP_RECVERR,
     IPV6_RECVERR,
@@ -113,13 +115,11 @@ def _wait_error(sock: UdpSocket | RawIpSocket, timeout: float = 5.0) -> list[Sen
 def test_udp_port_unreachable_is_queued_fails_the_next_receive_once_and_raises_epollerr(
     netns: NetNS,
 ) -> None:
-    with netns:
-        sender = UdpSocket.bind("127.0.0.1", 0)
-        listener = UdpSocket.bind("127.0.0.1", 0)
-        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        closed.bind(("127.0.0.1", 0))
-        dead_port = closed.getsockname()[1]
-        closed.close()  # nothing listens there now: the kernel answers port unreachable
+    sender = UdpSocket.bind("127.0.0.1", 0, netns=netns.name)
+    listener = UdpSocket.bind("127.0.0.1", 0, netns=netns.name)
+    with UdpSocket.bind("127.0.0.1", 0, netns=netns.name) as closed:
+        dead_port = closed.local_address[1]
+    # nothing listens there now: the kernel answers port unreachable
     with sender, listener:
         poll = select.epoll()
         poll.register(sender.fileno(), select.EPOLLIN)
@@ -163,8 +163,7 @@ def test_udp_port_unreachable_is_queued_fails_the_next_receive_once_and_raises_e
 @pytest.mark.netns
 @pytest.mark.timeout(60)
 def test_raw_sclp_to_a_host_without_it_gets_protocol_unreachable(netns: NetNS) -> None:
-    with netns:
-        raw = RawIpSocket.open(IPPROTO_SCLP, "127.0.0.1")
+    raw = RawIpSocket.open(IPPROTO_SCLP, "127.0.0.1", netns=netns.name)
     with raw:
         # Bound to 127.0.0.1, the socket does not take packets for 127.0.0.2: no one
         # there speaks protocol 234, so the kernel answers protocol unreachable.
@@ -172,3 +171,40 @@ def test_raw_sclp_to_a_host_without_it_gets_protocol_unreachable(netns: NetNS) -
         errors = _wait_error(raw)
         assert errors and {e.reason for e in errors} == {"protocol_unreachable"}
         assert {(e.peer, e.errno) for e in errors} == {("127.0.0.2", errno.ENOPROTOOPT)}
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(60)
+def test_the_sender_counts_an_icmp_error_and_it_costs_no_other_peer_a_packet(
+    netns: NetNS,
+) -> None:
+    sock = UdpSocket.bind("127.0.0.1", 0, netns=netns.name)
+    good = UdpSocket.bind("127.0.0.1", 0, netns=netns.name)
+    port = good.local_address[1]
+    counters: dict[str, int] = {}
+    sender = UnderlaySender({Channel.VXLAN: (sock, port)}, {}, counters)
+    with sock, good:
+        # Nothing is bound to 127.0.0.2 at that port: port unreachable, queued, and a
+        # pending error that would fail the next send (to anyone) once.
+        sender.send(Send(Channel.VXLAN, "127.0.0.2", b"dead", 4, 1), 0.0)
+        poll = select.epoll()
+        poll.register(sock.fileno(), 0)  # errors only
+        assert poll.poll(5.0) == [(sock.fileno(), select.EPOLLERR)]
+        poll.close()
+        sender.send(Send(Channel.VXLAN, "127.0.0.1", b"good", 4, 1), 0.0)
+        assert select.select([good], [], [], 5.0)[0]
+        assert [bytes(v) for v in good.recv_batch().views] == [b"good"]
+        refused = {k: v for k, v in counters.items() if k.startswith("drop_") and v}
+        assert refused == {} and counters["tx_async_port_unreachable"] == 1
+        assert counters["tx_errors_async"] == 1
+        assert set(sender.errors.peers) == {"127.0.0.2"}
+        assert sender.errors.peers["127.0.0.2"].last == "port_unreachable"
+
+    # No route at all: refused at once, counted as refused for that peer.
+    anywhere = UdpSocket.bind("0.0.0.0", 0, netns=netns.name)  # only lo: no route out
+    with anywhere:
+        other = UnderlaySender({Channel.GENEVE: (anywhere, 6081)}, {}, counters)
+        other.send(Send(Channel.GENEVE, "10.255.0.1", b"nowhere", 7, 1), 1.0)
+    assert counters["drop_tx_unreachable"] == 1
+    assert other.errors.peers["10.255.0.1"].refused == 1
+    assert other.errors.peers["10.255.0.1"].last == "tx_unreachable: Network is unreachable"
