@@ -215,6 +215,7 @@ class FaultySender(UnderlaySender):
 
     def flush(self, now: float) -> None:
         self.faults.flush(now)
+        self.read_errors(now)
 
     def close(self) -> None:
         self.faults.close()
