@@ -241,9 +241,20 @@ def _print_stats(stats: dict[str, object]) -> None:
     assert isinstance(counters, dict)
     table = Table("counter", "value", title="totals")
     for key, value in counters.items():
-        if value or not key.startswith("drop_"):
+        if value or not key.startswith(("drop_", "tx_async_")):
             table.add_row(key, str(value))
     console.print(table)
+    failing = {
+        peer: entry
+        for peer, entry in (stats.get("tx_errors") or {}).items()  # type: ignore[attr-defined]
+        if entry.get("failing_since_s") is not None
+    }
+    for peer, entry in sorted(failing.items()):
+        console.print(
+            f"[bold red]sends to {peer} failing[/] for {entry['failing_since_s']:.0f} s: "
+            f"{entry['last_error']} ({entry['refused']} refused, "
+            f"{entry['async_errors']} reported)"
+        )
     per_vni = stats["vni"]
     assert isinstance(per_vni, dict)
     for vni, values in per_vni.items():

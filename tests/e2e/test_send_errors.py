@@ -32,11 +32,13 @@ from sclp.lab.testbed import UNDERLAY, VNI, Testbed
 from .helpers import (
     counters,
     delta,
+    disable_ipv6,
     record_figures,
     sclp_cli,
     shut_down,
     stop,
     wait_for,
+    wait_for_counters,
     wait_line,
 )
 
@@ -109,6 +111,8 @@ def bed() -> Iterator[ErrorBed]:
     tb = ErrorBed(protocol="vxlan", carrier="ip")
     tb.build()
     try:
+        for vm in tb.vms:  # no IPv6 chatter (RS, MLD) to the peers: only the tests' frames
+            disable_ipv6(vm)
         with nsio.NetNS(tb.hosts[1]) as ns:
             ns.add_address("ul0", f"{DEAD}/24")
             ns.add_address("ul0", f"{NEIGH}/24")
@@ -157,17 +161,14 @@ def test_icmp_port_and_protocol_unreachable_are_counted_and_the_peer_is_marked(
     before, rows_before = counters(bed.stats(0)), peers(bed)
     broadcast(bed, "192.168.77.255", 20)  # VXLAN to host 2, DEAD and NEIGH
     broadcast(bed, "192.168.78.255", 20)  # native SCLP to DEAD
-    after = wait_for(
-        lambda: (
-            c
-            if (c := counters(bed.stats(0)))["tx_async_port_unreachable"]
-            > before["tx_async_port_unreachable"]
-            and c["tx_async_protocol_unreachable"] > before["tx_async_protocol_unreachable"]
-            else None
-        ),
+    moved = wait_for_counters(
+        lambda: bed.stats(0),
+        before,
+        lambda d: d["tx_async_port_unreachable"] > 0 and d["tx_async_protocol_unreachable"] > 0,
         10.0,
         what="port and protocol unreachable counted",
     )
+    after = counters(bed.stats(0))
     moved = delta(before, after)
     # The peer's kernel rate-limits its ICMP errors (about 6 at once, then 1/s).
     assert 1 <= moved["tx_async_port_unreachable"] <= 20, moved
@@ -179,11 +180,12 @@ def test_icmp_port_and_protocol_unreachable_are_counted_and_the_peer_is_marked(
     assert moved["drop_tx_error"] == moved["drop_tx_unreachable"] == 0, moved
     assert after["tx_packets"] == sent_plus_refused(after)
     rows = peers(bed)
+    later = delta(before, counters(bed.stats(0)))  # errors may still come in meanwhile
     dead, dead_sclp = rows[(VNI, DEAD)], rows[(VNI_SCLP, DEAD)]
     assert dead["last_error"] in ("port_unreachable", "protocol_unreachable"), dead
     assert dead["failing_since_s"] is not None and dead["failing_since_s"] >= 0
     reported = dead["tx_async_errors"] - rows_before[(VNI, DEAD)]["tx_async_errors"]
-    assert reported == moved["tx_errors_async"], (dead, moved)
+    assert moved["tx_errors_async"] <= reported <= later["tx_errors_async"], (dead, moved)
     assert dead_sclp["tx_async_errors"] == dead["tx_async_errors"]  # per address
     # The peers that answer had no error meanwhile (host 2's endpoint may have sent a
     # port unreachable while it started, before this test: that one was counted then).
@@ -195,6 +197,8 @@ def test_icmp_port_and_protocol_unreachable_are_counted_and_the_peer_is_marked(
     assert health.returncode == 0, health
     assert health.stdout.startswith(f"degraded: {bed.endpoint_name(0)}: sends to ")
     assert f"{DEAD} p" in health.stdout and "unreachable for " in health.stdout, health
+    text = sclp_cli("stats", "--name", bed.endpoint_name(0))
+    assert text.returncode == 0 and f"sends to {DEAD} failing for " in text.stdout, text
     stats = sclp_cli("stats", "--name", bed.endpoint_name(0), "--json")
     report = json.loads(stats.stdout)["tx_errors"][DEAD]
     # (more may have come since: the peer's kernel lets about one ICMP error a second go)
@@ -350,12 +354,20 @@ def test_a_peer_no_longer_failing_is_cleared_after_five_quiet_seconds(bed: Error
     broadcast(bed, "192.168.78.255", 3)  # protocol unreachable from DEAD
     wait_for(lambda: peers(bed)[(VNI_SCLP, DEAD)]["failing_since_s"] is not None, 10.0)
     start = time.monotonic()
-    wait_for(
-        lambda: all(row["failing_since_s"] is None for row in peers(bed).values()),
-        15.0,
-        interval=0.2,
-        what="failing peers cleared",
-    )
+    failing: list[tuple[int, str, Any]] = []
+
+    def cleared() -> bool:
+        failing[:] = [
+            (*key, row["last_error"])
+            for key, row in peers(bed).items()
+            if row["failing_since_s"] is not None
+        ]
+        return not failing
+
+    try:
+        wait_for(cleared, 15.0, interval=0.2, what="failing peers cleared")
+    except AssertionError:
+        raise AssertionError(f"still failing: {failing}") from None
     assert time.monotonic() - start >= 4.0
     health = sclp_cli("health", "--name", bed.endpoint_name(0))
     assert health.returncode == 0 and health.stdout.startswith("ok: "), health
