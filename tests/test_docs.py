@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.core import CounterMetricFamily, InfoMetricFamily, Metric
 
 from sclp.cli import build_parser
+from sclp.endpoint import txerrors
 from sclp.endpoint.config import parse_config
 from sclp.endpoint.datapath import DataPath
 from sclp.endpoint.faults import FaultInjector
@@ -274,6 +275,7 @@ peers = ["10.0.0.3"]
     dp = DataPath(cfg, 1500)
     dp.add_port("vnet7", 43)  # the TAP tap42 is a port already
     report = dp.stats()
+    report["counters"]["tx_sent"] = txerrors.sent(report["counters"])  # as Endpoint.stats
     assert cfg.underlay.faults.enabled
     return {
         "name": cfg.name,
@@ -308,6 +310,14 @@ peers = ["10.0.0.3"]
             ],
             "routes_advertised": 3,
             "bad_messages": 0,
+        },
+        "tx_errors": {
+            "10.0.0.2": {
+                "refused": 0,
+                "async_errors": 1,
+                "failing_since_s": 0.5,
+                "last_error": "port_unreachable",
+            }
         },
     }
 

@@ -243,9 +243,20 @@ def _print_stats(stats: EndpointStats) -> None:
     counters = stats["counters"]
     table = Table("counter", "value", title="totals")
     for key, value in counters.items():
-        if value or not key.startswith("drop_"):
+        if value or not key.startswith(("drop_", "tx_async_")):
             table.add_row(key, str(value))
     console.print(table)
+    failing = {
+        peer: entry
+        for peer, entry in (stats.get("tx_errors") or {}).items()
+        if entry.get("failing_since_s") is not None
+    }
+    for peer, entry in sorted(failing.items()):
+        console.print(
+            f"[bold red]sends to {peer} failing[/] for {entry['failing_since_s']:.0f} s: "
+            f"{entry['last_error']} ({entry['refused']} refused, "
+            f"{entry['async_errors']} reported)"
+        )
     per_vni = stats["vni"]
     for vni, values in per_vni.items():
         t = Table("counter", "value", title=f"vni {vni}")
@@ -387,8 +398,9 @@ def _print_show(what: str, name: str, served: list[int], rows: list[dict[str, ob
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """One line and exit 0 when the endpoint serves, 1 when it does not (or is not
-    running): for a health check or a systemd ExecStartPost."""
+    """One line and exit 0 when the endpoint serves (``ok:``, or ``degraded:`` while
+    sends to some peers fail), 1 when it does not (or is not running): for a health
+    check or a systemd ExecStartPost."""
     from sclp.endpoint.control import ControlError, query, socket_path
 
     name = _endpoint_name(args)
@@ -400,7 +412,12 @@ def cmd_health(args: argparse.Namespace) -> int:
         print(f"unhealthy: {name}: {exc}")
         return EXIT_ERROR
     ok = bool(report.get("ok"))
-    print(f"{'ok' if ok else 'unhealthy'}: {name}: {report.get('detail', '')}")
+    detail = str(report.get("detail", ""))
+    state = "unhealthy"
+    if ok:  # degraded: it serves, but sends to some peers fail (exit 0 still)
+        state = str(report.get("state") or "ok")
+        detail = detail.removeprefix(f"{state}: ")
+    print(f"{state}: {name}: {detail}")
     return 0 if ok else EXIT_ERROR
 
 

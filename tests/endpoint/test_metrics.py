@@ -277,6 +277,34 @@ def test_healthz(server: MetricsServer, fake: Fake) -> None:
     assert get(server, "/healthz") == (503, "unhealthy: loop stalled for 3.0 s\n")
 
 
+def test_a_degraded_endpoint_is_served_as_degraded(server: MetricsServer, fake: Fake) -> None:
+    fake.health = (True, "degraded: sends to 1 peer(s) failing: 10.0.0.9 port_unreachable for 3 s")
+    assert get(server, "/healthz") == (
+        200,
+        "degraded: sends to 1 peer(s) failing: 10.0.0.9 port_unreachable for 3 s\n",
+    )
+
+
+def test_send_errors_sent_packets_and_failing_peers(server: MetricsServer, fake: Fake) -> None:
+    stats = copy.deepcopy(STATS)
+    stats["counters"].update(
+        tx_sent=290, tx_errors_async=4, tx_async_port_unreachable=3, tx_async_frag_needed=1
+    )
+    stats["tx_errors"] = {
+        "10.0.0.9": {"refused": 0, "async_errors": 3, "failing_since_s": 2.5, "last_error": "x"},
+        "10.0.0.7": {"refused": 10, "async_errors": 1, "failing_since_s": None, "last_error": "y"},
+    }
+    fake.stats = stats
+    s = scrape(server)
+    assert value(s, "sclp_tx_sent_total") == 290
+    assert value(s, "sclp_tx_async_errors_total", reason="port_unreachable") == 3
+    assert value(s, "sclp_tx_async_errors_total", reason="frag_needed") == 1
+    failing = {
+        dict(labels)["peer"]: v for (n, labels), v in s.items() if n == "sclp_peer_failing_seconds"
+    }
+    assert failing == {"10.0.0.9": 2.5}  # only peers failing now
+
+
 def test_other_paths_are_404(server: MetricsServer, fake: Fake) -> None:
     for path in ("/", "/metricsx", "/healthz/", "/favicon.ico"):
         status, _ = get(server, path)

@@ -5,6 +5,7 @@ in-memory data path and handed to the command in place of the socket's."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from pathlib import Path
@@ -16,6 +17,8 @@ from sclp import cli
 from sclp.endpoint import control, show
 from sclp.endpoint.config import parse_config
 from sclp.endpoint.datapath import DataPath
+from sclp.endpoint.txerrors import TxErrors
+from sclp.io.errqueue import SendError
 
 from .test_datapath import MAC_A, MAC_B, A, B, C, config, tcp_frame, transfer, vm_read
 
@@ -96,11 +99,31 @@ def test_peer_rows_say_where_a_peer_came_from_and_count_its_frames() -> None:
     a.set_peers(42, [B, C, "10.9.0.8"])
     rows = {r[1]: r for r in show.peers(a, now, {42: frozenset({"10.9.0.8"})})["rows"]}
     frame_to_b, frame_from_b = len(tcp_frame(b"a" * 100)), len(tcp_frame(b"b" * 200))
-    assert rows[B] == [42, B, "vxlan", "udp", "static", 3.0, 1, frame_to_b, 1, frame_from_b]
-    assert rows["10.9.0.8"][4:] == ["cluster", None, 0, 0, 0, 0]
+    assert rows[B] == [
+        *(42, B, "vxlan", "udp", "static", 3.0, 1, frame_to_b, 1, frame_from_b),
+        *(0, 0, None, None),
+    ]
+    assert rows["10.9.0.8"][4:] == ["cluster", None, 0, 0, 0, 0, 0, 0, None, None]
     # the flood of the first frame reached C too; a peer only a static entry names
     assert rows[C][4:8] == ["static", None, 1, frame_to_b]
     assert rows["10.9.0.7"][4] == "static"
+
+
+def test_peer_rows_say_since_when_sends_to_a_peer_fail_and_why() -> None:
+    a, _, now = two_hosts()
+    errors = TxErrors({})
+    port_unreachable = SendError(B, errno.ECONNREFUSED, 2, 3, 3, 0, B)
+    errors.reported(port_unreachable, now - 2.0)
+    errors.reported(port_unreachable, now - 0.5)
+    errors.refused(C, OSError(errno.ENOBUFS, "No buffer space available"), 3, now - 1.0)
+    rows = {r[1]: r for r in show.peers(a, now, {}, errors=errors)["rows"]}
+    assert rows[B][-4:] == [0, 2, 2.0, "port_unreachable"]
+    assert rows[C][-4:] == [3, 0, 1.0, "tx_neigh: No buffer space available"]
+    assert rows["10.9.0.7"][-4:] == [0, 0, None, None]
+    # five quiet seconds: no longer failing, the counts and the last error stay
+    later = {r[1]: r for r in show.peers(a, now + 4.6, {}, errors=errors)["rows"]}
+    assert later[B][-4:] == [0, 2, None, "port_unreachable"]
+    assert later[C][-4:] == [3, 0, None, "tx_neigh: No buffer space available"]
 
 
 def test_port_rows() -> None:

@@ -92,7 +92,7 @@ def test_classic_tunnel_uses_the_configured_port(
         sender = UnderlaySender(sockets.udp, sockets.raw, counters)
         for send in sends:
             sender.send(send, 0.0)  # type: ignore[arg-type]
-        assert not counters, counters
+        assert not +counters, counters  # nothing counted (zeros listed)
         _wait_readable(peer)
         data, (src, sport) = peer.recvfrom(4096)
         assert (src, sport) == (LOCAL, port)  # from our socket, bound to the port

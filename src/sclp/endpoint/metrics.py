@@ -8,7 +8,8 @@
   ``sclp stats --json``) into ``sclp_*`` families at scrape time, plus
   ``prometheus_client``'s process collector (``process_cpu_seconds_total``,
   ``process_resident_memory_bytes``, open files, ...).
-- ``/healthz``: ``200 ok: <detail>`` or ``503 unhealthy: <detail>``.
+- ``/healthz``: ``200 ok: <detail>``, ``200 degraded: <detail>`` (sends to some peers
+  fail) or ``503 unhealthy: <detail>``.
 - anything else: 404.
 
 The collector only calls ``snapshot()``, which must return an immutable copy the
@@ -43,6 +44,10 @@ Families (every ``sclp_*`` one has the label ``endpoint``, the endpoint's name):
                                       ``peers``)
 ``sclp_cluster_{connected,members,...}`` gauges: the registry's state, with
                                       ``[cluster]`` (``revision``, ``conflicts``)
+``sclp_tx_sent_total``                counter: underlay packets that left
+``sclp_tx_async_errors_total``        counter per ``reason``: ICMP errors about
+                                      packets sent
+``sclp_peer_failing_seconds``         gauge per ``peer`` whose sends fail now
 ``sclp_faults_total``                 counter per ``kind`` (fault injection on)
 ====================================  ========================================
 
@@ -107,6 +112,7 @@ PORT_TRAFFIC: Final = (
     ("rx_bytes", "sclp_port_rx_bytes", "Bytes written to the VM port."),
 )
 _DROP: Final = "drop_"
+_ASYNC: Final = "tx_async_"
 _HTTP_TIMEOUT: Final = 10.0  # a client that sends nothing for this long is dropped
 
 
@@ -278,6 +284,8 @@ def _families(stats: EndpointStats, default_name: str) -> list[Metric]:
         restarts.add_metric([ep], _num((bgp.get("speaker") or {}).get("restarts")))
         out += [session, received, advertised, restarts]
 
+    out += _send_errors(stats, ep, totals)
+
     faults: dict[str, int] | None = stats.get("faults")
     if faults:
         fault = CounterMetricFamily(
@@ -288,6 +296,40 @@ def _families(stats: EndpointStats, default_name: str) -> list[Metric]:
         for key, value in faults.items():
             fault.add_metric([ep, key.removeprefix("fault_")], _num(value))
         out.append(fault)
+    return out
+
+
+def _send_errors(stats: Mapping[str, Any], ep: str, totals: Mapping[str, Any]) -> list[Metric]:
+    """What became of the packets sent: ``tx_sent``, the errors reported later by
+    reason (``tx_async_<reason>``), and the peers sends to which fail now."""
+    out: list[Metric] = []
+    if "tx_sent" in totals:
+        sent = CounterMetricFamily(
+            "sclp_tx_sent", "Underlay packets that left (refused ones not).", labels=["endpoint"]
+        )
+        sent.add_metric([ep], _num(totals["tx_sent"]))
+        out.append(sent)
+    reported = CounterMetricFamily(
+        "sclp_tx_async_errors",
+        "ICMP errors about underlay packets sent (they left; a router or the peer dropped "
+        "them), by reason.",
+        labels=["endpoint", "reason"],
+    )
+    for key, value in totals.items():
+        if key.startswith(_ASYNC):
+            reported.add_metric([ep, key[len(_ASYNC) :]], _num(value))
+    out.append(reported)
+    peers: Mapping[str, Mapping[str, Any]] = stats.get("tx_errors") or {}
+    failing = GaugeMetricFamily(
+        "sclp_peer_failing_seconds",
+        "Seconds since sends to the peer started failing (listed only while they fail).",
+        labels=["endpoint", "peer"],
+    )
+    for peer, entry in peers.items():
+        since = entry.get("failing_since_s")
+        if since is not None:
+            failing.add_metric([ep, peer], _num(since))
+    out.append(failing)
     return out
 
 
@@ -404,8 +446,9 @@ def _app(metrics_app: Callable[..., Any], health: Health) -> WSGIApplication:
                 ok, detail = health()
             except Exception as exc:
                 ok, detail = False, f"health check failed: {exc!r}"
-            if ok:
-                return _plain(start_response, "200 OK", f"ok: {detail}")
+            if ok:  # "degraded: ..." (sends to some peers fail) is served, so 200
+                state = "" if detail.startswith("degraded: ") else "ok: "
+                return _plain(start_response, "200 OK", f"{state}{detail}")
             return _plain(start_response, "503 Service Unavailable", f"unhealthy: {detail}")
         return _plain(start_response, "404 Not Found", "not found; try /metrics or /healthz")
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from sclp.bgp.model import Encap, EvpnView
 from sclp.cluster.model import ClusterView
-from sclp.endpoint import provision, reconcile, reload, report, service, show
+from sclp.endpoint import provision, reconcile, reload, report, service, show, txerrors
 from sclp.endpoint.bgp import EvpnLink
 from sclp.endpoint.config import Config
 from sclp.endpoint.control import ControlServer
@@ -132,6 +132,7 @@ class Endpoint:
                     self.clock,
                     lambda: self._discovered,
                     lambda: self._evpn_peers,
+                    self._tx_errors,
                 ),
             },
             watch=lambda fd, write, resume: self._runner().watch(fd, lambda _n: resume(), write),
@@ -438,7 +439,9 @@ class Endpoint:
         """Is the endpoint serving (:func:`sclp.endpoint.report.health`)?  Safe to call
         from another thread (it reads plain fields)."""
         age = self.clock() - self._last_tick
-        return report.health(self.runner, age, self._sockets, self.summary())
+        ok, detail = report.health(self.runner, age, self._sockets, self.summary())
+        failing = txerrors.degraded(self._tx_errors(), self.clock()) if ok else None
+        return (True, failing) if failing else (ok, detail)
 
     def health_report(self) -> HealthReport:
         return report.health_report(self.cfg.name, self.health())
@@ -478,8 +481,14 @@ class Endpoint:
             self.registry,
             self.evpn,
             self.clock(),
+            self._tx_errors(),
         )
         return report.stats(parts, self.clock() - self._started_at, kernel_max_age)
+
+    def _tx_errors(self) -> txerrors.TxErrors:
+        """The sender's refused sends and reported errors (empty before start)."""
+        runner = self.runner
+        return runner.sender.errors if runner is not None else txerrors.TxErrors({})
 
 
 def _named(names: dict[str, str], address: str) -> str:

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sclp.endpoint import provision
+from sclp.endpoint import provision, txerrors
 from sclp.endpoint.bgp import EvpnLink
 from sclp.endpoint.config import Config
 from sclp.endpoint.datapath import COUNTER_NAMES, DataPath
@@ -50,7 +50,8 @@ class Parts:
     faults: FaultInjector | None
     registry: RegistryLink | None
     evpn: EvpnLink | None = None
-    now: float = 0.0  # the endpoint's clock, for the ages in the BGP report
+    now: float = 0.0  # the endpoint's clock, for the ages in the BGP and error reports
+    tx_errors: txerrors.TxErrors | None = None  # the sender's refused sends, ICMP errors
 
 
 def stats(parts: Parts, uptime_s: float, kernel_max_age: float) -> EndpointStats:
@@ -76,6 +77,8 @@ def stats(parts: Parts, uptime_s: float, kernel_max_age: float) -> EndpointStats
         for name, value in extra.items():
             base[name] = base.get(name, 0) + value
         counters, vni, ports, peers = sorted_counters(base), {}, {}, {}
+    counters["tx_sent"] = txerrors.sent(counters)
+    errors = parts.tx_errors if parts.tx_errors is not None else txerrors.TxErrors({})
     return {
         "name": cfg.name,
         "pid": os.getpid(),
@@ -98,6 +101,7 @@ def stats(parts: Parts, uptime_s: float, kernel_max_age: float) -> EndpointStats
         "peer_filter": {"kernel": pf is not None, "kernel_drops": kernel_drops},
         "rx_taps": tap_stats(parts.underlay),
         "tx_rings": tx_ring_stats(parts.underlay),
+        "tx_errors": errors.report(parts.now),
     }
 
 
@@ -163,4 +167,5 @@ def health(
 def health_report(name: str, verdict: tuple[bool, str]) -> HealthReport:
     """``sclp health``'s answer for endpoint ``name``."""
     ok, detail = verdict
-    return {"name": name, "ok": ok, "detail": detail}
+    state = "unhealthy" if not ok else txerrors.health_state(detail)
+    return {"name": name, "ok": ok, "state": state, "detail": detail}

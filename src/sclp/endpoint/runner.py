@@ -32,8 +32,10 @@ from typing import Final, Protocol
 from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, DataPath, Deliver, VmPort
 from sclp.endpoint.faults import FaultInjector
 from sclp.endpoint.tunnels import Channel, Send
+from sclp.endpoint.txerrors import TxErrors
 from sclp.engine.segmenter import Pieces
 from sclp.io import packet as packet_io
+from sclp.io.errqueue import PENDING_ERRNOS, SendError
 from sclp.io.rawip import RawIpSocket, RawReceiver, source_key
 from sclp.io.rxring import RxRing
 from sclp.io.txring import TxRingSender
@@ -45,6 +47,7 @@ from sclp.wire.virtio_net import VNET_HDR_LEN
 log = logging.getLogger("sclp")
 
 TAP_BUDGET: Final = 64  # frames read from one TAP per wake-up
+EPOLLERR: Final = select.EPOLLERR
 RX_BUDGET: Final = 128  # datagrams read from one socket per wake-up
 TICK: Final = 0.1  # seconds between housekeeping rounds (FDB aging, fault release)
 # Per-packet problems are counted always and logged at most a few times per kind and
@@ -73,7 +76,9 @@ class UnderlaySender:
     with one ``sendmmsg`` (``RawIpSocket.send_strided``), or through the TX rings of
     ``tx`` for the raw channels that have them (``TxRingSender.send_strided``, which
     falls back to the raw socket per destination).  Packets the kernel did not take
-    are counted (TX_BUSY, TX_ERROR), never raised."""
+    are counted by reason and peer (:class:`~sclp.endpoint.txerrors.TxErrors`: the
+    ``drop_tx_*`` reasons), never raised, and so are the errors it reports later
+    (:meth:`read_errors`)."""
 
     def __init__(
         self,
@@ -86,7 +91,9 @@ class UnderlaySender:
         self.raw = raw
         self.counters = counters
         self.tx = tx if tx is not None else {}
+        self.errors = TxErrors(counters)
         self._send: dict[Channel, Callable[[Send], None]] = {}
+        self._error_sources: dict[int, UdpSocket | RawIpSocket] = {}  # by fd
         self.add_channels()
 
     def add_channels(self) -> None:
@@ -98,14 +105,36 @@ class UnderlaySender:
         for channel, rsock in self.raw.items():
             if channel not in self._send:
                 self._send[channel] = self._raw_sender(self.tx.get(channel, rsock))
+        socks: list[UdpSocket | RawIpSocket] = [u for u, _ in self.udp.values()]
+        self._error_sources = {s.fileno(): s for s in (*socks, *self.raw.values())}
 
     def send(self, s: Send, now: float) -> None:
         self._send[s.channel](s)
 
     def flush(self, now: float) -> None:
-        """Called every tick: the TX rings' clock (next-hop refresh) and queue."""
+        """Called every tick: the TX rings' clock (next-hop refresh) and queue, and
+        the error queues of the sockets (a socket only sent on is not watched)."""
         for ring_sender in self.tx.values():
             ring_sender.tick(now)
+        self.read_errors(now)
+
+    def read_errors(self, now: float, fd: int | None = None) -> list[SendError]:
+        """Count what the error queue of socket ``fd`` (None: of every sending socket)
+        holds: ICMP errors about packets that left (:mod:`sclp.io.errqueue`)."""
+        found: list[SendError] = []
+        sources = self._error_sources
+        for sock in sources.values() if fd is None else filter(None, (sources.get(fd),)):
+            if sock.fileno() < 0:
+                continue
+            try:
+                errors = sock.read_errors()
+            except OSError as exc:
+                WARNINGS.warning(("errqueue", exc.errno), "reading errors: %s", exc, now=now)
+                continue
+            for error in errors:
+                self.errors.reported(error, now)
+            found += errors
+        return found
 
     def _udp_sender(self, sock: UdpSocket, port: int) -> Callable[[Send], None]:
         def put(s: Send) -> int:
@@ -114,7 +143,7 @@ class UnderlaySender:
                 return sock.send_gso_pieces(data.parts, data.nbytes, s.stride, (str(s.peer), port))
             return sock.send_gso(data, s.stride, (str(s.peer), port))
 
-        return self._counting(put)
+        return self._counting(put, sock.fileno())
 
     def _raw_sender(self, sock: RawIpSocket | TxRingSender) -> Callable[[Send], None]:
         def put(s: Send) -> int:
@@ -123,25 +152,38 @@ class UnderlaySender:
                 data = bytes(data)
             return sock.send_strided(data, s.stride, str(s.peer))
 
-        return self._counting(put)
+        return self._counting(put, sock.sock.fileno())
 
-    def _counting(self, put: Callable[[Send], int]) -> Callable[[Send], None]:
+    def _counting(self, put: Callable[[Send], int], fd: int) -> Callable[[Send], None]:
         """``put`` returns how many packets the kernel took; count the rest."""
 
         def send(s: Send) -> None:
             try:
                 sent = put(s)
             except OSError as exc:
-                self._error(exc, s.packets)
-                return
+                retried = self._error(exc, s, put, fd)
+                if retried is None:
+                    return
+                sent = retried
             if sent < s.packets:
                 self.counters[DropReason.TX_BUSY.counter] += s.packets - sent
 
         return send
 
-    def _error(self, exc: OSError, count: int) -> None:
-        self.counters[DropReason.TX_ERROR.counter] += count
-        WARNINGS.warning(("tx", exc.errno), "underlay send failed: %s", exc, now=time.monotonic())
+    def _error(self, exc: OSError, s: Send, put: Callable[[Send], int], fd: int) -> int | None:
+        """A send failed.  If an ICMP error left the socket a pending error (reported
+        once, by this send, which then sent nothing), count the queued errors and send
+        again, once; otherwise (or if that fails too) the packets are refused: counted
+        by reason and peer.  Returns what the second send took, or None."""
+        now = time.monotonic()
+        pending = self.read_errors(now, fd)
+        if any(e.errno == exc.errno for e in pending):
+            try:
+                return put(s)
+            except OSError as again:
+                exc = again
+        self.errors.refused(str(s.peer), exc, s.packets, now)
+        return None
 
     def close(self) -> None:
         """The sockets belong to the provisioning's clean-up stack."""
@@ -174,6 +216,7 @@ class FaultySender(UnderlaySender):
 
     def flush(self, now: float) -> None:
         self.faults.flush(now)
+        self.read_errors(now)
 
     def close(self) -> None:
         self.faults.close()
@@ -277,7 +320,9 @@ class Runner:
             except InterruptedError:
                 continue
             now = clock()
-            for fd, _ in events:
+            for fd, mask in events:
+                if mask & EPOLLERR:  # an error queue to read, else raised until it is
+                    self.sender.read_errors(now, fd)
                 handler = handlers.get(fd)
                 if handler is not None:
                     handler(now)
@@ -403,6 +448,10 @@ class Runner:
                 size, addr = recv(view)
             except BlockingIOError:
                 return
+            except OSError as exc:  # a pending error from an ICMP error: reported once
+                if exc.errno not in PENDING_ERRNOS:
+                    raise
+                continue
             out = dp.from_udp(channel, addr[0], view[:size], size, now)
             if out:
                 self._deliver(out)
@@ -417,6 +466,10 @@ class Runner:
                 size, addr = recv(view)
             except BlockingIOError:
                 return
+            except OSError as exc:  # a pending error from an ICMP error: reported once
+                if exc.errno not in PENDING_ERRNOS:
+                    raise
+                continue
             if family == socket.AF_INET6:  # raw IPv6: no IP header, the source in addr
                 out = dp.from_ip(channel, addr[0], view[:size], now, None)
             elif family == socket.AF_INET:  # raw IPv4: the kernel checked the header

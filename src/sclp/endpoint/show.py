@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from sclp.endpoint.control import Streamed
 from sclp.endpoint.datapath import DataPath, VmPort
+from sclp.endpoint.txerrors import TxErrors
 from sclp.switch.fdb import Origin
 
 FDB_COLUMNS: Final = ("vni", "mac", "port", "peer", "origin", "age_s")
@@ -33,6 +34,10 @@ PEER_COLUMNS: Final = (
     "tx_bytes",
     "rx_frames",
     "rx_bytes",
+    "tx_refused",
+    "tx_async_errors",
+    "failing_since_s",
+    "last_error",
 )
 PORT_COLUMNS: Final = (
     "vni",
@@ -57,6 +62,7 @@ def handlers(
     clock: Callable[[], float],
     discovered: Callable[[], dict[int, frozenset[str]]],
     evpn: Callable[[], Mapping[int, Mapping[str, Any]]] = dict,
+    errors: Callable[[], TxErrors | None] = lambda: None,
 ) -> dict[str, Callable[[], object]]:
     """The control socket's ``show ...`` requests of endpoint ``name``, answered from
     the loop: each reads the data path once, as plain rows (the FDB's sent in parts, a
@@ -72,7 +78,7 @@ def handlers(
 
     def show_peers() -> dict[str, Any]:
         dp = datapath()
-        table = peers(dp, clock(), discovered(), evpn())
+        table = peers(dp, clock(), discovered(), evpn(), errors=errors())
         return {**head(dp), **table}
 
     def show_ports() -> dict[str, Any]:
@@ -151,11 +157,17 @@ def peers(
     now: float,
     cluster: dict[int, frozenset[str]],
     evpn: Mapping[int, Mapping[str, Any]] | None = None,
+    *,
+    errors: TxErrors | None = None,
 ) -> dict[str, Any]:
     """Every peer of every VNI: the file's (``static``: its ``peers`` and the peers its
     static entries name), the cluster registry's (``cluster``) and BGP EVPN's
     (``evpn``; a peer both found is listed with the first of these), with the tunnel,
-    when a frame was last taken from it and its frames and bytes each way."""
+    when a frame was last taken from it, its frames and bytes each way, and what
+    became of the packets sent to it (``errors``: per underlay address, so the same
+    on each VNI's row): packets the kernel refused, errors reported later, since when
+    sends to it fail (None: they do not) and the last error."""
+    error_of = errors.peers if errors is not None else {}
     carrier = dp.underlay.carrier.value
     rows: list[list[Any]] = []
     for vni, net in sorted(dp.networks.items()):
@@ -171,6 +183,8 @@ def peers(
                 origin = "cluster" if address in found else "evpn" if address in routed else origin
             last = pc.last_rx
             plain = address in net.plain_peers  # VXLAN to a VXLAN-only EVPN peer
+            pe = error_of.get(str(address))
+            failing = pe.failing_since(now) if pe is not None else None
             rows.append(
                 [
                     vni,
@@ -183,6 +197,10 @@ def peers(
                     pc.tx_bytes,
                     pc.rx_frames,
                     pc.rx_bytes,
+                    pe.refused if pe is not None else 0,
+                    pe.async_errors if pe is not None else 0,
+                    None if failing is None else round(failing, 3),
+                    pe.last if pe is not None else None,
                 ]
             )
     return {"columns": PEER_COLUMNS, "rows": rows}

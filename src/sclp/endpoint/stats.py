@@ -78,6 +78,20 @@ class Counters(TypedDict, total=False):
     drop_tx_error: int
     drop_tap_busy: int
     drop_tap_error: int
+    # The sender's: packets that left, refusals, ICMP errors about packets that left
+    # (sclp.endpoint.txerrors; one tx_async_<reason> per sclp.io.errqueue.REASONS).
+    tx_sent: int
+    drop_tx_neigh: int
+    drop_tx_unreachable: int
+    tx_errors_async: int
+    tx_async_port_unreachable: int
+    tx_async_protocol_unreachable: int
+    tx_async_host_unreachable: int
+    tx_async_net_unreachable: int
+    tx_async_frag_needed: int
+    tx_async_prohibited: int
+    tx_async_ttl_exceeded: int
+    tx_async_other: int
 
 
 COUNTER_KEYS: Final = frozenset(Counters.__annotations__)
@@ -193,6 +207,7 @@ class EndpointStats(TypedDict):
     peer_filter: PeerFilterStats
     rx_taps: dict[str, RxTapStats]
     tx_rings: dict[str, TxRingStats]
+    tx_errors: dict[str, Any]  # per peer with an error: sclp.endpoint.txerrors.TxErrors.report
 
 
 class HealthReport(TypedDict):
@@ -200,4 +215,5 @@ class HealthReport(TypedDict):
 
     name: str
     ok: bool
+    state: str  # "ok", "degraded" (sends to some peers fail) or "unhealthy"
     detail: str

@@ -57,6 +57,7 @@ from typing import Any, Final, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from sclp.io.errqueue import PENDING_ERRNOS
 from sclp.io.linux import MSG_DONTWAIT, MSG_TRUNC
 from sclp.wire.checksum import Buffer
 
@@ -193,9 +194,18 @@ class MmsgReceiver:
         ctypes.memmove(self._hdrs_addr, self._pristine, n * 64)
         got = int(_recvmmsg(fd, self._hdrs_addr, n, MSG_DONTWAIT, None))
         if got < 0:
-            if ctypes.get_errno() in (errno.EAGAIN, errno.EWOULDBLOCK):
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EWOULDBLOCK):
                 return 0
-            _raise_errno("recvmmsg")
+            if code not in PENDING_ERRNOS:
+                _raise_errno("recvmmsg")
+            # A pending error an ICMP error left (IP_RECVERR), reported once and now
+            # cleared; the error itself waits in the error queue.  Receive again.
+            got = int(_recvmmsg(fd, self._hdrs_addr, n, MSG_DONTWAIT, None))
+            if got < 0:
+                if ctypes.get_errno() in (errno.EAGAIN, errno.EWOULDBLOCK, *PENDING_ERRNOS):
+                    return 0
+                _raise_errno("recvmmsg")
         return got
 
     def size(self, i: int) -> int:

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from typing import Any, Final, Self
 
+from sclp.io.errqueue import SendError, drain, enable_recverr
 from sclp.io.linux import (
     IP_MTU_DISCOVER,
     IP_PMTUDISC_DO,
@@ -49,6 +50,13 @@ def set_socket_buffers(sock: socket.socket, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
+def report_errors(sock: socket.socket) -> None:
+    """``IP_RECVERR``/``IPV6_RECVERR``: a send the kernel refuses fails instead of being
+    swallowed (ENOBUFS), and ICMP errors about sent packets are queued for
+    :meth:`SocketAdapter.read_errors` (:mod:`sclp.io.errqueue`)."""
+    enable_recverr(sock)
+
+
 def set_pmtu_discover(sock: socket.socket, dont_fragment: bool) -> None:
     """True: DF on every packet, and a send larger than the path MTU fails with
     EMSGSIZE (``IP_PMTUDISC_DO``).  False: the kernel may fragment (``..._DONT``).
@@ -78,6 +86,11 @@ class SocketAdapter:
     caller's selector, :meth:`close`, and use as a context manager."""
 
     sock: socket.socket
+
+    def read_errors(self) -> list[SendError]:
+        """The errors waiting in the socket's error queue (ICMP errors about packets
+        sent; :mod:`sclp.io.errqueue`), read and so cleared; empty when none."""
+        return drain(self.sock)
 
     def fileno(self) -> int:
         return self.sock.fileno()

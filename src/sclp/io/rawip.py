@@ -22,6 +22,11 @@ packet taps instead (:class:`sclp.io.rxring.RxRing`, :class:`sclp.io.packet.Pack
 and keeps this socket for sending (with :func:`sclp.io.packet.drop_all_filter` attached to
 :attr:`RawIpSocket.sock`).  The kernel's TCP would answer each STT segment it sees with
 a RST; :mod:`sclp.io.nft` keeps it quiet.
+
+Errors: ``IP_RECVERR`` as on the UDP sockets (:mod:`sclp.io.errqueue`): a raw socket
+without it also swallows ENOBUFS; with it the ICMP errors about its packets — and
+about the packets a TX ring sent with the same protocol and addresses — are queued
+for :meth:`RawIpSocket.read_errors`.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from sclp.io._sockopt import (
     SocketAdapter,
     closed_on_error,
     family_of,
+    report_errors,
     send_one,
     set_pmtu_discover,
     set_socket_buffers,
@@ -102,6 +108,7 @@ class RawIpSocket(SocketAdapter):
         sock.setblocking(False)
         set_pmtu_discover(sock, dont_fragment)
         set_socket_buffers(sock, socket_buffer)
+        report_errors(sock)
         self._rx = BatchReceiver(batch, slot_size, zeroed=l4_sums)
         self._sums = l4_sums
         self._tx = StridedSender()

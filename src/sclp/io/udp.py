@@ -29,6 +29,13 @@ Kernel limits verified on Linux 6.18 (see ``tests/io/test_udp.py``):
 - over loopback and veth, a GSO send reaches a ``UDP_GRO`` socket as one buffer with
   no ethtool change (the GSO packet crosses unsegmented); a socket without
   ``UDP_GRO`` gets the segments one by one.
+
+Errors: the socket sets ``IP_RECVERR`` (:mod:`sclp.io.errqueue`), so ENOBUFS (no
+neighbour entry could be made) fails the send instead of being counted only in
+``Udp: SndbufErrors``, and ICMP errors wait in the error queue
+(:meth:`UdpSocket.read_errors`); the pending error one leaves fails the next
+``sendmsg`` once (the caller reads the queue and sends again) and the next
+``recvmmsg`` once (:meth:`UdpSocket.recv_batch` receives again).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from sclp.io._sockopt import (
     SocketAdapter,
     closed_on_error,
     family_of,
+    report_errors,
     send_one,
     set_pmtu_discover,
     set_socket_buffers,
@@ -122,6 +130,7 @@ class UdpSocket(SocketAdapter):
         sock.setblocking(False)
         self.family = sock.family
         set_socket_buffers(sock, socket_buffer)
+        report_errors(sock)
         if pmtu_discover is not None:
             set_pmtu_discover(sock, pmtu_discover)
         self.gro = False

@@ -34,7 +34,9 @@ class DropReason(enum.Enum):
     NO_ROUTE = "no_route"  # nowhere to send the frame
     # What only the I/O layer sees, counted by the endpoint's runner:
     TX_BUSY = "tx_busy"  # underlay socket buffer full (EAGAIN): packets not sent
-    TX_ERROR = "tx_error"  # underlay send failed (e.g. no route, EMSGSIZE)
+    TX_ERROR = "tx_error"  # underlay send failed otherwise (e.g. EMSGSIZE)
+    TX_NEIGH = "tx_neigh"  # ENOBUFS: no neighbour entry could be made (table full)
+    TX_UNREACHABLE = "tx_unreachable"  # the kernel refused: no route, host unreachable
     TAP_BUSY = "tap_busy"  # the VM's queue full (EAGAIN): frame not delivered
     TAP_ERROR = "tap_error"  # the VM's port refused the frame (e.g. EINVAL, EIO)
 
