@@ -678,6 +678,16 @@ def _add_completion(sub: argparse._SubParsersAction[_Parser]) -> None:
     completion.set_defaults(func=cmd_completion)
 
 
+def _add_endpoint_args(parser: argparse.ArgumentParser) -> None:
+    """``--name`` and ``--control-dir``: which running endpoint a verb talks to."""
+    parser.add_argument(
+        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
+    )
+    parser.add_argument(
+        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sclp",
@@ -734,29 +744,19 @@ def build_parser() -> argparse.ArgumentParser:
     config_check.set_defaults(func=cmd_check)
 
     stats = sub.add_parser("stats", help="show the counters of a running endpoint")
-    stats.add_argument(
-        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
-    )
+    _add_endpoint_args(stats)
     stats.add_argument("--json", action="store_true", help="print JSON")
-    stats.add_argument(
-        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
-    )
     stats.set_defaults(func=cmd_stats)
 
     health = sub.add_parser(
         "health", help="check that a running endpoint serves (exit 0) or not (exit 1)"
     )
-    health.add_argument(
-        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
-    )
+    _add_endpoint_args(health)
     health.add_argument(
         "--timeout",
         type=_number(float, 0.001, 3600, " s"),
         default=3.0,
         help="seconds to wait, 0.001..3600 (default 3)",
-    )
-    health.add_argument(
-        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
     )
     health.set_defaults(func=cmd_health)
 
@@ -769,9 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
         "untouched.  Prints each change; settings outside [[network]] are named as needing "
         "a restart.  An invalid file changes nothing: one error line, exit 1.",
     )
-    reload.add_argument(
-        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
-    )
+    _add_endpoint_args(reload)
     reload.add_argument("--json", action="store_true", help="print the report as JSON")
     reload.add_argument(
         "--timeout",
@@ -779,23 +777,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to wait for the report, 0.001..3600 (default 30)",
     )
-    reload.add_argument(
-        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
-    )
     reload.set_defaults(func=cmd_reload)
 
     top = sub.add_parser("top", help="live per-VNI rates of a running endpoint (Ctrl-C quits)")
-    top.add_argument(
-        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
-    )
+    _add_endpoint_args(top)
     top.add_argument(
         "--interval",
         type=_number(float, 0.1, 3600, " s"),
         default=1.0,
         help="seconds between refreshes, 0.1..3600 (default 1)",
-    )
-    top.add_argument(
-        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
     )
     top.set_defaults(func=cmd_top)
 
@@ -808,16 +798,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/operations.md describes its keys).",
     )
     show.add_argument("what", choices=tuple(_SHOW_KEYS), help="what to list")
-    show.add_argument(
-        "--name", type=_endpoint_name_arg, help="endpoint name (default: the only one running)"
-    )
+    _add_endpoint_args(show)
     show.add_argument(
         "--vni", type=_number(int, 1, (1 << 24) - 1), metavar="V", help="only this VNI"
     )
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.add_argument(
-        "--control-dir", type=_directory_arg, default="/run/sclp", help=_CONTROL_DIR_HELP
-    )
     show.set_defaults(func=cmd_show)
 
     demo = sub.add_parser(
