@@ -151,8 +151,25 @@ def _namespaces() -> Iterator[tuple[str, str]]:
                 macs.append(ns.link_info("v0").mac)
         _ip("-n", a, "neigh", "replace", ADDRESSES[1], "lladdr", macs[1], "dev", "v0")
         _ip("-n", b, "neigh", "replace", ADDRESSES[0], "lladdr", macs[0], "dev", "v0")
-        _ip("-n", a, "link", "add", "br0", "type", "bridge", "forward_delay", "0")
-        _ip("-n", a, "link", "set", "br0", "addrgenmode", "none", "up")
+        # No IPv6 and no multicast in A: nothing but the loop's frames reaches the TAPs
+        # (no DAD, MLD or IGMP reports from the bridge).
+        with NetNS(a) as ns:
+            ns.write_sysctl("net.ipv6.conf.all.disable_ipv6", 1)
+            ns.write_sysctl("net.ipv6.conf.default.disable_ipv6", 1)
+        _ip(
+            "-n",
+            a,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        )
+        _ip("-n", a, "link", "set", "br0", "multicast", "off", "up")
         yield a, b
     finally:
         for name in created:
@@ -167,8 +184,7 @@ def _taps(ns: str) -> Iterator[tuple[TapDevice, TapDevice]]:
         tap_w = TapDevice.open("iof-w")
     try:
         for tap in (tap_r, tap_w):
-            _ip("-n", ns, "link", "set", tap.name, "addrgenmode", "none")
-            _ip("-n", ns, "link", "set", tap.name, "master", "br0", "up")
+            _ip("-n", ns, "link", "set", tap.name, "multicast", "off", "master", "br0", "up")
         yield tap_r, tap_w
     finally:
         tap_r.close()
