@@ -93,18 +93,30 @@ def case(
     back[HEADROOM + 14 : HEADROOM + len(frame)] = frame[14:]
     for s in b.from_vm(port_b, back, size, 0.0):
         a.from_udp(s.channel, B, memoryview(bytes(s.data)), s.stride, 0.0)  # type: ignore[union-attr]
-    sends = a.from_vm(port_a, buf, size, 0.0)
-    assert len(sends) == 1, len(sends)
-    send = sends[0]
-    data = memoryview(bytes(send.data))  # type: ignore[union-attr]
-    stride, channel = send.stride, send.channel  # type: ignore[union-attr]
-    assert b.from_udp(channel, A, data, stride, 0.0), "nothing delivered"
+    # Every received payload needs a packet ID of its own (a repeated one is a
+    # duplicate, dropped early): as many distinct sends as one round calls, received by
+    # a fresh receiver each round.
+    received: list[tuple[memoryview, int]] = []
+    for _ in range(number):
+        (send,) = a.from_vm(port_a, buf, size, 0.0)
+        received.append((memoryview(bytes(send.data)), send.stride))  # type: ignore[union-attr]
+    channel = send.channel  # type: ignore[union-attr]
+    receiver, next_i = b, 0
+    assert b.from_udp(channel, A, *received[0], 0.0), "nothing delivered"
 
     def tx() -> object:
         return a.from_vm(port_a, buf, size, 1.0)
 
     def rx() -> object:
-        return b.from_udp(channel, A, data, stride, 1.0)
+        nonlocal receiver, next_i
+        if next_i == len(received):  # a receiver that has seen none of them
+            receiver = DataPath(parse_config(_config(B, A, protocol, carrier)), 1500)
+            next_i = 0
+        data, stride = received[next_i]
+        next_i += 1
+        out = receiver.from_udp(channel, A, data, stride, 1.0)
+        assert out, "nothing delivered"
+        return out
 
     return {"from_vm_us": measure(tx, number, rounds), "from_udp_us": measure(rx, number, rounds)}
 
