@@ -19,6 +19,10 @@ Needs root (namespaces, system-wide ``perf``) and ``perf`` (Debian: ``linux-perf
 
     sudo python benchmarks/profile.py --config vxlan-sclp/udp            # a table
     sudo python benchmarks/profile.py --config stt --seconds 4 --json    # JSON
+
+Mind the name: a script run from this folder has it first on ``sys.path``, so there
+``import profile`` (and ``import cProfile``, which imports it) gets this file, not the
+standard library's.  No script here imports either.
 """
 
 from __future__ import annotations
