@@ -22,7 +22,8 @@ DEB_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping iperf3 tsha
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients  # tests/vm/test_libvirt.py (its own libvirtds)
   etcd-server openssl  # the cluster registry of the demo and tests (sclp demo --hosts N); openssl: the TLS test's certificates
   podman runc containernetworking-plugins  # containers through sclp-cni (docs/containers.md)
-  frr)  # BGP EVPN interop tests (docs/evpn.md): zebra and bgpd with a kernel VXLAN VTEP
+  frr  # BGP EVPN interop tests (docs/evpn.md): zebra and bgpd with a kernel VXLAN VTEP
+  linux-perf)  # perf: benchmarks/profile.py (docs/performance.md)
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -38,6 +38,8 @@ RESULT_KEYS = {
     "frames_per_gb_rx_vm",
     "cpu_s_per_gb",
     "cpu_per_gb_vs_floor",
+    "cpu_per_gb_vs_io_floor",
+    "cpu_per_gb_vs_native_floor",
     "rss_mb_peak",
 }
 MACHINE_KEYS = {
@@ -52,6 +54,7 @@ MACHINE_KEYS = {
 }
 GOAL_KEYS = {
     "sclp_udp_cpu_vs_copy_floor",
+    "sclp_udp_cpu_vs_io_floor",
     "sclp_ip_vs_vxlan",
     "sclp_ip_vs_tinc",
     "stt_vs_sclp_ip",
@@ -62,6 +65,8 @@ GOAL_KEYS = {
 }
 REPORTED_KEYS = {
     "sclp_ip_cpu_vs_copy_floor",
+    "sclp_ip_cpu_vs_native_floor",
+    "stt_cpu_vs_native_floor",
     "tinc_cpu_vs_copy_floor",
     "sclp_udp_vs_tinc",
     "sclp_udp_vs_kernel_vxlan",
@@ -71,6 +76,7 @@ REPORTED_KEYS = {
 RATIO_KEYS = GOAL_KEYS | REPORTED_KEYS
 QUICK_RATIOS = {
     "sclp_udp_cpu_vs_copy_floor",
+    "sclp_udp_cpu_vs_io_floor",
     "sclp_udp_vs_vxlan_adjusted",
     "frames_per_gb_vxlan_vs_sclp_udp",
     "rss_mb_peak_max",
@@ -147,6 +153,13 @@ def test_quick_bench_writes_complete_json_chart_and_page(tmp_path: Path) -> None
     assert report["copy_floor"]["floor_s_per_gb"] == floor
     assert floor == pytest.approx(4 * report["copy_floor"]["one_copy_s_per_gb"])
     assert report["copy_floor"]["aliased_copy_us"] > 0
+    # The I/O floors, measured in the same run: the same bytes copied plus the system
+    # calls and the kernel's work around them, so above the copy floor.
+    io_floor, native_floor = report["io_floor_s_per_gb"], report["native_floor_s_per_gb"]
+    assert report["io_floor"]["errors"] == {}
+    assert io_floor > floor and native_floor > floor
+    assert report["io_floor"]["udp"]["frames"] > 0 and report["io_floor"]["native"]["frames"] > 0
+    assert "I/O floors, the endpoints' I/O with no work per frame" in result.stdout
 
     results = report["results"]
     seen = [(r["label"], r["transport"]) for r in results]
@@ -158,6 +171,9 @@ def test_quick_bench_writes_complete_json_chart_and_page(tmp_path: Path) -> None
             assert r["error"] and r["gbps_median"] is None and r["gbps_runs"] == []
         else:
             _check_measured(r, repeat=1, floor=floor)
+            if r["cpu_s_per_gb"] is not None:
+                assert r["cpu_per_gb_vs_io_floor"] == pytest.approx(r["cpu_s_per_gb"] / io_floor)
+            assert r["cpu_per_gb_vs_native_floor"] is None  # the quick set has no native mode
     # The references, a classic tunnel and SCLP must work; the ablation knob belongs
     # to the endpoint and may be refused, which is then a reported failure.  tinc
     # works where its package is installed (quickstart.sh installs it), and names
@@ -193,6 +209,9 @@ def test_quick_bench_writes_complete_json_chart_and_page(tmp_path: Path) -> None
     assert ratios["sclp_udp_cpu_vs_copy_floor"]["value"] == pytest.approx(
         tcp["vxlan-sclp/udp"]["cpu_s_per_gb"] / floor
     )
+    assert ratios["sclp_udp_cpu_vs_io_floor"]["value"] == pytest.approx(
+        tcp["vxlan-sclp/udp"]["cpu_s_per_gb"] / io_floor
+    )
     assert ratios["sclp_udp_vs_vxlan_adjusted"]["value"] == pytest.approx(
         tcp["vxlan-sclp/udp"]["gbps_median"] / tcp["vxlan"]["gbps_median"]
     )
@@ -207,6 +226,7 @@ def test_quick_bench_writes_complete_json_chart_and_page(tmp_path: Path) -> None
     assert report["command"] in text and "![sclp bench chart](b.png)" in text
     assert "[b.json](b.json)" in text
     assert "| copy_floor_s_per_gb |" in text and "CPU × floor" in text
+    assert f"UDP carrier {io_floor:.3f} CPU s/GB" in text
 
 
 @pytest.mark.netns

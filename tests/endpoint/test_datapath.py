@@ -188,17 +188,20 @@ def test_the_udp_carrier_sends_headers_interleaved_with_views_of_the_read_buffer
     assert b.reassembler.completed == 1 and b.reassembler.entries == 0
 
 
-@pytest.mark.parametrize("protocol", ["vxlan-sclp", "geneve-sclp"])
+@pytest.mark.parametrize("protocol", ["vxlan-sclp", "geneve-sclp", "stt"])
 @pytest.mark.parametrize("batch", [1, 7, 64])
-@pytest.mark.parametrize("mangle", ["in-order", "lossy", "shuffled-twice"])
+@pytest.mark.parametrize("mangle", ["in-order", "lossy", "shuffled-twice", "corrupt"])
 def test_native_receive_batches_deliver_what_the_segments_one_by_one_do(
     protocol: str, batch: int, mangle: str
 ) -> None:
-    """The runner hands a native-mode recvmmsg batch to from_sclp_batch in one call:
-    whatever the batch size and the network did, the same frames and counters as
-    from_ip per segment."""
+    """The runner hands a native-mode receive batch to from_sclp_batch (STT:
+    from_stt_batch) in one call: whatever the batch size and the network did, the same
+    frames and counters as from_ip per segment."""
     a, one = pair(protocol, "ip")
     many = pair(protocol, "ip")[1]
+    stt_mode = protocol == "stt"
+    channel = Channel.STT if stt_mode else Channel.SCLP
+    from_batch = many.from_stt_batch if stt_mode else many.from_sclp_batch
     rng = random.Random(batch)
     packets: list[bytes] = []
     for size in (60_000, 300, 20_000, 60_000):
@@ -210,18 +213,20 @@ def test_native_receive_batches_deliver_what_the_segments_one_by_one_do(
     elif mangle == "shuffled-twice":
         packets += packets
         rng.shuffle(packets)
+    elif mangle == "corrupt":  # a bit error: its checksum no longer holds
+        packets[30] = packets[30][:-1] + bytes([packets[30][-1] ^ 4])
     expected: list[tuple[bytes, bytes]] = []
     for packet in packets:
         expected += [
             (d.vnet, bytes(d.frame))
-            for d in one.from_ip(Channel.SCLP, A, memoryview(packet), 0.0, ones_sum(packet))
+            for d in one.from_ip(channel, A, memoryview(packet), 0.0, ones_sum(packet))
         ]
     got = []
     for i in range(0, len(packets), batch):
         chunk = packets[i : i + batch]
         views = [memoryview(bytes(20) + p) for p in chunk]  # after an IPv4 header
         sums = [ones_sum(p) for p in chunk] if batch != 7 else None
-        out = many.from_sclp_batch(
+        out = from_batch(
             [A] * len(chunk), views, [20] * len(chunk), [20 + len(p) for p in chunk], sums, 0.0
         )
         got += [(d.vnet, bytes(d.frame)) for d in out]

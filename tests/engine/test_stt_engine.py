@@ -18,7 +18,7 @@ from sclp.engine.stt import (
     SttSegmenter,
     pseudo_sum_for,
 )
-from sclp.wire.checksum import checksum_reference
+from sclp.wire.checksum import checksum_reference, ones_sum
 from sclp.wire.errors import DropReason
 from sclp.wire.stt import STT_HLEN, STT_PORT
 
@@ -409,3 +409,165 @@ def test_constructor_validation() -> None:
         SttReassembler(timeout=0)
     with pytest.raises(ValueError):
         SttReassembler(max_entries=0)
+
+
+# -- receive batches (a packet tap's or receive ring's segments from any senders) -------
+
+OTHER4 = bytes([192, 0, 2, 9])
+
+
+def _with_checksum(seg: bytearray, src: bytes, dst: bytes = DST4) -> bytes:
+    """``seg`` with its TCP checksum recomputed (a hostile sender's valid segment)."""
+    seg[16:18] = b"\0\0"
+    csum = checksum_reference(pseudo(src, dst, len(seg)) + bytes(seg))
+    struct.pack_into("!H", seg, 16, csum)
+    return bytes(seg)
+
+
+@st.composite
+def hostile_stt_inputs(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
+    """Segments of a few frames from two senders (keys sharing packet IDs, one-segment
+    frames among them), then duplicated, reordered, truncated, corrupted with and
+    without a valid checksum, re-pointed (frame length, offset) and mixed with junk."""
+    items: list[tuple[bytes, bytes]] = []
+    for k in range(draw(st.integers(1, 3))):
+        size = draw(st.integers(STT_HLEN, 4000))
+        mss = draw(st.sampled_from([90, 400, 1460]))
+        src = draw(st.sampled_from([SRC4, OTHER4]))
+        ident = draw(st.integers(0, 2))
+        batch = segment(stt_frame(size, k), mss, src, DST4, ident)
+        items += [(bytes(s), src) for s in batch.segments()]
+    for _ in range(draw(st.integers(0, 6))):
+        if not items:
+            break
+        i = draw(st.integers(0, len(items) - 1))
+        seg, src = items[i]
+        kind = draw(st.sampled_from(["dup", "flip", "resum", "seq", "cut", "junk", "port"]))
+        if kind == "dup":
+            items.insert(draw(st.integers(0, len(items))), (seg, src))
+            continue
+        b = bytearray(seg)
+        if len(b) < 20 and kind not in ("cut", "junk"):
+            continue  # already cut or junk
+        if kind == "flip":  # a bit error: the checksum no longer holds
+            b[draw(st.integers(0, len(b) - 1))] ^= 1 << draw(st.integers(0, 7))
+            items[i] = (bytes(b), src)
+        elif kind == "resum":  # other data under a good checksum
+            b[
+                draw(st.integers(0, len(b) - 1))
+                if len(b) == 20
+                else draw(st.integers(20, len(b) - 1))
+            ] ^= 0xFF
+            items.insert(i + 1, (_with_checksum(b, src), src))
+        elif kind == "seq":  # another frame length or offset, checksum recomputed
+            struct.pack_into("!I", b, 4, draw(st.integers(0, 0xFFFFFFFF)))
+            items[i] = (_with_checksum(b, src), src)
+        elif kind == "cut":
+            items[i] = (seg[: draw(st.integers(0, len(seg)))], src)
+        elif kind == "junk":
+            items.insert(i, (draw(st.binary(max_size=60)), src))
+        else:  # another port, or a data offset out of range, under a good checksum
+            b[2:4] = b"\x1d\x30" if draw(st.booleans()) else b[2:4]
+            b[12] = draw(st.sampled_from([0x40, 0x50, 0xF0]))
+            items[i] = (_with_checksum(b, src), src)
+    if draw(st.booleans()):
+        items = draw(st.permutations(items))
+    return items
+
+
+def _slots(
+    segments: list[bytes], rnd: random.Random
+) -> tuple[list[memoryview], list[int], list[int]]:
+    """Each segment in a receive slot of its own, after an IP-header-sized prefix and
+    before stale bytes, as a packet tap's batch lays them out."""
+    views, starts, ends = [], [], []
+    for seg in segments:
+        lead = rnd.choice([0, 20, 24])
+        slot = bytearray(rnd.randbytes(lead)) + seg + rnd.randbytes(rnd.randint(0, 30))
+        views.append(memoryview(slot))
+        starts.append(lead)
+        ends.append(lead + len(seg))
+    return views, starts, ends
+
+
+def _state(r: SttReassembler) -> tuple[object, ...]:
+    return (dict(r.drops), r.completed, r.duplicates, r.entries, r.bytes_held)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hostile_stt_inputs(),
+    st.sampled_from([200_000, 9_000, 3_000]),
+    st.integers(1, 50),
+    st.randoms(use_true_random=False),
+)
+def test_a_batch_is_the_same_as_its_segments_one_by_one(
+    inputs: list[tuple[bytes, bytes]], max_bytes: int, batch: int, rnd: random.Random
+) -> None:
+    """Whatever the segments (hostile ones included), however they are cut into
+    batches and whether the caller summed them: the same frames from the same
+    sources, the same counters and table."""
+    one = SttReassembler(max_bytes=max_bytes, max_entries=3)
+    many = SttReassembler(max_bytes=max_bytes, max_entries=3)
+    expected = []
+    for data, src in inputs:
+        done = one.add_segment(src, DST4, data, 0.0)
+        if done is not None:
+            expected.append((src, done))
+    got = []
+    for i in range(0, len(inputs), batch):
+        chunk = inputs[i : i + batch]
+        views, starts, ends = _slots([d for d, _ in chunk], rnd)
+        sums = (
+            None
+            if rnd.random() < 0.5
+            else [ones_sum(v[a:b]) for v, a, b in zip(views, starts, ends, strict=True)]
+        )
+        got += many.add_batch([s for _, s in chunk], DST4, views, starts, ends, sums, 0.0)
+    assert got == expected
+    assert _state(many) == _state(one)
+
+
+def test_a_whole_frame_in_order_takes_no_entry_and_no_piecewise_placing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    frame = stt_frame(64000, 3)
+    segs = [bytes(s) for s in segment(frame, 1448).segments()]
+    views, starts, ends = _slots(segs, random.Random(1))
+    r = SttReassembler()
+    placed: list[int] = []
+    place = r._place
+
+    def counting(*args: object) -> object:
+        placed.append(1)
+        return place(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(r, "_place", counting)
+    sums = [ones_sum(v[a:b]) for v, a, b in zip(views, starts, ends, strict=True)]
+    assert r.add_batch([SRC4] * len(segs), DST4, views, starts, ends, sums, 0.0) == [(SRC4, frame)]
+    assert placed == [] and r.entries == 0 and r.completed == 1
+    # A frame split over two batches: continued as one run into its entry.
+    r2 = SttReassembler()
+    cut = 30
+    assert r2.add_batch([SRC4] * cut, DST4, views[:cut], starts[:cut], ends[:cut], None, 0) == []
+    assert r2.entries == 1
+    rest = len(segs) - cut
+    out = r2.add_batch([SRC4] * rest, DST4, views[cut:], starts[cut:], ends[cut:], None, 0.0)
+    assert out == [(SRC4, frame)] and r2.entries == 0
+    # Late copies of its segments are duplicates, not a second frame.
+    assert r.add_batch([SRC4] * 3, DST4, views[:3], starts[:3], ends[:3], None, 0.0) == []
+    assert r.duplicates == 3 and not r.drops
+
+
+def test_a_batch_can_skip_the_hosts_other_tcp_traffic() -> None:
+    frame = stt_frame(3000, 4)
+    segs = [bytes(s) for s in segment(frame, 1000).segments()]
+    other = struct.pack("!HHIIBBHHH", 40000, 22, 1, 1, 0x50, 0x10, 100, 0, 0) + b"ssh"
+    stream = [segs[0], other, b"\x01", segs[1], segs[2]]
+    views, starts, ends = _slots(stream, random.Random(5))
+    r = SttReassembler()
+    out = r.add_batch([SRC4] * 5, DST4, views, starts, ends, None, 0.0, skip_foreign=True)
+    assert out == [(SRC4, frame)] and r.foreign == 2 and not r.drops
+    counted = SttReassembler()
+    assert counted.add_batch([SRC4] * 5, DST4, views, starts, ends, None, 0.0) == [(SRC4, frame)]
+    assert counted.drops == {DropReason.UNKNOWN_PORT: 1, DropReason.TOO_SHORT: 1}

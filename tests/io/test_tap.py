@@ -121,6 +121,30 @@ def test_short_buffer_truncates_silently(netns_factory: NsFactory) -> None:
         assert tap.read_into(big) == VNET_HDR_LEN + ETH_HDR + 20 + 8 + 100  # the next one
 
 
+def test_reads_land_where_asked_when_the_buffer_or_offset_changes(
+    netns_factory: NsFactory,
+) -> None:
+    """read_into keeps the I/O vector of its last buffer and offset: another buffer or
+    another offset gets a new one."""
+    host, vm = netns_factory(), _quiet(netns_factory())
+    with _open_tap_in(host, "sclptapo") as tap:
+        move_link("sclptapo", host, vm, address="10.90.0.1/24")
+        vm.add_neighbor("sclptapo", "10.90.0.2", MAC_B)
+        sender = vm.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sender:
+            for size in (10, 20, 30, 40):
+                sender.sendto(bytes([size]) * size, ("10.90.0.2", 9))
+        select.select([tap], [], [], 5)
+        a, b = bytearray(READ_BUFFER_LEN + 64), bytearray(READ_BUFFER_LEN + 64)
+        reads = [(a, 0), (a, 0), (a, 64), (b, 64)]
+        for (buf, offset), size in zip(reads, (10, 20, 30, 40), strict=True):
+            n = tap.read_into(buf, offset)
+            assert n == VNET_HDR_LEN + ETH_HDR + 20 + 8 + size
+            assert buf[offset + n - size : offset + n] == bytes([size]) * size
+        assert a[64 + VNET_HDR_LEN + ETH_HDR + 28 :][:30] == bytes([30]) * 30  # not at 0
+        assert tap.read_into(b, 64) == 0  # nothing left
+
+
 def test_invalid_names() -> None:
     for bad in ("", "x" * 16, "a/b", " lead"):
         with pytest.raises(ValueError):

@@ -30,6 +30,7 @@ from sclp.lab.bench.udprate import RateBisection, RateSearch
 
 GOAL_KEYS = {
     "sclp_udp_cpu_vs_copy_floor",
+    "sclp_udp_cpu_vs_io_floor",
     "sclp_ip_vs_vxlan",
     "sclp_ip_vs_tinc",
     "stt_vs_sclp_ip",
@@ -40,6 +41,8 @@ GOAL_KEYS = {
 }
 REPORTED_KEYS = {
     "sclp_ip_cpu_vs_copy_floor",
+    "sclp_ip_cpu_vs_native_floor",
+    "stt_cpu_vs_native_floor",
     "tinc_cpu_vs_copy_floor",
     "sclp_udp_vs_tinc",
     "sclp_udp_vs_kernel_vxlan",
@@ -131,12 +134,15 @@ def test_summary_divides_by_the_gigabytes_received() -> None:
     assert r["frames_per_gb_rx_vm"] == pytest.approx(1000.0)
     assert r["cpu_s_per_gb"] == pytest.approx(2.0)
     assert r["cpu_per_gb_vs_floor"] == pytest.approx(4.0)
+    # Without I/O floors: no multiples of them.
+    assert r["cpu_per_gb_vs_io_floor"] is None and r["cpu_per_gb_vs_native_floor"] is None
     assert r["retransmits"] == 6 and r["rss_mb_peak"] == 40.5 and "error" not in r
     ref = summarise(BenchConfig("veth"), "udp", runs[:1], 1500, None, None, 1200)
     assert ref["cpu_s_per_gb"] == pytest.approx(2.0)  # whatever was measured is kept
     assert ref["rss_mb_peak"] is None and ref["retransmits"] is None
     assert ref["loss_percent"] == 5.0 and ref["udp_datagram_bytes"] == 1200
     assert ref["cpu_per_gb_vs_floor"] is None  # no floor given
+    assert ref["cpu_per_gb_vs_io_floor"] is None and ref["cpu_per_gb_vs_native_floor"] is None
     assert ref["udp_rate_search"] is None and ref["offered_gbps"] is None
     failed = summarise(BenchConfig("vxlan"), "tcp", [], 1450, None, "boom")
     assert failed["error"] == "boom" and failed["gbps_median"] is None
@@ -144,7 +150,13 @@ def test_summary_divides_by_the_gigabytes_received() -> None:
 
 
 def _result(
-    label: str, gbps: float, frames: float, rss: float | None = 50.0, vs_floor: float = 2.0
+    label: str,
+    gbps: float,
+    frames: float,
+    rss: float | None = 50.0,
+    vs_floor: float = 2.0,
+    vs_io: float | None = None,
+    vs_native: float | None = None,
 ) -> dict[str, Any]:
     return {
         "label": label,
@@ -154,6 +166,8 @@ def _result(
         "gbps_median": gbps,
         "frames_per_gb_rx_vm": frames,
         "cpu_per_gb_vs_floor": vs_floor,
+        "cpu_per_gb_vs_io_floor": vs_io,
+        "cpu_per_gb_vs_native_floor": vs_native,
         "rss_mb_peak": rss,
     }
 
@@ -164,8 +178,8 @@ def test_ratios_follow_the_issue_goals() -> None:
         _result("kernel-vxlan", 10.0, 20_000, None),
         _result("kernel-vxlan/no-offloads", 2.0, 20_000, None),
         _result("tinc", 1.0, 20_000, 500.0, vs_floor=9.0),  # a reference's RSS never counts
-        _result("vxlan-sclp/udp", 6.5, 2_000, vs_floor=1.4),
-        _result("vxlan-sclp/ip", 3.0, 3_000, 160.0),
+        _result("vxlan-sclp/udp", 6.5, 2_000, vs_floor=1.4, vs_io=0.35),
+        _result("vxlan-sclp/ip", 3.0, 3_000, 160.0, vs_native=0.25),
         _result("vxlan-sclp/ip/no-level1", 100.0, 1),  # an ablation never counts
         _result("stt", 3.9, 3_000),
     ]
@@ -174,6 +188,10 @@ def test_ratios_follow_the_issue_goals() -> None:
     assert ratios["sclp_udp_cpu_vs_copy_floor"]["value"] == pytest.approx(1.4)
     assert ratios["sclp_udp_cpu_vs_copy_floor"]["goal"] == "<= 1.5"
     assert ratios["sclp_udp_cpu_vs_copy_floor"]["holds"] is True
+    assert ratios["sclp_udp_cpu_vs_io_floor"]["value"] == pytest.approx(0.35)
+    assert ratios["sclp_udp_cpu_vs_io_floor"]["goal"] == "<= 3"
+    assert ratios["sclp_udp_cpu_vs_io_floor"]["holds"] is True
+    assert ratios["sclp_ip_cpu_vs_native_floor"]["value"] == pytest.approx(0.25)
     assert ratios["sclp_udp_vs_vxlan_adjusted"]["value"] == pytest.approx(6.5)
     assert ratios["sclp_udp_vs_vxlan_adjusted"]["holds"] is True  # >= 6
     assert ratios["sclp_ip_vs_vxlan"]["holds"] is False  # 3.0 < 3.4

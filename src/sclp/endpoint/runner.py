@@ -27,7 +27,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 from sclp.endpoint.datapath import FRAME_BUF, HEADROOM, DataPath, Deliver, VmPort
 from sclp.endpoint.faults import FaultInjector
@@ -404,13 +404,18 @@ class Runner:
         dp = self.dp
         deliver = self._deliver
         peer_of = self._peer_of
-        sclp = channel is Channel.SCLP
+        stt = channel is Channel.STT
+        batched = stt or channel is Channel.SCLP
         for _ in range(RX_BUDGET // batch + 1):
             count, views, sizes, sources, offsets, sums = sock.recv_batch()
-            if sclp and count and -1 not in offsets:
+            if batched and count and -1 not in offsets:
                 srcs = [peer_of.get(key) for key in sources]
                 if None not in srcs:  # the usual batch: all from peers, headers good
-                    out = dp.from_sclp_batch(srcs, views, offsets, sizes, sums, now)
+                    if stt:
+                        peers = cast("list[str]", srcs)
+                        out = dp.from_stt_batch(peers, views, offsets, sizes, sums, now)
+                    else:
+                        out = dp.from_sclp_batch(srcs, views, offsets, sizes, sums, now)
                     if out:
                         deliver(out)
                     if count < batch:

@@ -118,12 +118,14 @@ class TapDevice:
     to another network namespace.
     """
 
-    __slots__ = ("_fd", "multi_queue", "name", "offloads", "vnet_hdr_len")
+    __slots__ = ("_fd", "_iov", "_iov_key", "multi_queue", "name", "offloads", "vnet_hdr_len")
 
     def __init__(
         self, fd: int, name: str, vnet_hdr_len: int, offloads: TunOffload, multi_queue: bool
     ) -> None:
         self._fd = fd
+        self._iov: tuple[memoryview, ...] = ()
+        self._iov_key: tuple[bytearray | memoryview | None, int] = (None, 0)
         self.name = name
         self.vnet_hdr_len = vnet_hdr_len
         self.offloads = offloads
@@ -200,6 +202,7 @@ class TapDevice:
     def close(self) -> None:
         """Close this queue.  Idempotent.  A non-persistent TAP interface disappears
         when its last queue is closed."""
+        self._iov, self._iov_key = (), (None, 0)
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
@@ -224,9 +227,17 @@ class TapDevice:
         plain ``int``.  Give at least :data:`READ_BUFFER_LEN` bytes after ``offset``:
         the kernel silently truncates a frame that does not fit (the read returns
         the buffer's length and the rest is lost).  Other errors raise OSError.
+
+        The I/O vector for ``buf[offset:]`` is kept for the next call with the same
+        buffer and offset (the endpoint reads every frame into one buffer): while it is
+        kept, a ``bytearray`` given here cannot be resized.
         """
+        key = self._iov_key
+        if key[0] is not buf or key[1] != offset:
+            self._iov = (memoryview(buf)[offset:],)
+            self._iov_key = (buf, offset)
         try:
-            return os.readv(self._fd, (memoryview(buf)[offset:],))
+            return os.readv(self._fd, self._iov)
         except BlockingIOError:
             return 0
 

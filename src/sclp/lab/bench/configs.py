@@ -86,6 +86,12 @@ class BenchConfig:
         """Processes whose CPU and RSS are measured: our endpoints, or tinc's daemons."""
         return self.protocol not in (*REFERENCES, *GUEST_REFERENCES)
 
+    @property
+    def is_native(self) -> bool:
+        """Our native mode (raw IP: SCLP's protocol 234, STT's pseudo-TCP), judged
+        against the native I/O floor."""
+        return self.protocol == "stt" or self.carrier == "ip"
+
     def testbed(self) -> Testbed:
         if self.vms == "qemu":
             from sclp.lab.guest_testbed import GuestTestbed

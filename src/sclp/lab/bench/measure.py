@@ -122,6 +122,9 @@ def summarise(
     copy_floor_s_per_gb: float | None = None,
     rate_search: RateBisection | None = None,
     extra: dict[str, Any] | None = None,
+    *,
+    io_floor_s_per_gb: float | None = None,
+    native_floor_s_per_gb: float | None = None,
 ) -> dict[str, Any]:
     """The ``results`` entry of one configuration and transport;
     ``cpu_per_gb_vs_floor`` is its ``cpu_s_per_gb`` over the run's four-copy floor
@@ -129,7 +132,9 @@ def summarise(
     search (``udp_rate_search``, ``offered_gbps``: None for unlimited).
     ``vm_rx_bytes_per_frame``: bytes per frame on VM2's interface (a GSO frame
     handed over whole is one frame of up to 64 KB); ``endpoint_bytes_per_frame_to_vm``
-    the same from the receiving endpoint's port counters.  ``extra`` (the guests'
+    the same from the receiving endpoint's port counters.  ``cpu_per_gb_vs_io_floor``
+    is ``cpu_s_per_gb`` over the UDP carrier's I/O floor, ``cpu_per_gb_vs_native_floor``
+    (native-mode configurations only: carrier ip, STT) over the native one.  ``extra`` (the guests'
     accelerator and boot times) is added as it is."""
     gbps = [r["gbps"] for r in runs]
     gigabytes = sum(r["bytes_received"] for r in runs) / GB
@@ -158,6 +163,10 @@ def summarise(
         "endpoint_bytes_per_frame_to_vm": port_bytes / port_frames if port_frames else None,
         "cpu_s_per_gb": cpu_s_per_gb,
         "cpu_per_gb_vs_floor": vs_floor(cpu_s_per_gb, copy_floor_s_per_gb),
+        "cpu_per_gb_vs_io_floor": vs_floor(cpu_s_per_gb, io_floor_s_per_gb),
+        "cpu_per_gb_vs_native_floor": (
+            vs_floor(cpu_s_per_gb, native_floor_s_per_gb) if cfg.is_native else None
+        ),
         "rss_mb_peak": rss_mb_peak if cfg.has_endpoints else None,
         "runs": runs,
     }
@@ -239,6 +248,9 @@ def measure_config(
     progress: Callable[[str, int], None],
     search: RateSearch | None = None,
     copy_floor_s_per_gb: float | None = None,
+    *,
+    io_floor_s_per_gb: float | None = None,
+    native_floor_s_per_gb: float | None = None,
 ) -> list[dict[str, Any]]:
     """Build ``cfg``'s testbed, measure every transport ``repeat`` times, tear it
     down; one ``results`` entry per transport.  With ``search``, UDP first searches
@@ -328,6 +340,8 @@ def measure_config(
             copy_floor_s_per_gb,
             m.searches.get(t),
             m.extra,
+            io_floor_s_per_gb=io_floor_s_per_gb,
+            native_floor_s_per_gb=native_floor_s_per_gb,
         )
         for t in transports
         if m.runs[t] or not m.interrupted

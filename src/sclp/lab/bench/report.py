@@ -17,6 +17,7 @@ from sclp.lab.bench.tables import (
     copy_floor_text,
     fmt,
     guests_text,
+    io_floor_text,
     ratio_rows,
     table_columns,
     table_rows,
@@ -49,6 +50,16 @@ METHOD: Final = """\
   from the source modulo 4 KiB: a copy whose destination lies a few bytes after its
   source modulo 4 KiB (4K aliasing) runs about ten times slower on this CPU; that
   figure is in the machine table (`copy_64k_us_4k_aliased`).
+- **I/O floors** (JSON `io_floor_s_per_gb`, `native_floor_s_per_gb`; per result
+  `cpu_per_gb_vs_io_floor`, `cpu_per_gb_vs_native_floor`): the reachable floor,
+  measured at the start of the run with the project's own I/O adapters in two
+  namespaces it builds and removes. One thread circulates 64 KB TCP GSO frames: TAP
+  read, `UDP_SEGMENT` send over a veth, `UDP_GRO` receive, TAP write (the two TAPs
+  joined by a bridge), nothing else per frame, about a second; its CPU time per GB is
+  both endpoints' kernel and system-call work. The native floor does the same with 45
+  packets per frame through an `AF_PACKET` TX ring and a receive ring ahead of an nft
+  ingress drop, no Python per packet. An endpoint's CPU over its floor is the cost of
+  its per-frame work. Runs before this measurement was added say "not measured".
 - **RSS MB**: the endpoints' peak (VmHWM); the goal counts our endpoints only.
 - **tinc**: Debian's tinc 1.0 in switch mode, `Cipher = none`, `Digest = none`, path MTU
   fixed (discovery off), 16 MiB socket buffers asked for like our endpoints; each
@@ -125,6 +136,8 @@ def markdown_report(
             else ", TCP only. "
         )
         + copy_floor_text(report)
+        + ". "
+        + io_floor_text(report)
         + ".",
         "",
         *guests,

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sclp.lab.bench.floor import measure_copy_floor
 from sclp.lab.bench.goals import GUEST_GOALS, add_bridge_ratios, compute_ratios
+from sclp.lab.bench.iofloor import measure_io_floors
 from sclp.lab.bench.machine import machine_description
 from sclp.lab.bench.measure import BenchInterrupted, measure_config, steps_per_config
 from sclp.lab.bench.options import BenchOptions
@@ -27,7 +28,9 @@ from sclp.lab.bench.tables import render_tables
 
 # 2: copy floor, cpu_per_gb_vs_floor, UDP rate search, tinc
 # 3: --vms qemu (vms, accelerator, guest_kernel; gbps_vs_bridge), bytes per frame
-SCHEMA_VERSION: Final = 3
+# 4: I/O floors (io_floor_s_per_gb, native_floor_s_per_gb; cpu_per_gb_vs_io_floor and
+#    cpu_per_gb_vs_native_floor per result)
+SCHEMA_VERSION: Final = 4
 TCG_CAVEAT: Final = (
     "Under TCG (QEMU's emulation, no KVM) the guests' emulated CPUs are the "
     "bottleneck: every figure is bound by them, so compare each tunnel with the bridge "
@@ -80,6 +83,7 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
     search = options.udp_search if "udp" in options.transports else None
     # Before any testbed exists: the copy floor wants a quiet machine.
     floor = measure_copy_floor()
+    io_floors = measure_io_floors()
     machine = machine_description()
     machine["copy_64k_us"] = floor.one_copy_us
     machine["copy_64k_us_4k_aliased"] = floor.as_json()["aliased_copy_us"]
@@ -100,6 +104,9 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
         "machine": machine,
         "copy_floor_s_per_gb": floor.floor_s_per_gb,
         "copy_floor": floor.as_json(),
+        "io_floor_s_per_gb": io_floors.io_floor_s_per_gb,
+        "native_floor_s_per_gb": io_floors.native_floor_s_per_gb,
+        "io_floor": io_floors.as_json(),
         "units": {
             "gbps": "Gbit/s received by iperf3 in VM2 (1e9 bit/s)",
             "frames_per_gb_rx_vm": "rx_packets of VM2's interface per 1e9 bytes received",
@@ -108,6 +115,14 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
             "copy_floor_s_per_gb": "CPU s of four 64 KiB memory copies per 1e9 bytes, "
             "measured at the start of the run (see copy_floor.method)",
             "cpu_per_gb_vs_floor": "cpu_s_per_gb / copy_floor_s_per_gb",
+            "io_floor_s_per_gb": "CPU s per 1e9 payload bytes of the UDP carrier's I/O with no "
+            "work per frame (TAP read, UDP_SEGMENT send, UDP_GRO receive, TAP write), "
+            "measured at the start of the run (see io_floor.method)",
+            "native_floor_s_per_gb": "the same for the native mode: 45 packets per 64 KB "
+            "frame through an AF_PACKET TX ring and a receive ring",
+            "cpu_per_gb_vs_io_floor": "cpu_s_per_gb / io_floor_s_per_gb",
+            "cpu_per_gb_vs_native_floor": "native-mode results (carrier ip, STT): "
+            "cpu_s_per_gb / native_floor_s_per_gb",
             "rss_mb_peak": "largest VmHWM of the two endpoints, 2^20 bytes",
             "vm_rx_bytes_per_frame": "rx_bytes / rx_packets of VM2's interface (a GSO frame "
             "handed over whole is one packet of up to 64 KB)",
@@ -153,6 +168,8 @@ def run_bench(options: BenchOptions, console: Console | None = None) -> dict[str
                     advance,
                     search,
                     floor.floor_s_per_gb,
+                    io_floor_s_per_gb=io_floors.io_floor_s_per_gb,
+                    native_floor_s_per_gb=io_floors.native_floor_s_per_gb,
                 )
                 report["results"] += results
                 for r in results:

@@ -169,6 +169,26 @@ def copy_floor_text(report: dict[str, Any]) -> str:
     )
 
 
+def io_floor_text(report: dict[str, Any]) -> str:
+    """One line: the run's I/O floors (the carriers' system calls with no work per
+    frame), or that the run did not measure them (reports before schema 4)."""
+    udp, native = report.get("io_floor_s_per_gb"), report.get("native_floor_s_per_gb")
+    if udp is None and native is None:
+        return "I/O floors: not measured in this run"
+    copy = report.get("copy_floor_s_per_gb")
+
+    def one(value: float | None) -> str:
+        if value is None:
+            return "not measured"
+        times = f" ({value / copy:.1f} × the copy floor)" if copy else ""
+        return f"{value:.3f} CPU s/GB{times}"
+
+    return (
+        f"I/O floors, the endpoints' I/O with no work per frame: UDP carrier {one(udp)}, "
+        f"native mode {one(native)}"
+    )
+
+
 def ratio_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for key, entry in report["ratios"].items():
@@ -189,6 +209,7 @@ def render_tables(report: dict[str, Any], console: Console) -> None:
         if report.get("caveat"):
             console.print(f"[yellow]{report['caveat']}[/]")
     console.print(copy_floor_text(report))
+    console.print(io_floor_text(report))
     title = (
         "ratios (reported; the goals are the namespace bench's)" if report.get("vms") else "goals"
     )
