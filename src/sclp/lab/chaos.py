@@ -216,8 +216,9 @@ class Querier(threading.Thread):
             for key, value in counters.items():
                 if key not in GAUGES and value < previous[1].get(key, 0):
                     self.backwards.append(f"endpoint {i + 1} {key}: {previous[1][key]} -> {value}")
+        if previous is None or previous[0] != pid:
+            self.first[i] = dict(counters)  # a new process: a new baseline
         self.last[i] = (pid, dict(counters))
-        self.first.setdefault(i, dict(counters))
         self.latest[i] = dict(counters)
 
     def stop(self) -> None:
