@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                         rss.append((t, rss_kib(pids[0]), rss_kib(pids[1])))
 
             sampler = threading.Thread(target=sample_rss, daemon=True)
-            querier = Querier(tb)
-            transfer = Transfer(tb, int(args.rate * args.duration), args.rate)
+            querier = Querier(chaos.sockets())
+            transfer = Transfer(int(args.rate * args.duration), args.rate, *tb.vms)
             querier.start()
             sampler.start()
             try:

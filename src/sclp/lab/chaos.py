@@ -124,21 +124,37 @@ class Event:
     expect: str | None = None
 
 
-class Transfer:
-    """A paced TCP transfer from VM 1 to VM 2 of ``total`` bytes at ``rate`` bytes/s."""
+def _popen_in(netns: str, args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
 
-    def __init__(self, tb: Testbed, total: int, rate: float) -> None:
+
+class Transfer:
+    """A paced TCP transfer of ``total`` bytes at ``rate`` bytes/s from namespace
+    ``src`` to ``address`` in namespace ``dst`` (by default the testbed's VM 1 to
+    VM 2)."""
+
+    def __init__(
+        self,
+        total: int,
+        rate: float,
+        src: str,
+        dst: str,
+        address: str = OVERLAY[1],
+    ) -> None:
         self.total = total
         self.progress: list[tuple[float, int]] = []  # (monotonic time, bytes received)
-        self.server = tb.popen_in(
-            tb.vms[1], [sys.executable, "-c", _SERVER, OVERLAY[1], str(TRANSFER_PORT)]
-        )
+        self.server = _popen_in(dst, [sys.executable, "-c", _SERVER, address, str(TRANSFER_PORT)])
         assert self.server.stdout is not None
         if self.server.stdout.readline().strip() != "ready":
             raise AssertionError(f"transfer server: {self.server.stderr.read()}")  # type: ignore[union-attr]
-        self.client = tb.popen_in(
-            tb.vms[0],
-            [sys.executable, "-c", _CLIENT, OVERLAY[1], str(TRANSFER_PORT), str(total), str(rate)],
+        self.client = _popen_in(
+            src, [sys.executable, "-c", _CLIENT, address, str(TRANSFER_PORT), str(total), str(rate)]
         )
         self.done: tuple[int, str] | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -176,13 +192,14 @@ class Transfer:
 
 
 class Querier(threading.Thread):
-    """Queries both endpoints ``rate`` times a second (:data:`QUERIES` in turn) and
-    records every counter that went backwards (:attr:`backwards`); answers from a new
-    process (a restart) start a new baseline."""
+    """Queries the endpoints at ``sockets`` (control socket paths) ``rate`` times a
+    second in all (:data:`QUERIES` in turn) and records every counter that went
+    backwards (:attr:`backwards`); answers from a new process (a restart) start a new
+    baseline."""
 
-    def __init__(self, tb: Testbed, rate: float = 50.0) -> None:
+    def __init__(self, sockets: list[str], rate: float = 50.0) -> None:
         super().__init__(daemon=True)
-        self.tb = tb
+        self.sockets = sockets
         self.period = 1.0 / rate
         self.stop_event = threading.Event()
         self.answers = 0
@@ -196,11 +213,11 @@ class Querier(threading.Thread):
         n = 0
         next_at = time.monotonic()
         while not self.stop_event.is_set():
-            i = n % 2
-            request = QUERIES[(n // 2) % len(QUERIES)]
+            i = n % len(self.sockets)
+            request = QUERIES[(n // len(self.sockets)) % len(QUERIES)]
             n += 1
             try:
-                answer = query(socket_path(self.tb.endpoint_name(i)), request, timeout=2.0)
+                answer = query(self.sockets[i], request, timeout=2.0)
                 self.answers += 1
             except (ControlError, OSError, json.JSONDecodeError):
                 self.errors += 1
@@ -246,6 +263,10 @@ class Chaos:
         at = time.monotonic() - self.start
         self.events.append(Event(at, what, endpoint, expect))
         self.log(f"chaos {at:7.2f}s endpoint {endpoint + 1}: {what}")
+
+    def sockets(self) -> list[str]:
+        """The two endpoints' control sockets, for a :class:`Querier`."""
+        return [socket_path(self.tb.endpoint_name(i)) for i in range(2)]
 
     # -- SIGHUP --------------------------------------------------------------------
 
