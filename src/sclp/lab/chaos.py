@@ -485,12 +485,16 @@ def rss_kib(pid: int) -> int:
 
 
 def log_problems(text: str) -> list[str]:
-    """Lines of an endpoint log that speak of a crash: a traceback or an unhandled
-    error."""
+    """Lines of an endpoint log that speak of a crash or an unhandled error: a
+    traceback, an ERROR line, a clean-up step that failed."""
     return [
         line
         for line in text.splitlines()
-        if "Traceback" in line or "unhandled" in line.lower() or "Exception" in line
+        if "Traceback" in line
+        or "unhandled" in line.lower()
+        or "Exception" in line
+        or " ERROR " in line
+        or "cleanup step failed" in line
     ]
 
 
