@@ -224,9 +224,13 @@ def test_offloads_get_and_set(netns_factory: NsFactory) -> None:
 
 
 def test_sysctl_is_per_namespace(netns_factory: NsFactory) -> None:
+    # A new namespace inherits the host's IPv4 settings (ip_forward is 1 on a host
+    # running podman, Docker or Kubernetes): flip b's value in a, whatever it is.
     a, b = netns_factory(), netns_factory()
-    a.write_sysctl("net.ipv4.ip_forward", 1)
-    assert a.read_sysctl("net.ipv4.ip_forward") == "1"
-    assert b.read_sysctl("net.ipv4.ip_forward") == "0"
+    before = b.read_sysctl("net.ipv4.ip_forward")
+    flipped = "0" if before == "1" else "1"
+    a.write_sysctl("net.ipv4.ip_forward", flipped)
+    assert a.read_sysctl("net.ipv4.ip_forward") == flipped
+    assert b.read_sysctl("net.ipv4.ip_forward") == before
     with pytest.raises(ValueError):
         a.read_sysctl("kernel.hostname")

@@ -116,8 +116,8 @@ def test_stt_gso_frame_with_l4_beyond_255_bytes_is_dropped_not_fatal() -> None:
     frame[0:6] = b"\xff" * 6  # broadcast: flooded to the peer, no FDB entry needed
     l4 = 14 + 40 + 256
     buf = bytearray(FRAME_BUF)
-    # NEEDS_CSUM, GSO_TCPV6
-    struct.pack_into("<BBHHHH", buf, HEADROOM - VNET_HDR_LEN, 1, 4, l4 + 20, 1400, l4, 16)
+    # NEEDS_CSUM, GSO_TCPV6; segments of 1,316 bytes: within the VM MTU of 1,500
+    struct.pack_into("<BBHHHH", buf, HEADROOM - VNET_HDR_LEN, 1, 4, l4 + 20, 1000, l4, 16)
     buf[HEADROOM : HEADROOM + len(frame)] = frame
     assert dp.from_vm(net.ports[0], buf, VNET_HDR_LEN + len(frame), 0.0) == []
     assert net.counters["tx_frames"] == 1

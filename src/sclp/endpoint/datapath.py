@@ -44,7 +44,9 @@ Counters: per VNI in :attr:`VirtualNetwork.counters` (frames in and out per port
 
 from __future__ import annotations
 
+import enum
 import ipaddress
+import struct
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Final, NamedTuple
@@ -72,10 +74,11 @@ from sclp.engine.stt import SttReassembler, SttSegmenter, pseudo_sum_for
 from sclp.engine.table import ReassemblyTable, TableEntry
 from sclp.engine.tso import complete_checksum, segment_tcp_frame, split_gso_frame
 from sclp.switch.fdb import Fdb
-from sclp.wire import stt
+from sclp.wire import icmp, stt
 from sclp.wire.checksum import Buffer
 from sclp.wire.errors import DropReason, MalformedPacket
 from sclp.wire.frame import l4_checksum, parse_frame
+from sclp.wire.ipfrag import fragment_ipv4
 from sclp.wire.tcp import TCP_CSUM_OFFSET
 from sclp.wire.udp import UDP_CSUM_OFFSET
 from sclp.wire.virtio_net import (
@@ -96,8 +99,11 @@ __all__ = [
     "DataPath",
     "Deliver",
     "PeerCounters",
+    "TokenBucket",
+    "TooBig",
     "VirtualNetwork",
     "VmPort",
+    "too_big_action",
 ]
 
 FRAME_BUF: Final = 65536 + 256  # a read buffer: headroom + virtio header + any frame
@@ -119,6 +125,9 @@ MAX_PORT_FRAME: Final = 65_535 + 18
 # SCLP and STT peers are ours and complete their checksums.  benchmarks/partial_csum.py
 # measures the check.
 _CLASSIC_TUNNELS: Final = frozenset((VxlanTunnel, GeneveTunnel, NvgreTunnel))
+_U16: Final = struct.Struct("!H")
+_U16LE: Final = struct.Struct("<H")
+_GSO_FIELDS: Final = struct.Struct("<HH")  # gso_size, csum_start of a virtio-net header
 _PARTIAL_VNET: Final = {
     (l4, off): VNET_HDR.pack(NEEDS_CSUM, GSO_NONE, 0, 0, l4, off)
     for l4 in range(14, 14 + 4 * 4 + 60 + 1, 2)
@@ -137,8 +146,68 @@ COUNTER_NAMES: Final = (
     "rx_bytes",
     "reasm_complete",
     "reasm_bytes_held",
+    "icmp_too_big_sent",
+    "icmp_too_big_limited",
+    "tx_inner_fragments",
+    "tx_resegmented",
     *(reason.counter for reason in DropReason),
 )
+
+
+# -- path MTU inside the tunnel -------------------------------------------------------------
+# RFC 7348 §4.3: "VTEPs MUST NOT fragment VXLAN packets".  A frame from a port that is
+# larger than its network carries is answered as the kernel's bridge with a VXLAN device
+# answers it (docs/vms.md, "MTU"): ICMP "fragmentation needed" / ICMPv6 "packet too big"
+# back to the sender, rate-limited like the kernel's ICMP; an IPv4 packet without DF is
+# fragmented (a TCP GSO frame re-segmented) *inside*, never the outer packet.
+ICMP_RATE: Final = 100.0  # ICMP errors per second, after a burst of ...
+ICMP_BURST: Final = 50  # ... (the kernel's net.ipv4.icmp_msgs_burst)
+_DF: Final = 0x4000
+
+
+class TooBig(enum.Enum):
+    """What to do with a frame from a port (:func:`too_big_action`)."""
+
+    CARRY = "carry"  # it fits (for a GSO frame: each of its segments fits)
+    ICMP = "icmp"  # too big, DF set or IPv6: tell the sender the MTU
+    FRAGMENT = "fragment"  # too big, IPv4 without DF: fragment the inner packet
+    RESEGMENT = "resegment"  # a TCP GSO frame over IPv4 without DF: smaller segments
+    DROP = "drop"  # too big and not IP: nobody to tell
+
+
+def too_big_action(version: int, df: bool, gso: bool, ip_len: int, mtu: int) -> TooBig:
+    """The decision for an IP packet of ``ip_len`` bytes (for a GSO frame: of one
+    segment) of IP ``version`` (0: not IP) where ``mtu`` bytes fit."""
+    if ip_len <= mtu:
+        return TooBig.CARRY
+    if version == 6 or (version == 4 and df):
+        return TooBig.ICMP
+    if version == 4:
+        return TooBig.RESEGMENT if gso else TooBig.FRAGMENT
+    return TooBig.DROP
+
+
+class TokenBucket:
+    """``rate`` tokens a second up to ``burst``; :meth:`take` with the caller's
+    ``now`` (monotonic seconds)."""
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float = ICMP_RATE, burst: int = ICMP_BURST) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self._last is not None and now > self._last:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        if self._last is None or now > self._last:
+            self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
 
 
 class Deliver(NamedTuple):
@@ -173,6 +242,8 @@ class VirtualNetwork:
         "alt_tunnel",
         "counters",
         "fdb",
+        "max_fast_frame",
+        "max_frame",
         "max_plain_frame",
         "max_tunnel_frame",
         "network",
@@ -208,6 +279,12 @@ class VirtualNetwork:
         self.vm_mtu = network.mtu or min(t.default_vm_mtu() for t in tunnels)
         # A frame longer than this left the sender as a GSO frame (VLAN tag allowed).
         self.max_plain_frame = self.vm_mtu + 18
+        # The longest (segment of a) frame a port may hand over: a classic tunnel's
+        # outer packet is sized for an untagged frame of the VM MTU; SCLP and STT carry
+        # a tagged one too.  Up to max_fast_frame no header is read to know it fits.
+        self.max_fast_frame = self.vm_mtu + 14
+        classic = type(tunnel) in _CLASSIC_TUNNELS
+        self.max_frame = self.max_fast_frame if classic else self.max_plain_frame
         # The largest frame the tunnel carries whole; longer GSO frames are split.
         self.max_tunnel_frame = min(t.max_vm_frame() for t in tunnels)
         # Classic tunnels may come from a kernel peer that left inner checksums
@@ -280,6 +357,7 @@ class DataPath:
         self._local = cfg.underlay.local
         self._local_packed = ipaddress.ip_address(self._local).packed
         self._deliver_gso = cfg.tuning.deliver_gso
+        self.icmp_bucket = TokenBucket()
         segmenter = segmenter or Segmenter()
         stt_segmenter = stt_segmenter or SttSegmenter()
         lim = cfg.limits
@@ -418,8 +496,8 @@ class DataPath:
             return []
         if dest.flooded:
             counters["tx_flooded"] += 1
-        sends = self._encapsulate(net, buf, flen, dest.peers)
-        if sends:
+        sends = self._to_peers(port, buf, flen, dest.peers, now)
+        if sends and type(sends[-1]) is Send:  # not an ICMP reply to the port
             tx = net.tx_counters
             for peer in dest.peers:
                 to = tx[peer]
@@ -448,7 +526,7 @@ class DataPath:
         out: list[Send | Deliver] = []
         if peers:
             counters["tx_flooded"] += 1
-            sends = self._encapsulate(net, buf, flen, peers)
+            sends = self._to_peers(port, buf, flen, peers, now)
             if sends:
                 tx = net.tx_counters
                 for peer in peers:
@@ -465,6 +543,81 @@ class DataPath:
         counters["tx_local"] += len(others)
         out.extend(Deliver(p, vnet, frame) for p in others)
         return out
+
+    def _to_peers(
+        self, port: VmPort, buf: bytearray, flen: int, peers: tuple[str, ...], now: float
+    ) -> Sequence[Send | Deliver]:
+        """:meth:`_encapsulate` a frame that fits its network; one that does not goes
+        to :meth:`_too_big`."""
+        net = port.net
+        at = HEADROOM - VNET_HDR_LEN
+        if buf[at + 1] == GSO_NONE:
+            if flen <= net.max_fast_frame:
+                return self._encapsulate(net, buf, flen, peers)
+        else:
+            gso_size, csum_start = _GSO_FIELDS.unpack_from(buf, at + 4)
+            if csum_start + 60 + gso_size <= net.max_fast_frame:
+                return self._encapsulate(net, buf, flen, peers)
+        return self._too_big(port, buf, flen, peers, now)
+
+    def _too_big(
+        self, port: VmPort, buf: bytearray, flen: int, peers: tuple[str, ...], now: float
+    ) -> Sequence[Send | Deliver]:
+        """A frame (or a GSO frame's segment) that may not fit: carried if it does,
+        else :func:`too_big_action` says what becomes of it."""
+        net = port.net
+        counters = net.counters
+        at = HEADROOM - VNET_HDR_LEN
+        flags, gso_type, _h, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf, at)
+        frame = memoryview(buf)[HEADROOM : HEADROOM + flen]
+        try:
+            info = parse_frame(frame)
+        except MalformedPacket as exc:
+            counters[exc.reason.counter] += 1
+            return []
+        l3 = info.l3_offset
+        mtu = min(net.vm_mtu, net.max_frame - l3)
+        gso = gso_type != GSO_NONE
+        if gso:
+            if info.l4_offset < 0 or not info.tcp_header_len:
+                counters[DropReason.MALFORMED.counter] += 1
+                return []
+            ip_len = info.l4_offset - l3 + info.tcp_header_len + gso_size
+        else:
+            ip_len = flen - l3
+        df = info.ip_version == 4 and bool(_U16.unpack_from(frame, l3 + 6)[0] & _DF)
+        action = too_big_action(info.ip_version, df, gso, ip_len, mtu)
+        if action is TooBig.CARRY:
+            return self._encapsulate(net, buf, flen, peers)
+        if action is TooBig.RESEGMENT:
+            seg = mtu - (info.l4_offset - l3) - info.tcp_header_len
+            if seg > 0:
+                counters["tx_resegmented"] += 1
+                _U16LE.pack_into(buf, at + 4, seg)
+                return self._encapsulate(net, buf, flen, peers)
+        if not gso and flags & NEEDS_CSUM:
+            complete_checksum(frame, csum_start, csum_offset)  # local ports get it whole
+        if action is TooBig.FRAGMENT:
+            parts = fragment_ipv4(frame, l3, mtu)
+            if parts is not None:
+                counters["tx_inner_fragments"] += len(parts)
+                sends: list[Send | Deliver] = []
+                for part in parts:
+                    pbuf = bytearray(HEADROOM) + part
+                    for send in self._encapsulate(net, pbuf, len(part), peers):
+                        sends.append(send._replace(data=bytes(send.data)))
+                return sends
+        counters[DropReason.TOO_BIG.counter] += 1
+        if action is not TooBig.ICMP:
+            return []
+        reply = icmp.too_big_reply(frame, l3, info.ip_version, mtu)
+        if reply is None:
+            return []
+        if not self.icmp_bucket.take(now):
+            counters["icmp_too_big_limited"] += 1
+            return []
+        counters["icmp_too_big_sent"] += 1
+        return [Deliver(port, VNET_HDR_NONE, reply)]
 
     def _encapsulate(
         self, net: VirtualNetwork, buf: bytearray, flen: int, peers: tuple[str, ...]

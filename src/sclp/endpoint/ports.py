@@ -50,6 +50,18 @@ log = logging.getLogger("sclp")
 SETTLE: Final = 0.05  # seconds a new interface must last before it is attached
 
 
+def port_mtu(link: nsio.LinkInfo, vm_mtu: int) -> int:
+    """The MTU to give an interface we attach.  A veth's host end takes its largest:
+    the veth drops a plain frame above the *receiving* end's MTU before the endpoint
+    could read it, and the endpoint must see a frame larger than the VM MTU to answer
+    it with ICMP "fragmentation needed" (the container's end keeps its own MTU, which
+    then limits what is delivered to it).  Anything else (a QEMU/libvirt TAP, whose
+    frames from the guest no MTU check stops) gets the VM MTU (docs/vms.md)."""
+    if link.kind == "veth" and link.max_mtu > vm_mtu:
+        return link.max_mtu
+    return vm_mtu
+
+
 class PortHost(Protocol):
     """What :class:`AttachedPorts` needs from the runner: watch a descriptor, and
     serve or stop serving a port (:class:`~sclp.endpoint.runner.Runner` is one)."""
@@ -253,7 +265,7 @@ class AttachedPorts:
 
     def _attach(self, name: str, index: int, net: VirtualNetwork) -> None:
         with nsio.NetNS(None) as here:
-            here.set_link(name, mtu=net.vm_mtu, up=True)
+            here.set_link(name, mtu=port_mtu(here.link_info(name), net.vm_mtu), up=True)
         sock = AttachedPort.open(name)
         try:
             guarded = self._install_guard(name, sock.ifindex)

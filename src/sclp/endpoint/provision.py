@@ -226,11 +226,12 @@ def open_channel(
     slot = out.slot
     classic = udp_ports(cfg)
     if channel in classic:
-        # The classic tunnels may fragment (a VM MTU of 1500 is allowed).  The port is
-        # fixed here, once: the sender sends every datagram of the channel to it.
+        # The port is fixed here, once: the sender sends every datagram of the channel
+        # to it.  DF unless a network opted into fragmentation (outer_fragments).
         port = classic[channel]
         what = f"{'VXLAN' if channel is Channel.VXLAN else 'Geneve'}, underlay.{channel.value}_port"
-        sock = _udp(local, port, what, stack, batch, gro=True, df=False)
+        df = not outer_fragments(dp, channel)
+        sock = _udp(local, port, what, stack, batch, gro=True, df=df)
         out.udp[channel] = (sock, port)
     elif channel is Channel.SCLP:
         if cfg.underlay.sclp_carrier is Carrier.UDP:
@@ -241,9 +242,9 @@ def open_channel(
             out.raw[Channel.SCLP] = _raw(IPPROTO_SCLP, local, stack, batch, slot)
             open_taps(cfg, dp, Channel.SCLP, out, stack)
     elif channel is Channel.GRE:
-        # No L4 checksum; and like the UDP tunnels, NVGRE may fragment a VM MTU set
-        # above the default (IPv4 and IPv6).
-        out.raw[Channel.GRE] = _raw(IPPROTO_GRE, local, stack, batch, slot, sums=False, df=False)
+        # No L4 checksum; DF as for the UDP tunnels.
+        df = not outer_fragments(dp, channel)
+        out.raw[Channel.GRE] = _raw(IPPROTO_GRE, local, stack, batch, slot, sums=False, df=df)
     elif channel is Channel.STT:
         out.raw[Channel.STT] = _raw(socket.IPPROTO_TCP, local, stack, batch, slot)
         install_stt_guard(cfg, stack)
@@ -252,6 +253,18 @@ def open_channel(
         out.raw_receive[channel] = out.raw[channel]
     if channel in out.raw and channel in (Channel.SCLP, Channel.STT):
         open_tx_ring(cfg, dp, channel, out, stack)
+
+
+def outer_fragments(dp: DataPath, channel: Channel) -> bool:
+    """Whether a network on ``channel`` has a VM MTU above what its tunnel carries
+    unfragmented (``mtu = 1500`` on a 1500-byte underlay, docs/config.md): only then
+    may the kernel fragment the channel's outer packets.  Otherwise DF is set and the
+    data path answers a frame that does not fit with ICMP (RFC 7348 §4.3: a VTEP MUST
+    NOT fragment)."""
+    return any(
+        n.tunnel.channel is channel and n.vm_mtu > n.tunnel.default_vm_mtu()
+        for n in dp.networks.values()
+    )
 
 
 def _udp(

@@ -255,7 +255,8 @@ class Runner:
         self._handlers[fd] = handler
 
     def unwatch(self, fd: int) -> None:
-        if self._handlers.pop(fd, None) is not None:
+        # After close (the control server closes its clients later): nothing to undo.
+        if self._handlers.pop(fd, None) is not None and not self._epoll.closed:
             self._epoll.unregister(fd)
 
     def port_readers(self) -> list[PortReader]:

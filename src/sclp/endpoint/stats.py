@@ -78,6 +78,13 @@ class Counters(TypedDict, total=False):
     drop_tx_error: int
     drop_tap_busy: int
     drop_tap_error: int
+    drop_too_big: int
+    # Path MTU inside the tunnel (DataPath._too_big): ICMP "too big" sent and held back
+    # by the rate limit, inner IPv4 fragments made, GSO frames cut into smaller segments.
+    icmp_too_big_sent: int
+    icmp_too_big_limited: int
+    tx_inner_fragments: int
+    tx_resegmented: int
     # The sender's: packets that left, refusals, ICMP errors about packets that left
     # (sclp.endpoint.txerrors; one tx_async_<reason> per sclp.io.errqueue.REASONS).
     tx_sent: int

@@ -212,6 +212,8 @@ class LinkInfo:
     tx_bytes: int
     rx_dropped: int
     tx_dropped: int
+    kind: str = ""  # IFLA_INFO_KIND: "veth", "tun", ... ("" for a plain device)
+    max_mtu: int = 0  # IFLA_MAX_MTU (0: not reported)
 
 
 class NetNS:
@@ -349,6 +351,8 @@ class NetNS:
             tx_bytes=stat("tx_bytes"),
             rx_dropped=stat("rx_dropped"),
             tx_dropped=stat("tx_dropped"),
+            kind=str(msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or ""),
+            max_mtu=int(msg.get_attr("IFLA_MAX_MTU") or 0),
         )
 
     def add_address(self, ifname: str, cidr: str) -> None:

@@ -473,6 +473,33 @@ class Testbed:
                 server.kill()
                 server.wait()
 
+    def restart_endpoint(self, i: int, timeout: float = 15.0) -> None:
+        """Stop endpoint ``i`` (SIGTERM) and start it again with the same file; its
+        log so far is kept in ``h{i+1}.log.1`` (``.2``, ... on later restarts) and
+        :meth:`log_text` goes on with the new one."""
+        assert self.workdir is not None
+        proc = self.endpoints[i]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log = self.workdir / f"h{i + 1}.log"
+        n = 1
+        while log.with_name(f"{log.name}.{n}").exists():
+            n += 1
+        log.rename(log.with_name(f"{log.name}.{n}"))
+        with open(log, "wb") as out:
+            self.endpoints[i] = subprocess.Popen(
+                [sys.executable, "-m", "sclp", "run", "--config", str(log.with_suffix(".toml"))],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env} if self.env else None,
+            )
+        self._wait_endpoint(i, timeout)
+
     # -- teardown ----------------------------------------------------------------
 
     def stop_endpoints(self, timeout: float = 5.0) -> list[int]:

@@ -32,6 +32,7 @@ class DropReason(enum.Enum):
     NOT_PEER = "not_peer"  # outer source address is not a configured peer
     UNKNOWN_VNI = "unknown_vni"  # tunnel header names a VNI we do not serve
     NO_ROUTE = "no_route"  # nowhere to send the frame
+    TOO_BIG = "too_big"  # a VM frame larger than its network carries (ICMP sent back)
     # What only the I/O layer sees, counted by the endpoint's runner:
     TX_BUSY = "tx_busy"  # underlay socket buffer full (EAGAIN): packets not sent
     TX_ERROR = "tx_error"  # underlay send failed otherwise (e.g. EMSGSIZE)
