@@ -236,7 +236,7 @@ def _print_stats(stats: EndpointStats) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(emoji=False)  # MACs and names as they are (02:cd:... stays text)
     console.print(
         f"endpoint [bold]{stats['name']}[/] (pid {stats['pid']}, up {stats['uptime_s']} s)"
     )
@@ -374,12 +374,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _print_show(what: str, name: str, served: list[int], rows: list[dict[str, object]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    def cell(value: object) -> str:
-        return "-" if value is None else str(value)
+    def cell(value: object) -> Text:
+        """The endpoint's value as it is: no markup, no ``:emoji:`` codes (a MAC
+        such as 02:cd:... is not a compact disc)."""
+        return Text("-" if value is None else str(value))
 
     # Piped (no terminal to measure), a line is as wide as a row needs, never wrapped.
-    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console = Console(emoji=False) if sys.stdout.isatty() else Console(width=200, emoji=False)
     for vni in served:
         mine = [row for row in rows if row["vni"] == vni]
         noun = _SHOW_NOUNS[what][len(mine) != 1]
@@ -389,7 +392,7 @@ def _print_show(what: str, name: str, served: list[int], rows: list[dict[str, ob
         for row in mine:
             if what == "fdb":
                 place = cell(row["port"]) if row["port"] is not None else cell(row["peer"])
-                table.add_row(str(row["mac"]), place, str(row["origin"]), cell(row["age_s"]))
+                table.add_row(cell(row["mac"]), place, cell(row["origin"]), cell(row["age_s"]))
             else:
                 table.add_row(*(cell(v) for k, v in row.items() if k != "vni"))
         console.print(table)
