@@ -25,6 +25,7 @@ from sclp.lab.bench.configs import (
 from sclp.lab.bench.options import UDP_DATAGRAM_BYTES
 from sclp.lab.bench.udprate import EXTRA_DOWN, QUICK_SEARCH
 from tests.e2e.helpers import child_commands, sclp_cli, wait_for
+from tests.lab.test_bench_figures import GOAL_KEYS, RATIO_KEYS
 
 RESULT_KEYS = {
     "protocol",
@@ -52,28 +53,6 @@ MACHINE_KEYS = {
     "copy_64k_us",
     "copy_floor_s_per_gb",
 }
-GOAL_KEYS = {
-    "sclp_udp_cpu_vs_copy_floor",
-    "sclp_udp_cpu_vs_io_floor",
-    "sclp_ip_vs_vxlan",
-    "sclp_ip_vs_tinc",
-    "stt_vs_sclp_ip",
-    "sclp_udp_vs_vxlan_adjusted",
-    "frames_per_gb_vxlan_vs_sclp_udp",
-    "frames_per_gb_vxlan_vs_sclp_ip",
-    "rss_mb_peak_max",
-}
-REPORTED_KEYS = {
-    "sclp_ip_cpu_vs_copy_floor",
-    "sclp_ip_cpu_vs_native_floor",
-    "stt_cpu_vs_native_floor",
-    "tinc_cpu_vs_copy_floor",
-    "sclp_udp_vs_tinc",
-    "sclp_udp_vs_kernel_vxlan",
-    "sclp_ip_vs_kernel_vxlan",
-    "vxlan_vs_kernel_vxlan_no_offloads",
-}
-RATIO_KEYS = GOAL_KEYS | REPORTED_KEYS
 QUICK_RATIOS = {
     "sclp_udp_cpu_vs_copy_floor",
     "sclp_udp_cpu_vs_io_floor",
