@@ -496,14 +496,7 @@ class DataPath:
             return []
         if dest.flooded:
             counters["tx_flooded"] += 1
-        sends = self._to_peers(port, buf, flen, dest.peers, now)
-        if sends and type(sends[-1]) is Send:  # not an ICMP reply to the port
-            tx = net.tx_counters
-            for peer in dest.peers:
-                to = tx[peer]
-                to.tx_frames += 1
-                to.tx_bytes += flen
-        return sends
+        return self._to_peers(port, buf, flen, dest.peers, now)
 
     def _switch(
         self,
@@ -526,14 +519,7 @@ class DataPath:
         out: list[Send | Deliver] = []
         if peers:
             counters["tx_flooded"] += 1
-            sends = self._to_peers(port, buf, flen, peers, now)
-            if sends:
-                tx = net.tx_counters
-                for peer in peers:
-                    to = tx[peer]
-                    to.tx_frames += 1
-                    to.tx_bytes += flen
-            out.extend(sends)
+            out.extend(self._to_peers(port, buf, flen, peers, now))
             partial = buf[HEADROOM - VNET_HDR_LEN] & NEEDS_CSUM
             if partial and (
                 buf[HEADROOM - VNET_HDR_LEN + 1] == GSO_NONE or flen <= net.max_plain_frame
@@ -548,17 +534,27 @@ class DataPath:
         self, port: VmPort, buf: bytearray, flen: int, peers: tuple[str, ...], now: float
     ) -> Sequence[Send | Deliver]:
         """:meth:`_encapsulate` a frame that fits its network; one that does not goes
-        to :meth:`_too_big`."""
+        to :meth:`_too_big`.  A frame that left counts once per peer it went to (an
+        ICMP reply to the port, or a drop, counts for none)."""
         net = port.net
         at = HEADROOM - VNET_HDR_LEN
+        sends: Sequence[Send | Deliver]
         if buf[at + 1] == GSO_NONE:
-            if flen <= net.max_fast_frame:
-                return self._encapsulate(net, buf, flen, peers)
+            fits = flen <= net.max_fast_frame
         else:
             gso_size, csum_start = _GSO_FIELDS.unpack_from(buf, at + 4)
-            if csum_start + 60 + gso_size <= net.max_fast_frame:
-                return self._encapsulate(net, buf, flen, peers)
-        return self._too_big(port, buf, flen, peers, now)
+            fits = csum_start + 60 + gso_size <= net.max_fast_frame
+        if fits:
+            sends = self._encapsulate(net, buf, flen, peers)
+        else:
+            sends = self._too_big(port, buf, flen, peers, now)
+        if sends and type(sends[-1]) is Send:
+            tx = net.tx_counters
+            for peer in peers:
+                to = tx[peer]
+                to.tx_frames += 1
+                to.tx_bytes += flen
+        return sends
 
     def _too_big(
         self, port: VmPort, buf: bytearray, flen: int, peers: tuple[str, ...], now: float
