@@ -89,6 +89,7 @@ def case(
     size = VNET_HDR_LEN + len(frame)
     # B learns A's VM behind A (and A learns B's VM behind B), so sends are unicast.
     back = bytearray(FRAME_BUF)
+    back[HEADROOM - VNET_HDR_LEN : HEADROOM] = buf[HEADROOM - VNET_HDR_LEN : HEADROOM]
     back[HEADROOM : HEADROOM + 14] = MAC_A + MAC_B + b"\x08\x00"
     back[HEADROOM + 14 : HEADROOM + len(frame)] = frame[14:]
     for s in b.from_vm(port_b, back, size, 0.0):
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stt 64 KB receive, {name:18} median {median:8.1f}  min {low:8.1f}")
         return 0
     results = {
-        "vxlan 1514 B": case("vxlan", "ip", 1460, 0, args.number, args.rounds),
+        # A full frame at VXLAN's VM MTU (1450): a larger one is now answered with ICMP.
+        "vxlan 1464 B": case("vxlan", "ip", 1410, 0, args.number, args.rounds),
         "vxlan-sclp/udp 32 KB": case(
             "vxlan-sclp", "udp", 32000 - 54, 1448, max(1, args.number // 20), args.rounds
         ),
