@@ -103,9 +103,12 @@ def test_a_df_ping_over_the_vm_mtu_gets_fragmentation_needed_naming_it() -> None
     assert reply[IPerror].len == 1500
     assert net.counters["drop_too_big"] == 1
     assert a.stats()["counters"]["icmp_too_big_sent"] == 1
+    # Flooded (the MAC is unknown), it reached no peer: none counts a frame from it.
+    assert net.tx_counters[B].tx_frames == 0
     # The largest that fits leaves as one outer packet of exactly the underlay MTU.
     sends = send_from_a(a, ping(1422))
     assert outer_sizes(sends) == [1500]
+    assert net.tx_counters[B].tx_frames == 1
 
 
 def test_an_ipv6_packet_over_the_vm_mtu_gets_packet_too_big() -> None:
