@@ -1,3 +1,5 @@
+import pytest
+
 from sclp.endpoint import tunnels
 from sclp.wire import geneve, nvgre, stt, vxlan
 from sclp.wire.errors import MalformedPacket
@@ -32,13 +34,20 @@ def test_unknown_critical_geneve_option_is_dropped() -> None:
 
 
 def test_the_tunnel_types_use_the_wire_fast_paths() -> None:
-    """One definition per format: the tunnel types bind the wire modules' receive fast
-    paths (tests/wire/ holds them equal to the codecs) and write their headers."""
-    assert tunnels.VxlanTunnel.decapsulate is vxlan.frame_of
-    assert tunnels.VxlanSclpTunnel.decapsulate is vxlan.frame_of
-    assert tunnels.GeneveTunnel.decapsulate is geneve.frame_of
-    assert tunnels.GeneveSclpTunnel.decapsulate is geneve.frame_of
-    assert tunnels.NvgreTunnel.decapsulate is nvgre.frame_of
+    """One definition per format: the tunnel types parse with the wire modules' receive
+    fast paths (tests/wire/ holds them equal to the codecs), errors included, and write
+    their headers."""
+    formats = [
+        (tunnels.VxlanTunnel, vxlan.frame_of, vxlan.header(42)),
+        (tunnels.VxlanSclpTunnel, vxlan.frame_of, vxlan.header(42)),
+        (tunnels.GeneveTunnel, geneve.frame_of, geneve.header(7)),
+        (tunnels.GeneveSclpTunnel, geneve.frame_of, geneve.header(0xABCDE, mss=1448)),
+        (tunnels.NvgreTunnel, nvgre.frame_of, nvgre.header(99, 0x1FF)),
+    ]
+    for tunnel, frame_of, header in formats:
+        assert tunnel.decapsulate(header + INNER) == frame_of(header + INNER)
+        with pytest.raises(MalformedPacket):
+            tunnel.decapsulate(header[:3])
     underlay = tunnels.Underlay("10.0.0.1", 1500)
     assert tunnels.VxlanTunnel(42, underlay).header == vxlan.encode(vxlan.VxlanHeader(42))
     assert tunnels.GeneveTunnel(42, underlay).header == geneve.encode(geneve.GeneveHeader(42))

@@ -518,6 +518,7 @@ def _no_general_path(r: Reassembler, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(r, "_add_run", fail)
 
 
+@pytest.mark.white_box  # patches a method: the pure-Python tree only
 def test_udp_carrier_whole_gro_buffer_takes_the_in_order_fast_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -780,6 +781,7 @@ def test_batch_of_interleaved_senders_delivers_each_payload_with_its_source() ->
     assert not r.drops
 
 
+@pytest.mark.white_box  # patches a method: the pure-Python tree only
 def test_batch_places_a_whole_in_order_payload_as_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """45 segments of one payload in one batch: one _add_run call, no table entry."""
     payload = payload_of(64000, seed=8)

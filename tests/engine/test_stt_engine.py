@@ -528,6 +528,7 @@ def test_a_batch_is_the_same_as_its_segments_one_by_one(
     assert _state(many) == _state(one)
 
 
+@pytest.mark.white_box  # patches a method: the pure-Python tree only
 def test_a_whole_frame_in_order_takes_no_entry_and_no_piecewise_placing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,5 +1,3 @@
-import dataclasses
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -154,7 +152,7 @@ def test_an_entry_record_is_frozen_and_rows_are_the_same_facts() -> None:
     fdb = Fdb(PEERS)
     fdb.learn(A, "10.0.0.2", now=1.0)
     (entry,) = fdb.entries(now=3.0)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         entry.age = 0.0  # type: ignore[misc]
     assert fdb.rows(now=3.0) == [(A, "10.0.0.2", Origin.LEARNED, 2.0)]
     assert {o.value for o in Origin} == {"learned", "static", "cluster", "evpn"}

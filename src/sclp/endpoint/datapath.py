@@ -210,15 +210,6 @@ class TokenBucket:
         return False
 
 
-class Deliver(NamedTuple):
-    """Write ``vnet`` (a virtio-net header) then ``frame`` to ``port``.
-    ``frame`` may be a view into the buffer the packet was received in."""
-
-    port: VmPort
-    vnet: bytes
-    frame: Buffer
-
-
 class PeerCounters:
     """One peer's traffic on one VNI: the inner frames (and their bytes) sent to it and
     taken from it, and when one was last taken (``last_rx``, the data path's ``now``;
@@ -337,6 +328,17 @@ class VmPort:
 
     def __repr__(self) -> str:
         return f"VmPort({self.name!r}, vni={self.net.vni})"
+
+
+class Deliver(NamedTuple):
+    """Write ``vnet`` (a virtio-net header) then ``frame`` to ``port``.
+    ``frame`` may be a view into the buffer the packet was received in.  (Defined after
+    :class:`VmPort`: compiled by mypyc, a NamedTuple's field types are looked up when
+    the module loads.)"""
+
+    port: VmPort
+    vnet: bytes
+    frame: Buffer
 
 
 class DataPath:

@@ -307,7 +307,7 @@ class Runner:
     def run(self, install_signals: bool = True) -> None:
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: self.stop())
+                signal.signal(sig, self._on_signal)
         self._running = True
         poll = self._epoll.poll
         handlers = self._handlers
@@ -343,6 +343,9 @@ class Runner:
 
     def stop(self) -> None:
         self._running = False
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop()
 
     def close(self) -> None:
         self._epoll.close()

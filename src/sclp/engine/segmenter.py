@@ -28,7 +28,6 @@ from __future__ import annotations
 import secrets
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 
@@ -118,7 +117,10 @@ class StridedBatch:
     count.  The batch owns ``buffer``; the views from :meth:`segments` are valid as
     long as it is not modified.  Subclasses name their header's length."""
 
-    header_len: ClassVar[int] = 0
+    @property
+    def header_len(self) -> int:
+        return 0
+
     buffer: bytearray
     stride: int
     count: int
@@ -145,7 +147,9 @@ class SegmentBatch(StridedBatch):
     """The SCLP segments of one payload (12-byte SCLP headers; see
     :class:`StridedBatch`).  ``seg_size`` is M, the payload bytes per segment."""
 
-    header_len: ClassVar[int] = SCLP_HLEN
+    @property
+    def header_len(self) -> int:
+        return SCLP_HLEN
 
     def gso_chunks(
         self, max_bytes: int = UDP_GSO_MAX_BYTES, max_segments: int = UDP_GSO_MAX_SEGMENTS

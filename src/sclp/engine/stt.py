@@ -37,7 +37,7 @@ import secrets
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -96,7 +96,9 @@ class SttSegmentBatch(StridedBatch):
     ``ident`` the packet ID in the acknowledgment number.  The caller adds the outer
     IP header (or sends the views on a raw socket)."""
 
-    header_len: ClassVar[int] = TCP_HLEN
+    @property
+    def header_len(self) -> int:
+        return TCP_HLEN
 
 
 class SttSegmenter:

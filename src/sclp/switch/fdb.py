@@ -20,8 +20,7 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 DEFAULT_AGING = 300.0  # seconds, like the Linux bridge and the kernel VXLAN driver
 DEFAULT_MAX_ENTRIES = 4096
@@ -53,11 +52,11 @@ class Origin(enum.Enum):
     EVPN = "evpn"  # advertised by another VTEP in a BGP EVPN MAC/IP route
 
 
-@dataclass(frozen=True, slots=True)
-class FdbEntry(Generic[PeerT, PortT]):
+class FdbEntry(NamedTuple, Generic[PeerT, PortT]):
     """One entry as :meth:`Fdb.entries` reports it: the MAC, the peer or port it is
     behind, where it came from, and for a learned entry the seconds since its MAC was
-    last seen (None for the others, which do not age)."""
+    last seen (None for the others, which do not age).  (A NamedTuple, not a generic
+    dataclass, which mypyc cannot compile.)"""
 
     mac: bytes
     place: PeerT | PortT
@@ -65,8 +64,7 @@ class FdbEntry(Generic[PeerT, PortT]):
     age: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Destination(Generic[PeerT, PortT]):
+class Destination(NamedTuple, Generic[PeerT, PortT]):
     """Where a frame goes: ``peers`` and local ``ports`` (the one of a known unicast
     MAC, or all of the VNI's when flooding) and whether it was a flood.  The caller
     leaves out the port a frame came in on."""
