@@ -23,7 +23,8 @@ DEB_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping iperf3 tsha
   etcd-server openssl  # the cluster registry of the demo and tests (sclp demo --hosts N); openssl: the TLS test's certificates
   podman runc containernetworking-plugins  # containers through sclp-cni (docs/containers.md)
   frr  # BGP EVPN interop tests (docs/evpn.md): zebra and bgpd with a kernel VXLAN VTEP
-  linux-perf)  # perf: benchmarks/profile.py (docs/performance.md)
+  linux-perf  # perf: benchmarks/profile.py (docs/performance.md)
+  gcc python3-dev)  # SCLP_MYPYC=1: the per-frame modules compiled by mypyc, and their test
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -59,7 +60,7 @@ case "$job" in
     sclp selfcheck && exec sclp demo
     ;;
   test)
-    echo "==> ruff"; ruff check src tests benchmarks; ruff format --check src tests benchmarks
+    echo "==> ruff"; ruff check src tests benchmarks hatch_build.py; ruff format --check src tests benchmarks hatch_build.py
     echo "==> mypy"; mypy
     echo "==> pytest"; exec pytest -q
     ;;

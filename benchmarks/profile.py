@@ -11,6 +11,10 @@ endpoint's process and prints each endpoint's samples by class of shared object:
 - **kernel**: ``[kernel.kallsyms]`` and kernel modules (system calls, and the softirq
   work, such as the veth peer's receive, that ran in the endpoint's context);
 - **libc**; **NumPy** (its extension modules and the BLAS it ships);
+- **compiled**: our per-frame modules compiled by mypyc (the ``*__mypyc*`` shared
+  object of a wheel built with ``SCLP_MYPYC=1``, docs/performance.md): our code, run
+  as C, which calls into the interpreter's C API for objects (those calls count as
+  interpreter);
 - **other**: other extension modules and libraries, ``[vdso]``, ``[unknown]``.
 
 With ``-g`` the shares are self time (``--no-children``): each sample counts once, for
@@ -43,7 +47,7 @@ from typing import Any
 from sclp.lab.bench.configs import select_configs
 from sclp.lab.testbed import TestbedError
 
-CLASSES = ("interpreter", "kernel", "libc", "numpy", "other")
+CLASSES = ("interpreter", "compiled", "kernel", "libc", "numpy", "other")
 _ROW = re.compile(r"^\s*([0-9.]+)%\s+(\d+):\S*\s+(\S.*?)\s*$")
 
 
@@ -56,6 +60,8 @@ def dso_class(dso: str) -> str:
         return "interpreter"
     if re.match(r"libc[.-]", name) or name.startswith("libm.so") or name.startswith("ld-linux"):
         return "libc"
+    if "__mypyc" in name:
+        return "compiled"
     if "numpy" in dso or "openblas" in name or "_multiarray" in name:
         return "numpy"
     return "other"

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from sclp import __version__
+from sclp import __version__, native
 
 if TYPE_CHECKING:  # the commands import what they run when they run it
     from sclp.endpoint.stats import EndpointStats
@@ -691,13 +691,20 @@ def _add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def version_text() -> str:
+    """``sclp 0.1.0``, and how many per-frame modules run compiled, if any (a wheel
+    built with ``SCLP_MYPYC=1``: docs/performance.md)."""
+    compiled = native.compiled()
+    return f"sclp {__version__}" + (f" (mypyc: {len(compiled)} modules)" if compiled else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sclp",
         description="SCLP tunnel endpoint (NVE): fast L2 overlays between VMs, containers "
         "and network namespaces, with VXLAN/Geneve over SCLP and the classic tunnels.",
     )
-    parser.add_argument("--version", action="version", version=f"sclp {__version__}")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(

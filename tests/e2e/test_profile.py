@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CLASSES = {"interpreter", "kernel", "libc", "numpy", "other"}
+CLASSES = {"interpreter", "compiled", "kernel", "libc", "numpy", "other"}
 
 
 @pytest.mark.netns
@@ -56,6 +56,9 @@ def test_profile_classifies_perfs_shared_object_names() -> None:
     assert script.dso_class("_multiarray_umath.cpython-311-x86_64-linux-gnu.so") == "numpy"
     assert script.dso_class("[vdso]") == "other"
     assert script.dso_class("_socket.cpython-311-x86_64-linux-gnu.so") == "other"
+    assert script.dso_class("7ca68d8062ef32d6d88b__mypyc.cpython-311-x86_64-linux-gnu.so") == (
+        "compiled"
+    )
     text = (
         "# Samples: 4K of event 'cpu-clock:ppp'\n"
         "     6.72%     6326:python           libpython3.11.so.1.0   \n"

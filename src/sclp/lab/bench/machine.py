@@ -13,7 +13,7 @@ import platform
 import subprocess
 from typing import Any, Final
 
-from sclp import __version__
+from sclp import __version__, native
 
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
@@ -46,8 +46,9 @@ def _first_line(args: list[str]) -> str | None:
 
 
 def machine_description() -> dict[str, Any]:
-    """What the figures depend on: CPU, cores, kernel, Python, NumPy, iperf3, date,
-    and the load average when the run started (a busy machine skews everything)."""
+    """What the figures depend on: CPU, cores, kernel, Python, NumPy, whether the
+    per-frame modules run compiled, iperf3, date, and the load average when the run
+    started (a busy machine skews everything)."""
     import numpy
 
     cpu_model = platform.processor() or None
@@ -67,6 +68,8 @@ def machine_description() -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "sclp": __version__,
+        # The per-frame modules mypyc compiled (a wheel built with SCLP_MYPYC=1), or none.
+        "compiled": f"{n} modules (mypyc)" if (n := len(native.compiled())) else "none",
         "iperf3": _first_line(["iperf3", "--version"]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "loadavg_start": list(os.getloadavg()),
