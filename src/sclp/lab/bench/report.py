@@ -120,6 +120,14 @@ def markdown_report(
     guests = [guests_text(report), ""] if report.get("vms") else []
     if report.get("caveat"):
         guests += [f"**{report['caveat']}**", ""]
+    compiled = machine.get("compiled", "none")
+    if compiled != "none":  # a wheel built with SCLP_MYPYC=1 ran the endpoints
+        guests.insert(
+            0,
+            f"The endpoints ran a wheel built with `SCLP_MYPYC=1`: {compiled} of the "
+            "per-frame path compiled (the quick start's editable install is pure Python; "
+            "performance.md compares the two).\n",
+        )
     parts = [
         "# Benchmark results" + (" with QEMU guests" if report.get("vms") else ""),
         "",
