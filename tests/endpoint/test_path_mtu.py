@@ -36,15 +36,17 @@ def ping(size: int, *, df: bool = True) -> bytes:
     return bytes(Ether(src=MA, dst=MB) / ip / ICMP(id=1, seq=1) / (b"p" * size))
 
 
-def gso_frame(mss: int, segments: int, *, df: bool = True) -> tuple[bytearray, int]:
+def gso_frame(
+    mss: int, segments: int, *, df: bool = True, options: int = 0
+) -> tuple[bytearray, int]:
     """A TSO frame of ``segments`` MSS-sized segments, partial checksum, as a VM's TAP
-    hands it over."""
+    hands it over; ``options`` bytes of TCP options (NOPs) lengthen every segment's
+    TCP header."""
     ip = IP(src=IA, dst=IB, flags="DF" if df else 0)
-    frame = bytes(
-        Ether(src=MA, dst=MB) / ip / TCP(sport=1000, dport=5201) / (b"t" * mss * segments)
-    )
+    tcp = TCP(sport=1000, dport=5201, options=[("NOP", None)] * options)
+    frame = bytes(Ether(src=MA, dst=MB) / ip / tcp / (b"t" * mss * segments))
     buf, size = vm_read(frame)
-    VNET_HDR.pack_into(buf, HEADROOM - VNET_HDR_LEN, 1, 1, 54, mss, 34, 16)
+    VNET_HDR.pack_into(buf, HEADROOM - VNET_HDR_LEN, 1, 1, 54 + options, mss, 34, 16)
     return buf, size
 
 
@@ -157,6 +159,24 @@ def test_a_gso_frame_whose_segments_fit_is_never_touched() -> None:
     assert counters["drop_too_big"] == counters["tx_resegmented"] == 0
     assert max(outer_sizes(sends)) == 1500
     assert len(transfer(A, b, sends)) == 10
+
+
+@pytest.mark.parametrize("options", [0, 12, 40])  # no options, timestamps, the most
+def test_the_fits_check_reads_the_tcp_header_length(options: int) -> None:
+    """Whether a TSO frame's segments fit is decided from its TCP header's length:
+    segments of exactly the VM MTU are carried untouched whatever the options, one byte
+    more gets the ICMP reply."""
+    a, b = pair("vxlan-sclp", "udp")
+    mss = a.networks[42].vm_mtu - 40 - options
+    sends = send_from_a(a, gso_frame(mss, 10, options=options))
+    counters = a.networks[42].counters
+    assert all(isinstance(s, Send) for s in sends)
+    assert counters["drop_too_big"] == counters["tx_resegmented"] == 0
+    frames = transfer(A, b, sends)
+    assert sum(len(TCP(bytes(f.frame)[34:]).payload) for f in frames) == mss * 10
+    (d,) = send_from_a(a, gso_frame(mss + 1, 10, options=options))
+    assert Ether(bytes(d.frame))[ICMP].nexthopmtu == a.networks[42].vm_mtu
+    assert counters["drop_too_big"] == 1
 
 
 def test_a_gso_frame_with_segments_too_big_gets_icmp_or_smaller_segments() -> None:

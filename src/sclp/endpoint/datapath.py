@@ -82,6 +82,7 @@ from sclp.wire.ipfrag import fragment_ipv4
 from sclp.wire.tcp import TCP_CSUM_OFFSET
 from sclp.wire.udp import UDP_CSUM_OFFSET
 from sclp.wire.virtio_net import (
+    GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
@@ -128,6 +129,7 @@ _CLASSIC_TUNNELS: Final = frozenset((VxlanTunnel, GeneveTunnel, NvgreTunnel))
 _U16: Final = struct.Struct("!H")
 _U16LE: Final = struct.Struct("<H")
 _GSO_FIELDS: Final = struct.Struct("<HH")  # gso_size, csum_start of a virtio-net header
+_GSO_TCP: Final = frozenset((GSO_TCPV4, GSO_TCPV6))  # gso_type without the ECN bit
 _PARTIAL_VNET: Final = {
     (l4, off): VNET_HDR.pack(NEEDS_CSUM, GSO_NONE, 0, 0, l4, off)
     for l4 in range(14, 14 + 4 * 4 + 60 + 1, 2)
@@ -544,8 +546,14 @@ class DataPath:
         if buf[at + 1] == GSO_NONE:
             fits = flen <= net.max_fast_frame
         else:
+            # A TCP segment is the headers up to the TCP header (csum_start), the TCP
+            # header (its data offset: the high nibble of its byte 12) and gso_size
+            # bytes; for anything else, the longest a header can be.
             gso_size, csum_start = _GSO_FIELDS.unpack_from(buf, at + 4)
-            fits = csum_start + 60 + gso_size <= net.max_fast_frame
+            thl = 60
+            if buf[at + 1] & ~GSO_ECN in _GSO_TCP and csum_start + 13 <= flen:
+                thl = (buf[HEADROOM + csum_start + 12] >> 2) & 0x3C
+            fits = csum_start + thl + gso_size <= net.max_fast_frame
         if fits:
             sends = self._encapsulate(net, buf, flen, peers)
         else:
