@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from sclp.wire.checksum import Buffer
 from sclp.wire.errors import DropReason, MalformedPacket
@@ -84,9 +83,10 @@ _UDP_CSUM_OFFSET: Final = 6  # == sclp.wire.udp.UDP_CSUM_OFFSET
 _HASH_L2 = struct.Struct("!6s6sH")
 
 
-@dataclass(frozen=True, slots=True)
-class FrameInfo:
-    """What the data path needs to know about one Ethernet frame.
+class FrameInfo(NamedTuple):
+    """What the data path needs to know about one Ethernet frame (a NamedTuple: made
+    at least once per frame sent, and a frozen dataclass's ``__init__`` costs a
+    ``object.__setattr__`` per field).
 
     ``ethertype`` is the one after VLAN tags; ``l3_offset`` is where it starts.
     ``ip_version`` is 4, 6 or 0 (not IP; then ``src_ip``/``dst_ip`` are ``b""`` and
