@@ -17,7 +17,8 @@ from typing import Final
 
 # The modules a frame passes through, and the ones whose classes those subclass
 # (an interpreted class cannot subclass a compiled one).  Not here: sclp.io._mmsg
-# (mypyc 2.4 fails on a starred argument), sclp.io.tap (a class that subclasses a
+# (mypyc 2.4 fails internally on a starred argument and, with that rewritten, emits C
+# that does not compile for its ctypes structures), sclp.io.tap (a class that subclasses a
 # builtin), sclp.wire.sclp (compiled, its argument checks raise TypeError where the
 # documented ValueError is expected).
 MYPYC_MODULES: Final = (
