@@ -5,9 +5,12 @@ No root: a UNIX socket in a temporary directory and a stand-in for the ports."""
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +86,57 @@ def test_bad_arguments_never_reach_the_ports(
     assert ports.calls == []
 
 
-def test_over_the_socket(served: tuple[ControlServer, FakePorts]) -> None:
-    server, _ports = served
+def test_over_the_socket(tmp_path: Path) -> None:
+    """A client served as the endpoint's loop serves it: accepted, then watched until
+    its request arrives (a client accepted before it wrote is kept, not dropped)."""
+    ports = FakePorts()
+    watched: dict[int, Callable[[], None]] = {}
+    server = ControlServer(
+        str(tmp_path / "ep.sock"),
+        {},
+        watch=lambda fd, _writing, callback: watched.__setitem__(fd, callback),
+        unwatch=lambda fd: watched.pop(fd, None),
+        commands=control_commands(lambda: ports),  # type: ignore[arg-type, return-value]
+    )
     result: list[Any] = []
     thread = threading.Thread(target=lambda: result.append(query(server.path, "attach v1 7")))
-    thread.start()
-    while thread.is_alive():
-        server.handle_ready()
-        thread.join(0.01)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 10.0
+        while thread.is_alive() and time.monotonic() < deadline:
+            server.handle_ready()  # a loop would wait for readiness; polling is the same
+            for callback in list(watched.values()):
+                callback()
+            thread.join(0.01)
+    finally:
+        server.close()
+        thread.join(5.0)
     assert result == [{"attached": "v1", "vni": 7}]
+    assert ports.calls == [("attach", "v1", "7")]
+
+
+def test_a_client_accepted_before_it_writes_is_answered(tmp_path: Path) -> None:
+    watched: dict[int, Callable[[], None]] = {}
+    server = ControlServer(
+        str(tmp_path / "ep.sock"),
+        {"stats": lambda: {"ok": 1}},
+        watch=lambda fd, _writing, callback: watched.__setitem__(fd, callback),
+        unwatch=lambda fd: watched.pop(fd, None),
+    )
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.settimeout(5.0)
+        client.connect(server.path)
+        server.handle_ready()  # accepted: nothing to read yet, so it is watched
+        assert len(watched) == 1
+        client.sendall(b"stats\n")
+        for callback in list(watched.values()):
+            callback()
+        assert json.loads(client.makefile().readline()) == {"ok": 1}
+        assert watched == {}  # done: no longer watched
+    finally:
+        client.close()
+        server.close()
 
 
 def test_a_network_with_an_empty_attach_takes_only_requested_ports() -> None:
