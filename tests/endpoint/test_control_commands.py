@@ -5,9 +5,7 @@ No root: a UNIX socket in a temporary directory and a stand-in for the ports."""
 
 from __future__ import annotations
 
-import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -113,30 +111,6 @@ def test_over_the_socket(tmp_path: Path) -> None:
         thread.join(5.0)
     assert result == [{"attached": "v1", "vni": 7}]
     assert ports.calls == [("attach", "v1", "7")]
-
-
-def test_a_client_accepted_before_it_writes_is_answered(tmp_path: Path) -> None:
-    watched: dict[int, Callable[[], None]] = {}
-    server = ControlServer(
-        str(tmp_path / "ep.sock"),
-        {"stats": lambda: {"ok": 1}},
-        watch=lambda fd, _writing, callback: watched.__setitem__(fd, callback),
-        unwatch=lambda fd: watched.pop(fd, None),
-    )
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        client.settimeout(5.0)
-        client.connect(server.path)
-        server.handle_ready()  # accepted: nothing to read yet, so it is watched
-        assert len(watched) == 1
-        client.sendall(b"stats\n")
-        for callback in list(watched.values()):
-            callback()
-        assert json.loads(client.makefile().readline()) == {"ok": 1}
-        assert watched == {}  # done: no longer watched
-    finally:
-        client.close()
-        server.close()
 
 
 def test_a_network_with_an_empty_attach_takes_only_requested_ports() -> None:
