@@ -27,7 +27,7 @@ from typing import Any
 
 from sclp.endpoint.control import ControlError, query, socket_path
 from sclp.io import netns as nsio
-from sclp.lab.testbed import UNDERLAY, Testbed, TestbedError, wait_for_output
+from sclp.lab.testbed import UNDERLAY, Testbed, TestbedError, popen_in, wait_for_output
 
 TRANSFER_PORT = 9000
 
@@ -181,16 +181,6 @@ def run_in(
             f"{result.stderr.strip() or result.stdout.strip()}"
         )
     return result
-
-
-def popen_in(netns: str, args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["ip", "netns", "exec", netns, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
 
 
 def stop(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:

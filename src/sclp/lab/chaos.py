@@ -45,7 +45,7 @@ from sclp.endpoint.control import ControlError, query, socket_path
 from sclp.engine.segmenter import Segmenter
 from sclp.engine.stt import SttSegmenter
 from sclp.io import netns as nsio
-from sclp.lab.testbed import OVERLAY, UNDERLAY, Testbed
+from sclp.lab.testbed import OVERLAY, UNDERLAY, Testbed, popen_in
 from sclp.wire import stt, vxlan
 from sclp.wire.sclp import SCLP_PORT_VXLAN, SCLP_UDP_PORT
 
@@ -124,16 +124,6 @@ class Event:
     expect: str | None = None
 
 
-def _popen_in(netns: str, args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["ip", "netns", "exec", netns, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-
-
 class Transfer:
     """A paced TCP transfer of ``total`` bytes at ``rate`` bytes/s from namespace
     ``src`` to ``address`` in namespace ``dst`` (by default the testbed's VM 1 to
@@ -149,11 +139,11 @@ class Transfer:
     ) -> None:
         self.total = total
         self.progress: list[tuple[float, int]] = []  # (monotonic time, bytes received)
-        self.server = _popen_in(dst, [sys.executable, "-c", _SERVER, address, str(TRANSFER_PORT)])
+        self.server = popen_in(dst, [sys.executable, "-c", _SERVER, address, str(TRANSFER_PORT)])
         assert self.server.stdout is not None
         if self.server.stdout.readline().strip() != "ready":
             raise AssertionError(f"transfer server: {self.server.stderr.read()}")  # type: ignore[union-attr]
-        self.client = _popen_in(
+        self.client = popen_in(
             src, [sys.executable, "-c", _CLIENT, address, str(TRANSFER_PORT), str(total), str(rate)]
         )
         self.done: tuple[int, str] | None = None

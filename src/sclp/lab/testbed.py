@@ -68,6 +68,17 @@ def wait_for_output(
     return seen.decode(errors="replace")
 
 
+def popen_in(netns: str, args: list[str]) -> subprocess.Popen[str]:
+    """Start ``args`` in network namespace ``netns``, its output piped, no stdin."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
 @dataclass
 class Testbed:
     """``protocol``: an sclp protocol, ``"kernel-vxlan"``, ``"tinc"`` or ``"veth"``.
@@ -422,12 +433,7 @@ class Testbed:
         return result
 
     def popen_in(self, netns: str, args: list[str]) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            ["ip", "netns", "exec", netns, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        return popen_in(netns, args)
 
     def ping(self, count: int = 3) -> subprocess.CompletedProcess[str]:
         return self.run_in(
